@@ -1,0 +1,322 @@
+//! Settings every stage takes (like compose's own), and the `main` every binary calls.
+
+use std::path::{Path, PathBuf};
+
+use clap::Parser;
+
+use crate::compose::Compose;
+use crate::exit::{self, ExitCode, Failure};
+use crate::msg;
+
+/// Where the project is and which release is meant. Every berth command flattens this.
+#[derive(Debug, Clone, clap::Args)]
+#[command(next_help_heading = "Project")]
+pub struct CommonArgs {
+    /// The compose project's directory (holds the compose file and `.env`)
+    #[arg(
+        long,
+        env = "BERTH_PROJECT_DIR",
+        default_value = ".",
+        value_name = "DIR"
+    )]
+    pub project_dir: PathBuf,
+
+    /// Compose file(s), repeatable; default: compose finds compose.yaml etc. in the project dir
+    #[arg(
+        short = 'f',
+        long = "file",
+        env = "BERTH_COMPOSE_FILE",
+        value_name = "FILE",
+        value_delimiter = ':'
+    )]
+    pub files: Vec<PathBuf>,
+
+    /// Compose project name; default: the project directory's name
+    #[arg(
+        short = 'p',
+        long = "project-name",
+        env = "BERTH_PROJECT_NAME",
+        value_name = "NAME"
+    )]
+    pub project_name: Option<String>,
+
+    /// Where berth keeps locks, the ledger, logs and backups [default: <project dir>/.berth]
+    #[arg(long, env = "BERTH_STATE_DIR", value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+
+    /// The immutable image tag being deployed (usually the git SHA)
+    #[arg(long, env = "BERTH_TAG", value_name = "TAG")]
+    pub tag: Option<String>,
+
+    /// The variable the compose file uses for the tag, e.g. image: shop-web:${BERTH_TAG}
+    #[arg(
+        long,
+        env = "BERTH_TAG_VAR",
+        default_value = "BERTH_TAG",
+        value_name = "NAME"
+    )]
+    pub tag_var: String,
+
+    /// Print the docker commands this would run, and change nothing
+    #[arg(long, env = "BERTH_DRY_RUN")]
+    pub dry_run: bool,
+}
+
+/// [`CommonArgs`] resolved: absolute paths, a project name, a checked tag.
+#[derive(Debug, Clone)]
+pub struct Context {
+    pub project_dir: PathBuf,
+    pub files: Vec<PathBuf>,
+    pub project: String,
+    pub state_dir: PathBuf,
+    pub tag: Option<String>,
+    pub tag_var: String,
+    pub dry_run: bool,
+}
+
+impl CommonArgs {
+    pub fn resolve(&self) -> Result<Context, Failure> {
+        let cwd = std::env::current_dir()
+            .map_err(|e| Failure::usage(format!("cannot read the current directory: {e}")))?;
+        let project_dir = absolute(&cwd, &self.project_dir);
+        if !project_dir.is_dir() {
+            return Err(Failure::usage(format!(
+                "--project-dir {}: no such directory",
+                project_dir.display()
+            )));
+        }
+        let files: Vec<PathBuf> = self
+            .files
+            .iter()
+            .filter(|f| !f.as_os_str().is_empty())
+            .map(|f| absolute(&project_dir, f))
+            .collect();
+        for f in &files {
+            if !f.is_file() {
+                return Err(Failure::usage(format!(
+                    "--file {}: no such file",
+                    f.display()
+                )));
+            }
+        }
+        let project = match &self.project_name {
+            Some(p) => {
+                check_project_name(p)?;
+                p.clone()
+            }
+            None => default_project_name(&project_dir)?,
+        };
+        let state_dir = match &self.state_dir {
+            Some(d) => absolute(&cwd, d),
+            None => project_dir.join(".berth"),
+        };
+        if let Some(t) = &self.tag {
+            check_tag(t)?;
+        }
+        if !is_env_name(&self.tag_var) {
+            return Err(Failure::usage(format!(
+                "--tag-var {:?}: not a valid variable name (letters, digits, _)",
+                self.tag_var
+            )));
+        }
+        Ok(Context {
+            project_dir,
+            files,
+            project,
+            state_dir,
+            tag: self.tag.clone(),
+            tag_var: self.tag_var.clone(),
+            dry_run: self.dry_run,
+        })
+    }
+}
+
+impl Context {
+    /// `docker compose` for this project; with the tag variable set when a tag is known.
+    pub fn compose(&self) -> Compose {
+        let mut c = Compose::new(&self.project, &self.project_dir, &self.files);
+        if let Some(t) = &self.tag {
+            c = c.with_env(&self.tag_var, t);
+        }
+        c
+    }
+
+    /// `docker compose` with the tag variable set to `tag`.
+    pub fn compose_at(&self, tag: &str) -> Compose {
+        Compose::new(&self.project, &self.project_dir, &self.files).with_env(&self.tag_var, tag)
+    }
+
+    pub fn require_tag(&self) -> Result<&str, Failure> {
+        self.tag.as_deref().ok_or_else(|| {
+            Failure::usage("no tag: pass --tag TAG (or BERTH_TAG), or a document that has one")
+        })
+    }
+}
+
+fn absolute(base: &Path, p: &Path) -> PathBuf {
+    if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        let joined = base.join(p);
+        joined.canonicalize().unwrap_or(joined)
+    }
+}
+
+/// Compose's rule: lowercase letters, digits, `-` and `_`, starting with a letter or digit.
+pub fn check_project_name(name: &str) -> Result<(), Failure> {
+    let ok = !name.is_empty()
+        && name
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_');
+    if ok {
+        Ok(())
+    } else {
+        Err(Failure::usage(format!(
+            "project name {name:?}: use lowercase letters, digits, '-' and '_', starting with a letter or digit"
+        )))
+    }
+}
+
+fn default_project_name(dir: &Path) -> Result<String, Failure> {
+    let base = dir
+        .file_name()
+        .map(|s| s.to_string_lossy().to_string())
+        .unwrap_or_default();
+    let name: String = base
+        .to_lowercase()
+        .chars()
+        .filter(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '-' || *c == '_')
+        .collect();
+    let name = name.trim_start_matches(['-', '_']).to_string();
+    if name.is_empty() {
+        return Err(Failure::usage(format!(
+            "cannot derive a project name from {}: pass -p NAME",
+            dir.display()
+        )));
+    }
+    Ok(name)
+}
+
+/// Docker's tag grammar: `[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}`.
+pub fn check_tag(tag: &str) -> Result<(), Failure> {
+    let ok = !tag.is_empty()
+        && tag.len() <= 128
+        && tag
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphanumeric() || c == '_')
+        && tag
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.' || c == '-');
+    if ok {
+        Ok(())
+    } else {
+        Err(Failure::usage(format!(
+            "tag {tag:?} is not a valid image tag (letters, digits, '_', '.', '-'; at most 128)"
+        )))
+    }
+}
+
+fn is_env_name(s: &str) -> bool {
+    !s.is_empty()
+        && !s.starts_with(|c: char| c.is_ascii_digit())
+        && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+/// Parse a duration like `60s`, `200ms`, `5m`, `1h 30m` (humantime).
+pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    humantime::parse_duration(s.trim()).map_err(|e| format!("{e} (examples: 500ms, 30s, 5m)"))
+}
+
+/// The whole `main` of a berth binary: parse flags (usage errors exit 64, never clap's 2;
+/// `--help`/`--version` exit 0 and read nothing), run, map the error to its exit code.
+pub fn main<A: Parser>(
+    prog: &str,
+    run: impl FnOnce(A) -> anyhow::Result<ExitCode>,
+) -> std::process::ExitCode {
+    msg::set_program(prog);
+    let args = match A::try_parse() {
+        Ok(a) => a,
+        Err(e) => return clap_exit(e),
+    };
+    match run(args) {
+        Ok(code) => code.into(),
+        Err(err) => {
+            let code = exit::code_of(&err, ExitCode::Preflight);
+            msg::error(exit::one_line(&err));
+            code.into()
+        }
+    }
+}
+
+/// Print a clap error our way and return the code: 0 for help/version, 64 for the rest.
+pub fn clap_exit(e: clap::Error) -> std::process::ExitCode {
+    use clap::error::ErrorKind;
+    match e.kind() {
+        ErrorKind::DisplayHelp
+        | ErrorKind::DisplayVersion
+        | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+            let _ = e.print();
+            if e.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand {
+                ExitCode::Usage.into()
+            } else {
+                ExitCode::Success.into()
+            }
+        }
+        _ => {
+            let rendered = e.render().to_string();
+            let first = rendered
+                .lines()
+                .find(|l| !l.trim().is_empty())
+                .unwrap_or("invalid arguments")
+                .trim_start_matches("error: ")
+                .to_string();
+            let tip = rendered
+                .lines()
+                .map(str::trim)
+                .find(|l| l.starts_with("tip:"))
+                .map(|t| format!(" ({t})"))
+                .unwrap_or_default();
+            msg::error(format!("{first}{tip}; see --help"));
+            ExitCode::Usage.into()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tags() {
+        for ok in ["v1", "3f9c2a1", "release_1.2-rc.1", "_x"] {
+            assert!(check_tag(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", "-x", ".x", "a/b", "a:b", "a b", &"x".repeat(129)] {
+            assert!(check_tag(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn project_names() {
+        assert!(check_project_name("shop-prod_1").is_ok());
+        assert!(check_project_name("Shop").is_err());
+        assert!(check_project_name("-x").is_err());
+        assert_eq!(
+            default_project_name(Path::new("/srv/My.Shop")).unwrap(),
+            "myshop"
+        );
+        assert!(default_project_name(Path::new("/")).is_err());
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("200ms").unwrap().as_millis(), 200);
+        assert_eq!(parse_duration("5m").unwrap().as_secs(), 300);
+        assert!(parse_duration("soon").is_err());
+    }
+}

@@ -1,0 +1,152 @@
+//! `docker compose` for one project: the argument vector every stage builds the same way,
+//! the resolved configuration, and the containers of a service.
+//!
+//! The tag convention: the compose file names its images with a variable,
+//! `image: registry.example.com/shop-web:${BERTH_TAG}`; berth passes the tag through that
+//! variable in the child's environment (which compose prefers over `.env`).
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context as _, Result};
+use serde_json::Value;
+
+use crate::docker::{self, Container};
+use crate::process::Cmd;
+
+pub const LABEL_PROJECT: &str = "com.docker.compose.project";
+pub const LABEL_SERVICE: &str = "com.docker.compose.service";
+pub const LABEL_ONEOFF: &str = "com.docker.compose.oneoff";
+
+#[derive(Debug, Clone)]
+pub struct Compose {
+    pub project: String,
+    pub project_dir: PathBuf,
+    pub files: Vec<PathBuf>,
+    pub env: Vec<(String, String)>,
+}
+
+impl Compose {
+    pub fn new(project: &str, project_dir: &Path, files: &[PathBuf]) -> Compose {
+        Compose {
+            project: project.to_string(),
+            project_dir: project_dir.to_path_buf(),
+            files: files.to_vec(),
+            env: Vec::new(),
+        }
+    }
+
+    /// Set a variable for compose's interpolation (e.g. the tag variable).
+    pub fn with_env(mut self, key: &str, value: &str) -> Compose {
+        self.env.retain(|(k, _)| k != key);
+        self.env.push((key.to_string(), value.to_string()));
+        self
+    }
+
+    /// `docker compose --project-directory DIR -p NAME [-f FILE]... ARGS...`
+    pub fn cmd<I, S>(&self, args: I) -> Cmd
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<std::ffi::OsStr>,
+    {
+        let mut c = docker::docker()
+            .arg("compose")
+            .arg("--project-directory")
+            .arg(&self.project_dir)
+            .args(["-p", &self.project]);
+        for f in &self.files {
+            c = c.arg("-f").arg(f);
+        }
+        for (k, v) in &self.env {
+            c = c.env(k, v);
+        }
+        c.args(args).dir(&self.project_dir)
+    }
+
+    /// The resolved configuration (`docker compose config --format json`). Fails with
+    /// compose's own message when the file is invalid or a variable is missing.
+    pub fn config(&self) -> Result<Value> {
+        let out = self
+            .cmd(["config", "--format", "json"])
+            .read()
+            .context("compose configuration is invalid")?;
+        serde_json::from_str(&out).context("docker compose config printed no JSON")
+    }
+
+    /// The names of the services in the configuration.
+    pub fn services(&self) -> Result<Vec<String>> {
+        let cfg = self.config()?;
+        Ok(cfg
+            .get("services")
+            .and_then(Value::as_object)
+            .map(|m| m.keys().cloned().collect())
+            .unwrap_or_default())
+    }
+
+    /// The image a service resolves to with this compose's environment.
+    pub fn service_image(&self, service: &str) -> Result<String> {
+        let cfg = self.config()?;
+        service_image_in(&cfg, service)
+    }
+
+    /// The service's containers (running or not, one-off runs excluded), oldest first.
+    pub fn containers(&self, service: &str) -> Result<Vec<Container>> {
+        let ids = docker::containers_with_labels(
+            &[(LABEL_PROJECT, &self.project), (LABEL_SERVICE, service)],
+            true,
+        )?;
+        let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
+        let mut cs: Vec<Container> = docker::inspect(&refs)?
+            .into_iter()
+            .filter(|c| c.label(LABEL_ONEOFF) != Some("True"))
+            .collect();
+        cs.sort_by(|a, b| a.created.cmp(&b.created));
+        Ok(cs)
+    }
+}
+
+/// `services.<name>.image` from a resolved configuration.
+pub fn service_image_in(cfg: &Value, service: &str) -> Result<String> {
+    let svc = cfg
+        .pointer(&format!("/services/{service}"))
+        .with_context(|| format!("no service {service:?} in the compose configuration"))?;
+    svc.get("image")
+        .and_then(Value::as_str)
+        .map(str::to_string)
+        .with_context(|| {
+            format!("service {service:?} has no image: (berth deploys prebuilt images)")
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn argument_vector() {
+        let c = Compose::new(
+            "shop",
+            Path::new("/srv/shop"),
+            &[PathBuf::from("/srv/shop/prod.yml")],
+        )
+        .with_env("BERTH_TAG", "abc")
+        .with_env("BERTH_TAG", "def");
+        let cmd = c.cmd(["up", "-d"]);
+        assert_eq!(
+            cmd.display(),
+            "docker compose --project-directory /srv/shop -p shop -f /srv/shop/prod.yml up -d"
+        );
+        assert_eq!(c.env, vec![("BERTH_TAG".to_string(), "def".to_string())]);
+    }
+
+    #[test]
+    fn image_from_config() {
+        let cfg =
+            serde_json::json!({"services": {"web": {"image": "r/web:abc"}, "x": {"build": "."}}});
+        assert_eq!(service_image_in(&cfg, "web").unwrap(), "r/web:abc");
+        assert!(service_image_in(&cfg, "x")
+            .unwrap_err()
+            .to_string()
+            .contains("no image"));
+        assert!(service_image_in(&cfg, "nope").is_err());
+    }
+}

@@ -1,0 +1,229 @@
+//! The life of one stage: read the document (or start one), pass an earlier failure
+//! through untouched, run, record `{stage, status, started_at, duration_ms, exit_code,
+//! detail, error}`, write the whole document to stdout, exit with the stage's code.
+
+use std::time::Instant;
+
+use anyhow::Result;
+use serde_json::{Map, Value};
+
+use crate::cli::{CommonArgs, Context};
+use crate::doc::{self, Document, StageRecord, Status};
+use crate::exit::{self, ExitCode, Failure};
+use crate::{msg, time};
+
+/// A stage's input: its resolved settings and the document it works on.
+#[derive(Debug)]
+pub struct Input {
+    pub ctx: Context,
+    pub doc: Document,
+    /// Whether the document came from stdin (false: this stage started it).
+    pub piped: bool,
+}
+
+/// Resolve the common settings and read the document from stdin (a new one when stdin
+/// is a terminal or empty). The document's project and tag win over the defaults; an
+/// explicit flag that contradicts the document is a usage error.
+pub fn load(common: &CommonArgs) -> Result<Input, Failure> {
+    let mut ctx = common.resolve()?;
+    let read = doc::read_stdin()?;
+    reconcile(common, &mut ctx, read)
+}
+
+/// [`load`] with the document already read (for tests and for callers that read a file).
+pub fn reconcile(
+    common: &CommonArgs,
+    ctx: &mut Context,
+    read: Option<Document>,
+) -> Result<Input, Failure> {
+    match read {
+        None => Ok(Input {
+            doc: Document::new(&ctx.project, ctx.tag.as_deref()),
+            ctx: ctx.clone(),
+            piped: false,
+        }),
+        Some(mut d) => {
+            if let Some(p) = &common.project_name {
+                if *p != d.project {
+                    return Err(Failure::usage(format!(
+                        "-p {p} contradicts the document's project {:?}",
+                        d.project
+                    )));
+                }
+            }
+            ctx.project = d.project.clone();
+            match (&d.tag, &ctx.tag) {
+                (Some(dt), Some(ft)) if dt != ft => {
+                    return Err(Failure::usage(format!(
+                        "--tag {ft} contradicts the document's tag {dt:?}"
+                    )))
+                }
+                (Some(dt), _) => {
+                    crate::cli::check_tag(dt).map_err(|e| {
+                        Failure::bad_document(format!("deploy document field `tag`: {e}"))
+                    })?;
+                    ctx.tag = Some(dt.clone());
+                }
+                (None, Some(ft)) => d.tag = Some(ft.clone()),
+                (None, None) => {}
+            }
+            Ok(Input {
+                ctx: ctx.clone(),
+                doc: d,
+                piped: true,
+            })
+        }
+    }
+}
+
+/// How a stage body ended when it did not fail.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Completed {
+    Ok,
+    /// Nothing to do; the reason goes into `detail.reason`.
+    Skipped(String),
+}
+
+/// What a stage is called and how it treats earlier failures.
+#[derive(Debug, Clone, Copy)]
+pub struct Spec<'a> {
+    /// The name in the document's `stages` list.
+    pub name: &'a str,
+    /// The exit code for an error that carries none.
+    pub default_code: ExitCode,
+    /// rollback and report act on failures; every other stage passes them through.
+    pub acts_on_failure: bool,
+}
+
+/// If the document already records a failure, and this stage does not act on failures,
+/// write it through unchanged and return the failure's code.
+pub fn pass_through(spec: &Spec, doc: &Document) -> Option<ExitCode> {
+    if spec.acts_on_failure {
+        return None;
+    }
+    let failed = doc.first_failure()?;
+    msg::info(format!(
+        "skipping: stage {:?} failed earlier (exit {}); passing the document through",
+        failed.stage, failed.exit_code
+    ));
+    Some(ExitCode::from_code(doc.outcome()).unwrap_or(ExitCode::Preflight))
+}
+
+/// Run `body` as the stage `spec`, record it in the document, write the document to
+/// stdout, and return the exit code (or the error, already recorded, for `main` to print).
+pub fn run(
+    spec: Spec,
+    input: Input,
+    body: impl FnOnce(&Context, &mut Document, &mut Map<String, Value>) -> Result<Completed>,
+) -> Result<ExitCode> {
+    let Input { ctx, mut doc, .. } = input;
+    if let Some(code) = pass_through(&spec, &doc) {
+        write(&doc)?;
+        return Ok(code);
+    }
+    let started_at = time::now_rfc3339();
+    let clock = Instant::now();
+    let mut detail = Map::new();
+    let result = body(&ctx, &mut doc, &mut detail);
+    let duration_ms = time::millis(clock.elapsed());
+    let (status, code, error, err) = match result {
+        Ok(Completed::Ok) => (Status::Ok, ExitCode::Success, None, None),
+        Ok(Completed::Skipped(reason)) => {
+            detail.insert("reason".into(), Value::String(reason));
+            (Status::Skipped, ExitCode::Success, None, None)
+        }
+        Err(e) => {
+            let code = exit::code_of(&e, spec.default_code);
+            let line = exit::one_line(&e);
+            (
+                Status::Failed,
+                code,
+                Some(line.clone()),
+                Some(Failure::new(code, line)),
+            )
+        }
+    };
+    doc.stages.push(StageRecord {
+        stage: spec.name.to_string(),
+        status,
+        started_at,
+        duration_ms,
+        exit_code: code.code(),
+        detail,
+        error,
+        extra: Map::new(),
+    });
+    write(&doc)?;
+    match err {
+        Some(f) => Err(f.into()),
+        None => Ok(code),
+    }
+}
+
+fn write(doc: &Document) -> Result<()> {
+    doc::write_stdout(doc).map_err(|e| anyhow::anyhow!("writing the document to stdout: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct T {
+        #[command(flatten)]
+        common: CommonArgs,
+    }
+
+    fn ctx(args: &[&str]) -> (CommonArgs, Context) {
+        let dir = std::env::temp_dir();
+        let mut argv = vec!["t", "--project-dir", dir.to_str().unwrap()];
+        argv.extend_from_slice(args);
+        let t = T::try_parse_from(argv).unwrap();
+        let c = t.common.resolve().unwrap();
+        (t.common, c)
+    }
+
+    #[test]
+    fn document_wins_and_contradictions_are_usage_errors() {
+        let (common, mut c) = ctx(&[]);
+        let d = Document::new("shop", Some("abc"));
+        let input = reconcile(&common, &mut c, Some(d.clone())).unwrap();
+        assert_eq!(input.ctx.project, "shop");
+        assert_eq!(input.ctx.tag.as_deref(), Some("abc"));
+
+        let (common, mut c) = ctx(&["--tag", "other"]);
+        let e = reconcile(&common, &mut c, Some(d.clone())).unwrap_err();
+        assert_eq!(e.code, ExitCode::Usage);
+
+        let (common, mut c) = ctx(&["-p", "elsewhere"]);
+        let e = reconcile(&common, &mut c, Some(d)).unwrap_err();
+        assert_eq!(e.code, ExitCode::Usage);
+    }
+
+    #[test]
+    fn failures_pass_through_except_for_stages_that_act_on_them() {
+        let mut d = Document::new("shop", Some("abc"));
+        d.stages.push(StageRecord {
+            stage: "backup".into(),
+            status: Status::Failed,
+            started_at: time::now_rfc3339(),
+            duration_ms: 3,
+            exit_code: 5,
+            detail: Map::new(),
+            error: Some("disk full".into()),
+            extra: Map::new(),
+        });
+        let swap = Spec {
+            name: "swap",
+            default_code: ExitCode::Swap,
+            acts_on_failure: false,
+        };
+        assert_eq!(pass_through(&swap, &d), Some(ExitCode::Backup));
+        let report = Spec {
+            acts_on_failure: true,
+            ..swap
+        };
+        assert_eq!(pass_through(&report, &d), None);
+    }
+}
