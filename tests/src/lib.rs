@@ -1,0 +1,594 @@
+//! The end-to-end test bed: a private copy of the demo stack per test (own compose
+//! project name, own loopback port, own state directory), cleaned up even when the test
+//! panics; the paths of the built berth binaries; and a load generator that counts
+//! failures, latencies and which version answered.
+//!
+//! Every test here talks to the real Docker Engine, Compose v2, nginx and PostgreSQL.
+//! `scripts/setup.sh` provides them (and the images); `scripts/test.sh` runs it first.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// The workspace root.
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ lives in the workspace")
+        .to_path_buf()
+}
+
+/// The path of a built berth binary (`berth-swap`, ...): `$BERTH_BIN_DIR` or
+/// `target/debug`. `scripts/test.sh` builds them before the tests run.
+pub fn bin(name: &str) -> PathBuf {
+    let dir = std::env::var_os("BERTH_BIN_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("target").join("debug"));
+    let p = dir.join(name);
+    assert!(
+        p.is_file(),
+        "{} is not built: run `cargo build --workspace --bins` (scripts/test.sh does)",
+        p.display()
+    );
+    p
+}
+
+/// A command for a berth binary with a clean environment: no `BERTH_*` variables
+/// leak in from the caller, `HOME` points nowhere useful.
+pub fn berth(name: &str) -> Command {
+    let mut c = Command::new(bin(name));
+    for (k, _) in std::env::vars_os() {
+        if k.to_string_lossy().starts_with("BERTH_") {
+            c.env_remove(&k);
+        }
+    }
+    c.env("HOME", "/nonexistent");
+    c
+}
+
+/// Fail the test early with a clear message when the images are missing.
+pub fn require_images(images: &[&str]) {
+    for img in images {
+        let ok = Command::new("docker")
+            .args(["image", "inspect", "--format", "{{.Id}}", img])
+            .output()
+            .map(|o| o.status.success())
+            .unwrap_or(false);
+        assert!(ok, "image {img} is missing: run scripts/setup.sh first");
+    }
+}
+
+/// The demo images every stack test needs.
+pub const DEMO_IMAGES: &[&str] = &[
+    "berth-fixture/nginx:1",
+    "berth-fixture/postgres:15",
+    "berth-fixture/redis:7",
+    "berth-demo/app:v1",
+    "berth-demo/app:v2",
+];
+
+/// A free loopback TCP port (bound, read, released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
+
+/// A short random suffix (no rand crate: time and pid are plenty for uniqueness here).
+fn suffix() -> String {
+    static N: AtomicU64 = AtomicU64::new(0);
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    format!(
+        "{:x}{:x}{}",
+        std::process::id() % 0xfff,
+        t % 0xffff,
+        N.fetch_add(1, Ordering::SeqCst)
+    )
+}
+
+/// Run a command, returning its output; panic with everything it said when it fails.
+pub fn run_ok(cmd: &mut Command) -> Output {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("could not run {cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed ({}):\nstdout: {}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// A private copy of `examples/demo` with its own compose project and port.
+/// Dropping it removes its containers (also ones berth created), networks and volumes.
+pub struct Stack {
+    /// The compose project name, also the directory's name.
+    pub project: String,
+    /// The project directory (a copy of examples/demo).
+    pub dir: PathBuf,
+    /// The proxy's published loopback port.
+    pub port: u16,
+    _tmp: tempfile::TempDir,
+}
+
+impl Stack {
+    /// Copy the demo stack for test `name`; `.env` gets `BERTH_TAG=v1` and a free port.
+    pub fn new(name: &str) -> Stack {
+        require_images(DEMO_IMAGES);
+        let clean: String = name
+            .to_lowercase()
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+            .take(24)
+            .collect();
+        let project = format!("be-{clean}-{}", suffix());
+        let tmp = tempfile::Builder::new()
+            .prefix("berth-e2e-")
+            .tempdir()
+            .expect("a temp dir");
+        let dir = tmp.path().join(&project);
+        copy_dir(&root().join("examples").join("demo"), &dir);
+        let port = free_port();
+        let stack = Stack {
+            project,
+            dir,
+            port,
+            _tmp: tmp,
+        };
+        let example = std::fs::read_to_string(stack.dir.join(".env.example")).unwrap_or_default();
+        std::fs::write(stack.dir.join(".env"), example).unwrap();
+        stack.set_env("BERTH_TAG", "v1");
+        stack.set_env("DEMO_HTTP_PORT", &port.to_string());
+        stack
+    }
+
+    /// Set `KEY=value` in the stack's `.env` (replacing the line or adding one).
+    pub fn set_env(&self, key: &str, value: &str) {
+        let p = self.dir.join(".env");
+        let text = std::fs::read_to_string(&p).unwrap_or_default();
+        let mut lines: Vec<String> = text
+            .lines()
+            .filter(|l| !l.starts_with(&format!("{key}=")))
+            .map(str::to_string)
+            .collect();
+        lines.push(format!("{key}={value}"));
+        std::fs::write(&p, lines.join("\n") + "\n").unwrap();
+    }
+
+    /// A value from the stack's `.env`.
+    pub fn env_value(&self, key: &str) -> Option<String> {
+        std::fs::read_to_string(self.dir.join(".env"))
+            .ok()?
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{key}=")).map(str::to_string))
+    }
+
+    /// The state directory berth uses for this stack by default.
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir.join(".berth")
+    }
+
+    /// `docker compose` for this project, run in its directory.
+    pub fn compose(&self) -> Command {
+        let mut c = Command::new("docker");
+        c.args(["compose", "--project-directory"])
+            .arg(&self.dir)
+            .args(["-p", &self.project])
+            .current_dir(&self.dir);
+        for (k, _) in std::env::vars_os() {
+            if k.to_string_lossy().starts_with("BERTH_") {
+                c.env_remove(&k);
+            }
+        }
+        c
+    }
+
+    /// Run `docker compose ARGS` and return stdout; panic with its stderr on failure.
+    pub fn compose_ok(&self, args: &[&str]) -> String {
+        let out = run_ok(self.compose().args(args));
+        String::from_utf8_lossy(&out.stdout).to_string()
+    }
+
+    /// A berth command pointed at this stack (`--project-dir`, `-p`).
+    pub fn berth(&self, name: &str) -> Command {
+        let mut c = berth(name);
+        c.arg("--project-dir")
+            .arg(&self.dir)
+            .args(["-p", &self.project])
+            .current_dir(&self.dir);
+        c
+    }
+
+    /// Start the database, migrate it to the schema of `tag`, and start everything at
+    /// `tag`, waiting until compose reports it healthy.
+    pub fn start(&self, tag: &str) {
+        self.set_env("BERTH_TAG", tag);
+        self.compose_ok(&["up", "-d", "--wait", "db", "redis"]);
+        self.compose_ok(&["run", "--rm", "--no-deps", "-T", "web", "migrate"]);
+        self.compose_ok(&["up", "-d", "--wait"]);
+    }
+
+    /// `http://127.0.0.1:<port><path>` (through the proxy).
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    /// GET through the proxy: (status, X-Demo-Version, body). Transport errors panic.
+    pub fn get(&self, path: &str) -> (u16, String, String) {
+        get(&self.url(path)).unwrap_or_else(|e| panic!("GET {path}: {e}"))
+    }
+
+    /// IDs of every container of this project (running or not), one-off runs included.
+    pub fn container_ids(&self) -> Vec<String> {
+        let out = Command::new("docker")
+            .args(["ps", "-aq", "--filter"])
+            .arg(format!("label=com.docker.compose.project={}", self.project))
+            .output()
+            .expect("docker ps");
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// Running containers of one service: (name, image).
+    pub fn service_containers(&self, service: &str) -> Vec<(String, String)> {
+        let out = Command::new("docker")
+            .args(["ps", "--format", "{{.Names}} {{.Image}}", "--filter"])
+            .arg(format!("label=com.docker.compose.project={}", self.project))
+            .arg("--filter")
+            .arg(format!("label=com.docker.compose.service={service}"))
+            .output()
+            .expect("docker ps");
+        let mut v: Vec<(String, String)> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| l.split_once(' '))
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect();
+        v.sort();
+        v
+    }
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        let _ = self
+            .compose()
+            .args(["down", "-v", "--remove-orphans", "-t", "2"])
+            .output();
+        let ids = self.container_ids();
+        if !ids.is_empty() {
+            let _ = Command::new("docker")
+                .args(["rm", "-f", "-v"])
+                .args(&ids)
+                .output();
+        }
+        let label = format!("label=com.docker.compose.project={}", self.project);
+        for kind in ["network", "volume"] {
+            let out = Command::new("docker")
+                .args([kind, "ls", "-q", "--filter", &label])
+                .output();
+            if let Ok(out) = out {
+                let names: Vec<String> = String::from_utf8_lossy(&out.stdout)
+                    .lines()
+                    .map(str::to_string)
+                    .collect();
+                if !names.is_empty() {
+                    let _ = Command::new("docker")
+                        .args([kind, "rm"])
+                        .args(&names)
+                        .output();
+                }
+            }
+        }
+    }
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap_or_else(|e| panic!("{}: {e}", from.display())) {
+        let e = e.unwrap();
+        let name = e.file_name();
+        let n = name.to_string_lossy();
+        // Not the app's sources, nor anything a local run left behind.
+        if n == ".env" || n == ".berth" || n == "app" || n == "target" {
+            continue;
+        }
+        let src = e.path();
+        let dst = to.join(&name);
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&src, &dst);
+        } else {
+            std::fs::copy(&src, &dst).unwrap();
+        }
+    }
+}
+
+/// One GET with a 5 s bound: (status, X-Demo-Version, body).
+pub fn get(url: &str) -> Result<(u16, String, String), String> {
+    let agent = berth_core::http::agent(Duration::from_secs(5));
+    let mut resp = agent.get(url).call().map_err(|e| e.to_string())?;
+    let status = resp.status().as_u16();
+    let version = resp
+        .headers()
+        .get("x-demo-version")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    let body = resp.body_mut().read_to_string().unwrap_or_default();
+    Ok((status, version, body))
+}
+
+/// One answered (or failed) request of the load.
+#[derive(Debug, Clone)]
+pub struct Sample {
+    /// When the request finished, from the start of the load.
+    pub at: Duration,
+    pub latency: Duration,
+    /// 0 for a transport error.
+    pub status: u16,
+    pub version: String,
+    pub error: Option<String>,
+}
+
+impl Sample {
+    /// A transport error or a status outside 2xx.
+    pub fn failed(&self) -> bool {
+        !(200..300).contains(&self.status)
+    }
+}
+
+/// A running load: `clients` threads sending GETs to `url` back to back (each with a
+/// keep-alive connection) until [`Load::stop`], bounded by `max` in any case.
+pub struct Load {
+    stop: Arc<AtomicBool>,
+    started: Instant,
+    handles: Vec<JoinHandle<Vec<Sample>>>,
+}
+
+impl Load {
+    pub fn start(url: &str, clients: usize, max: Duration) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let started = Instant::now();
+        let handles = (0..clients)
+            .map(|_| {
+                let (stop, url) = (stop.clone(), url.to_string());
+                std::thread::spawn(move || {
+                    let agent = berth_core::http::agent(Duration::from_secs(5));
+                    let mut out = Vec::new();
+                    while !stop.load(Ordering::SeqCst) && started.elapsed() < max {
+                        let t0 = Instant::now();
+                        let res = agent.get(&url).call();
+                        let latency = t0.elapsed();
+                        let sample = match res {
+                            Ok(mut r) => {
+                                let version = r
+                                    .headers()
+                                    .get("x-demo-version")
+                                    .and_then(|v| v.to_str().ok())
+                                    .unwrap_or("")
+                                    .to_string();
+                                let _ = r.body_mut().read_to_string();
+                                Sample {
+                                    at: started.elapsed(),
+                                    latency,
+                                    status: r.status().as_u16(),
+                                    version,
+                                    error: None,
+                                }
+                            }
+                            Err(e) => Sample {
+                                at: started.elapsed(),
+                                latency,
+                                status: 0,
+                                version: String::new(),
+                                error: Some(e.to_string()),
+                            },
+                        };
+                        out.push(sample);
+                    }
+                    out
+                })
+            })
+            .collect();
+        Load {
+            stop,
+            started,
+            handles,
+        }
+    }
+
+    /// Time since the load started (to mark events against its samples).
+    pub fn elapsed(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    /// Stop every client and collect the report.
+    pub fn stop(self) -> LoadReport {
+        self.stop.store(true, Ordering::SeqCst);
+        let mut samples: Vec<Sample> = self
+            .handles
+            .into_iter()
+            .flat_map(|h| h.join().expect("load thread"))
+            .collect();
+        samples.sort_by_key(|s| s.at);
+        LoadReport { samples }
+    }
+}
+
+/// Everything the load saw.
+#[derive(Debug, Clone)]
+pub struct LoadReport {
+    pub samples: Vec<Sample>,
+}
+
+impl LoadReport {
+    pub fn total(&self) -> usize {
+        self.samples.len()
+    }
+
+    pub fn failed(&self) -> usize {
+        self.samples.iter().filter(|s| s.failed()).count()
+    }
+
+    /// Transport errors only (a 503 from maintenance mode is an answer, not one of these).
+    pub fn transport_errors(&self) -> usize {
+        self.samples.iter().filter(|s| s.status == 0).count()
+    }
+
+    /// Count per status (0 = transport error).
+    pub fn by_status(&self) -> BTreeMap<u16, usize> {
+        let mut m = BTreeMap::new();
+        for s in &self.samples {
+            *m.entry(s.status).or_default() += 1;
+        }
+        m
+    }
+
+    /// Count per version header among successful answers.
+    pub fn by_version(&self) -> BTreeMap<String, usize> {
+        let mut m = BTreeMap::new();
+        for s in self.samples.iter().filter(|s| !s.failed()) {
+            *m.entry(s.version.clone()).or_default() += 1;
+        }
+        m
+    }
+
+    /// Versions that answered successfully at or after `t` (load time).
+    pub fn versions_after(&self, t: Duration) -> BTreeSet<String> {
+        self.samples
+            .iter()
+            .filter(|s| s.at >= t && !s.failed())
+            .map(|s| s.version.clone())
+            .collect()
+    }
+
+    /// The longest time between two consecutive successful answers.
+    pub fn longest_gap(&self) -> Duration {
+        let oks: Vec<Duration> = self
+            .samples
+            .iter()
+            .filter(|s| !s.failed())
+            .map(|s| s.at)
+            .collect();
+        oks.windows(2)
+            .map(|w| w[1] - w[0])
+            .max()
+            .unwrap_or_default()
+    }
+
+    /// Latency percentile (0.0..=1.0) over samples finishing within `[from, to)`.
+    pub fn latency_percentile(&self, p: f64, from: Duration, to: Duration) -> Duration {
+        let mut l: Vec<Duration> = self
+            .samples
+            .iter()
+            .filter(|s| s.at >= from && s.at < to)
+            .map(|s| s.latency)
+            .collect();
+        if l.is_empty() {
+            return Duration::ZERO;
+        }
+        l.sort();
+        let i = ((l.len() as f64 - 1.0) * p).round() as usize;
+        l[i.min(l.len() - 1)]
+    }
+
+    /// A short summary for assertion messages: totals, statuses, a few errors.
+    pub fn summary(&self) -> String {
+        let mut errors: BTreeMap<String, usize> = BTreeMap::new();
+        for s in &self.samples {
+            if let Some(e) = &s.error {
+                *errors.entry(e.clone()).or_default() += 1;
+            }
+        }
+        format!(
+            "{} requests, {} failed, statuses {:?}, versions {:?}, longest gap {:?}, errors {:?}",
+            self.total(),
+            self.failed(),
+            self.by_status(),
+            self.by_version(),
+            self.longest_gap(),
+            errors.into_iter().take(5).collect::<Vec<_>>()
+        )
+    }
+}
+
+/// A tiny HTTP server for tests that need one without Docker: answers each request with
+/// `respond(request_line_and_headers) -> (status, body)`; stops on drop.
+pub struct TestServer {
+    pub port: u16,
+    stop: Arc<AtomicBool>,
+    handle: Option<JoinHandle<()>>,
+    /// Requests seen (their head: request line and headers).
+    pub seen: Arc<Mutex<Vec<String>>>,
+}
+
+impl TestServer {
+    pub fn start(respond: impl Fn(&str) -> (u16, String) + Send + Sync + 'static) -> TestServer {
+        use std::io::{BufRead, BufReader, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let stop = Arc::new(AtomicBool::new(false));
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let (stop2, seen2) = (stop.clone(), seen.clone());
+        let respond = Arc::new(respond);
+        let handle = std::thread::spawn(move || {
+            while !stop2.load(Ordering::SeqCst) {
+                match listener.accept() {
+                    Ok((stream, _)) => {
+                        stream.set_nonblocking(false).unwrap();
+                        let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
+                        let mut reader = BufReader::new(stream.try_clone().unwrap());
+                        let mut head = String::new();
+                        loop {
+                            let mut line = String::new();
+                            if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                                break;
+                            }
+                            head.push_str(&line);
+                        }
+                        seen2.lock().unwrap().push(head.clone());
+                        let (status, body) = respond(&head);
+                        let mut s = stream;
+                        let _ = write!(
+                            s,
+                            "HTTP/1.1 {status} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                            body.len()
+                        );
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
+                }
+            }
+        });
+        TestServer {
+            port,
+            stop,
+            handle: Some(handle),
+            seen,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+}
