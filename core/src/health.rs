@@ -21,6 +21,13 @@ pub enum Target {
     Http(HttpCheck),
     Tcp(String),
     Container(String),
+    /// An HTTP check on one container's own address: ready when the check passes (Docker
+    /// health is not waited for), dead as soon as the container exits, restarts, is
+    /// OOM-killed or turns unhealthy.
+    HttpOn {
+        container: String,
+        check: HttpCheck,
+    },
 }
 
 impl Target {
@@ -29,6 +36,7 @@ impl Target {
             Target::Http(_) => "http",
             Target::Tcp(_) => "tcp",
             Target::Container(_) => "container",
+            Target::HttpOn { .. } => "http",
         }
     }
     pub fn name(&self) -> String {
@@ -36,6 +44,7 @@ impl Target {
             Target::Http(h) => h.url.clone(),
             Target::Tcp(a) => a.clone(),
             Target::Container(c) => c.clone(),
+            Target::HttpOn { check, .. } => check.url.clone(),
         }
     }
 }
@@ -205,6 +214,10 @@ pub fn probe(target: &Target, agent: &ureq::Agent, timeout: Duration) -> Probe {
         Target::Http(h) => probe_http(h, agent, timeout),
         Target::Tcp(addr) => probe_tcp(addr, timeout),
         Target::Container(id) => probe_container(id),
+        Target::HttpOn { container, check } => match probe_container(container) {
+            Probe::Dead(e) => Probe::Dead(format!("{container}: {e}")),
+            _ => probe_http(check, agent, timeout),
+        },
     }
 }
 
@@ -572,6 +585,32 @@ mod tests {
         );
         // One line for the state, not one per probe.
         assert_eq!(lines.lock().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn http_on_a_container_that_is_gone_fails_fast() {
+        // A stub docker that knows no containers: the target dies at the first probe
+        // instead of probing the URL until the deadline.
+        let dir = tempfile::tempdir().unwrap();
+        let stub = dir.path().join("docker");
+        std::fs::write(&stub, "#!/bin/sh\necho 'Error: No such container: gone' >&2\nexit 1\n")
+            .unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&stub, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let target = Target::HttpOn {
+            container: "gone".into(),
+            check: HttpCheck::new("http://127.0.0.1:9/readyz"),
+        };
+        assert_eq!(target.kind(), "http");
+        assert_eq!(target.name(), "http://127.0.0.1:9/readyz");
+        std::env::set_var("BERTH_DOCKER", &stub);
+        let agent = http::agent(Duration::from_millis(200));
+        let p = probe(&target, &agent, Duration::from_millis(200));
+        std::env::remove_var("BERTH_DOCKER");
+        match p {
+            Probe::Dead(e) => assert!(e.contains("no such container"), "{e}"),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

@@ -82,6 +82,9 @@ pub enum Completed {
     Ok,
     /// Nothing to do; the reason goes into `detail.reason`.
     Skipped(String),
+    /// The stage did its work, and the deploy's outcome is this code: a rollback that
+    /// succeeded records `ok` with 4 (the release was not healthy, and is undone).
+    Done(ExitCode),
 }
 
 /// What a stage is called and how it treats earlier failures.
@@ -116,6 +119,18 @@ pub fn run(
     input: Input,
     body: impl FnOnce(&Context, &mut Document, &mut Map<String, Value>) -> Result<Completed>,
 ) -> Result<ExitCode> {
+    run_then(spec, input, body, |_, _| {})
+}
+
+/// [`run`], with `after` called on the document once this stage's record is in it and
+/// before it is written (not when the document is only passed through): e.g. to append
+/// the release to the ledger, or to release a lock before the next stage reads stdin.
+pub fn run_then(
+    spec: Spec,
+    input: Input,
+    body: impl FnOnce(&Context, &mut Document, &mut Map<String, Value>) -> Result<Completed>,
+    after: impl FnOnce(&Context, &Document),
+) -> Result<ExitCode> {
     let Input { ctx, mut doc, .. } = input;
     if let Some(code) = pass_through(&spec, &doc) {
         write(&doc)?;
@@ -132,6 +147,7 @@ pub fn run(
             detail.insert("reason".into(), Value::String(reason));
             (Status::Skipped, ExitCode::Success, None, None)
         }
+        Ok(Completed::Done(code)) => (Status::Ok, code, None, None),
         Err(e) => {
             let code = exit::code_of(&e, spec.default_code);
             let line = exit::one_line(&e);
@@ -153,6 +169,7 @@ pub fn run(
         error,
         extra: Map::new(),
     });
+    after(&ctx, &doc);
     write(&doc)?;
     match err {
         Some(f) => Err(f.into()),
@@ -199,6 +216,34 @@ mod tests {
         let (common, mut c) = ctx(&["-p", "elsewhere"]);
         let e = reconcile(&common, &mut c, Some(d)).unwrap_err();
         assert_eq!(e.code, ExitCode::Usage);
+    }
+
+    #[test]
+    fn done_records_ok_with_its_code_and_after_sees_the_record() {
+        let (_, c) = ctx(&[]);
+        let input = Input {
+            ctx: c,
+            doc: Document::new("shop", Some("abc")),
+            piped: false,
+        };
+        let spec = Spec {
+            name: "rollback",
+            default_code: ExitCode::RollbackFailed,
+            acts_on_failure: true,
+        };
+        let seen = std::cell::RefCell::new(None);
+        let code = run_then(
+            spec,
+            input,
+            |_, _, _| Ok(Completed::Done(ExitCode::Unhealthy)),
+            |_, d| *seen.borrow_mut() = Some(d.clone()),
+        )
+        .unwrap();
+        assert_eq!(code, ExitCode::Unhealthy);
+        let d = seen.into_inner().unwrap();
+        let r = d.stage("rollback").unwrap();
+        assert_eq!((r.status, r.exit_code), (Status::Ok, 4));
+        assert_eq!(d.outcome(), 4);
     }
 
     #[test]
