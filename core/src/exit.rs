@@ -67,6 +67,23 @@ impl ExitCode {
         ExitCode::ALL.into_iter().find(|c| c.code() == code)
     }
 
+    /// A stable snake_case name for machines (webhooks, JSON summaries): `rollback_failed`.
+    pub fn name(self) -> &'static str {
+        match self {
+            ExitCode::Success => "success",
+            ExitCode::Preflight => "preflight",
+            ExitCode::Image => "image",
+            ExitCode::Swap => "swap",
+            ExitCode::Unhealthy => "unhealthy",
+            ExitCode::Backup => "backup",
+            ExitCode::Migration => "migration",
+            ExitCode::RollbackFailed => "rollback_failed",
+            ExitCode::Usage => "usage",
+            ExitCode::BadDocument => "bad_document",
+            ExitCode::Locked => "locked",
+        }
+    }
+
     pub fn meaning(self) -> &'static str {
         match self {
             ExitCode::Success => "success",
@@ -187,6 +204,18 @@ mod tests {
                 c.code()
             );
         }
+    }
+
+    #[test]
+    fn names_are_distinct_snake_case() {
+        let names: std::collections::BTreeSet<&str> =
+            ExitCode::ALL.iter().map(|c| c.name()).collect();
+        assert_eq!(names.len(), ExitCode::ALL.len());
+        assert!(names
+            .iter()
+            .all(|n| n.chars().all(|c| c.is_ascii_lowercase() || c == '_')));
+        assert_eq!(ExitCode::RollbackFailed.name(), "rollback_failed");
+        assert_eq!(ExitCode::from_code(4).unwrap().name(), "unhealthy");
     }
 
     #[test]
