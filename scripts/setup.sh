@@ -108,14 +108,26 @@ cleanup() {
 }
 trap cleanup EXIT
 
+# apt_install PKG...: `apt-get update` at most once per run, then install. Package
+# postinsts may not start services meanwhile (a policy-rc.d answering 101, unless the
+# machine has one already): docker-registry would take :5000, and dockerd is started
+# by step_docker itself.
 APT_UPDATED=0
 apt_install() {
 	need_root "installing packages ($*)"
+	local policy=/usr/sbin/policy-rc.d made_policy=0
+	if [ ! -e "$policy" ]; then
+		printf '#!/bin/sh\n# berth scripts/setup.sh: no service starts during package install\nexit 101\n' >"$policy"
+		chmod 0755 "$policy"
+		CLEANUP_PATHS+=("$policy")
+		made_policy=1
+	fi
 	if [ "$APT_UPDATED" = 0 ]; then
 		run_logged apt env DEBIAN_FRONTEND=noninteractive apt-get update
 		APT_UPDATED=1
 	fi
 	run_logged apt env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "$@"
+	if [ "$made_policy" = 1 ]; then rm -f "$policy"; fi
 }
 
 docker_answers() { timeout 20 docker info >/dev/null 2>&1; }
@@ -136,17 +148,12 @@ step_docker() {
 	if ! command -v dockerd >/dev/null 2>&1 || ! command -v docker >/dev/null 2>&1; then
 		apt_install docker.io
 		did="installed docker.io, "
-		# A systemd machine starts the service from the package's postinst.
-		local i
-		for i in 1 2 3 4 5; do
-			docker_answers && break
-			sleep 1
-		done
 	fi
 	if ! docker_answers; then
 		need_root "starting dockerd"
 		if systemd_running; then
-			systemctl start docker || true
+			systemctl enable --now docker.socket docker.service >/dev/null 2>&1 ||
+				systemctl start docker || true
 		else
 			setsid nohup dockerd >/var/log/dockerd.log 2>&1 </dev/null &
 		fi
@@ -275,17 +282,7 @@ step_packages() {
 		log "host packages already installed: debootstrap postgresql-client docker-registry curl jq ($(secs "$t0"))"
 		return
 	fi
-	need_root "installing ${missing[*]}"
-	# Keep package postinsts from starting services (docker-registry would take :5000).
-	local policy=/usr/sbin/policy-rc.d made_policy=0
-	if [ ! -e "$policy" ]; then
-		printf '#!/bin/sh\n# berth setup.sh: no service starts during package install\nexit 101\n' >"$policy"
-		chmod 0755 "$policy"
-		made_policy=1
-	fi
-	[ "$made_policy" = 1 ] && CLEANUP_PATHS+=("$policy")
 	apt_install "${missing[@]}"
-	if [ "$made_policy" = 1 ]; then rm -f "$policy"; fi
 	registry_service_off
 	log "installed ${missing[*]} ($(secs "$t0"))"
 }
@@ -572,4 +569,7 @@ main() {
 	log "done ($(secs "$t0"))"
 }
 
-main "$@"
+# Sourcing the script (for testing one function) runs nothing.
+if [ "${BASH_SOURCE[0]}" = "$0" ]; then
+	main "$@"
+fi
