@@ -1,0 +1,266 @@
+//! `berth-swap`: replace the containers of compose services with a new release, with
+//! zero failed requests. New containers start beside the old ones from the compose file's
+//! own definition, are probed directly, nginx is switched to them by rewriting an upstream
+//! file and reloading gracefully, the old ones drain and stop, and `.env` records the
+//! tag so that compose itself keeps the new release. See [`engine`].
+//!
+//! The engine is a library so that `berth-rollback` swaps back through the same path.
+
+pub mod engine;
+pub mod envfile;
+pub mod journal;
+pub mod maintenance;
+pub mod nginx;
+
+use std::cell::RefCell;
+use std::time::Duration;
+
+use anyhow::Result;
+use berth_core::cli::{parse_duration, CommonArgs};
+use berth_core::lock::{self, Lock};
+use berth_core::stage::{self, Completed, Spec};
+use berth_core::{ledger, msg, ExitCode, Failure};
+use clap::{Parser, Subcommand};
+use serde_json::Value;
+
+pub use nginx::ProxyMode;
+
+const EXAMPLES: &str = "\
+Examples:
+  # Swap web and worker (built from the same commit) to 3f9c2a1
+  berth-swap --tag 3f9c2a1 web --worker worker worker
+
+  # In a pipeline: a smoke test after the switch, and a rollback when it fails
+  berth-swap --tag 3f9c2a1 web | berth-healthwait --url http://127.0.0.1/smoke --stage smoke \\
+      | berth-rollback | berth-report
+
+  # nginx on the host instead of in the compose project
+  berth-swap --tag 3f9c2a1 --proxy host --upstream-file /etc/nginx/berth/upstream-web.conf web
+
+  # Show the docker commands, change nothing
+  berth-swap --tag 3f9c2a1 --dry-run web
+
+  # Maintenance page on and off (503 with Retry-After; /healthz and /readyz still pass)
+  berth-swap maintenance on --message 'Upgrading the database, back in 5 minutes'
+  berth-swap maintenance off
+
+Files: the upstream file (default <project>/nginx/berth/upstream-SERVICE.conf) is rewritten
+to name the new containers; <project>/.env gets TAG_VAR=TAG; <state>/swap/SERVICE.json is
+the journal of a swap in progress (a killed swap is converged by the next swap or rollback);
+<state>/releases.jsonl gets the release.
+
+Exit status: 0 swapped; 1 preflight (docker unreachable, compose config invalid, nginx not
+running); 2 image unavailable (nothing changed); 3 swap failed before traffic moved (the old
+containers still serve, the new ones are removed); 64 usage; 65 bad document on stdin;
+75 another deploy holds the lock; a failure already in the document passes through.";
+
+/// Swap compose services to a new image tag with zero downtime: start new containers
+/// beside the old ones, probe each one directly, switch nginx to them (rewrite the
+/// upstream file, nginx -t, graceful reload), drain and stop the old ones, and record the
+/// tag in .env. Workers (--worker, or --proxy none) wait for Docker health instead and
+/// take no traffic switch. The deploy document flows stdin to stdout.
+#[derive(Debug, Parser)]
+#[command(
+    name = "berth-swap",
+    version,
+    after_long_help = EXAMPLES,
+    after_help = "See --help for examples, files and exit codes.",
+    args_conflicts_with_subcommands = true,
+    subcommand_negates_reqs = true
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
+    /// The services to swap (all move together: every new container is ready before any
+    /// traffic moves)
+    #[arg(value_name = "SERVICE", required = true)]
+    pub services: Vec<String>,
+
+    #[command(flatten)]
+    pub swap: SwapArgs,
+
+    #[command(flatten)]
+    pub common: CommonArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Turn nginx's maintenance page on or off (503 with Retry-After; health paths pass)
+    Maintenance(maintenance::Args),
+}
+
+/// How a swap runs; `berth-rollback` takes the same settings.
+#[derive(Debug, Clone, clap::Args)]
+#[command(next_help_heading = "Swap")]
+pub struct SwapArgs {
+    /// Where nginx runs
+    #[arg(long, value_enum, env = "BERTH_PROXY", default_value = "compose")]
+    pub proxy: ProxyMode,
+
+    /// The compose service running nginx (with --proxy compose)
+    #[arg(
+        long,
+        env = "BERTH_PROXY_SERVICE",
+        default_value = "proxy",
+        value_name = "SERVICE"
+    )]
+    pub proxy_service: String,
+
+    /// The upstream file nginx includes; `{service}` is replaced by the service's name
+    /// [default: <project dir>/nginx/berth/upstream-{service}.conf]
+    #[arg(long, env = "BERTH_UPSTREAM_FILE", value_name = "PATH")]
+    pub upstream_file: Option<String>,
+
+    /// A service that takes no traffic (a worker): started beside, waited healthy (Docker
+    /// health), then the old ones stop with their grace period (repeatable)
+    #[arg(long = "worker", value_name = "SERVICE")]
+    pub workers: Vec<String>,
+
+    /// The port the services listen on inside their containers
+    #[arg(long, env = "BERTH_PORT", default_value_t = 8080)]
+    pub port: u16,
+
+    /// The path probed on each new container (GET http://ADDRESS:PORT/PATH, 2xx = ready)
+    #[arg(
+        long,
+        env = "BERTH_READY_PATH",
+        default_value = "/readyz",
+        value_name = "PATH"
+    )]
+    pub ready_path: String,
+
+    /// How long new containers get to become ready
+    #[arg(long, env = "BERTH_SWAP_TIMEOUT", default_value = "60s", value_parser = parse_duration, value_name = "DURATION")]
+    pub timeout: Duration,
+
+    /// Pause between probes of a new container
+    #[arg(long, default_value = "100ms", value_parser = parse_duration, value_name = "DURATION")]
+    pub interval: Duration,
+
+    /// How long the old containers keep running after the switch (in-flight requests finish)
+    #[arg(long, env = "BERTH_DRAIN", default_value = "5s", value_parser = parse_duration, value_name = "DURATION")]
+    pub drain: Duration,
+
+    /// Grace period before SIGKILL when stopping old containers
+    /// [default: the service's stop_grace_period, else 10s]
+    #[arg(long, env = "BERTH_STOP_TIMEOUT", value_parser = parse_duration, value_name = "DURATION")]
+    pub stop_timeout: Option<Duration>,
+
+    /// Idle keep-alive connections nginx keeps to the upstream (0: none)
+    #[arg(long, default_value_t = 16, value_name = "N")]
+    pub keepalive: u32,
+
+    /// The nginx binary (inside the proxy container, or on the host)
+    #[arg(
+        long,
+        env = "BERTH_NGINX",
+        default_value = "nginx",
+        value_name = "PATH"
+    )]
+    pub nginx: String,
+
+    /// Wait this long for another deploy's lock instead of exiting 75 at once
+    #[arg(long, env = "BERTH_LOCK_WAIT", default_value = "0s", value_parser = parse_duration, value_name = "DURATION")]
+    pub lock_wait: Duration,
+}
+
+impl SwapArgs {
+    pub fn check(&self) -> Result<(), Failure> {
+        if !self.ready_path.starts_with('/') {
+            return Err(Failure::usage(format!(
+                "--ready-path {:?}: must start with /",
+                self.ready_path
+            )));
+        }
+        if self.port == 0 {
+            return Err(Failure::usage("--port 0: not a port"));
+        }
+        if self.timeout.is_zero() {
+            return Err(Failure::usage("--timeout must be more than 0"));
+        }
+        Ok(())
+    }
+}
+
+/// Check service names: known shape, no repeats.
+pub fn check_services(services: &[String]) -> Result<(), Failure> {
+    for (i, s) in services.iter().enumerate() {
+        let ok = !s.is_empty()
+            && s.chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.');
+        if !ok {
+            return Err(Failure::usage(format!("{s:?} is not a service name")));
+        }
+        if services[..i].contains(s) {
+            return Err(Failure::usage(format!("service {s} named twice")));
+        }
+    }
+    Ok(())
+}
+
+pub fn run(cli: Cli) -> Result<ExitCode> {
+    if let Some(Command::Maintenance(m)) = cli.command {
+        return maintenance::run(m);
+    }
+    cli.swap.check()?;
+    check_services(&cli.services)?;
+    let input = stage::load(&cli.common)?;
+    let spec = Spec {
+        name: "swap",
+        default_code: ExitCode::Swap,
+        acts_on_failure: false,
+    };
+    let held: RefCell<Option<Lock>> = RefCell::new(None);
+    let dry_run = input.ctx.dry_run;
+    stage::run_then(
+        spec,
+        input,
+        |ctx, doc, detail| {
+            let tag = ctx.require_tag()?.to_string();
+            if !ctx.dry_run {
+                *held.borrow_mut() = Some(lock::acquire(
+                    &ctx.state_dir,
+                    "deploy",
+                    cli.swap.lock_wait,
+                    Some(&doc.deploy_id),
+                )?);
+            }
+            let out = engine::swap(ctx, &cli.swap, &cli.services, &tag, &doc.deploy_id)?;
+            record(doc, &out);
+            detail.extend(out.detail);
+            if out.dry_run {
+                return Ok(Completed::Skipped("dry run: nothing changed".into()));
+            }
+            Ok(Completed::Ok)
+        },
+        |ctx, doc| {
+            let ok = doc
+                .stage("swap")
+                .is_some_and(|s| s.status == berth_core::doc::Status::Ok);
+            if ok && !dry_run {
+                if let Err(e) = ledger::append(&ctx.state_dir, doc) {
+                    msg::warn(format!("could not record the release in the ledger: {e:#}"));
+                }
+            }
+            if let Some(l) = held.borrow_mut().take() {
+                l.release();
+            }
+        },
+    )
+}
+
+/// Put what a swap learned into the document: previous tag, images with their IDs.
+pub fn record(doc: &mut berth_core::doc::Document, out: &engine::Outcome) {
+    if out.previous_tag.is_some() {
+        doc.previous_tag = out.previous_tag.clone();
+    }
+    for (svc, image, id) in &out.images {
+        doc.set_service_image(svc, image);
+        if let Some(s) = doc.services.iter_mut().find(|s| s.name == *svc) {
+            if !id.is_empty() {
+                s.extra.insert("image_id".into(), Value::String(id.clone()));
+            }
+        }
+    }
+}

@@ -1,0 +1,225 @@
+//! `berth-swap maintenance on|off`: nginx answers 503 with a small page and `Retry-After`
+//! (health paths still reach the app), switched by graceful reload. Idempotent; the
+//! window's start is kept in `<state>/maintenance.json` so `off` records its length.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context as _, Result};
+use berth_core::cli::{parse_duration, CommonArgs};
+use berth_core::lock;
+use berth_core::process::Runner;
+use berth_core::stage::{self, Completed, Spec};
+use berth_core::{fsutil, msg, time, ExitCode};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use crate::nginx::{self, Proxy, ProxyMode};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum OnOff {
+    On,
+    Off,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// on: serve the maintenance page; off: serve the app again
+    #[arg(value_enum)]
+    pub state: OnOff,
+
+    /// The text on the page
+    #[arg(
+        long,
+        default_value = "We are upgrading the service and will be back in a few minutes."
+    )]
+    pub message: String,
+
+    /// The Retry-After the 503 carries
+    #[arg(long, default_value = "30s", value_parser = parse_duration, value_name = "DURATION")]
+    pub retry_after: Duration,
+
+    /// A path that still reaches the app (repeatable)
+    #[arg(long = "except", value_name = "PATH", default_values = ["/healthz", "/readyz"])]
+    pub except: Vec<String>,
+
+    /// The snippet nginx includes in its server block
+    /// [default: <project dir>/nginx/berth/server-maintenance.conf]
+    #[arg(long, env = "BERTH_MAINTENANCE_FILE", value_name = "PATH")]
+    pub file: Option<PathBuf>,
+
+    /// Where nginx runs (none is not allowed here)
+    #[arg(long, value_enum, env = "BERTH_PROXY", default_value = "compose")]
+    pub proxy: ProxyMode,
+
+    /// The compose service running nginx (with --proxy compose)
+    #[arg(
+        long,
+        env = "BERTH_PROXY_SERVICE",
+        default_value = "proxy",
+        value_name = "SERVICE"
+    )]
+    pub proxy_service: String,
+
+    /// The nginx binary (inside the proxy container, or on the host)
+    #[arg(
+        long,
+        env = "BERTH_NGINX",
+        default_value = "nginx",
+        value_name = "PATH"
+    )]
+    pub nginx: String,
+
+    /// Wait this long for another deploy's lock instead of exiting 75 at once
+    #[arg(long, env = "BERTH_LOCK_WAIT", default_value = "0s", value_parser = parse_duration, value_name = "DURATION")]
+    pub lock_wait: Duration,
+
+    #[command(flatten)]
+    pub common: CommonArgs,
+}
+
+/// When the window opened, kept between `on` and `off`.
+#[derive(Debug, Serialize, Deserialize)]
+struct Window {
+    since: String,
+    message: String,
+}
+
+pub fn run(args: Args) -> Result<ExitCode> {
+    if args.proxy == ProxyMode::None {
+        return Err(berth_core::Failure::usage(
+            "maintenance mode needs nginx: --proxy compose or host",
+        )
+        .into());
+    }
+    for p in &args.except {
+        if !p.starts_with('/') {
+            return Err(
+                berth_core::Failure::usage(format!("--except {p:?}: must start with /")).into(),
+            );
+        }
+    }
+    let input = stage::load(&args.common)?;
+    // Turning maintenance off must happen even when an earlier stage failed.
+    let prior = input.doc.outcome();
+    let spec = Spec {
+        name: "maintenance",
+        default_code: ExitCode::Swap,
+        acts_on_failure: args.state == OnOff::Off,
+    };
+    stage::run(spec, input, |ctx, doc, detail| {
+        let runner = Runner {
+            dry_run: ctx.dry_run,
+        };
+        let _lock = if ctx.dry_run {
+            None
+        } else {
+            Some(lock::acquire(
+                &ctx.state_dir,
+                "deploy",
+                args.lock_wait,
+                Some(&doc.deploy_id),
+            )?)
+        };
+        let file = match &args.file {
+            Some(f) if f.is_absolute() => f.clone(),
+            Some(f) => ctx.project_dir.join(f),
+            None => ctx
+                .project_dir
+                .join("nginx")
+                .join("berth")
+                .join("server-maintenance.conf"),
+        };
+        let state_file = ctx.state_dir.join("maintenance.json");
+        let mut proxy = Proxy::new(args.proxy, ctx.compose(), &args.proxy_service, &args.nginx);
+        if !ctx.dry_run && !proxy.locate()? {
+            return Err(berth_core::fail!(
+                Preflight,
+                "the nginx service {:?} is not running",
+                args.proxy_service
+            ));
+        }
+        detail.insert("file".into(), json!(file.display().to_string()));
+        match args.state {
+            OnOff::On => {
+                let text = nginx::render_maintenance(&args.message, args.retry_after, &args.except);
+                let was_on = nginx::read_opt(&file)?.is_some();
+                nginx::apply(&proxy, runner, &[(file.clone(), Some(text))])?;
+                let since = match read_window(&state_file) {
+                    Some(w) if was_on => w.since,
+                    _ => {
+                        let w = Window {
+                            since: time::now_rfc3339(),
+                            message: args.message.clone(),
+                        };
+                        if !ctx.dry_run {
+                            std::fs::create_dir_all(&ctx.state_dir)
+                                .with_context(|| format!("creating {}", ctx.state_dir.display()))?;
+                            fsutil::write_atomic(
+                                &state_file,
+                                serde_json::to_string(&w)?.as_bytes(),
+                                0o644,
+                            )?;
+                        }
+                        w.since
+                    }
+                };
+                msg::info(if was_on {
+                    format!("maintenance mode was already on (since {since})")
+                } else {
+                    "maintenance mode on: nginx answers 503".to_string()
+                });
+                detail.insert("state".into(), json!("on"));
+                detail.insert("since".into(), json!(since));
+                detail.insert("already".into(), json!(was_on));
+            }
+            OnOff::Off => {
+                let was_on = nginx::read_opt(&file)?.is_some();
+                if was_on {
+                    nginx::apply(&proxy, runner, &[(file.clone(), None)])?;
+                }
+                let window = read_window(&state_file);
+                let window_ms = window
+                    .as_ref()
+                    .and_then(|w| time::parse(&w.since))
+                    .map(|t| {
+                        let d = time::now().duration_since(t);
+                        d.as_millis().max(0) as u64
+                    });
+                if !ctx.dry_run {
+                    let _ = std::fs::remove_file(&state_file);
+                }
+                match (was_on, window_ms) {
+                    (false, _) => msg::info("maintenance mode was already off"),
+                    (true, Some(ms)) => msg::info(format!(
+                        "maintenance mode off after {:.1}s",
+                        ms as f64 / 1000.0
+                    )),
+                    (true, None) => msg::info("maintenance mode off"),
+                }
+                detail.insert("state".into(), json!("off"));
+                detail.insert("already".into(), json!(!was_on));
+                detail.insert("since".into(), json!(window.map(|w| w.since)));
+                detail.insert("window_ms".into(), json!(window_ms));
+            }
+        }
+        match ExitCode::from_code(prior) {
+            Some(code) if code != ExitCode::Success => Ok(Completed::Done(code)),
+            _ => Ok(Completed::Ok),
+        }
+    })
+}
+
+fn read_window(p: &std::path::Path) -> Option<Window> {
+    serde_json::from_str(&std::fs::read_to_string(p).ok()?).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn window_length_is_measured_from_since() {
+        let since = berth_core::time::parse("2026-01-01T00:00:00Z").unwrap();
+        let later = berth_core::time::parse("2026-01-01T00:01:30Z").unwrap();
+        assert_eq!(later.duration_since(since).as_millis(), 90_000);
+    }
+}
