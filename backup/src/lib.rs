@@ -1,0 +1,1430 @@
+//! `berth-backup`: PostgreSQL and volume backups that can be trusted — streamed to a
+//! `.partial`, fsynced, renamed, verified, described by a manifest written last — GFS
+//! rotation that never deletes the backup a release depends on, and restore.
+
+pub mod pg;
+pub mod progress;
+pub mod rotate;
+pub mod store;
+pub mod volume;
+
+use std::collections::BTreeMap;
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use berth_core::cli::{parse_duration, CommonArgs, Context};
+use berth_core::process::{quote, Cmd};
+use berth_core::stage::{self, Completed, Spec};
+use berth_core::{fail, ledger, lock, msg, time, ExitCode, Failure};
+use clap::{Args, Parser, Subcommand};
+use serde_json::{json, Map, Value};
+
+use crate::pg::{Conn, PgUrl};
+use crate::progress::Progress;
+use crate::rotate::{Candidate, Decision, Policy};
+use crate::store::{Entry, Kind, Manifest, Partial, Target, Verification};
+
+static QUIET: AtomicBool = AtomicBool::new(false);
+static INTERRUPTED: std::sync::OnceLock<Arc<AtomicBool>> = std::sync::OnceLock::new();
+
+/// `--quiet` was given.
+pub fn quiet() -> bool {
+    QUIET.load(Ordering::Relaxed)
+}
+
+/// A status line on stderr, unless `--quiet`.
+pub fn say(text: impl AsRef<str>) {
+    if !quiet() {
+        msg::info(text);
+    }
+}
+
+/// Catch SIGINT/SIGTERM/SIGHUP so that cleanup (stopped services started again, partial
+/// files removed) runs; long loops call [`check_interrupted`].
+fn catch_signals() {
+    let flag = INTERRUPTED.get_or_init(|| Arc::new(AtomicBool::new(false)));
+    for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+        let _ = signal_hook::flag::register(sig, flag.clone());
+    }
+}
+
+pub fn check_interrupted() -> Result<()> {
+    if INTERRUPTED.get().is_some_and(|f| f.load(Ordering::Relaxed)) {
+        return Err(fail!(Backup, "interrupted"));
+    }
+    Ok(())
+}
+
+const EXAMPLES: &str = "\
+Examples:
+  # Back up the compose service `db` (pg_dump runs inside it), read-verify, keep GFS
+  berth-backup pg --service db --keep-daily 7 --keep-weekly 4 --keep-monthly 6
+
+  # Before a deploy, as the first stage of the pipeline; restore-level verification
+  berth-backup pg --service db --verify restore --tag 3f9c2a1 | berth-migrate ... | berth-swap ...
+
+  # A database outside compose; the password from a file (or PGPASSWORD), never argv
+  berth-backup pg --url postgres://app@10.0.0.5:5432/shop --password-file /etc/berth/pgpass
+
+  # A volume, with the service that writes it stopped meanwhile (and started again)
+  berth-backup volume redis-data --stop redis --helper-image berth-fixture/base:12
+
+  # Nightly from cron: no progress, the deploy document appended to a log
+  berth-backup pg --service db --quiet --keep-daily 7 >>/var/log/berth-backup.jsonl
+
+  berth-backup list
+  berth-backup verify .berth/backups/shop-shop-20261122T031500Z.dump --level restore --service db
+  berth-backup prune --keep-last 3 --keep-daily 7 --dry-run
+  berth-backup restore .berth/backups/shop-shop-20261122T031500Z.dump --service db
+
+Files: <dir>/<project>-<database|volume>-<UTC time>[-<tag>].dump|.tar.gz (0600, in a
+0700 directory), each with a manifest <file>.json written last; a file without its
+manifest is not a backup.
+
+Exit status: 0 done; 5 backup, verification or restore failed (no file that could pass
+for a backup is left); 64 usage error (also: restore without --yes and no terminal);
+65 bad document on stdin; 75 another backup of the same target held the lock past
+--lock-wait; a failure already in the document passes through with its code.";
+
+/// Verified PostgreSQL and volume backups: streamed to a temporary file, fsynced,
+/// renamed, verified (the whole archive read, or restored into a scratch database and
+/// compared), described by a manifest written last; GFS rotation; restore.
+#[derive(Debug, Parser)]
+#[command(name = "berth-backup", version, after_long_help = EXAMPLES, after_help = "See --help for examples and exit codes.")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Back up a PostgreSQL database (custom format) as the pipeline stage `backup`
+    Pg(PgCmd),
+    /// Back up a Docker volume (tar.gz from a read-only helper container) as the stage `backup`
+    Volume(VolumeCmd),
+    /// List the backups in the backup directory
+    List(ListCmd),
+    /// Check a backup: its checksum, then read it whole (or restore it into scratch)
+    Verify(VerifyCmd),
+    /// Restore a backup over a database or volume (after a safety backup)
+    Restore(RestoreCmd),
+    /// Apply the --keep rules to every target in the backup directory
+    Prune(PruneCmd),
+}
+
+/// Where backups live and how to share them.
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Storage")]
+pub struct Storage {
+    /// The backup directory [default: <state dir>/backups]
+    #[arg(long, env = "BERTH_BACKUP_DIR", value_name = "DIR")]
+    pub dir: Option<PathBuf>,
+
+    /// How long to wait while another backup or restore of the same target runs
+    #[arg(long, env = "BERTH_LOCK_WAIT", value_name = "DURATION", default_value = "10m", value_parser = parse_duration)]
+    pub lock_wait: Duration,
+
+    /// No progress or status lines (for cron); errors and warnings still go to stderr
+    #[arg(short, long, env = "BERTH_QUIET")]
+    pub quiet: bool,
+}
+
+impl Storage {
+    pub fn dir(&self, ctx: &Context) -> PathBuf {
+        match &self.dir {
+            Some(d) if d.is_absolute() => d.clone(),
+            Some(d) => std::env::current_dir().unwrap_or_default().join(d),
+            None => ctx.state_dir.join("backups"),
+        }
+    }
+}
+
+/// GFS rotation rules (only verified backups count).
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Rotation")]
+pub struct Keep {
+    /// Keep the N newest verified backups
+    #[arg(long, env = "BERTH_KEEP_LAST", value_name = "N", default_value = "0")]
+    pub keep_last: u32,
+    /// Keep the newest verified backup of each of the last N days (UTC)
+    #[arg(long, env = "BERTH_KEEP_DAILY", value_name = "N", default_value = "0")]
+    pub keep_daily: u32,
+    /// Keep the newest verified backup of each of the last N ISO weeks
+    #[arg(long, env = "BERTH_KEEP_WEEKLY", value_name = "N", default_value = "0")]
+    pub keep_weekly: u32,
+    /// Keep the newest verified backup of each of the last N months
+    #[arg(long, env = "BERTH_KEEP_MONTHLY", value_name = "N", default_value = "0")]
+    pub keep_monthly: u32,
+}
+
+impl Keep {
+    pub fn policy(&self) -> Policy {
+        Policy {
+            last: self.keep_last,
+            daily: self.keep_daily,
+            weekly: self.keep_weekly,
+            monthly: self.keep_monthly,
+        }
+    }
+}
+
+/// Which PostgreSQL server.
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Server")]
+pub struct Server {
+    /// The compose service running PostgreSQL; the clients run inside its container
+    #[arg(long, env = "BERTH_BACKUP_SERVICE", value_name = "SERVICE", conflicts_with = "url")]
+    pub service: Option<String>,
+
+    /// A server URL (postgres://user@host:port/db); the clients run on this host
+    #[arg(long, env = "BERTH_BACKUP_URL", value_name = "URL")]
+    pub url: Option<String>,
+
+    /// The database [default: the service's POSTGRES_DB (else its user), or the URL's]
+    #[arg(long, env = "BERTH_BACKUP_DATABASE", value_name = "NAME")]
+    pub database: Option<String>,
+
+    /// The user, with --service [default: the service's POSTGRES_USER, else postgres]
+    #[arg(long, env = "BERTH_BACKUP_USER", value_name = "NAME")]
+    pub user: Option<String>,
+
+    /// A file whose first line is the password [default: $PGPASSWORD]; never in argv
+    #[arg(long, env = "BERTH_PASSWORD_FILE", value_name = "FILE")]
+    pub password_file: Option<PathBuf>,
+}
+
+impl Server {
+    pub fn given(&self) -> bool {
+        self.service.is_some() || self.url.is_some()
+    }
+
+    fn check(&self) -> Result<(), Failure> {
+        if let Some(u) = &self.url {
+            PgUrl::parse(u).map_err(|e| Failure::usage(format!("--url: {e}")))?;
+        }
+        if self.url.is_some() && self.user.is_some() {
+            return Err(Failure::usage("--user goes with --service; put the user in --url"));
+        }
+        Ok(())
+    }
+
+    /// Connect: the server, and the database to use.
+    pub fn connect(&self, ctx: &Context) -> Result<(Conn, String)> {
+        let password = match &self.password_file {
+            Some(p) => Some(pg::read_password_file(p)?),
+            None => std::env::var("PGPASSWORD").ok().filter(|p| !p.is_empty()),
+        };
+        if let Some(svc) = &self.service {
+            let (conn, db) = Conn::service(ctx.compose(), svc, self.user.as_deref(), password)?;
+            Ok((conn, self.database.clone().unwrap_or(db)))
+        } else if let Some(u) = &self.url {
+            let url = PgUrl::parse(u).map_err(|e| Failure::usage(format!("--url: {e}")))?;
+            let db = self
+                .database
+                .clone()
+                .or_else(|| url.database.clone())
+                .ok_or_else(|| Failure::usage("--url has no database: add /NAME or --database"))?;
+            Ok((Conn::url(url, password), db))
+        } else {
+            Err(Failure::usage("give --service SERVICE or --url URL").into())
+        }
+    }
+
+    /// The flags that reach this server again (for printed restore commands).
+    pub fn flags(&self) -> String {
+        let mut s = String::new();
+        if let Some(v) = &self.service {
+            s.push_str(&format!(" --service {}", quote(v)));
+        }
+        if let Some(v) = &self.url {
+            let shown = PgUrl::parse(v).map(|u| u.display()).unwrap_or_default();
+            s.push_str(&format!(" --url {}", quote(&shown)));
+        }
+        if let Some(v) = &self.user {
+            s.push_str(&format!(" --user {}", quote(v)));
+        }
+        s
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct PgCmd {
+    #[command(flatten)]
+    pub server: Server,
+
+    /// How far to check the new backup before it counts
+    #[arg(long, env = "BERTH_BACKUP_VERIFY", value_name = "LEVEL", default_value = "read")]
+    pub verify: Verification,
+
+    /// Accept a dump under half the size of the last verified one, or with fewer tables
+    #[arg(long, env = "BERTH_ALLOW_SHRINK")]
+    pub allow_shrink: bool,
+
+    #[command(flatten)]
+    pub keep: Keep,
+
+    #[command(flatten)]
+    pub storage: Storage,
+
+    #[command(flatten)]
+    pub common: CommonArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct VolumeCmd {
+    /// The volume: a compose volume name (e.g. db-data) or a docker volume name
+    #[arg(value_name = "NAME")]
+    pub name: String,
+
+    /// Stop this service during the copy, and start it again whatever happens (repeatable)
+    #[arg(long = "stop", value_name = "SERVICE")]
+    pub stop: Vec<String>,
+
+    /// The local image for the helper container (needs tar, gzip, sh, find; never pulled)
+    #[arg(long, env = "BERTH_HELPER_IMAGE", value_name = "IMAGE", default_value = "debian:bookworm-slim")]
+    pub helper_image: String,
+
+    /// How far to check the new backup before it counts
+    #[arg(long, env = "BERTH_BACKUP_VERIFY", value_name = "LEVEL", default_value = "read")]
+    pub verify: Verification,
+
+    /// Accept an archive under half the size of the last verified one
+    #[arg(long, env = "BERTH_ALLOW_SHRINK")]
+    pub allow_shrink: bool,
+
+    #[command(flatten)]
+    pub keep: Keep,
+
+    #[command(flatten)]
+    pub storage: Storage,
+
+    #[command(flatten)]
+    pub common: CommonArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct ListCmd {
+    /// One JSON array of manifests (with `path`) on stdout
+    #[arg(long)]
+    pub json: bool,
+
+    #[command(flatten)]
+    pub storage: Storage,
+
+    #[command(flatten)]
+    pub common: CommonArgs,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum CheckLevel {
+    /// Read the whole archive
+    Read,
+    /// Restore into a scratch database (or volume) and compare
+    Restore,
+}
+
+#[derive(Debug, Args)]
+pub struct VerifyCmd {
+    /// The backup file (its manifest beside it is checked and updated)
+    #[arg(value_name = "FILE")]
+    pub file: PathBuf,
+
+    /// How far to check
+    #[arg(long, value_name = "LEVEL", default_value = "read")]
+    pub level: CheckLevel,
+
+    #[command(flatten)]
+    pub server: Server,
+
+    /// The local image for the helper container (volume backups, --level restore)
+    #[arg(long, env = "BERTH_HELPER_IMAGE", value_name = "IMAGE", default_value = "debian:bookworm-slim")]
+    pub helper_image: String,
+
+    #[command(flatten)]
+    pub storage: Storage,
+
+    #[command(flatten)]
+    pub common: CommonArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct RestoreCmd {
+    /// The backup file to restore
+    #[arg(value_name = "FILE")]
+    pub file: PathBuf,
+
+    #[command(flatten)]
+    pub server: Server,
+
+    /// Volume backups: the docker volume to restore into [default: the one backed up]
+    #[arg(long, value_name = "NAME")]
+    pub volume: Option<String>,
+
+    /// Volume backups: stop this service during the restore, then start it (repeatable)
+    #[arg(long = "stop", value_name = "SERVICE")]
+    pub stop: Vec<String>,
+
+    /// The local image for the helper container (volume backups)
+    #[arg(long, env = "BERTH_HELPER_IMAGE", value_name = "IMAGE", default_value = "debian:bookworm-slim")]
+    pub helper_image: String,
+
+    /// Do not ask: restore over the current data (needed without a terminal)
+    #[arg(long)]
+    pub yes: bool,
+
+    /// Skip the backup of the current data taken before restoring
+    #[arg(long)]
+    pub no_safety_backup: bool,
+
+    #[command(flatten)]
+    pub storage: Storage,
+
+    #[command(flatten)]
+    pub common: CommonArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct PruneCmd {
+    #[command(flatten)]
+    pub keep: Keep,
+
+    #[command(flatten)]
+    pub storage: Storage,
+
+    #[command(flatten)]
+    pub common: CommonArgs,
+}
+
+pub fn run(cli: Cli) -> Result<ExitCode> {
+    catch_signals();
+    match cli.command {
+        Command::Pg(c) => run_pg(c),
+        Command::Volume(c) => run_volume(c),
+        Command::List(c) => run_list(c),
+        Command::Verify(c) => run_verify(c),
+        Command::Restore(c) => run_restore(c),
+        Command::Prune(c) => run_prune(c),
+    }
+}
+
+fn set_quiet(storage: &Storage) {
+    QUIET.store(storage.quiet, Ordering::Relaxed);
+}
+
+const SPEC: Spec<'static> = Spec {
+    name: "backup",
+    default_code: ExitCode::Backup,
+    acts_on_failure: false,
+};
+
+/// What a backup run needs besides its source.
+struct Job {
+    dir: PathBuf,
+    target: Target,
+    verify: Verification,
+    allow_shrink: bool,
+    tag: Option<String>,
+    deploy_id: Option<String>,
+}
+
+/// The newest verified backup of the target, for the anomaly guard.
+fn last_verified(dir: &Path, target: &Target) -> Result<Option<Manifest>> {
+    let scan = store::scan(dir)?;
+    Ok(scan
+        .of(target)
+        .into_iter()
+        .rev()
+        .find(|e| e.manifest.verification.verified())
+        .map(|e| e.manifest.clone()))
+}
+
+fn guard(job: &Job, bytes: u64, tables: Option<u64>) -> Result<()> {
+    if job.allow_shrink {
+        return Ok(());
+    }
+    let Some(last) = last_verified(&job.dir, &job.target)? else {
+        return Ok(());
+    };
+    if bytes.saturating_mul(2) < last.bytes {
+        return Err(fail!(
+            Backup,
+            "the new backup is {} bytes, under half of the last verified one ({}, {} bytes); \
+             if the data really shrank, pass --allow-shrink",
+            bytes,
+            last.file,
+            last.bytes
+        ));
+    }
+    if let (Some(t), Some(lt)) = (tables, last.tables) {
+        if t < lt {
+            return Err(fail!(
+                Backup,
+                "the database has {t} tables, fewer than the {lt} of the last verified backup \
+                 ({}); if tables were dropped on purpose, pass --allow-shrink",
+                last.file
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Run `cmd`, streaming its stdout into the partial file.
+fn stream_cmd(cmd: &Cmd, partial: &mut Partial, label: &str) -> Result<store::Streamed> {
+    let handle = cmd
+        .expression()
+        .stderr_capture()
+        .unchecked()
+        .reader()
+        .map_err(|e| fail!(Backup, "could not run {}: {e}", cmd.display()))?;
+    let mut progress = Progress::auto(label);
+    let res = {
+        let mut r = &handle;
+        partial.stream(&mut r, &mut progress)
+    };
+    let streamed = match res {
+        Ok(s) => s,
+        Err(e) => {
+            let _ = handle.kill();
+            return Err(e);
+        }
+    };
+    match handle.try_wait() {
+        Ok(Some(out)) if out.status.success() => Ok(streamed),
+        Ok(Some(out)) => {
+            use std::os::unix::process::ExitStatusExt;
+            let how = match (out.status.code(), out.status.signal()) {
+                (Some(c), _) => format!("exited with {c}"),
+                (None, Some(s)) => format!("was killed by signal {s}"),
+                _ => "failed".into(),
+            };
+            let why = pg::pg_error(&how, &String::from_utf8_lossy(&out.stderr));
+            Err(fail!(Backup, "{label} failed ({how}): {why}"))
+        }
+        Ok(None) => Err(fail!(Backup, "{label}: the stream ended but the process did not")),
+        Err(e) => Err(fail!(Backup, "{label}: {e}")),
+    }
+}
+
+/// Create the partial file for a new backup; a name taken this second waits for the next.
+fn new_partial(job: &Job) -> Result<(Partial, jiff::Timestamp)> {
+    for attempt in 0..3 {
+        let at = time::now();
+        let name = job.target.file_name(at, job.tag.as_deref());
+        if !job.dir.join(&name).exists() && !job.dir.join(format!("{name}.partial")).exists() {
+            return Ok((Partial::create(&job.dir, &name)?, at));
+        }
+        if attempt < 2 {
+            std::thread::sleep(Duration::from_millis(1000));
+        }
+    }
+    Err(fail!(Backup, "could not find a free file name in {}", job.dir.display()))
+}
+
+fn begin(job: &Job) -> Result<()> {
+    store::prepare_dir(&job.dir)?;
+    for p in store::sweep_partials(&job.dir, &job.target) {
+        msg::warn(format!("removed {}, left by an interrupted backup", p.display()));
+    }
+    Ok(())
+}
+
+/// Back up a database (the target's lock held by the caller).
+fn backup_pg(conn: &Conn, db: &str, job: &Job) -> Result<Entry> {
+    begin(job)?;
+    let clock = Instant::now();
+    let (mut partial, created) = new_partial(job)?;
+    say(format!(
+        "backing up database {db} ({}) to {}",
+        conn.source(db),
+        partial.final_path.display()
+    ));
+    let mut snap = pg::Snapshot::open(conn, db)?;
+    let facts = snap.facts(job.verify == Verification::Restore)?;
+    let dump = pg::dump_cmd(conn, db, &snap.id);
+    let streamed = stream_cmd(&dump, &mut partial, &format!("pg_dump of {db}"))?;
+    snap.close()?;
+    if streamed.bytes == 0 {
+        return Err(fail!(Backup, "pg_dump of {db} wrote nothing"));
+    }
+    if !streamed.head.starts_with(b"PGDMP") {
+        return Err(fail!(Backup, "pg_dump of {db} did not write a custom-format archive"));
+    }
+    let tables = facts.tables.len() as u64;
+    guard(job, streamed.bytes, Some(tables))?;
+    let mut verified_at = None;
+    match job.verify {
+        Verification::None | Verification::Failed => {}
+        Verification::Read => {
+            say("verifying: reading the whole archive (pg_restore -f /dev/null)");
+            conn.verify_read(&partial.path)?;
+            verified_at = Some(time::now_rfc3339());
+        }
+        Verification::Restore => {
+            say("verifying: restoring into a scratch database and comparing row counts");
+            let got = conn.restore_counts(&partial.path)?;
+            let want = facts.counts.clone().unwrap_or_default();
+            let diff = pg::compare_counts(&want, &got);
+            if !diff.is_empty() {
+                return Err(fail!(
+                    Backup,
+                    "restore verification failed: {}",
+                    diff.join("; ")
+                ));
+            }
+            verified_at = Some(time::now_rfc3339());
+        }
+    }
+    let path = partial.commit()?;
+    let manifest = Manifest {
+        format: store::FORMAT.into(),
+        kind: Kind::Pg,
+        file: file_name(&path),
+        bytes: streamed.bytes,
+        sha256: streamed.sha256,
+        created_at: time::rfc3339(created),
+        project: job.target.project.clone(),
+        target: db.to_string(),
+        source: conn.source(db),
+        volume: None,
+        server_version: Some(facts.server_version),
+        verification: job.verify,
+        verified_at,
+        verification_error: None,
+        tables: Some(tables),
+        entries: None,
+        row_counts: facts.counts,
+        deploy_id: job.deploy_id.clone(),
+        tag: job.tag.clone(),
+        duration_ms: time::millis(clock.elapsed()),
+        extra: Map::new(),
+    };
+    if let Err(e) = manifest.write(&job.dir) {
+        let _ = std::fs::remove_file(&path);
+        return Err(fail!(Backup, "{e:#}"));
+    }
+    say(format!(
+        "backup of {db} done: {} ({}), verification {}, {:.1}s",
+        path.display(),
+        store::human_bytes(manifest.bytes),
+        manifest.verification.as_str(),
+        manifest.duration_ms as f64 / 1000.0
+    ));
+    Ok(Entry { path, manifest })
+}
+
+fn file_name(p: &Path) -> String {
+    p.file_name()
+        .unwrap_or_default()
+        .to_string_lossy()
+        .to_string()
+}
+
+/// Back up a volume (the target's lock held by the caller).
+fn backup_volume(
+    ctx: &Context,
+    real: &str,
+    stop: &[String],
+    image: &str,
+    job: &Job,
+) -> Result<Entry> {
+    begin(job)?;
+    let clock = Instant::now();
+    let (mut partial, created) = new_partial(job)?;
+    say(format!(
+        "backing up volume {real} to {}",
+        partial.final_path.display()
+    ));
+    let streamed = {
+        let compose = ctx.compose();
+        let mut stopped = volume::Stopped::stop(&compose, stop)?;
+        let helper = volume::helper_name("tar");
+        let cmd = volume::tar_cmd(&ctx.project, &helper, image, real);
+        let res = stream_cmd(&cmd, &mut partial, &format!("tar of volume {real}"));
+        if res.is_err() {
+            volume::remove_helper(&helper);
+        }
+        let restarted = stopped.restart();
+        let s = res?;
+        restarted?;
+        s
+    };
+    if streamed.bytes == 0 || !streamed.head.starts_with(&[0x1f, 0x8b]) {
+        return Err(fail!(Backup, "the tar of volume {real} is not a gzip archive"));
+    }
+    guard(job, streamed.bytes, None)?;
+    let mut entries = None;
+    let mut verified_at = None;
+    match job.verify {
+        Verification::None | Verification::Failed => {}
+        Verification::Read => {
+            say("verifying: reading the whole archive");
+            entries = Some(volume::read_archive(&partial.path)?);
+            verified_at = Some(time::now_rfc3339());
+        }
+        Verification::Restore => {
+            say("verifying: reading the archive, then extracting it into a scratch volume");
+            let n = volume::read_archive(&partial.path)?;
+            let got = volume::restore_count(&ctx.project, image, &partial.path)?;
+            if got != n {
+                return Err(fail!(
+                    Backup,
+                    "restore verification failed: the archive holds {n} entries, {got} landed"
+                ));
+            }
+            entries = Some(n);
+            verified_at = Some(time::now_rfc3339());
+        }
+    }
+    let path = partial.commit()?;
+    let manifest = Manifest {
+        format: store::FORMAT.into(),
+        kind: Kind::Volume,
+        file: file_name(&path),
+        bytes: streamed.bytes,
+        sha256: streamed.sha256,
+        created_at: time::rfc3339(created),
+        project: job.target.project.clone(),
+        target: job.target.name.clone(),
+        source: format!("docker volume {real}"),
+        volume: Some(real.to_string()),
+        server_version: None,
+        verification: job.verify,
+        verified_at,
+        verification_error: None,
+        tables: None,
+        entries,
+        row_counts: None,
+        deploy_id: job.deploy_id.clone(),
+        tag: job.tag.clone(),
+        duration_ms: time::millis(clock.elapsed()),
+        extra: Map::new(),
+    };
+    if let Err(e) = manifest.write(&job.dir) {
+        let _ = std::fs::remove_file(&path);
+        return Err(fail!(Backup, "{e:#}"));
+    }
+    say(format!(
+        "backup of volume {real} done: {} ({}), verification {}",
+        path.display(),
+        store::human_bytes(manifest.bytes),
+        manifest.verification.as_str()
+    ));
+    Ok(Entry { path, manifest })
+}
+
+/// File names pinned by the ledger: the backups recorded by the last good release.
+fn pinned(state_dir: &Path) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    let releases = match ledger::read(state_dir) {
+        Ok(r) => r,
+        Err(e) => {
+            msg::warn(format!("cannot read the ledger: {e:#}; nothing is pinned"));
+            return out;
+        }
+    };
+    if let Some(good) = ledger::last_good(&releases, None) {
+        for s in good.stages.iter().filter(|s| s.stage.starts_with("backup")) {
+            if let Some(f) = s.detail.get("file").and_then(Value::as_str) {
+                let name = file_name(Path::new(f));
+                out.insert(
+                    name,
+                    format!(
+                        "pinned: taken before the last good release {}",
+                        good.deploy_id
+                    ),
+                );
+            }
+        }
+    }
+    out
+}
+
+/// Apply the policy to one target's backups (lock held by the caller).
+fn rotate_target(
+    dir: &Path,
+    state_dir: &Path,
+    target: &Target,
+    policy: &Policy,
+    dry_run: bool,
+) -> Result<Vec<(Decision, PathBuf)>> {
+    let scan = store::scan(dir)?;
+    let pins = pinned(state_dir);
+    let entries = scan.of(target);
+    let cands: Vec<Candidate> = entries
+        .iter()
+        .map(|e| Candidate {
+            name: e.manifest.file.clone(),
+            created: e.manifest.created(),
+            verified: e.manifest.verification.verified(),
+            pinned: pins.get(&e.manifest.file).cloned(),
+        })
+        .collect();
+    let decisions = rotate::plan(&cands, policy);
+    let mut out = Vec::new();
+    for d in decisions {
+        let path = dir.join(&d.name);
+        if !d.keep && !dry_run {
+            store::remove(&path)?;
+        }
+        out.push((d, path));
+    }
+    Ok(out)
+}
+
+fn rotation_detail(done: &[(Decision, PathBuf)]) -> Value {
+    json!({
+        "kept": done.iter().filter(|d| d.0.keep).count(),
+        "deleted": done.iter().filter(|d| !d.0.keep).map(|d| d.0.name.clone()).collect::<Vec<_>>(),
+    })
+}
+
+fn fill_detail(detail: &mut Map<String, Value>, e: &Entry, restore_command: String) {
+    let m = &e.manifest;
+    detail.insert("kind".into(), json!(m.kind));
+    detail.insert("target".into(), json!(m.target));
+    detail.insert("file".into(), json!(e.path.display().to_string()));
+    detail.insert(
+        "manifest".into(),
+        json!(store::manifest_path(&e.path).display().to_string()),
+    );
+    detail.insert("bytes".into(), json!(m.bytes));
+    detail.insert("sha256".into(), json!(m.sha256));
+    detail.insert("verification".into(), json!(m.verification));
+    detail.insert("duration_ms".into(), json!(m.duration_ms));
+    if let Some(v) = &m.server_version {
+        detail.insert("server_version".into(), json!(v));
+    }
+    if let Some(t) = m.tables {
+        detail.insert("tables".into(), json!(t));
+    }
+    detail.insert("restore_command".into(), json!(restore_command));
+}
+
+fn project_flags(ctx: &Context) -> String {
+    let mut s = format!(
+        " --project-dir {} -p {}",
+        quote(&ctx.project_dir.to_string_lossy()),
+        quote(&ctx.project)
+    );
+    for f in &ctx.files {
+        s.push_str(&format!(" -f {}", quote(&f.to_string_lossy())));
+    }
+    s
+}
+
+fn after_backup(
+    ctx: &Context,
+    job: &Job,
+    policy: &Policy,
+    detail: &mut Map<String, Value>,
+) {
+    if policy.is_empty() {
+        return;
+    }
+    if !job.verify.verified() {
+        say("rotation skipped: it runs only after a verified backup");
+        return;
+    }
+    match rotate_target(&job.dir, &ctx.state_dir, &job.target, policy, false) {
+        Ok(done) => {
+            for (d, p) in done.iter().filter(|d| !d.0.keep) {
+                say(format!("rotation deleted {} ({})", p.display(), d.reasons.join("; ")));
+            }
+            detail.insert("rotation".into(), rotation_detail(&done));
+        }
+        Err(e) => msg::warn(format!("rotation failed: {e:#}")),
+    }
+}
+
+fn run_pg(c: PgCmd) -> Result<ExitCode> {
+    set_quiet(&c.storage);
+    c.server.check()?;
+    if !c.server.given() {
+        return Err(Failure::usage("give --service SERVICE or --url URL").into());
+    }
+    let input = stage::load(&c.common)?;
+    let deploy_id = input.piped.then(|| input.doc.deploy_id.clone());
+    stage::run(SPEC, input, |ctx, _doc, detail| {
+        let (conn, db) = c.server.connect(ctx)?;
+        let target = Target {
+            kind: Kind::Pg,
+            project: ctx.project.clone(),
+            name: db.clone(),
+        };
+        let job = Job {
+            dir: c.storage.dir(ctx),
+            target,
+            verify: c.verify,
+            allow_shrink: c.allow_shrink,
+            tag: ctx.tag.clone(),
+            deploy_id: deploy_id.clone(),
+        };
+        if ctx.dry_run {
+            msg::info(format!(
+                "would run: {} > {}",
+                pg::dump_cmd(&conn, &db, "SNAPSHOT").display(),
+                job.dir.join(job.target.file_name(time::now(), job.tag.as_deref())).display()
+            ));
+            return Ok(Completed::Skipped("dry run".into()));
+        }
+        let _lock = lock::acquire(
+            &ctx.state_dir,
+            &job.target.lock_name(),
+            c.storage.lock_wait,
+            deploy_id.as_deref(),
+        )?;
+        let entry = backup_pg(&conn, &db, &job)?;
+        let restore = format!(
+            "berth-backup restore {}{}{} --database {}",
+            quote(&entry.path.to_string_lossy()),
+            c.server.flags(),
+            project_flags(ctx),
+            quote(&db)
+        );
+        fill_detail(detail, &entry, restore);
+        after_backup(ctx, &job, &c.keep.policy(), detail);
+        Ok(Completed::Ok)
+    })
+}
+
+fn run_volume(c: VolumeCmd) -> Result<ExitCode> {
+    set_quiet(&c.storage);
+    if c.name.trim().is_empty() {
+        return Err(Failure::usage("volume NAME is empty").into());
+    }
+    let input = stage::load(&c.common)?;
+    let deploy_id = input.piped.then(|| input.doc.deploy_id.clone());
+    stage::run(SPEC, input, |ctx, _doc, detail| {
+        let real = volume::resolve(&ctx.compose(), &c.name)?;
+        let job = Job {
+            dir: c.storage.dir(ctx),
+            target: Target {
+                kind: Kind::Volume,
+                project: ctx.project.clone(),
+                name: c.name.clone(),
+            },
+            verify: c.verify,
+            allow_shrink: c.allow_shrink,
+            tag: ctx.tag.clone(),
+            deploy_id: deploy_id.clone(),
+        };
+        if ctx.dry_run {
+            msg::info(format!(
+                "would run: {}",
+                volume::tar_cmd(&ctx.project, "NAME", &c.helper_image, &real).display()
+            ));
+            return Ok(Completed::Skipped("dry run".into()));
+        }
+        let _lock = lock::acquire(
+            &ctx.state_dir,
+            &job.target.lock_name(),
+            c.storage.lock_wait,
+            deploy_id.as_deref(),
+        )?;
+        let entry = backup_volume(ctx, &real, &c.stop, &c.helper_image, &job)?;
+        let mut restore = format!(
+            "berth-backup restore {} --helper-image {}",
+            quote(&entry.path.to_string_lossy()),
+            quote(&c.helper_image)
+        );
+        for s in &c.stop {
+            restore.push_str(&format!(" --stop {}", quote(s)));
+        }
+        restore.push_str(&project_flags(ctx));
+        fill_detail(detail, &entry, restore);
+        detail.insert("volume".into(), json!(real));
+        after_backup(ctx, &job, &c.keep.policy(), detail);
+        Ok(Completed::Ok)
+    })
+}
+
+fn age(created: jiff::Timestamp) -> String {
+    let secs = (time::now().as_second() - created.as_second()).max(0) as u64;
+    let d = Duration::from_secs(secs);
+    match secs {
+        0..=59 => format!("{secs}s"),
+        60..=3599 => format!("{}m", secs / 60),
+        3600..=86399 => format!("{}h{}m", secs / 3600, (secs % 3600) / 60),
+        _ => format!("{}d{}h", d.as_secs() / 86400, (d.as_secs() % 86400) / 3600),
+    }
+}
+
+fn run_list(c: ListCmd) -> Result<ExitCode> {
+    set_quiet(&c.storage);
+    let ctx = c.common.resolve()?;
+    let dir = c.storage.dir(&ctx);
+    let scan = store::scan(&dir)?;
+    let pins = pinned(&ctx.state_dir);
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let res = if c.json {
+        let arr: Vec<Value> = scan
+            .entries
+            .iter()
+            .map(|e| {
+                let mut v = serde_json::to_value(&e.manifest).unwrap_or(Value::Null);
+                if let Some(o) = v.as_object_mut() {
+                    o.insert("path".into(), json!(e.path.display().to_string()));
+                    o.insert("pinned".into(), json!(pins.contains_key(&e.manifest.file)));
+                }
+                v
+            })
+            .collect();
+        writeln!(out, "{}", serde_json::to_string(&arr)?)
+    } else {
+        let mut text = String::new();
+        if scan.entries.is_empty() {
+            text.push_str(&format!("no backups in {}\n", dir.display()));
+        } else {
+            text.push_str(&format!(
+                "{:<52} {:<6} {:<10} {:>10} {:>8}  {}\n",
+                "FILE", "KIND", "VERIFIED", "SIZE", "AGE", "NOTE"
+            ));
+        }
+        for e in scan.entries.iter().rev() {
+            let m = &e.manifest;
+            text.push_str(&format!(
+                "{:<52} {:<6} {:<10} {:>10} {:>8}  {}\n",
+                m.file,
+                m.kind.as_str(),
+                m.verification.as_str(),
+                store::human_bytes(m.bytes),
+                age(m.created()),
+                if pins.contains_key(&m.file) {
+                    "pinned (last good release)"
+                } else {
+                    ""
+                }
+            ));
+        }
+        for p in &scan.incomplete {
+            text.push_str(&format!("{}  incomplete: no manifest, not a backup\n", file_name(p)));
+        }
+        for p in &scan.partials {
+            text.push_str(&format!("{}  partial: being written, or left by a crash\n", file_name(p)));
+        }
+        write!(out, "{text}")
+    };
+    match res {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {}
+        other => other?,
+    }
+    Ok(ExitCode::Success)
+}
+
+/// Checksum of a file against its manifest.
+fn check_checksum(file: &Path, m: &Manifest) -> Result<()> {
+    let (bytes, sha) = store::sha256_file(file)?;
+    if bytes != m.bytes || sha != m.sha256 {
+        return Err(fail!(
+            Backup,
+            "{} does not match its manifest: {bytes} bytes, sha256 {sha}; the manifest says {} bytes, sha256 {}",
+            file.display(),
+            m.bytes,
+            m.sha256
+        ));
+    }
+    Ok(())
+}
+
+fn kind_of_file(file: &Path, m: Option<&Manifest>) -> Result<Kind> {
+    if let Some(m) = m {
+        return Ok(m.kind);
+    }
+    let n = file_name(file);
+    if n.ends_with(".tar.gz") || n.ends_with(".tgz") {
+        Ok(Kind::Volume)
+    } else {
+        Ok(Kind::Pg)
+    }
+}
+
+fn run_verify(c: VerifyCmd) -> Result<ExitCode> {
+    set_quiet(&c.storage);
+    c.server.check()?;
+    let ctx = c.common.resolve()?;
+    if !c.file.is_file() {
+        return Err(Failure::usage(format!("{}: no such file", c.file.display())).into());
+    }
+    let manifest = Manifest::read_for(&c.file)?;
+    let kind = kind_of_file(&c.file, manifest.as_ref())?;
+    if kind == Kind::Pg && c.level == CheckLevel::Restore && !c.server.given() {
+        return Err(Failure::usage("--level restore needs a server: --service or --url").into());
+    }
+    let res = (|| -> Result<Option<u64>> {
+        match &manifest {
+            Some(m) => {
+                check_checksum(&c.file, m)?;
+                say(format!("checksum ok: sha256 {}", m.sha256));
+            }
+            None => msg::warn(format!(
+                "{} has no manifest: checking the archive only",
+                c.file.display()
+            )),
+        }
+        match (kind, c.level) {
+            (Kind::Pg, CheckLevel::Read) => {
+                if c.server.given() {
+                    let (conn, _) = c.server.connect(&ctx)?;
+                    conn.verify_read(&c.file)?;
+                } else {
+                    let cmd = Cmd::new("pg_restore").args(["--exit-on-error", "-f", "/dev/null"]);
+                    let out = cmd
+                        .expression()
+                        .stdin_path(&c.file)
+                        .stdout_null()
+                        .stderr_capture()
+                        .unchecked()
+                        .run()
+                        .map_err(|e| fail!(Backup, "could not run pg_restore on this host ({e}); pass --service or --url"))?;
+                    if !out.status.success() {
+                        return Err(fail!(
+                            Backup,
+                            "read verification failed: {}",
+                            pg::pg_error("pg_restore failed", &String::from_utf8_lossy(&out.stderr))
+                        ));
+                    }
+                }
+                say("read verification ok: the whole archive reads");
+                Ok(None)
+            }
+            (Kind::Pg, CheckLevel::Restore) => {
+                let (conn, _) = c.server.connect(&ctx)?;
+                let got = conn.restore_counts(&c.file)?;
+                if let Some(want) = manifest.as_ref().and_then(|m| m.row_counts.as_ref()) {
+                    let diff = pg::compare_counts(want, &got);
+                    if !diff.is_empty() {
+                        return Err(fail!(Backup, "restore verification failed: {}", diff.join("; ")));
+                    }
+                } else if let Some(t) = manifest.as_ref().and_then(|m| m.tables) {
+                    if got.len() as u64 != t {
+                        return Err(fail!(
+                            Backup,
+                            "restore verification failed: {} tables restored, the manifest says {t}",
+                            got.len()
+                        ));
+                    }
+                }
+                say(format!(
+                    "restore verification ok: {} tables, {} rows",
+                    got.len(),
+                    got.values().sum::<u64>()
+                ));
+                Ok(None)
+            }
+            (Kind::Volume, level) => {
+                let n = volume::read_archive(&c.file)?;
+                if level == CheckLevel::Restore {
+                    let got = volume::restore_count(&ctx.project, &c.helper_image, &c.file)?;
+                    if got != n {
+                        return Err(fail!(
+                            Backup,
+                            "restore verification failed: the archive holds {n} entries, {got} landed"
+                        ));
+                    }
+                }
+                say(format!("verification ok: {n} entries"));
+                Ok(Some(n))
+            }
+        }
+    })();
+    if let Some(mut m) = manifest {
+        match &res {
+            Ok(entries) => {
+                let reached = match c.level {
+                    CheckLevel::Read => Verification::Read,
+                    CheckLevel::Restore => Verification::Restore,
+                };
+                if !(m.verification == Verification::Restore && reached == Verification::Read) {
+                    m.verification = reached;
+                }
+                m.verified_at = Some(time::now_rfc3339());
+                m.verification_error = None;
+                if entries.is_some() {
+                    m.entries = *entries;
+                }
+            }
+            Err(e) => {
+                m.verification = Verification::Failed;
+                m.verification_error = Some(berth_core::exit::one_line(e));
+                m.verified_at = Some(time::now_rfc3339());
+            }
+        }
+        let dir = c.file.parent().unwrap_or(Path::new("."));
+        if let Err(e) = m.write(dir) {
+            msg::warn(format!("could not update the manifest: {e:#}"));
+        }
+    }
+    res.map(|_| ExitCode::Success)
+}
+
+/// Ask on the terminal for `expected`; without a terminal, `--yes` is needed.
+fn confirm(yes: bool, what: &str, expected: &str) -> Result<()> {
+    if yes {
+        return Ok(());
+    }
+    if !std::io::stdin().is_terminal() {
+        return Err(Failure::usage(format!(
+            "refusing to restore over {what} without confirmation: no terminal to ask on; pass --yes"
+        ))
+        .into());
+    }
+    eprint!(
+        "{}: this replaces {what}. Type {expected:?} to go on: ",
+        msg::program()
+    );
+    let mut line = String::new();
+    std::io::stdin().read_line(&mut line)?;
+    if line.trim() != expected {
+        return Err(Failure::usage("not confirmed; nothing was changed").into());
+    }
+    Ok(())
+}
+
+fn run_restore(c: RestoreCmd) -> Result<ExitCode> {
+    set_quiet(&c.storage);
+    c.server.check()?;
+    let ctx = c.common.resolve()?;
+    if !c.file.is_file() {
+        return Err(Failure::usage(format!("{}: no such file", c.file.display())).into());
+    }
+    let m = Manifest::read_for(&c.file)?.ok_or_else(|| {
+        fail!(
+            Backup,
+            "{} has no manifest: not a berth backup (restore it by hand with pg_restore or tar)",
+            c.file.display()
+        )
+    })?;
+    if m.verification == Verification::Failed {
+        return Err(fail!(
+            Backup,
+            "{} failed verification ({}); refusing to restore it",
+            c.file.display(),
+            m.verification_error.as_deref().unwrap_or("no detail")
+        ));
+    }
+    match m.kind {
+        Kind::Pg => restore_pg(&c, &ctx, &m),
+        Kind::Volume => restore_volume(&c, &ctx, &m),
+    }
+}
+
+fn plan_lines(m: &Manifest, file: &Path, into: &str, safety: bool) {
+    let lines = [
+        format!("restore plan for {}", file.display()),
+        format!("  from:     {} ({})", m.source, m.target),
+        format!("  taken:    {} ({} ago){}", m.created_at, age(m.created()),
+            m.tag.as_deref().map(|t| format!(", tag {t}")).unwrap_or_default()),
+        format!("  size:     {} ({} bytes), verification {}", store::human_bytes(m.bytes), m.bytes, m.verification.as_str()),
+        format!("  sha256:   {}", m.sha256),
+        format!("  into:     {into}"),
+        format!("  safety:   {}", if safety { "a backup of the current data is taken first" } else { "none (--no-safety-backup)" }),
+    ];
+    for l in lines {
+        msg::info(l);
+    }
+}
+
+fn restore_pg(c: &RestoreCmd, ctx: &Context, m: &Manifest) -> Result<ExitCode> {
+    if !c.server.given() {
+        return Err(Failure::usage("restoring a database needs --service SERVICE or --url URL").into());
+    }
+    let (conn, default_db) = c.server.connect(ctx)?;
+    let db = c.server.database.clone().unwrap_or_else(|| {
+        if m.target.is_empty() { default_db } else { m.target.clone() }
+    });
+    let into = format!("database {db} on {}", conn.source(&db));
+    plan_lines(m, &c.file, &into, !c.no_safety_backup);
+    check_checksum(&c.file, m)?;
+    msg::info("checksum ok");
+    confirm(c.yes, &into, &db)?;
+    let target = Target {
+        kind: Kind::Pg,
+        project: ctx.project.clone(),
+        name: db.clone(),
+    };
+    let _lock = lock::acquire(&ctx.state_dir, &target.lock_name(), c.storage.lock_wait, None)?;
+    let dir = c.storage.dir(ctx);
+    let mut safety = None;
+    if !c.no_safety_backup {
+        if conn.database_exists(&db)? {
+            let job = Job {
+                dir: dir.clone(),
+                target: target.clone(),
+                verify: Verification::Read,
+                allow_shrink: true,
+                tag: Some("pre-restore".into()),
+                deploy_id: None,
+            };
+            let e = backup_pg(&conn, &db, &job)
+                .map_err(|e| e.context("the safety backup failed; nothing was restored"))?;
+            msg::info(format!("safety backup: {}", e.path.display()));
+            safety = Some(e.path);
+        } else {
+            msg::info(format!("database {db} does not exist yet: no safety backup needed"));
+        }
+    }
+    say(format!("restoring {} into {db}", c.file.display()));
+    let clock = Instant::now();
+    conn.restore_replace(&c.file, &db).map_err(|e| {
+        match &safety {
+            Some(s) => e.context(format!("the database is unchanged; safety backup {}", s.display())),
+            None => e.context("the database is unchanged"),
+        }
+    })?;
+    let counts = conn.counts(&db)?;
+    let rows: u64 = counts.values().sum();
+    msg::info(format!(
+        "restored in {:.1}s; verification query: {} tables, {rows} rows",
+        clock.elapsed().as_secs_f64(),
+        counts.len()
+    ));
+    for (t, n) in &counts {
+        say(format!("  {t}: {n} rows"));
+    }
+    let mut problems = Vec::new();
+    if let Some(want) = &m.row_counts {
+        problems = pg::compare_counts(want, &counts);
+    } else if let Some(t) = m.tables {
+        if counts.len() as u64 != t {
+            problems.push(format!("{} tables restored, the backup had {t}", counts.len()));
+        }
+    }
+    let report = json!({
+        "restored": c.file.display().to_string(),
+        "kind": "pg",
+        "database": db,
+        "safety_backup": safety.as_ref().map(|p| p.display().to_string()),
+        "tables": counts,
+        "problems": problems,
+    });
+    println!("{report}");
+    if !problems.is_empty() {
+        return Err(fail!(Backup, "the restored database differs from the backup: {}", problems.join("; ")));
+    }
+    Ok(ExitCode::Success)
+}
+
+fn restore_volume(c: &RestoreCmd, ctx: &Context, m: &Manifest) -> Result<ExitCode> {
+    let real = match &c.volume {
+        Some(v) => v.clone(),
+        None => m.volume.clone().unwrap_or_else(|| m.target.clone()),
+    };
+    let into = format!("docker volume {real}");
+    plan_lines(m, &c.file, &into, !c.no_safety_backup);
+    check_checksum(&c.file, m)?;
+    msg::info("checksum ok");
+    let entries = volume::read_archive(&c.file)?;
+    confirm(c.yes, &into, &real)?;
+    let target = Target {
+        kind: Kind::Volume,
+        project: ctx.project.clone(),
+        name: m.target.clone(),
+    };
+    let _lock = lock::acquire(&ctx.state_dir, &target.lock_name(), c.storage.lock_wait, None)?;
+    let exists = docker_volume_exists(&real);
+    let mut safety = None;
+    if !c.no_safety_backup && exists {
+        let job = Job {
+            dir: c.storage.dir(ctx),
+            target: target.clone(),
+            verify: Verification::Read,
+            allow_shrink: true,
+            tag: Some("pre-restore".into()),
+            deploy_id: None,
+        };
+        let e = backup_volume(ctx, &real, &c.stop, &c.helper_image, &job)
+            .map_err(|e| e.context("the safety backup failed; nothing was restored"))?;
+        msg::info(format!("safety backup: {}", e.path.display()));
+        safety = Some(e.path);
+    }
+    if !exists {
+        berth_core::docker::docker()
+            .args(["volume", "create", &real])
+            .run()
+            .map_err(|e| fail!(Backup, "creating volume {real}: {e}"))?;
+    }
+    {
+        let compose = ctx.compose();
+        let mut stopped = volume::Stopped::stop(&compose, &c.stop)?;
+        let res = volume::extract(&ctx.project, &c.helper_image, &c.file, &real, true);
+        let restarted = stopped.restart();
+        res?;
+        restarted?;
+    }
+    msg::info(format!("restored {entries} entries into volume {real}"));
+    println!(
+        "{}",
+        json!({
+            "restored": c.file.display().to_string(),
+            "kind": "volume",
+            "volume": real,
+            "entries": entries,
+            "safety_backup": safety.as_ref().map(|p| p.display().to_string()),
+        })
+    );
+    Ok(ExitCode::Success)
+}
+
+fn docker_volume_exists(name: &str) -> bool {
+    berth_core::docker::docker()
+        .args(["volume", "inspect", name])
+        .run()
+        .is_ok()
+}
+
+fn run_prune(c: PruneCmd) -> Result<ExitCode> {
+    set_quiet(&c.storage);
+    let ctx = c.common.resolve()?;
+    let policy = c.keep.policy();
+    if policy.is_empty() {
+        return Err(Failure::usage(
+            "give at least one of --keep-last, --keep-daily, --keep-weekly, --keep-monthly",
+        )
+        .into());
+    }
+    let dir = c.storage.dir(&ctx);
+    let scan = store::scan(&dir)?;
+    let mut targets: Vec<Target> = scan.entries.iter().map(|e| e.manifest.target()).collect();
+    targets.sort();
+    targets.dedup();
+    let mut text = String::new();
+    let verb = |keep: bool| match (keep, ctx.dry_run) {
+        (true, _) => "keep",
+        (false, true) => "would delete",
+        (false, false) => "deleted",
+    };
+    for t in &targets {
+        let _lock = lock::acquire(&ctx.state_dir, &t.lock_name(), c.storage.lock_wait, None)?;
+        text.push_str(&format!("{}:\n", t.describe()));
+        for (d, _) in rotate_target(&dir, &ctx.state_dir, t, &policy, ctx.dry_run)? {
+            text.push_str(&format!(
+                "  {:<12} {}  ({})\n",
+                verb(d.keep),
+                d.name,
+                d.reasons.join("; ")
+            ));
+        }
+    }
+    for p in &scan.incomplete {
+        text.push_str(&format!(
+            "  {:<12} {}  (no manifest: not a backup; remove it by hand)\n",
+            "ignore",
+            file_name(p)
+        ));
+    }
+    if targets.is_empty() {
+        text.push_str(&format!("no backups in {}\n", dir.display()));
+    }
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match write!(out, "{text}") {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {}
+        other => other?,
+    }
+    Ok(ExitCode::Success)
+}

@@ -1,0 +1,236 @@
+//! Docker volumes: a tar.gz streamed out of a short-lived helper container that mounts
+//! the volume read-only (from a local image, never pulled), verification by reading the
+//! archive to its end in-process, and restore through the same helper.
+
+use std::io::Read;
+use std::path::Path;
+
+use anyhow::{Context as _, Result};
+use berth_core::compose::{Compose, LABEL_PROJECT};
+use berth_core::process::{last_lines, Cmd, ProcessError};
+use berth_core::{docker, fail, msg};
+
+/// The label on every helper container and scratch volume berth-backup creates.
+pub const LABEL_HELPER: &str = "berth.backup.helper";
+
+/// The docker volume behind `name`: the compose volume of that name (its `name:` after
+/// interpolation, usually `<project>_<name>`), else a docker volume called `name`.
+pub fn resolve(compose: &Compose, name: &str) -> Result<String> {
+    let cfg = compose.config().map_err(|e| fail!(Backup, "{e:#}"))?;
+    let real = cfg
+        .pointer(&format!("/volumes/{name}/name"))
+        .and_then(|v| v.as_str())
+        .map(str::to_string)
+        .unwrap_or_else(|| name.to_string());
+    match docker::docker()
+        .args(["volume", "inspect", "--format", "{{.Name}}", &real])
+        .read()
+    {
+        Ok(_) => Ok(real),
+        Err(ProcessError::Failed { stderr, .. }) => Err(fail!(
+            Backup,
+            "volume {real} does not exist ({})",
+            last_lines(&stderr, 1)
+        )),
+        Err(e) => Err(fail!(Backup, "{e}")),
+    }
+}
+
+/// A helper container name, unique to this process.
+pub fn helper_name(what: &str) -> String {
+    format!(
+        "berth-backup-{what}-{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() % 1_000_000_000)
+            .unwrap_or(0)
+    )
+}
+
+/// `docker run --rm` of the helper image with our labels, no network, never pulling.
+pub fn helper(project: &str, name: &str, image: &str, mounts: &[String], interactive: bool) -> Cmd {
+    let mut c = docker::docker().args(["run", "--rm", "--pull", "never", "--network", "none"]);
+    if interactive {
+        c = c.arg("-i");
+    }
+    c = c
+        .args(["--name", name])
+        .args(["--label", &format!("{LABEL_PROJECT}={project}")])
+        .args(["--label", &format!("{LABEL_HELPER}=1")]);
+    for m in mounts {
+        c = c.args(["-v", m]);
+    }
+    c.arg(image)
+}
+
+/// Remove a helper container if it is still there (after a failure or an interrupt).
+pub fn remove_helper(name: &str) {
+    let _ = docker::docker().args(["rm", "-f", name]).output();
+}
+
+/// `tar -czf -` of the volume, mounted read-only.
+pub fn tar_cmd(project: &str, container: &str, image: &str, volume: &str) -> Cmd {
+    helper(
+        project,
+        container,
+        image,
+        &[format!("{volume}:/volume:ro")],
+        false,
+    )
+    .args(["tar", "-C", "/volume", "-czf", "-", "."])
+}
+
+/// Read the whole archive (gunzip + tar, every entry's data, the gzip trailer): the
+/// number of entries other than the root directory.
+pub fn read_archive(file: &Path) -> Result<u64> {
+    let f = std::fs::File::open(file).with_context(|| format!("opening {}", file.display()))?;
+    let gz = flate2::read::GzDecoder::new(std::io::BufReader::new(f));
+    let mut ar = tar::Archive::new(gz);
+    let mut n = 0u64;
+    let bad = |e: std::io::Error| fail!(Backup, "read verification failed: {e}");
+    for entry in ar.entries().map_err(bad)? {
+        let mut entry = entry.map_err(bad)?;
+        let path = entry.path().map_err(bad)?.to_string_lossy().to_string();
+        std::io::copy(&mut entry, &mut std::io::sink()).map_err(bad)?;
+        if path != "." && path != "./" {
+            n += 1;
+        }
+    }
+    // The tar end marker may come before the gzip trailer: read on to check it.
+    let mut rest = ar.into_inner();
+    let mut buf = [0u8; 8192];
+    loop {
+        match rest.read(&mut buf) {
+            Ok(0) => break,
+            Ok(_) => {}
+            Err(e) => return Err(bad(e)),
+        }
+    }
+    if n == 0 {
+        msg::warn(format!("{}: the archive holds no files", file.display()));
+    }
+    Ok(n)
+}
+
+/// Extract the archive into a scratch volume, count what landed, remove the volume.
+pub fn restore_count(project: &str, image: &str, file: &Path) -> Result<u64> {
+    let scratch = helper_name("verify");
+    docker::docker()
+        .args(["volume", "create", "--label"])
+        .arg(format!("{LABEL_PROJECT}={project}"))
+        .args(["--label", &format!("{LABEL_HELPER}=1"), &scratch])
+        .run()
+        .map_err(|e| fail!(Backup, "creating a scratch volume: {e}"))?;
+    let res = (|| {
+        extract(project, image, file, &scratch, false)?;
+        let name = helper_name("count");
+        let out = helper(
+            project,
+            &name,
+            image,
+            &[format!("{scratch}:/volume:ro")],
+            false,
+        )
+        .args(["find", "/volume", "-mindepth", "1"])
+        .read()
+        .map_err(|e| {
+            remove_helper(&name);
+            fail!(Backup, "restore verification failed: {e}")
+        })?;
+        Ok(out.lines().filter(|l| !l.is_empty()).count() as u64)
+    })();
+    let _ = docker::docker()
+        .args(["volume", "rm", "-f", &scratch])
+        .output();
+    res
+}
+
+/// Unpack `file` into `volume`; with `replace`, delete what the volume held first.
+pub fn extract(project: &str, image: &str, file: &Path, volume: &str, replace: bool) -> Result<()> {
+    let name = helper_name("restore");
+    let script = if replace {
+        "find /volume -mindepth 1 -delete && exec tar -xzpf - -C /volume --numeric-owner"
+    } else {
+        "exec tar -xzpf - -C /volume --numeric-owner"
+    };
+    let cmd = helper(project, &name, image, &[format!("{volume}:/volume")], true)
+        .args(["sh", "-c", script]);
+    let out = cmd
+        .expression()
+        .stdin_path(file)
+        .stdout_null()
+        .stderr_capture()
+        .unchecked()
+        .run()
+        .map_err(|e| fail!(Backup, "could not run docker: {e}"))?;
+    if !out.status.success() {
+        remove_helper(&name);
+        return Err(fail!(
+            Backup,
+            "extracting into volume {volume} failed: {}",
+            last_lines(&String::from_utf8_lossy(&out.stderr), 2)
+        ));
+    }
+    Ok(())
+}
+
+/// Services stopped for a consistent copy; started again when dropped, whatever happened.
+pub struct Stopped {
+    compose: Compose,
+    services: Vec<String>,
+}
+
+impl Stopped {
+    /// Stop each running service of `names` (one that was not running stays as it was).
+    pub fn stop(compose: &Compose, names: &[String]) -> Result<Stopped> {
+        let mut s = Stopped {
+            compose: compose.clone(),
+            services: Vec::new(),
+        };
+        for n in names {
+            let running = compose
+                .containers(n)
+                .map_err(|e| fail!(Backup, "{e:#}"))?
+                .iter()
+                .any(|c| c.state.running);
+            if !running {
+                msg::info(format!("service {n} is not running; nothing to stop"));
+                continue;
+            }
+            crate::say(format!("stopping {n} for a consistent copy"));
+            s.services.push(n.clone());
+            compose
+                .cmd(["stop", n.as_str()])
+                .run()
+                .map_err(|e| fail!(Backup, "stopping {n}: {e}"))?;
+        }
+        Ok(s)
+    }
+
+    pub fn restart(&mut self) -> Result<()> {
+        let mut failed = Vec::new();
+        for n in std::mem::take(&mut self.services) {
+            crate::say(format!("starting {n} again"));
+            if let Err(e) = self.compose.cmd(["start", n.as_str()]).run() {
+                msg::error(format!("starting {n} again failed: {e}"));
+                failed.push(n);
+            }
+        }
+        if failed.is_empty() {
+            Ok(())
+        } else {
+            Err(fail!(
+                Backup,
+                "could not start {} again: start it by hand",
+                failed.join(", ")
+            ))
+        }
+    }
+}
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        let _ = self.restart();
+    }
+}
