@@ -1,0 +1,433 @@
+//! `berth-migrate`: run a migration once, in a one-off container from the **new** image
+//! with the service's compose definition, before any traffic moves (Heroku's release
+//! phase, Fly's `release_command`). The container is owned: a timeout, Ctrl-C or SIGTERM
+//! removes it. Its output streams to `<state>/logs/migrate-<deploy id>.log`; a failure
+//! puts the last 50 lines into the document and on stderr and exits 6, the old version
+//! still serving. Afterwards the running (old) version's readiness is probed once more
+//! and recorded: the deploy rolls forward either way.
+
+pub mod backup;
+pub mod oneoff;
+
+use std::cell::RefCell;
+use std::ffi::OsString;
+use std::sync::atomic::{AtomicBool, AtomicUsize};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context as _, Result};
+use berth_core::cli::{parse_duration, CommonArgs, Context};
+use berth_core::compose::{self, Compose};
+use berth_core::doc::Document;
+use berth_core::health::{self, HttpCheck, Target};
+use berth_core::lock::{self, Lock};
+use berth_core::stage::{self, Completed, Spec};
+use berth_core::time::millis;
+use berth_core::{docker, fail, msg, ExitCode, Failure};
+use clap::Parser;
+use serde_json::{json, Map, Value};
+
+use crate::backup::BackupRef;
+use crate::oneoff::{Ended, Plan};
+
+/// The stage's name in the deploy document.
+pub const STAGE: &str = "migrate";
+/// The lock every stage that changes the deploy takes (berth-swap, berth-rollback).
+pub const LOCK: &str = "deploy";
+/// Lines of the log that go into the document and on stderr when the migration fails.
+pub const TAIL_LINES: usize = 50;
+
+const EXAMPLES: &str = "\
+Examples:
+  # In the pipeline, after a verified backup, before the swap
+  berth-backup pg --service db --tag 3f9c2a1 \\
+    | berth-migrate web -- alembic upgrade head \\
+    | berth-swap web | berth-report
+
+  # Alone, without a backup record (you took one another way)
+  berth-migrate --tag 3f9c2a1 --no-backup-required web -- ./manage.py migrate --noinput
+
+  # See what would run
+  berth-migrate --tag 3f9c2a1 --no-backup-required --dry-run web -- migrate
+
+Exit status: 0 migrated; 6 the migration failed, timed out or was interrupted (the
+container is removed; the old version still serves), or no verified backup is recorded
+in the document and --no-backup-required is not given; 1 docker unreachable or the
+compose file invalid; 75 another deploy holds the lock; 64 usage error; 65 bad document
+on stdin; a failure already in the document passes through with its code.";
+
+/// Run CMD once in a one-off container of SERVICE from the image of the new tag (its
+/// compose definition: environment, networks, volumes), before any traffic moves. Output
+/// goes to <state dir>/logs/migrate-<deploy id>.log; on failure its last lines go into
+/// the document and on stderr. The deploy document passes from stdin to stdout.
+#[derive(Debug, Parser)]
+#[command(name = "berth-migrate", version, after_long_help = EXAMPLES, after_help = "See --help for examples and exit codes.")]
+pub struct Cli {
+    /// The compose service whose definition (and new image) runs the migration
+    #[arg(value_name = "SERVICE")]
+    pub service: String,
+
+    /// The migration command and its arguments, e.g. -- alembic upgrade head
+    #[arg(last = true, value_name = "CMD", required = true)]
+    pub command: Vec<OsString>,
+
+    /// Stop and remove the migration container after this long
+    #[arg(long, value_name = "DURATION", default_value = "5m", env = "BERTH_MIGRATE_TIMEOUT", value_parser = parse_duration)]
+    pub timeout: Duration,
+
+    /// Migrate even when the document records no verified backup
+    #[arg(long, env = "BERTH_NO_BACKUP_REQUIRED")]
+    pub no_backup_required: bool,
+
+    /// Readiness path of the running version, probed again after migrating
+    #[arg(
+        long,
+        value_name = "PATH",
+        default_value = "/readyz",
+        env = "BERTH_READY_PATH",
+        help_heading = "Old version's readiness"
+    )]
+    pub ready_path: String,
+
+    /// The port the service listens on inside its containers
+    #[arg(
+        long,
+        value_name = "PORT",
+        default_value = "8080",
+        env = "BERTH_APP_PORT",
+        help_heading = "Old version's readiness"
+    )]
+    pub port: u16,
+
+    /// How long the running version gets to answer ready after migrating
+    #[arg(long, value_name = "DURATION", default_value = "5s", env = "BERTH_READY_TIMEOUT", value_parser = parse_duration, help_heading = "Old version's readiness")]
+    pub ready_timeout: Duration,
+
+    /// Wait this long for another deploy's lock (default: fail at once with 75)
+    #[arg(long, value_name = "DURATION", default_value = "0s", env = "BERTH_LOCK_WAIT", value_parser = parse_duration)]
+    pub lock_wait: Duration,
+
+    #[command(flatten)]
+    pub common: CommonArgs,
+}
+
+impl Cli {
+    fn check(&self) -> Result<(), Failure> {
+        let s = &self.service;
+        if s.is_empty()
+            || !s
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        {
+            return Err(Failure::usage(format!(
+                "SERVICE {s:?}: not a compose service name (letters, digits, '-', '_', '.')"
+            )));
+        }
+        if self.command.first().is_none_or(|c| c.is_empty()) {
+            return Err(Failure::usage(
+                "no migration command: give it after --, e.g. berth-migrate web -- alembic upgrade head",
+            ));
+        }
+        if !self.ready_path.starts_with('/') {
+            return Err(Failure::usage(format!(
+                "--ready-path {:?}: must start with '/'",
+                self.ready_path
+            )));
+        }
+        if self.port == 0 {
+            return Err(Failure::usage("--port 0: not a port"));
+        }
+        if self.timeout.is_zero() {
+            return Err(Failure::usage("--timeout 0: give the migration some time"));
+        }
+        Ok(())
+    }
+}
+
+pub fn run(cli: Cli) -> Result<ExitCode> {
+    cli.check()?;
+    let input = stage::load(&cli.common)?;
+    let spec = Spec {
+        name: STAGE,
+        default_code: ExitCode::Migration,
+        acts_on_failure: false,
+    };
+    if !input.doc.has_failed() {
+        input.ctx.require_tag()?;
+    }
+    // Released after the record is in the document and before it is written, so the
+    // next stage of a pipe can take it as soon as it reads the document.
+    let held: RefCell<Option<Lock>> = RefCell::new(None);
+    stage::run_then(
+        spec,
+        input,
+        |ctx, doc, detail| migrate(&cli, ctx, doc, detail, &held),
+        |_, _| {
+            if let Some(l) = held.borrow_mut().take() {
+                l.release();
+            }
+        },
+    )
+}
+
+fn migrate(
+    cli: &Cli,
+    ctx: &Context,
+    doc: &mut Document,
+    detail: &mut Map<String, Value>,
+    held: &RefCell<Option<Lock>>,
+) -> Result<Completed> {
+    let tag = ctx.require_tag()?.to_string();
+    let compose = ctx.compose_at(&tag);
+    let plan = Plan::new(
+        compose.clone(),
+        &cli.service,
+        &cli.command,
+        &doc.deploy_id,
+        &ctx.state_dir,
+    );
+    detail.insert("service".into(), json!(cli.service));
+    detail.insert("tag".into(), json!(tag));
+    detail.insert("command".into(), json!(plan.command_display()));
+    detail.insert("container".into(), json!(plan.name));
+    detail.insert("log".into(), json!(plan.log.to_string_lossy()));
+    detail.insert("timeout_ms".into(), json!(millis(cli.timeout)));
+    detail.insert("backup_required".into(), json!(!cli.no_backup_required));
+
+    let backup = backup::find(doc, ctx);
+    detail.insert(
+        "backup".into(),
+        backup
+            .as_ref()
+            .map(BackupRef::to_detail)
+            .unwrap_or(Value::Null),
+    );
+    let backup = match backup {
+        Ok(b) => Some(b),
+        Err(missing) if !cli.no_backup_required => {
+            return Err(fail!(
+                Migration,
+                "refusing to migrate: {}",
+                missing.message()
+            ))
+        }
+        Err(_) => None,
+    };
+
+    if ctx.dry_run {
+        return dry_run(cli, &plan, detail);
+    }
+
+    docker::ensure_reachable()?;
+    let lock = lock::acquire(&ctx.state_dir, LOCK, cli.lock_wait, Some(&doc.deploy_id))?;
+    *held.borrow_mut() = Some(lock);
+
+    let config = compose.config().map_err(|e| fail!(Preflight, "{e:#}"))?;
+    let image =
+        compose::service_image_in(&config, &cli.service).map_err(|e| fail!(Preflight, "{e:#}"))?;
+    detail.insert("image".into(), json!(image));
+
+    let stop = Arc::new(AtomicUsize::new(0));
+    catch_signals(&stop)?;
+
+    oneoff::remove_leftovers(&plan)?;
+    msg::info(format!(
+        "migrating with {image}: {} (output: {})",
+        plan.command_display().join(" "),
+        plan.log.display()
+    ));
+    let out = oneoff::run(&plan, cli.timeout, &stop)?;
+    detail.insert("migration_ms".into(), json!(millis(out.elapsed)));
+    detail.insert("containers_left".into(), json!(out.left));
+    let (ended, exit_status) = match &out.ended {
+        Ended::Exited(c) => ("exited", Some(*c)),
+        Ended::Killed(_) => ("killed", None),
+        Ended::TimedOut => ("timed_out", None),
+        Ended::Interrupted(_) => ("interrupted", None),
+    };
+    detail.insert("ended".into(), json!(ended));
+    detail.insert("exit_status".into(), json!(exit_status));
+
+    let failure = match &out.ended {
+        Ended::Exited(0) => None,
+        Ended::Exited(c) => Some(format!("the migration exited with {c}")),
+        Ended::Killed(s) => Some(format!("docker compose was killed by signal {s}")),
+        Ended::TimedOut => Some(format!(
+            "the migration did not finish within {}; its container {} was removed",
+            oneoff::humanize(cli.timeout),
+            plan.name
+        )),
+        Ended::Interrupted(s) => Some(format!(
+            "interrupted by {s}; the migration container {} was removed",
+            plan.name
+        )),
+    };
+    if out.left > 0 {
+        msg::error(format!(
+            "{} migration container(s) still present after removal; remove them: docker rm -f {}",
+            out.left, plan.name
+        ));
+    }
+
+    // The old version is probed again, unless a person asked us to stop.
+    if !matches!(out.ended, Ended::Interrupted(_)) {
+        probe_old(cli, &compose, detail);
+    }
+
+    let Some(failure) = failure else {
+        msg::info(format!("migrated in {:.1}s", out.elapsed.as_secs_f64()));
+        return Ok(Completed::Ok);
+    };
+    let tail = oneoff::tail(&plan.log, out.log_start, TAIL_LINES);
+    detail.insert("log_tail".into(), json!(tail.join("\n")));
+    if tail.is_empty() {
+        msg::info(format!(
+            "the migration wrote nothing ({})",
+            plan.log.display()
+        ));
+    } else {
+        msg::info(format!(
+            "last {} line(s) of {}:",
+            tail.len(),
+            plan.log.display()
+        ));
+        for l in &tail {
+            msg::info(format!("| {l}"));
+        }
+    }
+    msg::info("the old version still serves: nothing else was touched");
+    if let Some(b) = &backup {
+        let cmd = b.restore_command(ctx);
+        msg::info(format!(
+            "if the migration left the database half-changed, restore the backup taken before it:\n    {cmd}"
+        ));
+        detail.insert("restore_command".into(), json!(cmd));
+    }
+    Err(fail!(Migration, "{failure} (log: {})", plan.log.display()))
+}
+
+/// SIGINT/SIGTERM set `stop` (the migration container is then removed); a second one
+/// exits at once.
+fn catch_signals(stop: &Arc<AtomicUsize>) -> Result<()> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let again = Arc::new(AtomicBool::new(false));
+    for sig in [SIGINT, SIGTERM] {
+        signal_hook::flag::register_conditional_shutdown(
+            sig,
+            ExitCode::Migration.code(),
+            again.clone(),
+        )
+        .context("installing signal handlers")?;
+        signal_hook::flag::register(sig, again.clone()).context("installing signal handlers")?;
+        signal_hook::flag::register_usize(sig, stop.clone(), sig as usize)
+            .context("installing signal handlers")?;
+    }
+    Ok(())
+}
+
+fn dry_run(cli: &Cli, plan: &Plan, detail: &mut Map<String, Value>) -> Result<Completed> {
+    let run = plan.run_cmd().display();
+    let rm = plan.remove_cmd().display();
+    msg::info(format!("would run: {run}"));
+    msg::info(format!("would write its output to {}", plan.log.display()));
+    msg::info(format!(
+        "would remove its container on timeout ({}), SIGINT or SIGTERM: {rm}",
+        oneoff::humanize(cli.timeout)
+    ));
+    msg::info(format!(
+        "would then probe each running {} container at http://<its IP>:{}{}",
+        cli.service, cli.port, cli.ready_path
+    ));
+    detail.insert("dry_run".into(), json!(true));
+    detail.insert("would_run".into(), json!([run]));
+    Ok(Completed::Skipped("dry run: nothing was run".into()))
+}
+
+/// Probe the running containers of the service (the old version) at their own IPs, for a
+/// few seconds, and record whether they still answer ready with the new schema.
+fn probe_old(cli: &Cli, compose: &Compose, detail: &mut Map<String, Value>) {
+    let containers = match compose.containers(&cli.service) {
+        Ok(cs) => cs,
+        Err(e) => {
+            msg::warn(format!(
+                "could not list the running {} containers: {e:#}",
+                cli.service
+            ));
+            detail.insert("old_version_ready".into(), Value::Null);
+            return;
+        }
+    };
+    let running: Vec<_> = containers.into_iter().filter(|c| c.state.running).collect();
+    if running.is_empty() {
+        msg::info(format!(
+            "no running {} container to probe (first deploy?)",
+            cli.service
+        ));
+        detail.insert("old_version_ready".into(), Value::Null);
+        detail.insert("old_version".into(), json!([]));
+        return;
+    }
+    let mut targets = Vec::new();
+    let mut rows = Vec::new();
+    for c in &running {
+        let ip = c
+            .networks
+            .iter()
+            .map(|(_, ip)| ip.as_str())
+            .find(|ip| !ip.is_empty());
+        let Some(ip) = ip else {
+            rows.push(json!({"container": c.name, "image": c.image, "url": null,
+                             "ready": false, "last_error": "no IP address"}));
+            continue;
+        };
+        let url = format!("http://{ip}:{}{}", cli.port, cli.ready_path);
+        targets.push((
+            c,
+            Target::HttpOn {
+                container: c.id.clone(),
+                check: HttpCheck::new(&url),
+            },
+        ));
+    }
+    let opts = health::Options {
+        timeout: cli.ready_timeout,
+        interval: Duration::from_millis(250),
+        attempt_timeout: Duration::from_secs(2),
+        successes: 1,
+    };
+    let only: Vec<Target> = targets.iter().map(|(_, t)| t.clone()).collect();
+    let report = health::wait(&only, &opts, &|_| {});
+    for ((c, _), r) in targets.iter().zip(&report.targets) {
+        rows.push(json!({"container": c.name, "image": c.image, "url": r.target,
+                         "ready": r.ready, "last_error": if r.ready { None } else { r.last_error.clone() }}));
+    }
+    let ready = rows.iter().all(|r| r["ready"] == json!(true));
+    detail.insert("old_version_ready".into(), json!(ready));
+    detail.insert("old_version".into(), Value::Array(rows.clone()));
+    if ready {
+        msg::info(format!(
+            "the running version still answers ready on {} ({} container(s))",
+            cli.ready_path,
+            rows.len()
+        ));
+    } else {
+        let why: Vec<String> = rows
+            .iter()
+            .filter(|r| r["ready"] != json!(true))
+            .map(|r| {
+                format!(
+                    "{}: {}",
+                    r["container"].as_str().unwrap_or("?"),
+                    r["last_error"].as_str().unwrap_or("not ready")
+                )
+            })
+            .collect();
+        msg::warn(format!(
+            "WARNING: the running {} version is NOT ready with the new schema ({}); it may fail \
+             requests until the new version takes over. The deploy rolls forward: the new \
+             version is the fix.",
+            cli.service,
+            why.join("; ")
+        ));
+    }
+}
