@@ -437,6 +437,8 @@ step_images() {
 		name=${spec#*=}
 		dir=$REPO_ROOT/fixtures/$name
 		[ -f "$dir/Dockerfile" ] || die "missing $dir/Dockerfile"
+		# COPY keeps the mode; a checkout without exec bits must still give runnable scripts.
+		find "$dir" -maxdepth 1 -name '*.sh' -exec chmod 0755 {} +
 		t1=$(now_ms)
 		rev=$(image_rev "$brev" "$dir")
 		if [ "$force" = 0 ] && image_current "$tag" "$rev"; then

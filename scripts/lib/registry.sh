@@ -115,12 +115,12 @@ cmd_port() {
 cmd_stop() {
 	[ "$#" -eq 1 ] || usage
 	[ -d "$1" ] || return 0
-	local dir pid i
+	local dir pid
 	dir=$(cd "$1" && pwd)
 	if pid_alive "$dir"; then
 		pid=$(cat "$dir/registry.pid")
 		kill -TERM "$pid" 2>/dev/null || true
-		for i in $(seq 50); do
+		for _ in $(seq 50); do
 			pid_alive "$dir" || break
 			sleep 0.1
 		done
