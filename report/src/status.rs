@@ -1,0 +1,380 @@
+//! `berth-report status` (what runs now) and `berth-report history` (the ledger).
+
+use std::collections::BTreeMap;
+use std::io::Write as _;
+
+use anyhow::Result;
+use berth_core::cli::Context;
+use berth_core::compose::{LABEL_ONEOFF, LABEL_PROJECT, LABEL_SERVICE};
+use berth_core::doc::Document;
+use berth_core::docker::{self, Container};
+use berth_core::{ledger, msg, time, ExitCode, Failure};
+use serde_json::{json, Value};
+
+use crate::summary::{self, human_ms, human_time};
+
+/// The tag of an image reference: what follows the last `:` after the last `/`.
+pub fn tag_of(image: &str) -> Option<&str> {
+    let last = image.rsplit('/').next().unwrap_or(image);
+    let last = last.split('@').next().unwrap_or(last);
+    last.rsplit_once(':').map(|(_, t)| t)
+}
+
+/// One service as it runs now.
+#[derive(Debug, Clone)]
+pub struct ServiceNow {
+    pub name: String,
+    pub containers: Vec<Container>,
+}
+
+impl ServiceNow {
+    fn running(&self) -> Vec<&Container> {
+        self.containers.iter().filter(|c| c.state.running).collect()
+    }
+
+    /// The images its running containers use (more than one mid-swap).
+    pub fn images(&self) -> Vec<String> {
+        let mut v: Vec<String> = self.running().iter().map(|c| c.image.clone()).collect();
+        v.sort();
+        v.dedup();
+        v
+    }
+
+    pub fn tags(&self) -> Vec<String> {
+        self.images()
+            .iter()
+            .map(|i| tag_of(i).unwrap_or("(none)").to_string())
+            .collect()
+    }
+
+    /// When its oldest running container started.
+    pub fn since(&self) -> Option<String> {
+        self.running()
+            .iter()
+            .map(|c| c.state.started_at.clone())
+            .filter(|s| time::parse(s).is_some())
+            .min()
+    }
+
+    /// `healthy`, `2 healthy, 1 starting`, `running (no healthcheck)`, `not running (exited 1)`.
+    pub fn health(&self) -> String {
+        let running = self.running();
+        if running.is_empty() {
+            return match self.containers.last() {
+                Some(c) => format!("not running ({} {})", c.state.status, c.state.exit_code),
+                None => "not running (no containers)".into(),
+            };
+        }
+        let mut counts: BTreeMap<String, usize> = BTreeMap::new();
+        for c in &running {
+            let h = match &c.state.health {
+                Some(h) => h.status.clone(),
+                None if c.state.restarting => "restarting".into(),
+                None => "running (no healthcheck)".into(),
+            };
+            *counts.entry(h).or_default() += 1;
+        }
+        if counts.len() == 1 {
+            return counts.into_keys().next().unwrap_or_default();
+        }
+        counts
+            .iter()
+            .map(|(h, n)| format!("{n} {h}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    pub fn to_json(&self) -> Value {
+        let images = self.images();
+        json!({
+            "service": self.name,
+            "image": images.first(),
+            "images": images,
+            "tag": self.tags().first(),
+            "since": self.since(),
+            "health": self.health(),
+            "running": self.running().len(),
+            "containers": self.containers.iter().map(|c| json!({
+                "name": c.name,
+                "id": c.short_id(),
+                "image": c.image,
+                "state": c.state.status,
+                "health": c.state.health.as_ref().map(|h| h.status.clone()),
+                "started_at": c.state.started_at,
+            })).collect::<Vec<_>>(),
+        })
+    }
+}
+
+/// The project's services and their containers (one-off runs excluded). Services the
+/// compose file defines but that have no container are listed empty.
+pub fn services_now(ctx: &Context) -> Result<Vec<ServiceNow>> {
+    docker::ensure_reachable()?;
+    let ids = docker::containers_with_labels(&[(LABEL_PROJECT, &ctx.project)], true)?;
+    let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
+    let mut by: BTreeMap<String, Vec<Container>> = BTreeMap::new();
+    for c in docker::inspect(&refs)? {
+        if c.label(LABEL_ONEOFF) == Some("True") {
+            continue;
+        }
+        let svc = c.label(LABEL_SERVICE).unwrap_or("(none)").to_string();
+        by.entry(svc).or_default().push(c);
+    }
+    if has_compose_file(ctx) {
+        match ctx.compose().services() {
+            Ok(names) => {
+                for n in names {
+                    by.entry(n).or_default();
+                }
+            }
+            Err(e) => msg::warn(format!(
+                "could not read the compose configuration ({}); showing containers only",
+                berth_core::exit::one_line(&e)
+            )),
+        }
+    }
+    Ok(by
+        .into_iter()
+        .map(|(name, mut containers)| {
+            containers.sort_by(|a, b| a.name.cmp(&b.name));
+            ServiceNow { name, containers }
+        })
+        .collect())
+}
+
+fn has_compose_file(ctx: &Context) -> bool {
+    !ctx.files.is_empty()
+        || [
+            "compose.yaml",
+            "compose.yml",
+            "docker-compose.yaml",
+            "docker-compose.yml",
+        ]
+        .iter()
+        .any(|f| ctx.project_dir.join(f).is_file())
+}
+
+/// `berth-report status`.
+pub fn status(ctx: &Context, service: Option<&str>, as_json: bool) -> Result<ExitCode> {
+    let mut services = services_now(ctx)?;
+    if let Some(s) = service {
+        if !services.iter().any(|x| x.name == s) {
+            let known: Vec<&str> = services.iter().map(|x| x.name.as_str()).collect();
+            return Err(Failure::usage(format!(
+                "no service {s:?} in project {} (services: {})",
+                ctx.project,
+                if known.is_empty() {
+                    "none".to_string()
+                } else {
+                    known.join(", ")
+                }
+            ))
+            .into());
+        }
+        services.retain(|x| x.name == s);
+    }
+    let releases = ledger::read(&ctx.state_dir)?;
+    let last = releases.last();
+    let good = ledger::last_good(&releases, service);
+    let out = if as_json {
+        let v = json!({
+            "project": ctx.project,
+            "services": services.iter().map(ServiceNow::to_json).collect::<Vec<_>>(),
+            "last_release": last.map(summary::to_json),
+            "last_good": good.map(summary::to_json),
+        });
+        serde_json::to_string_pretty(&v)? + "\n"
+    } else {
+        status_text(ctx, &services, last, good)
+    };
+    print_stdout(&out)?;
+    Ok(ExitCode::Success)
+}
+
+fn ago(rfc3339: &str) -> String {
+    let Some(t) = time::parse(rfc3339) else {
+        return String::new();
+    };
+    let secs = time::now().duration_since(t).as_secs().max(0) as u64;
+    let text = if secs < 60 {
+        format!("{secs}s")
+    } else if secs < 3600 {
+        format!("{}m", secs / 60)
+    } else if secs < 86_400 {
+        format!("{}h {}m", secs / 3600, (secs % 3600) / 60)
+    } else {
+        format!("{}d {}h", secs / 86_400, (secs % 86_400) / 3600)
+    };
+    format!(" ({text} ago)")
+}
+
+fn status_text(
+    ctx: &Context,
+    services: &[ServiceNow],
+    last: Option<&Document>,
+    good: Option<&Document>,
+) -> String {
+    let mut rows = vec![[
+        "SERVICE".to_string(),
+        "TAG".into(),
+        "HEALTH".into(),
+        "SINCE".into(),
+        "CONTAINERS".into(),
+        "IMAGE".into(),
+    ]];
+    for s in services {
+        let names: Vec<&str> = s.running().iter().map(|c| c.name.as_str()).collect();
+        rows.push([
+            s.name.clone(),
+            or_dash(s.tags().join(",")),
+            s.health(),
+            s.since()
+                .map(|t| format!("{}{}", human_time(&t), ago(&t)))
+                .unwrap_or_else(|| "-".into()),
+            if names.is_empty() {
+                "0".into()
+            } else {
+                format!("{}: {}", names.len(), names.join(","))
+            },
+            or_dash(s.images().join(",")),
+        ]);
+    }
+    let mut out = format!("Project {} ({})\n", ctx.project, ctx.project_dir.display());
+    if services.is_empty() {
+        out.push_str("  no containers\n");
+    } else {
+        out.push_str(&table(&rows));
+    }
+    match last {
+        Some(d) => out.push_str(&format!("Last release: {}\n", release_line(d))),
+        None => out.push_str(&format!(
+            "Last release: none recorded in {}\n",
+            ledger::path(&ctx.state_dir).display()
+        )),
+    }
+    if let Some(g) = good {
+        out.push_str(&format!(
+            "Last good:    {} ({})\n",
+            g.tag.as_deref().unwrap_or("-"),
+            g.deploy_id
+        ));
+    }
+    out
+}
+
+fn or_dash(s: String) -> String {
+    if s.is_empty() {
+        "-".into()
+    } else {
+        s
+    }
+}
+
+fn release_line(d: &Document) -> String {
+    let (name, _) = summary::outcome_words(d.outcome());
+    format!(
+        "{} tag {} at {}: {} (exit {} {name})",
+        d.deploy_id,
+        d.tag.as_deref().unwrap_or("-"),
+        human_time(&d.created_at),
+        summary::Verdict::of(d).name(),
+        d.outcome()
+    )
+}
+
+fn table<const N: usize>(rows: &[[String; N]]) -> String {
+    let mut w = [0usize; N];
+    for r in rows {
+        for (i, c) in r.iter().enumerate() {
+            w[i] = w[i].max(c.chars().count());
+        }
+    }
+    let mut out = String::new();
+    for r in rows {
+        let line: Vec<String> = r
+            .iter()
+            .enumerate()
+            .map(|(i, c)| format!("{c:<width$}", width = w[i]))
+            .collect();
+        out.push_str(line.join("  ").trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+/// `berth-report history`.
+pub fn history(ctx: &Context, limit: usize, as_json: bool) -> Result<ExitCode> {
+    let releases = ledger::read(&ctx.state_dir)?;
+    let good_id = ledger::last_good(&releases, None).map(|d| d.deploy_id.clone());
+    let newest: Vec<&Document> = releases.iter().rev().take(limit).collect();
+    let out = if as_json {
+        let v: Vec<Value> = newest
+            .iter()
+            .map(|d| {
+                let mut s = summary::to_json(d);
+                s["last_good"] = json!(good_id.as_deref() == Some(d.deploy_id.as_str()));
+                s
+            })
+            .collect();
+        serde_json::to_string_pretty(&v)? + "\n"
+    } else if newest.is_empty() {
+        msg::info(format!(
+            "no releases recorded yet in {}",
+            ledger::path(&ctx.state_dir).display()
+        ));
+        String::new()
+    } else {
+        let mut rows = vec![[
+            "TIME".to_string(),
+            "DEPLOY ID".into(),
+            "TAG".into(),
+            "OUTCOME".into(),
+            "TOOK".into(),
+            String::new(),
+        ]];
+        for d in &newest {
+            let code = d.outcome();
+            rows.push([
+                human_time(&d.created_at),
+                d.deploy_id.clone(),
+                d.tag.clone().unwrap_or_else(|| "-".into()),
+                format!("{code} {}", summary::Verdict::of(d).name()),
+                summary::span(d)
+                    .2
+                    .map(human_ms)
+                    .unwrap_or_else(|| "-".into()),
+                if good_id.as_deref() == Some(d.deploy_id.as_str()) {
+                    "<- last good".into()
+                } else {
+                    String::new()
+                },
+            ]);
+        }
+        table(&rows)
+    };
+    print_stdout(&out)?;
+    Ok(ExitCode::Success)
+}
+
+fn print_stdout(s: &str) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    match out.write_all(s.as_bytes()).and_then(|_| out.flush()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+            Err(anyhow::anyhow!("writing to stdout: {e}"))
+        }
+        _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tags_of_image_references() {
+        assert_eq!(tag_of("berth-demo/app:v1"), Some("v1"));
+        assert_eq!(tag_of("registry:5000/shop/web:3f9c2a1"), Some("3f9c2a1"));
+        assert_eq!(tag_of("registry:5000/shop/web"), None);
+        assert_eq!(tag_of("web:v2@sha256:abc"), Some("v2"));
+    }
+}
