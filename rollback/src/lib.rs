@@ -1,0 +1,433 @@
+//! `berth-rollback`: return to the previous good release through the same zero-downtime
+//! swap as `berth-swap` (its engine is a library).
+//!
+//! In a pipeline it acts on the document: a failure recorded after a successful `swap`
+//! means the failed release is serving, so it swaps back to `previous_tag`, records
+//! `rollback` (ok, exit 4) and exits 4; if that fails, exit 7 with one `CRITICAL:` line
+//! naming the command to run by hand. A failure before the switch passes through with its
+//! code, a success with 0. Standalone it goes back to the newest good release in the
+//! ledger that is not the one running now, or to `--to TAG`.
+
+use std::cell::RefCell;
+
+use anyhow::Result;
+use berth_core::cli::{CommonArgs, Context};
+use berth_core::doc::{self, Document, StageRecord, Status};
+use berth_core::lock::{self, Lock};
+use berth_core::process::quote;
+use berth_core::stage::{self, Completed, Spec};
+use berth_core::{fail, ledger, msg, time, ExitCode, Failure};
+use berth_swap::{engine, SwapArgs};
+use clap::Parser;
+use serde_json::{json, Map, Value};
+
+const EXAMPLES: &str = "\
+Examples:
+  # After a smoke test that failed post-switch, swap back (exit 4), else pass through
+  berth-swap --tag 3f9c2a1 web | berth-healthwait --url http://127.0.0.1/smoke --stage smoke \\
+      | berth-rollback | berth-report
+
+  # By hand: back to the previous good release recorded in the ledger
+  berth-rollback web --worker worker worker
+
+  # To a chosen release
+  berth-rollback --to 9e8d7c6 web
+
+Exit status: 0 nothing to undo (pipeline) or rolled back (standalone); 4 rolled back
+after a failure past the switch; 7 CRITICAL: the rollback failed, a person must act (the
+stderr line says what to run); a failure before the switch passes through with its code;
+standalone: 2 image missing, 3 swap failed (the current release still serves);
+64 usage; 65 bad document; 75 locked.";
+
+/// Return to the previous good release with the same zero-downtime swap as berth-swap.
+/// In a pipeline: undo a release that failed after traffic moved (exit 4; 7 if that
+/// fails). Standalone: back to the newest good release in the ledger before the one
+/// running now, or to --to TAG.
+#[derive(Debug, Parser)]
+#[command(
+    name = "berth-rollback",
+    version,
+    after_long_help = EXAMPLES,
+    after_help = "See --help for examples and exit codes."
+)]
+pub struct Cli {
+    /// The services to roll back (standalone; in a pipeline the swap's record names them)
+    #[arg(value_name = "SERVICE")]
+    pub services: Vec<String>,
+
+    /// Roll back to this tag instead of the previous good release (standalone)
+    #[arg(long, value_name = "TAG", env = "BERTH_ROLLBACK_TO")]
+    pub to: Option<String>,
+
+    #[command(flatten)]
+    pub swap: SwapArgs,
+
+    #[command(flatten)]
+    pub common: CommonArgs,
+}
+
+pub fn run(cli: Cli) -> Result<ExitCode> {
+    cli.swap.check()?;
+    berth_swap::check_services(&cli.services)?;
+    if let Some(t) = &cli.to {
+        berth_core::cli::check_tag(t)?;
+    }
+    let input = stage::load(&cli.common)?;
+    if input.piped {
+        piped(cli, input)
+    } else {
+        standalone(cli, input)
+    }
+}
+
+fn spec() -> Spec<'static> {
+    Spec {
+        name: "rollback",
+        default_code: ExitCode::RollbackFailed,
+        acts_on_failure: true,
+    }
+}
+
+/// What the swap stage of a document says it moved: (service, behind nginx).
+fn swapped_services(d: &Document) -> Vec<(String, bool)> {
+    let from_detail: Vec<(String, bool)> = d
+        .stage("swap")
+        .and_then(|s| s.detail.get("services"))
+        .and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .filter_map(|s| {
+                    let name = s.get("name")?.as_str()?.to_string();
+                    let proxied = s.get("proxied").and_then(Value::as_bool).unwrap_or(true);
+                    Some((name, proxied))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    if !from_detail.is_empty() {
+        return from_detail;
+    }
+    d.services.iter().map(|s| (s.name.clone(), true)).collect()
+}
+
+/// Whether traffic moved before the first failure: a `swap` recorded ok before it.
+pub fn failed_after_switch(d: &Document) -> bool {
+    let Some(i) = d.stages.iter().position(|s| s.status == Status::Failed) else {
+        return false;
+    };
+    d.stages[..i]
+        .iter()
+        .any(|s| s.stage == "swap" && s.status == Status::Ok)
+}
+
+fn piped(cli: Cli, input: stage::Input) -> Result<ExitCode> {
+    let d = &input.doc;
+    if !d.has_failed() {
+        msg::info("nothing failed; passing the document through");
+        write(d)?;
+        return Ok(ExitCode::Success);
+    }
+    let failed = d.first_failure().expect("has failed").clone();
+    if !failed_after_switch(d) {
+        msg::info(format!(
+            "stage {:?} failed before traffic moved (exit {}); nothing to roll back",
+            failed.stage, failed.exit_code
+        ));
+        write(d)?;
+        return Ok(ExitCode::from_code(d.outcome()).unwrap_or(ExitCode::Preflight));
+    }
+    let (Some(to), Some(from)) = (d.previous_tag.clone(), d.tag.clone()) else {
+        let e = "the document records no previous_tag to return to";
+        critical(&input.ctx, &cli, "?", &[], e);
+        return stage::run(spec(), input, |_, _, _| Err(fail!(RollbackFailed, "{e}")));
+    };
+    let services = swapped_services(d);
+    let mut args = cli.swap.clone();
+    for (s, proxied) in &services {
+        if !proxied && !args.workers.contains(s) {
+            args.workers.push(s.clone());
+        }
+    }
+    let names: Vec<String> = services.into_iter().map(|(s, _)| s).collect();
+    msg::info(format!(
+        "stage {:?} failed after traffic moved to {from} (exit {}): rolling {} back to {to}",
+        failed.stage,
+        failed.exit_code,
+        names.join(", ")
+    ));
+    let held: RefCell<Option<Lock>> = RefCell::new(None);
+    stage::run_then(
+        spec(),
+        input,
+        |ctx, doc, detail| {
+            detail.insert("from".into(), json!(from));
+            detail.insert("to".into(), json!(to));
+            detail.insert("after_stage".into(), json!(failed.stage));
+            detail.insert("services".into(), json!(names));
+            let res = (|| -> Result<engine::Outcome> {
+                *held.borrow_mut() = Some(lock::acquire(
+                    &ctx.state_dir,
+                    "deploy",
+                    args.lock_wait,
+                    Some(&doc.deploy_id),
+                )?);
+                engine::swap(ctx, &args, &names, &to, &doc.deploy_id)
+            })();
+            match res {
+                Ok(out) => {
+                    detail.insert("swap".into(), Value::Object(out.detail));
+                    msg::info(format!("rolled back to {to}"));
+                    Ok(Completed::Done(ExitCode::Unhealthy))
+                }
+                Err(e) => {
+                    let line = berth_core::exit::one_line(&e);
+                    critical(ctx, &cli, &to, &names_with_workers(&names, &args), &line);
+                    Err(fail!(RollbackFailed, "rollback to {to} failed: {line}"))
+                }
+            }
+        },
+        |ctx, doc| after(ctx, doc, &held),
+    )
+}
+
+fn names_with_workers(names: &[String], args: &SwapArgs) -> Vec<String> {
+    let mut v = Vec::new();
+    for w in &args.workers {
+        v.push("--worker".to_string());
+        v.push(w.clone());
+    }
+    v.extend(names.iter().cloned());
+    v
+}
+
+/// The one CRITICAL line: what failed and the exact command to run by hand.
+fn critical(ctx: &Context, cli: &Cli, to: &str, words: &[String], why: &str) {
+    let mut cmd = vec![
+        "berth-rollback".to_string(),
+        "--project-dir".to_string(),
+        ctx.project_dir.display().to_string(),
+        "-p".to_string(),
+        ctx.project.clone(),
+        "--to".to_string(),
+        to.to_string(),
+    ];
+    for f in &ctx.files {
+        cmd.push("-f".into());
+        cmd.push(f.display().to_string());
+    }
+    if cli.swap.proxy != berth_swap::ProxyMode::Compose {
+        cmd.push("--proxy".into());
+        cmd.push(format!("{:?}", cli.swap.proxy).to_lowercase());
+    }
+    cmd.extend(words.iter().cloned());
+    let shown: Vec<String> = cmd.iter().map(|w| quote(w)).collect();
+    eprintln!(
+        "{}: CRITICAL: rollback failed, the failed release may still serve ({why}); run by hand: {}",
+        msg::program(),
+        shown.join(" ")
+    );
+}
+
+fn after(ctx: &Context, doc: &Document, held: &RefCell<Option<Lock>>) {
+    if !ctx.dry_run {
+        if let Err(e) = ledger::append(&ctx.state_dir, doc) {
+            msg::warn(format!(
+                "could not record the rollback in the ledger: {e:#}"
+            ));
+        }
+    }
+    if let Some(l) = held.borrow_mut().take() {
+        l.release();
+    }
+}
+
+fn write(d: &Document) -> Result<()> {
+    doc::write_stdout(d).map_err(|e| anyhow::anyhow!("writing the document to stdout: {e}"))
+}
+
+/// The release to return to: `--to`, else the newest good release in the ledger, other
+/// than the one running now, that deployed every named service.
+pub fn target(
+    releases: &[Document],
+    current: Option<&str>,
+    services: &[String],
+    to: Option<&str>,
+) -> Result<String, Failure> {
+    if let Some(t) = to {
+        return Ok(t.to_string());
+    }
+    releases
+        .iter()
+        .rev()
+        .filter(|d| ledger::is_good(d))
+        .filter(|d| d.tag.is_some() && d.tag.as_deref() != current)
+        .find(|d| {
+            services
+                .iter()
+                .all(|s| d.services.iter().any(|x| x.name == *s))
+        })
+        .and_then(|d| d.tag.clone())
+        .ok_or_else(|| {
+            Failure::new(
+                ExitCode::Preflight,
+                format!(
+                    "no good release other than {} in the ledger deployed {}; pass --to TAG",
+                    current.unwrap_or("the current one"),
+                    services.join(", ")
+                ),
+            )
+        })
+}
+
+fn standalone(cli: Cli, mut input: stage::Input) -> Result<ExitCode> {
+    if cli.services.is_empty() {
+        return Err(Failure::usage(
+            "name the services to roll back (e.g. berth-rollback web), or pipe a deploy document",
+        )
+        .into());
+    }
+    let ctx = input.ctx.clone();
+    let current = engine::current_tag(&ctx);
+    let releases = ledger::read(&ctx.state_dir)?;
+    let to = target(
+        &releases,
+        current.as_deref(),
+        &cli.services,
+        cli.to.as_deref(),
+    )?;
+    msg::info(format!(
+        "rolling {} back from {} to {to}",
+        cli.services.join(", "),
+        current.as_deref().unwrap_or("(unknown)")
+    ));
+    input.doc.tag = Some(to.clone());
+    let held: RefCell<Option<Lock>> = RefCell::new(None);
+    let spec = Spec {
+        default_code: ExitCode::Swap,
+        ..spec()
+    };
+    stage::run_then(
+        spec,
+        input,
+        |ctx, doc, detail| {
+            detail.insert("from".into(), json!(current));
+            detail.insert("to".into(), json!(to));
+            if !ctx.dry_run {
+                *held.borrow_mut() = Some(lock::acquire(
+                    &ctx.state_dir,
+                    "deploy",
+                    cli.swap.lock_wait,
+                    Some(&doc.deploy_id),
+                )?);
+            }
+            let out = engine::swap(ctx, &cli.swap, &cli.services, &to, &doc.deploy_id)?;
+            berth_swap::record(doc, &out);
+            detail.insert("swap".into(), Value::Object(out.detail));
+            if out.dry_run {
+                return Ok(Completed::Skipped("dry run: nothing changed".into()));
+            }
+            Ok(Completed::Ok)
+        },
+        |ctx, doc| {
+            let ok = doc
+                .stage("rollback")
+                .is_some_and(|s| s.status == Status::Ok)
+                && !ctx.dry_run;
+            if ok {
+                // The release rolled back from no longer counts as good.
+                if let Some(cur) = &current {
+                    let from = releases
+                        .iter()
+                        .rev()
+                        .find(|d| d.tag.as_deref() == Some(cur) && ledger::is_good(d));
+                    if let Some(from) = from {
+                        let mut marked = from.clone();
+                        marked.stages.push(rolled_back_record(&doc.deploy_id, &to));
+                        if let Err(e) = ledger::append(&ctx.state_dir, &marked) {
+                            msg::warn(format!("could not mark {cur} rolled back: {e:#}"));
+                        }
+                    }
+                }
+            }
+            after(ctx, doc, &held)
+        },
+    )
+}
+
+fn rolled_back_record(by: &str, to: &str) -> StageRecord {
+    let mut detail = Map::new();
+    detail.insert("rolled_back_to".into(), json!(to));
+    detail.insert("by_deploy".into(), json!(by));
+    StageRecord {
+        stage: "rollback".into(),
+        status: Status::Ok,
+        started_at: time::now_rfc3339(),
+        duration_ms: 0,
+        exit_code: ExitCode::Unhealthy.code(),
+        detail,
+        error: None,
+        extra: Map::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn release(tag: &str, stages: &[(&str, Status, i32)]) -> Document {
+        let mut d = Document::new("shop", Some(tag));
+        d.deploy_id = format!("id-{tag}");
+        d.set_service_image("web", &format!("shop-web:{tag}"));
+        for (name, status, code) in stages {
+            d.stages.push(StageRecord {
+                stage: (*name).into(),
+                status: *status,
+                started_at: time::now_rfc3339(),
+                duration_ms: 1,
+                exit_code: *code,
+                detail: Map::new(),
+                error: None,
+                extra: Map::new(),
+            });
+        }
+        d
+    }
+
+    #[test]
+    fn failure_after_switch_only_when_swap_succeeded_first() {
+        let d = release(
+            "v2",
+            &[("swap", Status::Ok, 0), ("smoke", Status::Failed, 4)],
+        );
+        assert!(failed_after_switch(&d));
+        let d = release("v2", &[("swap", Status::Failed, 3)]);
+        assert!(!failed_after_switch(&d));
+        let d = release("v2", &[("backup", Status::Failed, 5)]);
+        assert!(!failed_after_switch(&d));
+        let d = release("v2", &[("swap", Status::Ok, 0)]);
+        assert!(!failed_after_switch(&d));
+    }
+
+    #[test]
+    fn target_is_the_newest_good_release_before_the_current_one() {
+        let ok = [("swap", Status::Ok, 0)];
+        let mut v3 = release("v3", &ok);
+        v3.stages.push(rolled_back_record("x", "v2"));
+        let rels = vec![
+            release("v1", &ok),
+            release("v2", &ok),
+            release(
+                "bad",
+                &[("swap", Status::Ok, 0), ("smoke", Status::Failed, 4)],
+            ),
+            v3,
+        ];
+        let web = vec!["web".to_string()];
+        // v3 was rolled back; "bad" failed: v2 is the last good, and it is running.
+        assert_eq!(target(&rels, Some("v2"), &web, None).unwrap(), "v1");
+        assert_eq!(target(&rels, Some("v3"), &web, None).unwrap(), "v2");
+        assert_eq!(target(&rels, Some("v3"), &web, Some("v1")).unwrap(), "v1");
+        let e = target(&rels, Some("v2"), &["worker".to_string()], None).unwrap_err();
+        assert!(e.message.contains("pass --to"), "{}", e.message);
+    }
+}

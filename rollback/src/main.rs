@@ -1,0 +1,3 @@
+fn main() -> std::process::ExitCode {
+    berth_core::cli::main("berth-rollback", berth_rollback::run)
+}
