@@ -1,0 +1,327 @@
+//! berth-migrate against the real demo stack (Docker Engine, Compose v2, nginx,
+//! PostgreSQL): v1 serving, the v2 image migrates the schema 1 -> 2 in a one-off container
+//! and v1 still answers ready; a failing migration exits 6 with its log tail while v1
+//! serves; a hanging migration is stopped and its container removed on timeout and on
+//! SIGTERM.
+
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use berth_e2e::{run_ok, Stack};
+use serde_json::Value;
+
+/// The demo app's migration lock (`pg_advisory_xact_lock` key in its `migrate`).
+const DEMO_MIGRATION_LOCK: i64 = 0x6265_7274_6864;
+
+fn psql(stack: &Stack, sql: &str) -> String {
+    stack
+        .compose_ok(&[
+            "exec", "-T", "db", "psql", "-U", "demo", "-d", "demo", "-tAc", sql,
+        ])
+        .trim()
+        .to_string()
+}
+
+fn schema(stack: &Stack) -> i64 {
+    psql(
+        stack,
+        "SELECT coalesce(max(version), 0) FROM schema_version",
+    )
+    .parse()
+    .expect("a schema version")
+}
+
+/// Migration containers of this stack, running or not.
+fn migrate_containers(stack: &Stack) -> Vec<String> {
+    let out = run_ok(Command::new("docker").args([
+        "ps",
+        "-aq",
+        "--filter",
+        &format!("label=com.docker.compose.project={}", stack.project),
+        "--filter",
+        "label=berth.role=migrate",
+    ]));
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+fn doc_of(out: &Output) -> Value {
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "stdout is not one JSON document ({e}): {}\nstderr: {}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}
+
+fn migrate_record(doc: &Value) -> &Value {
+    doc["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .rev()
+        .find(|s| s["stage"] == "migrate")
+        .unwrap_or_else(|| panic!("no migrate record: {doc}"))
+}
+
+fn migrate(stack: &Stack, args: &[&str], stdin: Option<&[u8]>) -> Output {
+    let mut c = stack.berth("berth-migrate");
+    c.args(args);
+    match stdin {
+        None => c.stdin(Stdio::null()).output().unwrap(),
+        Some(input) => {
+            use std::io::Write;
+            let mut child = c
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap();
+            child.stdin.take().unwrap().write_all(input).unwrap();
+            child.wait_with_output().unwrap()
+        }
+    }
+}
+
+/// v1 answers through the proxy.
+fn assert_v1_serves(stack: &Stack) {
+    let (status, version, body) = stack.get("/");
+    assert_eq!((status, version.as_str()), (200, "v1"), "{body}");
+    let (status, _, body) = stack.get("/readyz");
+    assert_eq!(status, 200, "{body}");
+}
+
+#[test]
+fn v2_migrates_the_schema_in_a_one_off_container_and_v1_stays_ready() {
+    let stack = Stack::new("migrate-ok");
+    stack.start("v1");
+    assert_eq!(schema(&stack), 1);
+    let out = migrate(
+        &stack,
+        &[
+            "--tag",
+            "v2",
+            "--no-backup-required",
+            "web",
+            "--",
+            "migrate",
+        ],
+        None,
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert_eq!(schema(&stack), 2);
+    let doc = doc_of(&out);
+    let rec = migrate_record(&doc);
+    assert_eq!(rec["status"], "ok");
+    let d = &rec["detail"];
+    assert_eq!(d["image"], "berth-demo/app:v2");
+    assert_eq!(d["exit_status"], 0);
+    assert_eq!(d["command"], serde_json::json!(["migrate"]));
+    assert_eq!(d["old_version_ready"], true, "{d}");
+    let old = d["old_version"].as_array().unwrap();
+    assert_eq!(old.len(), 1, "{d}");
+    assert_eq!(old[0]["image"], "berth-demo/app:v1");
+    // The whole output is in the log, in the state directory.
+    let log = Path::new(d["log"].as_str().unwrap());
+    assert!(log.starts_with(stack.state_dir().join("logs")), "{log:?}");
+    let text = std::fs::read_to_string(log).unwrap();
+    assert!(text.contains("schema 1 -> 2"), "{text}");
+    assert!(
+        migrate_containers(&stack).is_empty(),
+        "a migration container is left"
+    );
+    // Nothing else was touched: v1 serves, the lock is free.
+    assert_v1_serves(&stack);
+    assert!(berth_core::lock::holder(&stack.state_dir(), "deploy").is_none());
+}
+
+#[test]
+fn a_failing_migration_exits_6_with_its_log_tail_and_the_restore_command_while_v1_serves() {
+    let stack = Stack::new("migrate-bad");
+    stack.start("v1");
+    // A real verified backup first, as the pipeline does.
+    let backup = run_ok(
+        berth_e2e::berth("berth-backup")
+            .arg("pg")
+            .arg("--project-dir")
+            .arg(&stack.dir)
+            .args([
+                "-p",
+                &stack.project,
+                "--service",
+                "db",
+                "--tag",
+                "badmigrate",
+            ])
+            .current_dir(&stack.dir)
+            .stdin(Stdio::null()),
+    );
+    let out = migrate(&stack, &["web", "--", "migrate"], Some(&backup.stdout));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(6), "{err}");
+    let doc = doc_of(&out);
+    let rec = migrate_record(&doc);
+    assert_eq!(rec["status"], "failed");
+    assert_eq!(rec["exit_code"], 6);
+    let d = &rec["detail"];
+    assert_eq!(d["image"], "berth-demo/app:badmigrate");
+    assert_eq!(d["exit_status"], 1);
+    let tail = d["log_tail"].as_str().unwrap();
+    assert!(tail.contains("fails on purpose"), "{tail}");
+    assert!(tail.lines().count() <= 50);
+    assert!(
+        err.contains("| ") && err.contains("fails on purpose"),
+        "{err}"
+    );
+    // The restore command names the backup file the document recorded.
+    let file = doc["stages"][0]["detail"]["file"].as_str().unwrap();
+    assert!(Path::new(file).is_file(), "{file}");
+    let restore = d["restore_command"].as_str().unwrap();
+    assert!(restore.starts_with("berth-backup restore "), "{restore}");
+    assert!(restore.contains(file), "{restore}");
+    assert!(err.contains(restore), "{err}");
+    // The schema is unchanged, v1 still serves and is still ready; nothing left over.
+    assert_eq!(schema(&stack), 1);
+    assert_eq!(d["old_version_ready"], true, "{d}");
+    assert_v1_serves(&stack);
+    assert!(migrate_containers(&stack).is_empty());
+}
+
+/// A session holding the demo app's migration lock: `migrate` waits on it (a migration
+/// stuck behind a lock, the usual way one hangs). Released on drop.
+struct LockHolder<'a> {
+    stack: &'a Stack,
+    child: Child,
+}
+
+impl<'a> LockHolder<'a> {
+    fn hold(stack: &'a Stack) -> LockHolder<'a> {
+        let sql = format!(
+            "SELECT pg_advisory_lock({DEMO_MIGRATION_LOCK}); SELECT pg_sleep(120) /* berth-e2e-holder */"
+        );
+        let child = stack
+            .compose()
+            .args([
+                "exec", "-T", "db", "psql", "-U", "demo", "-d", "demo", "-c", &sql,
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let holder = LockHolder { stack, child };
+        let t = Instant::now();
+        while psql(
+            stack,
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted",
+        ) != "1"
+        {
+            assert!(
+                t.elapsed() < Duration::from_secs(30),
+                "the lock was not taken"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        holder
+    }
+}
+
+impl Drop for LockHolder<'_> {
+    fn drop(&mut self) {
+        let _ = self.stack.compose().args([
+            "exec", "-T", "db", "psql", "-U", "demo", "-d", "demo", "-tAc",
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE query LIKE '%berth-e2e-holder%' AND pid <> pg_backend_pid()",
+        ]).output();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn a_hanging_migration_is_removed_on_timeout_and_on_sigterm() {
+    let stack = Stack::new("migrate-hang");
+    stack.start("v1");
+    let _lock = LockHolder::hold(&stack);
+
+    // Timeout: exit 6 about when the clock runs out, the container gone.
+    let t = Instant::now();
+    let out = migrate(
+        &stack,
+        &[
+            "--tag",
+            "v2",
+            "--no-backup-required",
+            "--timeout",
+            "3s",
+            "web",
+            "--",
+            "migrate",
+        ],
+        None,
+    );
+    let elapsed = t.elapsed();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(6), "{err}");
+    assert!(elapsed < Duration::from_secs(40), "took {elapsed:?}");
+    assert!(err.contains("did not finish within 3s"), "{err}");
+    let doc = doc_of(&out);
+    let d = &migrate_record(&doc)["detail"];
+    assert_eq!(d["ended"], "timed_out");
+    assert_eq!(d["containers_left"], 0);
+    // It had started (and was waiting on the lock) when it was stopped.
+    let log = std::fs::read_to_string(d["log"].as_str().unwrap()).unwrap();
+    assert!(log.contains("wants schema 2"), "{log}");
+    assert!(
+        log.contains("timed out after 3s; removed container"),
+        "{log}"
+    );
+    assert!(
+        migrate_containers(&stack).is_empty(),
+        "left running after the timeout"
+    );
+    assert_eq!(schema(&stack), 1);
+
+    // SIGTERM while it waits: exit 6, the container gone.
+    let child = stack
+        .berth("berth-migrate")
+        .args([
+            "--tag",
+            "v2",
+            "--no-backup-required",
+            "web",
+            "--",
+            "migrate",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let t = Instant::now();
+    while migrate_containers(&stack).is_empty() {
+        assert!(
+            t.elapsed() < Duration::from_secs(60),
+            "the migration never started"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    run_ok(Command::new("kill").args(["-TERM", &child.id().to_string()]));
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(6), "{err}");
+    assert!(err.contains("interrupted by SIGTERM"), "{err}");
+    let doc = doc_of(&out);
+    assert_eq!(migrate_record(&doc)["detail"]["ended"], "interrupted");
+    assert!(
+        migrate_containers(&stack).is_empty(),
+        "left running after SIGTERM"
+    );
+    assert_eq!(schema(&stack), 1);
+    assert_v1_serves(&stack);
+}
