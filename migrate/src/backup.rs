@@ -3,6 +3,8 @@
 //!
 //! The contract with `berth-backup` (its stage record's `detail`), read leniently so a
 //! missing key degrades the message instead of failing the migration:
+//! - `restore_command`: the command that restores it, used as written when present;
+//! - `kind`: `pg` or `volume`; the last `pg` backup is preferred, else the last one;
 //! - `file`: the archive (absolute, or a base name in `dir`, else in `<state>/backups`);
 //! - `service` (or `source: "service db"`): the compose service of the database, or
 //!   `source: "postgres://user@host/db"` for a database reached by URL;
@@ -27,6 +29,8 @@ pub struct BackupRef {
     pub target: RestoreTarget,
     /// `detail.verification` as recorded.
     pub verification: Option<String>,
+    /// `detail.restore_command` as berth-backup wrote it.
+    pub recorded_command: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -62,11 +66,18 @@ impl Missing {
 
 /// The last successful backup record of the document.
 pub fn find(doc: &Document, ctx: &Context) -> Result<BackupRef, Missing> {
-    let rec = doc
-        .stages
-        .iter()
-        .rev()
-        .find(|s| s.stage == STAGE && s.status == Status::Ok)
+    let ok = || {
+        doc.stages
+            .iter()
+            .rev()
+            .filter(|s| s.stage == STAGE && s.status == Status::Ok)
+    };
+    let is_pg = |s: &&berth_core::doc::StageRecord| {
+        s.detail.get("kind").and_then(Value::as_str) == Some("pg")
+    };
+    let rec = ok()
+        .find(is_pg)
+        .or_else(|| ok().next())
         .ok_or(Missing::None)?;
     let b = from_detail(&rec.detail, &ctx.state_dir);
     if let Some(v) = &b.verification {
@@ -109,6 +120,7 @@ fn from_detail(d: &Map<String, Value>, state_dir: &Path) -> BackupRef {
         file,
         target,
         verification: s("verification"),
+        recorded_command: s("restore_command").filter(|c| !c.trim().is_empty()),
     }
 }
 
@@ -116,6 +128,9 @@ impl BackupRef {
     /// The exact command that restores this backup into this project. Placeholders in
     /// capitals where the record lacks a part.
     pub fn restore_command(&self, ctx: &Context) -> String {
+        if let Some(c) = &self.recorded_command {
+            return c.clone();
+        }
         let mut words: Vec<String> = vec!["berth-backup".into(), "restore".into()];
         words.push(match &self.file {
             Some(f) => quote(f),
@@ -249,6 +264,27 @@ mod tests {
         );
         let b = find(&with_backup(Status::Ok, json!({})), &c).unwrap();
         assert!(b.restore_command(&c).contains("--service DB_SERVICE"));
+        // berth-backup's own command wins over one built here.
+        let b = find(
+            &with_backup(
+                Status::Ok,
+                json!({"file": "/a.dump", "restore_command": "berth-backup restore /a.dump --database demo"}),
+            ),
+            &c,
+        )
+        .unwrap();
+        assert_eq!(
+            b.restore_command(&c),
+            "berth-backup restore /a.dump --database demo"
+        );
+        // A pg backup is preferred to a later volume backup.
+        let mut d = with_backup(Status::Ok, json!({"file": "/pg.dump", "kind": "pg"}));
+        d.stages.push(d.stages[0].clone());
+        d.stages[1].detail = json!({"file": "/v.tar.gz", "kind": "volume"})
+            .as_object()
+            .cloned()
+            .unwrap();
+        assert_eq!(find(&d, &c).unwrap().file.as_deref(), Some("/pg.dump"));
         // The last successful record wins.
         let mut d = with_backup(Status::Ok, json!({"file": "/a.dump", "service": "db"}));
         d.stages.push(d.stages[0].clone());
