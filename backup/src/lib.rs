@@ -157,7 +157,12 @@ pub struct Keep {
     #[arg(long, env = "BERTH_KEEP_WEEKLY", value_name = "N", default_value = "0")]
     pub keep_weekly: u32,
     /// Keep the newest verified backup of each of the last N months
-    #[arg(long, env = "BERTH_KEEP_MONTHLY", value_name = "N", default_value = "0")]
+    #[arg(
+        long,
+        env = "BERTH_KEEP_MONTHLY",
+        value_name = "N",
+        default_value = "0"
+    )]
     pub keep_monthly: u32,
 }
 
@@ -177,7 +182,12 @@ impl Keep {
 #[command(next_help_heading = "Server")]
 pub struct Server {
     /// The compose service running PostgreSQL; the clients run inside its container
-    #[arg(long, env = "BERTH_BACKUP_SERVICE", value_name = "SERVICE", conflicts_with = "url")]
+    #[arg(
+        long,
+        env = "BERTH_BACKUP_SERVICE",
+        value_name = "SERVICE",
+        conflicts_with = "url"
+    )]
     pub service: Option<String>,
 
     /// A server URL (postgres://user@host:port/db); the clients run on this host
@@ -207,7 +217,9 @@ impl Server {
             PgUrl::parse(u).map_err(|e| Failure::usage(format!("--url: {e}")))?;
         }
         if self.url.is_some() && self.user.is_some() {
-            return Err(Failure::usage("--user goes with --service; put the user in --url"));
+            return Err(Failure::usage(
+                "--user goes with --service; put the user in --url",
+            ));
         }
         Ok(())
     }
@@ -257,7 +269,12 @@ pub struct PgCmd {
     pub server: Server,
 
     /// How far to check the new backup before it counts
-    #[arg(long, env = "BERTH_BACKUP_VERIFY", value_name = "LEVEL", default_value = "read")]
+    #[arg(
+        long,
+        env = "BERTH_BACKUP_VERIFY",
+        value_name = "LEVEL",
+        default_value = "read"
+    )]
     pub verify: Verification,
 
     /// Accept a dump under half the size of the last verified one, or with fewer tables
@@ -285,11 +302,21 @@ pub struct VolumeCmd {
     pub stop: Vec<String>,
 
     /// The local image for the helper container (needs tar, gzip, sh, find; never pulled)
-    #[arg(long, env = "BERTH_HELPER_IMAGE", value_name = "IMAGE", default_value = "debian:bookworm-slim")]
+    #[arg(
+        long,
+        env = "BERTH_HELPER_IMAGE",
+        value_name = "IMAGE",
+        default_value = "debian:bookworm-slim"
+    )]
     pub helper_image: String,
 
     /// How far to check the new backup before it counts
-    #[arg(long, env = "BERTH_BACKUP_VERIFY", value_name = "LEVEL", default_value = "read")]
+    #[arg(
+        long,
+        env = "BERTH_BACKUP_VERIFY",
+        value_name = "LEVEL",
+        default_value = "read"
+    )]
     pub verify: Verification,
 
     /// Accept an archive under half the size of the last verified one
@@ -341,7 +368,12 @@ pub struct VerifyCmd {
     pub server: Server,
 
     /// The local image for the helper container (volume backups, --level restore)
-    #[arg(long, env = "BERTH_HELPER_IMAGE", value_name = "IMAGE", default_value = "debian:bookworm-slim")]
+    #[arg(
+        long,
+        env = "BERTH_HELPER_IMAGE",
+        value_name = "IMAGE",
+        default_value = "debian:bookworm-slim"
+    )]
     pub helper_image: String,
 
     #[command(flatten)]
@@ -369,7 +401,12 @@ pub struct RestoreCmd {
     pub stop: Vec<String>,
 
     /// The local image for the helper container (volume backups)
-    #[arg(long, env = "BERTH_HELPER_IMAGE", value_name = "IMAGE", default_value = "debian:bookworm-slim")]
+    #[arg(
+        long,
+        env = "BERTH_HELPER_IMAGE",
+        value_name = "IMAGE",
+        default_value = "debian:bookworm-slim"
+    )]
     pub helper_image: String,
 
     /// Do not ask: restore over the current data (needed without a terminal)
@@ -504,7 +541,10 @@ fn stream_cmd(cmd: &Cmd, partial: &mut Partial, label: &str) -> Result<store::St
             let why = pg::pg_error(&how, &String::from_utf8_lossy(&out.stderr));
             Err(fail!(Backup, "{label} failed ({how}): {why}"))
         }
-        Ok(None) => Err(fail!(Backup, "{label}: the stream ended but the process did not")),
+        Ok(None) => Err(fail!(
+            Backup,
+            "{label}: the stream ended but the process did not"
+        )),
         Err(e) => Err(fail!(Backup, "{label}: {e}")),
     }
 }
@@ -521,13 +561,20 @@ fn new_partial(job: &Job) -> Result<(Partial, jiff::Timestamp)> {
             std::thread::sleep(Duration::from_millis(1000));
         }
     }
-    Err(fail!(Backup, "could not find a free file name in {}", job.dir.display()))
+    Err(fail!(
+        Backup,
+        "could not find a free file name in {}",
+        job.dir.display()
+    ))
 }
 
 fn begin(job: &Job) -> Result<()> {
     store::prepare_dir(&job.dir)?;
     for p in store::sweep_partials(&job.dir, &job.target) {
-        msg::warn(format!("removed {}, left by an interrupted backup", p.display()));
+        msg::warn(format!(
+            "removed {}, left by an interrupted backup",
+            p.display()
+        ));
     }
     Ok(())
 }
@@ -551,7 +598,10 @@ fn backup_pg(conn: &Conn, db: &str, job: &Job) -> Result<Entry> {
         return Err(fail!(Backup, "pg_dump of {db} wrote nothing"));
     }
     if !streamed.head.starts_with(b"PGDMP") {
-        return Err(fail!(Backup, "pg_dump of {db} did not write a custom-format archive"));
+        return Err(fail!(
+            Backup,
+            "pg_dump of {db} did not write a custom-format archive"
+        ));
     }
     let tables = facts.tables.len() as u64;
     guard(job, streamed.bytes, Some(tables))?;
@@ -653,7 +703,10 @@ fn backup_volume(
         s
     };
     if streamed.bytes == 0 || !streamed.head.starts_with(&[0x1f, 0x8b]) {
-        return Err(fail!(Backup, "the tar of volume {real} is not a gzip archive"));
+        return Err(fail!(
+            Backup,
+            "the tar of volume {real} is not a gzip archive"
+        ));
     }
     guard(job, streamed.bytes, None)?;
     let mut entries = None;
@@ -816,12 +869,7 @@ fn project_flags(ctx: &Context) -> String {
     s
 }
 
-fn after_backup(
-    ctx: &Context,
-    job: &Job,
-    policy: &Policy,
-    detail: &mut Map<String, Value>,
-) {
+fn after_backup(ctx: &Context, job: &Job, policy: &Policy, detail: &mut Map<String, Value>) {
     if policy.is_empty() {
         return;
     }
@@ -832,7 +880,11 @@ fn after_backup(
     match rotate_target(&job.dir, &ctx.state_dir, &job.target, policy, false) {
         Ok(done) => {
             for (d, p) in done.iter().filter(|d| !d.0.keep) {
-                say(format!("rotation deleted {} ({})", p.display(), d.reasons.join("; ")));
+                say(format!(
+                    "rotation deleted {} ({})",
+                    p.display(),
+                    d.reasons.join("; ")
+                ));
             }
             detail.insert("rotation".into(), rotation_detail(&done));
         }
@@ -867,7 +919,9 @@ fn run_pg(c: PgCmd) -> Result<ExitCode> {
             msg::info(format!(
                 "would run: {} > {}",
                 pg::dump_cmd(&conn, &db, "SNAPSHOT").display(),
-                job.dir.join(job.target.file_name(time::now(), job.tag.as_deref())).display()
+                job.dir
+                    .join(job.target.file_name(time::now(), job.tag.as_deref()))
+                    .display()
             ));
             return Ok(Completed::Skipped("dry run".into()));
         }
@@ -1002,10 +1056,16 @@ fn run_list(c: ListCmd) -> Result<ExitCode> {
             ));
         }
         for p in &scan.incomplete {
-            text.push_str(&format!("{}  incomplete: no manifest, not a backup\n", file_name(p)));
+            text.push_str(&format!(
+                "{}  incomplete: no manifest, not a backup\n",
+                file_name(p)
+            ));
         }
         for p in &scan.partials {
-            text.push_str(&format!("{}  partial: being written, or left by a crash\n", file_name(p)));
+            text.push_str(&format!(
+                "{}  partial: being written, or left by a crash\n",
+                file_name(p)
+            ));
         }
         write!(out, "{text}")
     };
@@ -1085,7 +1145,10 @@ fn run_verify(c: VerifyCmd) -> Result<ExitCode> {
                         return Err(fail!(
                             Backup,
                             "read verification failed: {}",
-                            pg::pg_error("pg_restore failed", &String::from_utf8_lossy(&out.stderr))
+                            pg::pg_error(
+                                "pg_restore failed",
+                                &String::from_utf8_lossy(&out.stderr)
+                            )
                         ));
                     }
                 }
@@ -1098,7 +1161,11 @@ fn run_verify(c: VerifyCmd) -> Result<ExitCode> {
                 if let Some(want) = manifest.as_ref().and_then(|m| m.row_counts.as_ref()) {
                     let diff = pg::compare_counts(want, &got);
                     if !diff.is_empty() {
-                        return Err(fail!(Backup, "restore verification failed: {}", diff.join("; ")));
+                        return Err(fail!(
+                            Backup,
+                            "restore verification failed: {}",
+                            diff.join("; ")
+                        ));
                     }
                 } else if let Some(t) = manifest.as_ref().and_then(|m| m.tables) {
                     if got.len() as u64 != t {
@@ -1217,12 +1284,31 @@ fn plan_lines(m: &Manifest, file: &Path, into: &str, safety: bool) {
     let lines = [
         format!("restore plan for {}", file.display()),
         format!("  from:     {} ({})", m.source, m.target),
-        format!("  taken:    {} ({} ago){}", m.created_at, age(m.created()),
-            m.tag.as_deref().map(|t| format!(", tag {t}")).unwrap_or_default()),
-        format!("  size:     {} ({} bytes), verification {}", store::human_bytes(m.bytes), m.bytes, m.verification.as_str()),
+        format!(
+            "  taken:    {} ({} ago){}",
+            m.created_at,
+            age(m.created()),
+            m.tag
+                .as_deref()
+                .map(|t| format!(", tag {t}"))
+                .unwrap_or_default()
+        ),
+        format!(
+            "  size:     {} ({} bytes), verification {}",
+            store::human_bytes(m.bytes),
+            m.bytes,
+            m.verification.as_str()
+        ),
         format!("  sha256:   {}", m.sha256),
         format!("  into:     {into}"),
-        format!("  safety:   {}", if safety { "a backup of the current data is taken first" } else { "none (--no-safety-backup)" }),
+        format!(
+            "  safety:   {}",
+            if safety {
+                "a backup of the current data is taken first"
+            } else {
+                "none (--no-safety-backup)"
+            }
+        ),
     ];
     for l in lines {
         msg::info(l);
@@ -1231,11 +1317,17 @@ fn plan_lines(m: &Manifest, file: &Path, into: &str, safety: bool) {
 
 fn restore_pg(c: &RestoreCmd, ctx: &Context, m: &Manifest) -> Result<ExitCode> {
     if !c.server.given() {
-        return Err(Failure::usage("restoring a database needs --service SERVICE or --url URL").into());
+        return Err(
+            Failure::usage("restoring a database needs --service SERVICE or --url URL").into(),
+        );
     }
     let (conn, default_db) = c.server.connect(ctx)?;
     let db = c.server.database.clone().unwrap_or_else(|| {
-        if m.target.is_empty() { default_db } else { m.target.clone() }
+        if m.target.is_empty() {
+            default_db
+        } else {
+            m.target.clone()
+        }
     });
     let into = format!("database {db} on {}", conn.source(&db));
     plan_lines(m, &c.file, &into, !c.no_safety_backup);
@@ -1247,7 +1339,12 @@ fn restore_pg(c: &RestoreCmd, ctx: &Context, m: &Manifest) -> Result<ExitCode> {
         project: ctx.project.clone(),
         name: db.clone(),
     };
-    let _lock = lock::acquire(&ctx.state_dir, &target.lock_name(), c.storage.lock_wait, None)?;
+    let _lock = lock::acquire(
+        &ctx.state_dir,
+        &target.lock_name(),
+        c.storage.lock_wait,
+        None,
+    )?;
     let dir = c.storage.dir(ctx);
     let mut safety = None;
     if !c.no_safety_backup {
@@ -1265,17 +1362,21 @@ fn restore_pg(c: &RestoreCmd, ctx: &Context, m: &Manifest) -> Result<ExitCode> {
             msg::info(format!("safety backup: {}", e.path.display()));
             safety = Some(e.path);
         } else {
-            msg::info(format!("database {db} does not exist yet: no safety backup needed"));
+            msg::info(format!(
+                "database {db} does not exist yet: no safety backup needed"
+            ));
         }
     }
     say(format!("restoring {} into {db}", c.file.display()));
     let clock = Instant::now();
-    conn.restore_replace(&c.file, &db).map_err(|e| {
-        match &safety {
-            Some(s) => e.context(format!("the database is unchanged; safety backup {}", s.display())),
+    conn.restore_replace(&c.file, &db)
+        .map_err(|e| match &safety {
+            Some(s) => e.context(format!(
+                "the database is unchanged; safety backup {}",
+                s.display()
+            )),
             None => e.context("the database is unchanged"),
-        }
-    })?;
+        })?;
     let counts = conn.counts(&db)?;
     let rows: u64 = counts.values().sum();
     msg::info(format!(
@@ -1291,7 +1392,10 @@ fn restore_pg(c: &RestoreCmd, ctx: &Context, m: &Manifest) -> Result<ExitCode> {
         problems = pg::compare_counts(want, &counts);
     } else if let Some(t) = m.tables {
         if counts.len() as u64 != t {
-            problems.push(format!("{} tables restored, the backup had {t}", counts.len()));
+            problems.push(format!(
+                "{} tables restored, the backup had {t}",
+                counts.len()
+            ));
         }
     }
     let report = json!({
@@ -1304,7 +1408,11 @@ fn restore_pg(c: &RestoreCmd, ctx: &Context, m: &Manifest) -> Result<ExitCode> {
     });
     println!("{report}");
     if !problems.is_empty() {
-        return Err(fail!(Backup, "the restored database differs from the backup: {}", problems.join("; ")));
+        return Err(fail!(
+            Backup,
+            "the restored database differs from the backup: {}",
+            problems.join("; ")
+        ));
     }
     Ok(ExitCode::Success)
 }
@@ -1325,7 +1433,12 @@ fn restore_volume(c: &RestoreCmd, ctx: &Context, m: &Manifest) -> Result<ExitCod
         project: ctx.project.clone(),
         name: m.target.clone(),
     };
-    let _lock = lock::acquire(&ctx.state_dir, &target.lock_name(), c.storage.lock_wait, None)?;
+    let _lock = lock::acquire(
+        &ctx.state_dir,
+        &target.lock_name(),
+        c.storage.lock_wait,
+        None,
+    )?;
     let exists = docker_volume_exists(&real);
     let mut safety = None;
     if !c.no_safety_backup && exists {

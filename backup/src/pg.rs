@@ -156,7 +156,12 @@ pub struct Conn {
 
 impl std::fmt::Debug for Conn {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Conn({:?}, password: {})", self.server, self.password.is_some())
+        write!(
+            f,
+            "Conn({:?}, password: {})",
+            self.server,
+            self.password.is_some()
+        )
     }
 }
 
@@ -353,7 +358,11 @@ impl Conn {
             return Ok(());
         }
         let stderr = String::from_utf8_lossy(&out.stderr);
-        Err(fail!(Backup, "{what}: {}", pg_error(&status_text(&out.status), &stderr)))
+        Err(fail!(
+            Backup,
+            "{what}: {}",
+            pg_error(&status_text(&out.status), &stderr)
+        ))
     }
 
     /// Read the whole archive: `pg_restore -f /dev/null` (`--list` alone passes
@@ -368,7 +377,10 @@ impl Conn {
     /// Restore into a scratch database, count rows per table, drop it.
     pub fn restore_counts(&self, file: &Path) -> Result<BTreeMap<String, u64>> {
         let scratch = scratch_name("berth_verify");
-        self.psql(MAINTENANCE_DB, &format!("CREATE DATABASE {}", ident(&scratch)))?;
+        self.psql(
+            MAINTENANCE_DB,
+            &format!("CREATE DATABASE {}", ident(&scratch)),
+        )?;
         let res = (|| {
             let cmd = self.client("pg_restore", Some(&scratch)).args([
                 "--exit-on-error",
@@ -675,7 +687,10 @@ mod tests {
         let u = PgUrl::parse("postgres://app:s%3Acret@db.local:5433/shop?sslmode=disable").unwrap();
         assert_eq!(u.password(), Some("s:cret"));
         assert_eq!(u.database.as_deref(), Some("shop"));
-        assert_eq!(u.display(), "postgres://app@db.local:5433/shop?sslmode=disable");
+        assert_eq!(
+            u.display(),
+            "postgres://app@db.local:5433/shop?sslmode=disable"
+        );
         assert_eq!(
             u.for_db("scratch"),
             "postgres://app@db.local:5433/scratch?sslmode=disable"

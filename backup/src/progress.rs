@@ -29,10 +29,7 @@ impl Progress {
     /// For a terminal on stderr, unless quiet.
     pub fn auto(label: &str) -> Progress {
         use std::io::IsTerminal;
-        Progress::new(
-            !crate::quiet() && std::io::stderr().is_terminal(),
-            label,
-        )
+        Progress::new(!crate::quiet() && std::io::stderr().is_terminal(), label)
     }
 
     pub fn update(&mut self, bytes: u64) {

@@ -309,7 +309,11 @@ pub fn sweep_partials(dir: &Path, target: &Target) -> Vec<PathBuf> {
     let mut swept = Vec::new();
     if let Ok(s) = scan(dir) {
         for p in s.partials {
-            let name = p.file_name().unwrap_or_default().to_string_lossy().to_string();
+            let name = p
+                .file_name()
+                .unwrap_or_default()
+                .to_string_lossy()
+                .to_string();
             if target.owns(&name) && fs::remove_file(&p).is_ok() {
                 swept.push(p);
             }
@@ -544,9 +548,7 @@ mod tests {
         let mode = fs::metadata(&p.path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
         let mut data: &[u8] = b"PGDMP and more";
-        let s = p
-            .stream(&mut data, &mut Progress::new(false, "t"))
-            .unwrap();
+        let s = p.stream(&mut data, &mut Progress::new(false, "t")).unwrap();
         assert_eq!(s.bytes, 14);
         assert_eq!(&s.head[..5], b"PGDMP");
         let path = p.path.clone();
@@ -568,7 +570,11 @@ mod tests {
     fn scan_sorts_out_incomplete_and_partials() {
         let d = tempfile::tempdir().unwrap();
         fs::write(d.path().join("shop-app-20261122T031500Z.dump"), b"x").unwrap();
-        fs::write(d.path().join("shop-app-20261123T031500Z.dump.partial"), b"x").unwrap();
+        fs::write(
+            d.path().join("shop-app-20261123T031500Z.dump.partial"),
+            b"x",
+        )
+        .unwrap();
         fs::write(d.path().join("shop-app-20261124T031500Z.dump"), b"x").unwrap();
         let m = Manifest {
             format: FORMAT.into(),
