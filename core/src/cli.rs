@@ -268,28 +268,59 @@ pub fn clap_exit(e: clap::Error) -> std::process::ExitCode {
             }
         }
         _ => {
-            let rendered = e.render().to_string();
-            let first = rendered
-                .lines()
-                .find(|l| !l.trim().is_empty())
-                .unwrap_or("invalid arguments")
-                .trim_start_matches("error: ")
-                .to_string();
-            let tip = rendered
-                .lines()
-                .map(str::trim)
-                .find(|l| l.starts_with("tip:"))
-                .map(|t| format!(" ({t})"))
-                .unwrap_or_default();
-            msg::error(format!("{first}{tip}; see --help"));
+            msg::error(format!(
+                "{}; see --help",
+                clap_one_line(&e.render().to_string())
+            ));
             ExitCode::Usage.into()
         }
     }
 }
 
+/// A rendered clap error as one line: its first line, the indented lines that complete
+/// it when it ends with ':' (e.g. the missing arguments), and the tip.
+fn clap_one_line(rendered: &str) -> String {
+    let mut lines = rendered.lines().skip_while(|l| l.trim().is_empty());
+    let mut first = lines
+        .next()
+        .unwrap_or("invalid arguments")
+        .trim_start_matches("error: ")
+        .to_string();
+    if first.ends_with(':') {
+        let items: Vec<&str> = lines
+            .take_while(|l| l.starts_with(' ') && !l.trim().is_empty())
+            .map(str::trim)
+            .collect();
+        if !items.is_empty() {
+            first = format!("{} {}", first, items.join(", "));
+        }
+    }
+    let tip = rendered
+        .lines()
+        .map(str::trim)
+        .find(|l| l.starts_with("tip:"))
+        .map(|t| format!(" ({t})"))
+        .unwrap_or_default();
+    format!("{first}{tip}")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn clap_errors_fold_into_one_line() {
+        let missing = "error: the following required arguments were not provided:\n  <SERVICE>\n  <CMD>...\n\nUsage: berth-migrate <SERVICE> -- <CMD>...\n\nFor more information, try '--help'.\n";
+        assert_eq!(
+            clap_one_line(missing),
+            "the following required arguments were not provided: <SERVICE>, <CMD>..."
+        );
+        let unknown = "error: unexpected argument '--bogus' found\n\n  tip: to pass '--bogus' as a value, use '-- --bogus'\n\nUsage: x\n";
+        assert_eq!(
+            clap_one_line(unknown),
+            "unexpected argument '--bogus' found (tip: to pass '--bogus' as a value, use '-- --bogus')"
+        );
+    }
 
     #[test]
     fn tags() {
