@@ -131,6 +131,11 @@ fn usage_errors_exit_64_never_2_and_write_nothing() {
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.starts_with("berth-migrate: error: "), "{args:?}: {err}");
     }
+    // Missing arguments are named on the one line.
+    let out = env.cmd().args(["--tag", "v2"]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("not provided: <SERVICE>, <CMD>..."), "{err}");
     // --tag contradicting the document's tag is a usage error too.
     let out = env
         .cmd()
