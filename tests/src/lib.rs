@@ -531,6 +531,8 @@ pub struct TestServer {
     handle: Option<JoinHandle<()>>,
     /// Requests seen (their head: request line and headers).
     pub seen: Arc<Mutex<Vec<String>>>,
+    /// Their bodies (per `Content-Length`), in the same order as `seen`.
+    pub bodies: Arc<Mutex<Vec<String>>>,
 }
 
 impl TestServer {
@@ -541,7 +543,8 @@ impl TestServer {
         let port = listener.local_addr().unwrap().port();
         let stop = Arc::new(AtomicBool::new(false));
         let seen = Arc::new(Mutex::new(Vec::new()));
-        let (stop2, seen2) = (stop.clone(), seen.clone());
+        let bodies = Arc::new(Mutex::new(Vec::new()));
+        let (stop2, seen2, bodies2) = (stop.clone(), seen.clone(), bodies.clone());
         let respond = Arc::new(respond);
         let handle = std::thread::spawn(move || {
             while !stop2.load(Ordering::SeqCst) {
@@ -558,7 +561,21 @@ impl TestServer {
                             }
                             head.push_str(&line);
                         }
+                        // Read the body too: closing with it unread would reset the
+                        // connection before the client reads the answer.
+                        let len = head
+                            .lines()
+                            .filter_map(|l| l.split_once(':'))
+                            .find(|(k, _)| k.trim().eq_ignore_ascii_case("content-length"))
+                            .and_then(|(_, v)| v.trim().parse::<usize>().ok())
+                            .unwrap_or(0);
+                        let mut body = vec![0u8; len];
+                        let _ = std::io::Read::read_exact(&mut reader, &mut body);
                         seen2.lock().unwrap().push(head.clone());
+                        bodies2
+                            .lock()
+                            .unwrap()
+                            .push(String::from_utf8_lossy(&body).to_string());
                         let (status, body) = respond(&head);
                         let mut s = stream;
                         let _ = write!(
@@ -576,6 +593,7 @@ impl TestServer {
             stop,
             handle: Some(handle),
             seen,
+            bodies,
         }
     }
 
