@@ -36,6 +36,9 @@ Examples:
   # The release ledger, newest first, the last good release marked
   berth-report history --limit 10
 
+  # status and history take their flags after their name
+  berth-report status --project-dir /srv/shop -p shop
+
 Notifications read their settings from the environment only (secrets never go on a
 command line, into the document, the ledger or any message):
   telegram  TELEGRAM_BOT_TOKEN, TELEGRAM_CHAT_ID (API base: BERTH_TELEGRAM_API)

@@ -228,18 +228,25 @@ pub fn notify_all(
     chans.sort();
     chans.dedup();
     let agent = http::agent(opts.timeout);
-    let mut sent = Vec::new();
+    let mut reqs = Vec::new();
     for c in chans {
-        let req = match request(c, doc, env) {
-            Ok(r) => r,
-            Err(e) => {
-                msg::warn(format!(
-                    "{} notification not sent: {e}; the exit code stays the deploy's",
-                    c.name()
-                ));
-                continue;
-            }
-        };
+        match request(c, doc, env) {
+            Ok(r) => reqs.push(r),
+            Err(e) => msg::warn(format!(
+                "{} notification not sent: {e}; the exit code stays the deploy's",
+                c.name()
+            )),
+        }
+    }
+    // Every channel's secrets are scrubbed from every channel's messages: a server may
+    // echo anything back.
+    let mut all_secrets: Vec<String> = reqs.iter().flat_map(|r| r.secrets.clone()).collect();
+    all_secrets.sort_by_key(|x| std::cmp::Reverse(x.len()));
+    all_secrets.dedup();
+    let mut sent = Vec::new();
+    for mut req in reqs {
+        let c = req.channel;
+        req.secrets = all_secrets.clone();
         if dry_run {
             msg::info(format!("dry run: would notify {}", c.name()));
             continue;

@@ -1,0 +1,115 @@
+//! berth-report against the real demo stack: `status` shows what runs now (image, tag,
+//! health, containers) and the last release the report recorded.
+
+use std::process::Command;
+
+use berth_e2e::{berth, Stack};
+use serde_json::{json, Value};
+
+/// `berth-report SUB ARGS... --project-dir DIR -p NAME` (a subcommand takes its flags
+/// after its name).
+fn sub(stack: &Stack, args: &[&str]) -> Command {
+    let mut c = berth("berth-report");
+    c.args(args)
+        .arg("--project-dir")
+        .arg(&stack.dir)
+        .args(["-p", &stack.project])
+        .current_dir(&stack.dir);
+    c
+}
+
+#[test]
+fn status_shows_web_at_v1_healthy_and_the_last_release() {
+    let stack = Stack::new("report-status");
+    stack.start("v1");
+
+    // Record a release the way the pipeline's last stage does.
+    let doc = json!({
+        "schema": "berth/1", "deploy_id": "20261122T031500Z-v1", "project": stack.project,
+        "tag": "v1", "previous_tag": null,
+        "services": [{"name": "web", "image": "berth-demo/app:v1"}],
+        "created_at": "2026-11-22T03:15:00.000Z",
+        "stages": [{"stage": "swap", "status": "ok", "started_at": "2026-11-22T03:15:01.000Z",
+                    "duration_ms": 5000, "exit_code": 0, "detail": {}, "error": null}],
+    });
+    let out = stack
+        .berth("berth-report")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut c| {
+            use std::io::Write;
+            c.stdin
+                .take()
+                .unwrap()
+                .write_all(doc.to_string().as_bytes())?;
+            c.wait_with_output()
+        })
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // JSON: web runs v1, healthy, one container named after the project.
+    let out = sub(&stack, &["status", "--json"]).output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["project"], stack.project.as_str());
+    let services = v["services"].as_array().unwrap();
+    let names: Vec<&str> = services
+        .iter()
+        .map(|s| s["service"].as_str().unwrap())
+        .collect();
+    for s in ["db", "proxy", "redis", "web", "worker"] {
+        assert!(names.contains(&s), "{s} missing from {names:?}");
+    }
+    let web = services.iter().find(|s| s["service"] == "web").unwrap();
+    assert_eq!(web["image"], "berth-demo/app:v1");
+    assert_eq!(web["tag"], "v1");
+    assert_eq!(web["health"], "healthy");
+    assert_eq!(web["running"], 1);
+    let c = &web["containers"][0];
+    assert_eq!(c["state"], "running");
+    assert!(
+        c["name"].as_str().unwrap().starts_with(&stack.project),
+        "{c}"
+    );
+    let since = web["since"].as_str().unwrap();
+    assert!(berth_core::time::parse(since).is_some(), "{since}");
+    assert_eq!(v["last_release"]["deploy_id"], "20261122T031500Z-v1");
+    assert_eq!(v["last_good"]["tag"], "v1");
+
+    // Text, one service.
+    let out = sub(&stack, &["status", "web"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let text = String::from_utf8_lossy(&out.stdout);
+    let row = text
+        .lines()
+        .find(|l| l.starts_with("web "))
+        .unwrap_or_else(|| panic!("no web row in:\n{text}"));
+    assert!(row.contains(" v1 ") && row.contains("healthy"), "{row}");
+    assert!(row.contains("berth-demo/app:v1"), "{row}");
+    assert!(!text.lines().any(|l| l.starts_with("worker ")), "{text}");
+    assert!(
+        text.contains("Last release: 20261122T031500Z-v1 tag v1"),
+        "{text}"
+    );
+
+    // An unknown service is a usage error naming the ones there are.
+    let out = sub(&stack, &["status", "nope"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("no service \"nope\"") && err.contains("web"),
+        "{err}"
+    );
+}
