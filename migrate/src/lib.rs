@@ -422,7 +422,7 @@ fn probe_old(cli: &Cli, compose: &Compose, detail: &mut Map<String, Value>) {
                 )
             })
             .collect();
-        msg::warn(format!(
+        msg::info(format!(
             "WARNING: the running {} version is NOT ready with the new schema ({}); it may fail \
              requests until the new version takes over. The deploy rolls forward: the new \
              version is the fix.",

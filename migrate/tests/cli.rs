@@ -42,7 +42,8 @@ impl Env {
     }
 
     /// A stub docker that logs its arguments to `calls` and answers like a daemon
-    /// whose compose `run` prints 60 lines and exits 3 (or `STUB_RUN_EXIT`).
+    /// whose compose `run` prints 60 lines and exits 3 (or `STUB_RUN_EXIT`); with
+    /// `STUB_OLD` set, one `web` container runs (the old version) at 127.0.0.1.
     fn stub_docker(&self) -> PathBuf {
         let p = self.path().join("docker");
         std::fs::write(
@@ -53,6 +54,12 @@ case "$*" in
   version*) [ -n "$STUB_DOWN" ] && { echo "Cannot connect to the Docker daemon" >&2; exit 1; }
             echo 20.10.24 ;;
   *" config --format json") echo '{"services":{"web":{"image":"shop/web:v2"}}}' ;;
+  ps*com.docker.compose.service=web*) [ -n "$STUB_OLD" ] && echo oldweb1 ;;
+  "container inspect oldweb1")
+    echo '[{"Id":"oldweb1","Name":"/shop-web-1","Image":"sha256:aa","Created":"2026-11-22T03:00:00Z",
+      "Config":{"Image":"shop/web:v1","Labels":{"com.docker.compose.service":"web"}},
+      "State":{"Status":"running","Running":true},
+      "NetworkSettings":{"Networks":{"shop_default":{"IPAddress":"127.0.0.1"}}}}]' ;;
   *" run --rm "*)
     i=1; while [ $i -le 60 ]; do echo "migration line $i"; i=$((i+1)); done
     echo "ERROR: column does not exist" >&2
@@ -405,4 +412,50 @@ fn a_failing_migration_puts_its_last_50_lines_in_the_document_and_on_stderr() {
     // The lock is free again.
     let f = std::fs::File::open(env.path().join(".berth/locks/deploy.lock")).unwrap();
     f.try_lock().unwrap();
+}
+
+#[test]
+fn an_old_version_that_is_not_ready_after_migrating_is_a_loud_warning_not_a_failure() {
+    for (status, ready) in [(503u16, false), (200, true)] {
+        let env = Env::new();
+        let docker = env.stub_docker();
+        let server = berth_e2e::TestServer::start(move |_| (status, "{}".into()));
+        let out = env
+            .cmd()
+            .env("BERTH_DOCKER", &docker)
+            .env("STUB_OLD", "1")
+            .env("STUB_RUN_EXIT", "0")
+            .args([
+                "--tag",
+                "v2",
+                "--no-backup-required",
+                "--ready-timeout",
+                "1s",
+            ])
+            .args(["--port", &server.port.to_string(), "web", "--", "migrate"])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(0), "{err}");
+        let doc = doc_of(&out.stdout);
+        let rec = record(&doc);
+        assert_eq!(rec["status"], "ok");
+        let d = &rec["detail"];
+        assert_eq!(d["old_version_ready"], ready, "{d}");
+        assert_eq!(d["old_version"][0]["container"], "shop-web-1");
+        assert_eq!(
+            d["old_version"][0]["url"],
+            format!("http://127.0.0.1:{}/readyz", server.port)
+        );
+        assert!(
+            !server.seen.lock().unwrap().is_empty(),
+            "the old version was probed"
+        );
+        let warned = err.contains("berth-migrate: WARNING: the running web version is NOT ready");
+        assert_eq!(warned, !ready, "{err}");
+        if !ready {
+            assert!(err.contains("status 503"), "{err}");
+            assert!(err.contains("rolls forward"), "{err}");
+        }
+    }
 }
