@@ -37,10 +37,25 @@ impl Readiness {
         })
     }
 
-    /// Records a check result; logs the `ready` event the first time one succeeds.
+    /// Records a check result; logs the `ready` event the first time one succeeds, and a
+    /// `readiness` event on every change after that.
     pub fn record(&self, result: CheckResult) {
         let ok = result.is_ok();
-        *self.last.lock().unwrap_or_else(|p| p.into_inner()) = Some((Instant::now(), result));
+        let change = {
+            let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+            let was_ok = last.as_ref().map(|(_, r)| r.is_ok());
+            let reason = result.as_ref().err().cloned();
+            *last = Some((Instant::now(), result));
+            (was_ok != Some(ok)).then_some(reason)
+        };
+        if let Some(reason) = change {
+            if self.became_ready.load(Ordering::SeqCst) {
+                log::event(
+                    "readiness",
+                    json!({"version": self.version, "mode": self.mode, "ready": ok, "reason": reason}),
+                );
+            }
+        }
         if ok && !self.became_ready.swap(true, Ordering::SeqCst) {
             log::event(
                 "ready",
