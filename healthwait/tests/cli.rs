@@ -196,7 +196,7 @@ fn consecutive_successes_are_counted() {
     let n = Arc::new(AtomicU32::new(0));
     let n2 = n.clone();
     let server = TestServer::start(move |_| {
-        if n2.fetch_add(1, Ordering::SeqCst) % 2 == 0 {
+        if n2.fetch_add(1, Ordering::SeqCst).is_multiple_of(2) {
             (200, "{}".into())
         } else {
             (500, "{}".into())
