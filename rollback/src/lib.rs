@@ -374,6 +374,14 @@ fn rolled_back_record(by: &str, to: &str) -> StageRecord {
 mod tests {
     use super::*;
 
+    #[test]
+    fn command_line_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+        let c = Cli::try_parse_from(["berth-rollback", "--to", "v1", "web"]).unwrap();
+        assert_eq!((c.to.as_deref(), c.services.len()), (Some("v1"), 1));
+    }
+
     fn release(tag: &str, stages: &[(&str, Status, i32)]) -> Document {
         let mut d = Document::new("shop", Some(tag));
         d.deploy_id = format!("id-{tag}");

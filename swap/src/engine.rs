@@ -242,22 +242,38 @@ pub fn swap(
         j.save(&ctx.state_dir)?;
         p.journal = Some(j);
     }
-    for i in 0..plans.len() {
-        let res = start_beside(&compose, &mut plans[i]);
-        let p = &mut plans[i];
+    // One compose per service, all at once.
+    let results: Vec<Result<()>> = std::thread::scope(|sc| {
+        let handles: Vec<_> = plans
+            .iter_mut()
+            .map(|p| {
+                let compose = &compose;
+                sc.spawn(move || start_beside(compose, p))
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("start thread panicked"))
+            .collect()
+    });
+    for p in &mut plans {
         let new_ids = p.new.iter().map(|c| c.id.clone()).collect();
         let j = p.journal.as_mut().expect("journal saved");
         j.new = new_ids;
         j.save(&ctx.state_dir)?;
-        if let Err(e) = res {
-            undo(ctx, &compose, &plans);
-            return Err(fail!(
-                Swap,
-                "{}: {}",
-                plans[i].name,
-                berth_core::exit::one_line(&e)
-            ));
-        }
+    }
+    if let Some((i, e)) = results
+        .iter()
+        .enumerate()
+        .find_map(|(i, r)| r.as_ref().err().map(|e| (i, e)))
+    {
+        undo(ctx, &compose, &plans);
+        return Err(fail!(
+            Swap,
+            "{}: {}",
+            plans[i].name,
+            berth_core::exit::one_line(e)
+        ));
     }
 
     // 3. Ready: every new container, probed directly, failing fast when one dies.

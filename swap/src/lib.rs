@@ -264,3 +264,39 @@ pub fn record(doc: &mut berth_core::doc::Document, out: &engine::Outcome) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn command_line_is_consistent() {
+        Cli::command().debug_assert();
+        let c = Cli::try_parse_from([
+            "berth-swap",
+            "--tag",
+            "v2",
+            "--worker",
+            "worker",
+            "web",
+            "worker",
+        ])
+        .unwrap();
+        assert_eq!(c.services, ["web", "worker"]);
+        assert_eq!(c.swap.workers, ["worker"]);
+        let m = Cli::try_parse_from([
+            "berth-swap",
+            "maintenance",
+            "on",
+            "--message",
+            "x",
+            "-p",
+            "shop",
+        ])
+        .unwrap();
+        assert!(matches!(m.command, Some(Command::Maintenance(_))));
+        assert!(Cli::try_parse_from(["berth-swap", "--tag", "v2"]).is_err());
+        assert!(check_services(&["web".into(), "web".into()]).is_err());
+    }
+}

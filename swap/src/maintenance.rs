@@ -46,7 +46,7 @@ pub struct Args {
     /// The snippet nginx includes in its server block
     /// [default: <project dir>/nginx/berth/server-maintenance.conf]
     #[arg(long, env = "BERTH_MAINTENANCE_FILE", value_name = "PATH")]
-    pub file: Option<PathBuf>,
+    pub maintenance_file: Option<PathBuf>,
 
     /// Where nginx runs (none is not allowed here)
     #[arg(long, value_enum, env = "BERTH_PROXY", default_value = "compose")]
@@ -121,7 +121,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
                 Some(&doc.deploy_id),
             )?)
         };
-        let file = match &args.file {
+        let file = match &args.maintenance_file {
             Some(f) if f.is_absolute() => f.clone(),
             Some(f) => ctx.project_dir.join(f),
             None => ctx
