@@ -491,15 +491,20 @@ step_demo() {
 step_build() {
 	local t0
 	t0=$(now_ms)
+	# rustup's default place, for shells (sudo, CI steps) that lack it on PATH.
+	if ! command -v cargo >/dev/null 2>&1 && [ -x "${CARGO_HOME:-$HOME/.cargo}/bin/cargo" ]; then
+		PATH=${CARGO_HOME:-$HOME/.cargo}/bin:$PATH
+	fi
 	command -v cargo >/dev/null 2>&1 ||
 		die "cargo not found (install Rust >= 1.80 with rustup, or pass --no-build)"
 	run_logged build cargo build --release --workspace --bins --manifest-path "$REPO_ROOT/Cargo.toml"
-	local target bins
-	target=$(cargo metadata --format-version 1 --no-deps --manifest-path "$REPO_ROOT/Cargo.toml" |
-		jq -r '.target_directory')
-	bins=$(cargo metadata --format-version 1 --no-deps --manifest-path "$REPO_ROOT/Cargo.toml" |
-		jq -r '[.packages[].targets[] | select(.kind | index("bin")) | .name] | join(" ")')
-	log "release binaries in $target/release: ${bins:-(none)} ($(secs "$t0"))"
+	local meta target=$REPO_ROOT/target bins=""
+	if command -v jq >/dev/null 2>&1 &&
+		meta=$(cargo metadata --format-version 1 --no-deps --manifest-path "$REPO_ROOT/Cargo.toml" 2>/dev/null); then
+		target=$(jq -r '.target_directory' <<<"$meta")
+		bins=$(jq -r '[.packages[].targets[] | select(.kind | index("bin")) | .name] | join(" ")' <<<"$meta")
+	fi
+	log "release binaries in $target/release: ${bins:-(see there)} ($(secs "$t0"))"
 }
 
 # ---------------------------------------------------------------------------------------
