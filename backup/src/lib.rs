@@ -44,7 +44,8 @@ pub fn say(text: impl AsRef<str>) {
 }
 
 /// Catch SIGINT/SIGTERM/SIGHUP so that cleanup (stopped services started again, partial
-/// files removed) runs; long loops call [`check_interrupted`].
+/// files removed) runs; long loops call [`check_interrupted`]. Called once the target's
+/// lock is held (before that, Ctrl-C must end a lock wait or a prompt at once).
 fn catch_signals() {
     let flag = INTERRUPTED.get_or_init(|| Arc::new(AtomicBool::new(false)));
     for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
@@ -273,12 +274,13 @@ pub struct PgCmd {
         long,
         env = "BERTH_BACKUP_VERIFY",
         value_name = "LEVEL",
-        default_value = "read"
+        default_value = "read",
+        help_heading = "Backup"
     )]
     pub verify: Verification,
 
     /// Accept a dump under half the size of the last verified one, or with fewer tables
-    #[arg(long, env = "BERTH_ALLOW_SHRINK")]
+    #[arg(long, env = "BERTH_ALLOW_SHRINK", help_heading = "Backup")]
     pub allow_shrink: bool,
 
     #[command(flatten)]
@@ -315,12 +317,13 @@ pub struct VolumeCmd {
         long,
         env = "BERTH_BACKUP_VERIFY",
         value_name = "LEVEL",
-        default_value = "read"
+        default_value = "read",
+        help_heading = "Backup"
     )]
     pub verify: Verification,
 
     /// Accept an archive under half the size of the last verified one
-    #[arg(long, env = "BERTH_ALLOW_SHRINK")]
+    #[arg(long, env = "BERTH_ALLOW_SHRINK", help_heading = "Backup")]
     pub allow_shrink: bool,
 
     #[command(flatten)]
@@ -437,7 +440,6 @@ pub struct PruneCmd {
 }
 
 pub fn run(cli: Cli) -> Result<ExitCode> {
-    catch_signals();
     match cli.command {
         Command::Pg(c) => run_pg(c),
         Command::Volume(c) => run_volume(c),
@@ -931,6 +933,7 @@ fn run_pg(c: PgCmd) -> Result<ExitCode> {
             c.storage.lock_wait,
             deploy_id.as_deref(),
         )?;
+        catch_signals();
         let entry = backup_pg(&conn, &db, &job)?;
         let restore = format!(
             "berth-backup restore {}{}{} --database {}",
@@ -940,6 +943,10 @@ fn run_pg(c: PgCmd) -> Result<ExitCode> {
             quote(&db)
         );
         fill_detail(detail, &entry, restore);
+        detail.insert("source".into(), json!(entry.manifest.source));
+        if let Some(svc) = &c.server.service {
+            detail.insert("service".into(), json!(svc));
+        }
         after_backup(ctx, &job, &c.keep.policy(), detail);
         Ok(Completed::Ok)
     })
@@ -979,6 +986,7 @@ fn run_volume(c: VolumeCmd) -> Result<ExitCode> {
             c.storage.lock_wait,
             deploy_id.as_deref(),
         )?;
+        catch_signals();
         let entry = backup_volume(ctx, &real, &c.stop, &c.helper_image, &job)?;
         let mut restore = format!(
             "berth-backup restore {} --helper-image {}",
@@ -1345,6 +1353,7 @@ fn restore_pg(c: &RestoreCmd, ctx: &Context, m: &Manifest) -> Result<ExitCode> {
         c.storage.lock_wait,
         None,
     )?;
+    catch_signals();
     let dir = c.storage.dir(ctx);
     let mut safety = None;
     if !c.no_safety_backup {
@@ -1439,6 +1448,7 @@ fn restore_volume(c: &RestoreCmd, ctx: &Context, m: &Manifest) -> Result<ExitCod
         c.storage.lock_wait,
         None,
     )?;
+    catch_signals();
     let exists = docker_volume_exists(&real);
     let mut safety = None;
     if !c.no_safety_backup && exists {
