@@ -199,6 +199,17 @@ pub fn check_services(services: &[String]) -> Result<(), Failure> {
     Ok(())
 }
 
+/// The binary's `main`: `berth-swap [OPTIONS] maintenance on|off` (options before the
+/// word, which clap would read as services) goes to the maintenance command line.
+pub fn main() -> std::process::ExitCode {
+    let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if maintenance::wanted(&argv) {
+        berth_core::cli::main::<maintenance::Reparse>("berth-swap", |r| maintenance::run(r.args))
+    } else {
+        berth_core::cli::main("berth-swap", run)
+    }
+}
+
 pub fn run(cli: Cli) -> Result<ExitCode> {
     if let Some(Command::Maintenance(m)) = cli.command {
         return maintenance::run(m);
@@ -296,6 +307,43 @@ mod tests {
         ])
         .unwrap();
         assert!(matches!(m.command, Some(Command::Maintenance(_))));
+        // Options before the word: read as services first, then again as maintenance.
+        let argv = [
+            "berth-swap",
+            "-p",
+            "shop",
+            "maintenance",
+            "off",
+            "--lock-wait",
+            "5s",
+        ];
+        let os = |v: &[&str]| v.iter().map(std::ffi::OsString::from).collect::<Vec<_>>();
+        assert!(maintenance::wanted(&os(&argv)));
+        let m = maintenance::Reparse::try_parse_from(argv).unwrap().args;
+        assert_eq!(m.state, maintenance::OnOff::Off);
+        assert_eq!(m.common.project_name.as_deref(), Some("shop"));
+        let with_message = [
+            "berth-swap",
+            "-p",
+            "s",
+            "maintenance",
+            "on",
+            "--message",
+            "m",
+        ];
+        assert!(maintenance::wanted(&os(&with_message)));
+        assert!(!maintenance::wanted(&os(&[
+            "berth-swap",
+            "maintenance",
+            "on"
+        ])));
+        assert!(!maintenance::wanted(&os(&[
+            "berth-swap",
+            "--tag",
+            "v",
+            "web"
+        ])));
+        maintenance::Reparse::command().debug_assert();
         assert!(Cli::try_parse_from(["berth-swap", "--tag", "v2"]).is_err());
         assert!(check_services(&["web".into(), "web".into()]).is_err());
     }

@@ -1,3 +1,3 @@
 fn main() -> std::process::ExitCode {
-    berth_core::cli::main("berth-swap", berth_swap::run)
+    berth_swap::main()
 }

@@ -78,6 +78,26 @@ pub struct Args {
     pub common: CommonArgs,
 }
 
+/// `berth-swap [OPTIONS] maintenance on|off [OPTIONS]`, options on either side.
+#[derive(Debug, clap::Parser)]
+#[command(name = "berth-swap")]
+pub struct Reparse {
+    #[arg(value_parser = ["maintenance"], hide = true)]
+    word: String,
+    #[command(flatten)]
+    pub args: Args,
+}
+
+/// Whether this command line is `maintenance` with options before the word (the plain
+/// `berth-swap maintenance ...` is clap's own subcommand).
+pub fn wanted(argv: &[std::ffi::OsString]) -> bool {
+    use clap::Parser;
+    match crate::Cli::try_parse_from(argv) {
+        Ok(c) => c.command.is_none() && c.services.first().is_some_and(|s| s == "maintenance"),
+        Err(_) => argv.iter().skip(1).any(|a| a == "maintenance"),
+    }
+}
+
 /// When the window opened, kept between `on` and `off`.
 #[derive(Debug, Serialize, Deserialize)]
 struct Window {

@@ -1,0 +1,659 @@
+//! berth-swap and berth-rollback on the demo stack, against the real Docker Engine,
+//! Compose v2 and nginx, under load: 8 clients sending requests through nginx from
+//! before the swap until after it. Every test has its own compose project and port.
+
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use berth_e2e::{Load, LoadReport, Stack};
+use serde_json::Value;
+
+const CLIENTS: usize = 8;
+/// Each client's pause between requests: steady load that leaves the 2-core CI machine
+/// CPU for the deploy (unpaced clients saturate it and slow every test).
+const PAUSE: Duration = Duration::from_millis(5);
+
+/// Short timings for tests: the demo app drains in well under a second.
+const FAST: &[&str] = &["--drain", "1s", "--stop-timeout", "5s", "--timeout", "30s"];
+
+/// Start the stack at v1 with the database already at schema 2 (v2's migration is
+/// backward compatible: v1 serves on it), as a deploy would after its migrate stage.
+fn stack_at_v1(name: &str) -> Stack {
+    let s = Stack::new(name);
+    s.start("v1");
+    migrate(&s, "v2");
+    s
+}
+
+fn migrate(s: &Stack, tag: &str) {
+    let out = s
+        .compose()
+        .env("BERTH_TAG", tag)
+        .args(["run", "--rm", "--no-deps", "-T", "web", "migrate"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "migrate {tag}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Run a berth command with empty stdin: (exit code, document, stderr).
+fn berth(s: &Stack, prog: &str, args: &[&str]) -> (i32, Value, String) {
+    let out = s
+        .berth(prog)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    parse(out)
+}
+
+fn parse(out: Output) -> (i32, Value, String) {
+    let code = out.status.code().unwrap_or(-1);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let doc = serde_json::from_str(stdout.trim()).unwrap_or(Value::Null);
+    (code, doc, String::from_utf8_lossy(&out.stderr).to_string())
+}
+
+fn swap(s: &Stack, tag: &str, extra: &[&str]) -> (i32, Value, String) {
+    let mut args = vec!["--tag", tag];
+    args.extend_from_slice(FAST);
+    args.extend_from_slice(extra);
+    args.extend_from_slice(&["--worker", "worker", "web", "worker"]);
+    berth(s, "berth-swap", &args)
+}
+
+/// Load on `/version` through nginx for the whole of `f`, with a second of traffic on
+/// either side. Returns f's result, the load report, and the load time when f returned.
+fn under_load<T>(s: &Stack, f: impl FnOnce() -> T) -> (T, LoadReport, Duration) {
+    let load = Load::start_paced(&s.url("/version"), CLIENTS, Duration::from_secs(180), PAUSE);
+    std::thread::sleep(Duration::from_secs(1));
+    let out = f();
+    let done = load.elapsed();
+    std::thread::sleep(Duration::from_secs(1));
+    (out, load.stop(), done)
+}
+
+fn versions(s: &Stack, service: &str) -> Vec<String> {
+    s.service_containers(service)
+        .into_iter()
+        .map(|(_, image)| image)
+        .collect()
+}
+
+fn stage<'a>(doc: &'a Value, name: &str) -> &'a Value {
+    doc["stages"]
+        .as_array()
+        .and_then(|a| a.iter().rev().find(|st| st["stage"] == name))
+        .unwrap_or_else(|| panic!("no stage {name} in {doc}"))
+}
+
+fn journal_is_empty(s: &Stack) -> bool {
+    std::fs::read_dir(s.state_dir().join("swap"))
+        .map(|d| d.count() == 0)
+        .unwrap_or(true)
+}
+
+/// Wait until GET `path` through nginx answers 200 (after a restart).
+fn wait_serving(s: &Stack, path: &str, limit: Duration) -> (u16, String, String) {
+    let t = Instant::now();
+    loop {
+        if let Ok(r) = berth_e2e::get(&s.url(path)) {
+            if r.0 == 200 || t.elapsed() > limit {
+                return r;
+            }
+        }
+        assert!(t.elapsed() < limit, "{path} not served within {limit:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn v1_to_v2_zero_failed_requests_then_durable_across_restart_and_up() {
+    let s = stack_at_v1("swap-v2");
+    let ((code, doc, err), load, done) = under_load(&s, || swap(&s, "v2", &[]));
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(load.failed(), 0, "{}", load.summary());
+    assert!(load.total() > 100, "{}", load.summary());
+    assert_eq!(
+        load.versions_after(done),
+        ["v2".to_string()].into(),
+        "{}",
+        load.summary()
+    );
+    // Both versions served during the test: the swap happened under this load.
+    assert!(load.by_version().contains_key("v1"), "{}", load.summary());
+
+    // The document: previous tag, images with IDs, old and new containers, timings.
+    assert_eq!(doc["previous_tag"], "v1");
+    assert_eq!(doc["services"][0]["image"], "berth-demo/app:v2");
+    assert!(doc["services"][0]["image_id"]
+        .as_str()
+        .unwrap()
+        .starts_with("sha256:"));
+    let st = stage(&doc, "swap");
+    assert_eq!(st["status"], "ok");
+    let web = &st["detail"]["services"][0];
+    assert_eq!(web["old_containers"].as_array().unwrap().len(), 1);
+    assert_eq!(web["new_containers"].as_array().unwrap().len(), 1);
+    for k in ["ready_ms", "switch_ms", "drain_ms", "total_ms"] {
+        assert!(st["detail"][k].is_u64(), "{k} in {st}");
+    }
+    assert!(st["detail"]["switched_at"].is_string());
+
+    // Durable: .env, compose ps, the upstream file, the ledger; no journal left.
+    assert_eq!(s.env_value("BERTH_TAG").as_deref(), Some("v2"));
+    assert_eq!(versions(&s, "web"), ["berth-demo/app:v2"]);
+    assert_eq!(versions(&s, "worker"), ["berth-demo/app:v2"]);
+    let upstream = std::fs::read_to_string(s.dir.join("nginx/berth/upstream-web.conf")).unwrap();
+    let new_name = web["new_containers"][0]["name"].as_str().unwrap();
+    assert!(
+        upstream.contains(&format!("server {new_name}:8080;")),
+        "{upstream}"
+    );
+    assert!(journal_is_empty(&s));
+    let ledger = std::fs::read_to_string(s.state_dir().join("releases.jsonl")).unwrap();
+    assert_eq!(ledger.lines().count(), 1);
+
+    // A plain `docker compose up -d` changes nothing: same containers, none recreated.
+    let before = s.container_ids();
+    let out = s.compose().args(["up", "-d"]).output().unwrap();
+    let said = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(out.status.success(), "{said}");
+    assert!(!said.contains("Recreate"), "{said}");
+    let mut after = s.container_ids();
+    let mut b = before.clone();
+    b.sort();
+    after.sort();
+    assert_eq!(b, after, "up -d changed containers: {said}");
+
+    // What a reboot does: stop everything, start it again. Addresses may change; nginx
+    // resolves the container names again and the new version serves.
+    s.compose_ok(&["stop", "-t", "5"]);
+    s.compose_ok(&["start"]);
+    let (status, version, _) = wait_serving(&s, "/version", Duration::from_secs(60));
+    assert_eq!((status, version.as_str()), (200, "v2"));
+    let out = s.compose().args(["up", "-d"]).output().unwrap();
+    let said = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(!said.contains("Recreate"), "{said}");
+    let mut again = s.container_ids();
+    again.sort();
+    assert_eq!(b, again, "up -d after a restart changed containers: {said}");
+}
+
+#[test]
+fn failed_swaps_change_nothing_broken_3_missing_image_2_dry_run_0() {
+    let s = Stack::new("swap-broken");
+    // Nothing runs yet: preflight finds no nginx, before anything is changed.
+    let (code, _, err) = berth(&s, "berth-swap", &["--tag", "v2", "--dry-run", "web"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("not running"), "{err}");
+    s.start("v1");
+    migrate(&s, "v2");
+    let ids = s.container_ids();
+    let (code, doc, err) = berth(&s, "berth-swap", &["--tag", "v2", "--dry-run", "web"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("would run: docker compose"), "{err}");
+    assert!(err.contains("--scale web=2"), "{err}");
+    assert_eq!(stage(&doc, "swap")["status"], "skipped");
+    assert_eq!(s.container_ids(), ids);
+    assert_eq!(s.env_value("BERTH_TAG").as_deref(), Some("v1"));
+    assert!(!s.state_dir().join("releases.jsonl").exists());
+
+    let ((code, doc, err), load, _) = under_load(&s, || swap(&s, "broken", &[]));
+    assert_eq!(code, 3, "{err}");
+    assert!(err.contains("berth-swap: error: "), "{err}");
+    assert!(
+        err.contains("refuses to start"),
+        "the container's log tail: {err}"
+    );
+    assert_eq!(load.failed(), 0, "{}", load.summary());
+    assert_eq!(
+        load.by_version().keys().collect::<Vec<_>>(),
+        ["v1"],
+        "{}",
+        load.summary()
+    );
+    assert_eq!(stage(&doc, "swap")["exit_code"], 3);
+    // Nothing new left behind; v1 as before.
+    assert_eq!(versions(&s, "web"), ["berth-demo/app:v1"]);
+    assert_eq!(versions(&s, "worker"), ["berth-demo/app:v1"]);
+    let all = Command::new("docker")
+        .args(["ps", "-a", "--format", "{{.Image}}", "--filter"])
+        .arg(format!("label=com.docker.compose.project={}", s.project))
+        .output()
+        .unwrap();
+    assert!(
+        !String::from_utf8_lossy(&all.stdout).contains("broken"),
+        "{}",
+        String::from_utf8_lossy(&all.stdout)
+    );
+    assert_eq!(s.env_value("BERTH_TAG").as_deref(), Some("v1"));
+    assert!(journal_is_empty(&s));
+
+    // An image that cannot be had: 2, nothing changed.
+    let (code, _, err) = swap(&s, "nosuchtag", &[]);
+    assert_eq!(code, 2, "{err}");
+    assert_eq!(versions(&s, "web"), ["berth-demo/app:v1"]);
+}
+
+#[test]
+fn sick_release_is_rolled_back_after_the_switch_and_standalone_rollback_works() {
+    let s = stack_at_v1("swap-sick");
+    let smoke = s.url("/smoke");
+    let ((codes, doc, errs), load, done) = under_load(&s, || {
+        let mut args = vec!["--tag", "sick"];
+        args.extend_from_slice(FAST);
+        args.extend_from_slice(&["--worker", "worker", "web", "worker"]);
+        let mut a = s
+            .berth("berth-swap")
+            .args(&args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut b = s
+            .berth("berth-healthwait")
+            .args(["--url", &smoke, "--timeout", "2s", "--stage", "smoke"])
+            .stdin(a.stdout.take().unwrap())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let c = s
+            .berth("berth-rollback")
+            .args(FAST)
+            .stdin(b.stdout.take().unwrap())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let oc = c.wait_with_output().unwrap();
+        let ob = b.wait_with_output().unwrap();
+        let oa = a.wait_with_output().unwrap();
+        let codes = [&oa, &ob, &oc].map(|o| o.status.code().unwrap_or(-1));
+        let errs: String = [&oa, &ob, &oc]
+            .iter()
+            .map(|o| String::from_utf8_lossy(&o.stderr).to_string())
+            .collect();
+        let doc: Value = serde_json::from_slice(&oc.stdout).unwrap_or(Value::Null);
+        (codes, doc, errs)
+    });
+    assert_eq!(codes, [0, 4, 4], "{errs}");
+    assert_eq!(load.failed(), 0, "{}", load.summary());
+    assert_eq!(
+        load.versions_after(done),
+        ["v1".to_string()].into(),
+        "{}",
+        load.summary()
+    );
+    let rb = stage(&doc, "rollback");
+    assert_eq!(
+        (rb["status"].as_str(), rb["exit_code"].as_i64()),
+        (Some("ok"), Some(4))
+    );
+    assert_eq!(rb["detail"]["to"], "v1");
+    assert_eq!(s.env_value("BERTH_TAG").as_deref(), Some("v1"));
+    assert_eq!(versions(&s, "web"), ["berth-demo/app:v1"]);
+    assert_eq!(versions(&s, "worker"), ["berth-demo/app:v1"]);
+    assert!(journal_is_empty(&s));
+    // The ledger no longer counts the sick release as good: last line of its deploy wins.
+    let ledger = std::fs::read_to_string(s.state_dir().join("releases.jsonl")).unwrap();
+    let last: Value = serde_json::from_str(ledger.lines().last().unwrap()).unwrap();
+    assert_eq!(last["tag"], "sick");
+    assert_eq!(stage(&last, "rollback")["exit_code"], 4);
+
+    // Standalone: two good releases (v2, then v1 again), then `berth-rollback web worker`
+    // goes back to v2, the newest good release that is not the one running.
+    let (code, _, err) = swap(&s, "v2", &[]);
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = swap(&s, "v1", &[]);
+    assert_eq!(code, 0, "{err}");
+    let mut args = FAST.to_vec();
+    args.extend_from_slice(&["--worker", "worker", "web", "worker"]);
+    let ((code, doc, err), load, done) = under_load(&s, || berth(&s, "berth-rollback", &args));
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(load.failed(), 0, "{}", load.summary());
+    assert_eq!(load.versions_after(done), ["v2".to_string()].into());
+    assert_eq!(doc["tag"], "v2");
+    assert_eq!(stage(&doc, "rollback")["detail"]["from"], "v1");
+    assert_eq!(s.env_value("BERTH_TAG").as_deref(), Some("v2"));
+    // v1 is now marked rolled back and sick failed: nothing good but the running v2...
+    let (code, _, err) = berth(&s, "berth-rollback", &args);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("pass --to"), "{err}");
+    // ...and --to goes to any tag.
+    let mut to = vec!["--to", "v1"];
+    to.extend_from_slice(&args);
+    let (code, _, err) = berth(&s, "berth-rollback", &to);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(wait_serving(&s, "/version", Duration::from_secs(5)).1, "v1");
+}
+
+/// RPUSH job ids onto demo:jobs through redis-cli in the redis container.
+fn enqueue(s: &Stack, ids: &[String]) {
+    let mut args = vec!["exec", "-T", "redis", "redis-cli", "RPUSH", "demo:jobs"];
+    args.extend(ids.iter().map(String::as_str));
+    s.compose_ok(&args);
+}
+
+fn redis(s: &Stack, args: &[&str]) -> String {
+    let mut a = vec!["exec", "-T", "redis", "redis-cli"];
+    a.extend_from_slice(args);
+    s.compose_ok(&a)
+}
+
+#[test]
+fn worker_swap_processes_every_job_exactly_once() {
+    let s = stack_at_v1("swap-worker");
+    // Slower jobs, so that some are in hand when the old worker gets SIGTERM.
+    s.set_env("DEMO_JOB_MS", "20");
+    s.compose_ok(&["up", "-d", "--wait", "worker"]);
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let mut sent: Vec<String> = Vec::new();
+    let code = std::thread::scope(|sc| {
+        let pusher = sc.spawn(|| {
+            let mut all = Vec::new();
+            let mut batch = 0;
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) && batch < 400 {
+                let ids: Vec<String> = (0..10).map(|i| format!("b{batch}-{i}")).collect();
+                enqueue(&s, &ids);
+                all.extend(ids);
+                batch += 1;
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            all
+        });
+        std::thread::sleep(Duration::from_secs(2));
+        let (code, _, err) = berth(
+            &s,
+            "berth-swap",
+            &[
+                "--tag",
+                "v2",
+                "--drain",
+                "1s",
+                "--timeout",
+                "30s",
+                "--worker",
+                "worker",
+                "worker",
+            ],
+        );
+        std::thread::sleep(Duration::from_secs(2));
+        stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        sent = pusher.join().unwrap();
+        (code, err)
+    });
+    assert_eq!(code.0, 0, "{}", code.1);
+    assert_eq!(versions(&s, "worker"), ["berth-demo/app:v2"]);
+    // Wait until the queue and every processing list are empty.
+    let t = Instant::now();
+    loop {
+        let left: usize = redis(&s, &["LLEN", "demo:jobs"]).trim().parse().unwrap();
+        let processing = redis(&s, &["--scan", "--pattern", "demo:processing:*"]);
+        let busy: usize = processing
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|k| {
+                redis(&s, &["LLEN", k.trim()])
+                    .trim()
+                    .parse::<usize>()
+                    .unwrap()
+            })
+            .sum();
+        if left == 0 && busy == 0 {
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(60),
+            "{left} queued, {busy} in processing"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let done = redis(&s, &["LRANGE", "demo:done", "0", "-1"]);
+    let mut seen = std::collections::BTreeMap::<&str, usize>::new();
+    for l in done.lines().map(str::trim).filter(|l| !l.is_empty()) {
+        *seen.entry(l).or_default() += 1;
+    }
+    let lost: Vec<&String> = sent
+        .iter()
+        .filter(|j| !seen.contains_key(j.as_str()))
+        .collect();
+    let twice: Vec<(&&str, &usize)> = seen.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(sent.len() >= 60, "only {} jobs sent", sent.len());
+    assert!(
+        lost.is_empty(),
+        "{} of {} jobs lost: {:?}",
+        lost.len(),
+        sent.len(),
+        &lost[..lost.len().min(10)]
+    );
+    assert!(twice.is_empty(), "processed more than once: {twice:?}");
+    assert_eq!(seen.len(), sent.len());
+}
+
+#[test]
+fn second_swap_while_one_runs_exits_75_and_changes_nothing() {
+    let s = stack_at_v1("swap-lock");
+    let mut first = s
+        .berth("berth-swap")
+        .args([
+            "--tag",
+            "v2",
+            "--drain",
+            "4s",
+            "--stop-timeout",
+            "5s",
+            "web",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait until the first one holds the lock.
+    let lock = s.state_dir().join("locks/deploy.lock");
+    let t = Instant::now();
+    while std::fs::metadata(&lock).map(|m| m.len()).unwrap_or(0) == 0 {
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "the first swap never took the lock"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let containers = s.container_ids();
+    let (code, doc, err) = berth(&s, "berth-swap", &["--tag", "broken", "web"]);
+    assert_eq!(code, 75, "{err}");
+    assert!(err.contains("lock"), "{err}");
+    assert_eq!(stage(&doc, "swap")["exit_code"], 75);
+    // The second one created nothing (the first may have by now; none is `broken`).
+    let imgs = Command::new("docker")
+        .args(["ps", "-a", "--format", "{{.Image}}", "--filter"])
+        .arg(format!("label=com.docker.compose.project={}", s.project))
+        .output()
+        .unwrap();
+    assert!(!String::from_utf8_lossy(&imgs.stdout).contains("broken"));
+    assert!(!containers.is_empty());
+    let status = first.wait().unwrap();
+    assert!(status.success());
+    assert_eq!(versions(&s, "web"), ["berth-demo/app:v2"]);
+    // With --lock-wait the second one waits and then runs.
+    let mut holder = s
+        .berth("berth-swap")
+        .args([
+            "--tag",
+            "v1",
+            "--drain",
+            "2s",
+            "--stop-timeout",
+            "5s",
+            "web",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let t = Instant::now();
+    while std::fs::metadata(&lock).map(|m| m.len()).unwrap_or(0) == 0 {
+        assert!(t.elapsed() < Duration::from_secs(20));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (code, _, err) = berth(
+        &s,
+        "berth-swap",
+        &["--tag", "v2", "--lock-wait", "60s", "--drain", "1s", "web"],
+    );
+    assert!(holder.wait().unwrap().success());
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("waiting for the deploy lock"), "{err}");
+    assert_eq!(versions(&s, "web"), ["berth-demo/app:v2"]);
+}
+
+fn kill9(child: &mut std::process::Child) {
+    // Child::kill is SIGKILL on Unix: nothing of berth-swap runs after it.
+    child.kill().unwrap();
+    let _ = child.wait();
+}
+
+fn wait_for(limit: Duration, what: &str, mut f: impl FnMut() -> bool) {
+    let t = Instant::now();
+    while !f() {
+        assert!(t.elapsed() < limit, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn kill_9_mid_swap_keeps_serving_and_the_next_run_converges() {
+    let s = stack_at_v1("swap-kill9");
+    let upstream = s.dir.join("nginx/berth/upstream-web.conf");
+    let journal = s.state_dir().join("swap/web.json");
+    let spawn = |tag: &str, drain: &str| {
+        s.berth("berth-swap")
+            .args([
+                "--tag",
+                tag,
+                "--drain",
+                drain,
+                "--stop-timeout",
+                "5s",
+                "--timeout",
+                "60s",
+                "web",
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let ((), load, _) = under_load(&s, || {
+        // 1. Killed while waiting for a new container that never gets ready.
+        let mut c = spawn("unready", "1s");
+        wait_for(Duration::from_secs(30), "the unready container", || {
+            versions(&s, "web").iter().any(|i| i.ends_with(":unready"))
+        });
+        kill9(&mut c);
+        assert!(journal.exists());
+        // 2. The next run converges backwards (removes it), then swaps to v2; killed
+        //    during the drain, after nginx moved to v2.
+        let mut c = spawn("v2", "30s");
+        wait_for(Duration::from_secs(60), "the switch to v2", || {
+            std::fs::read_to_string(&journal)
+                .map(|j| j.contains("\"switched\""))
+                .unwrap_or(false)
+        });
+        assert!(!versions(&s, "web").iter().any(|i| i.ends_with(":unready")));
+        kill9(&mut c);
+        // Old v1 and new v2 both still run; nginx sends everything to v2.
+        assert_eq!(versions(&s, "web").len(), 2);
+        // 3. The next run converges forwards (stops v1, records v2), then swaps again.
+        let (code, _, err) = berth(
+            &s,
+            "berth-swap",
+            &[
+                "--tag",
+                "v2",
+                "--drain",
+                "1s",
+                "--stop-timeout",
+                "5s",
+                "web",
+            ],
+        );
+        assert_eq!(code, 0, "{err}");
+        assert!(err.contains("converging the interrupted swap"), "{err}");
+    });
+    assert_eq!(load.failed(), 0, "{}", load.summary());
+    assert_eq!(versions(&s, "web"), ["berth-demo/app:v2"]);
+    assert_eq!(s.env_value("BERTH_TAG").as_deref(), Some("v2"));
+    assert!(!journal.exists());
+    let up = std::fs::read_to_string(&upstream).unwrap();
+    assert!(up.contains("web-"), "{up}");
+}
+
+#[test]
+fn maintenance_on_and_off_under_load_only_503s_no_connection_errors() {
+    let s = stack_at_v1("swap-maint");
+    let file = s.dir.join("nginx/berth/server-maintenance.conf");
+    let load = Load::start_paced(&s.url("/version"), CLIENTS, Duration::from_secs(120), PAUSE);
+    std::thread::sleep(Duration::from_secs(1));
+    let (code, doc, err) = berth(
+        &s,
+        "berth-swap",
+        &[
+            "maintenance",
+            "on",
+            "--message",
+            "Back at 5 o'clock, $5 {x}",
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(file.exists());
+    assert_eq!(stage(&doc, "maintenance")["detail"]["state"], "on");
+    // Idempotent.
+    let (code, doc2, err) = berth(&s, "berth-swap", &["maintenance", "on"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(stage(&doc2, "maintenance")["detail"]["already"], true);
+    let page = berth_core::http::get(
+        &berth_core::http::agent(Duration::from_secs(5)),
+        &s.url("/"),
+        &[],
+        Duration::from_secs(5),
+    )
+    .unwrap();
+    assert_eq!(page.status, 503);
+    assert!(page.body.contains("5 o&#39;clock, &#36;5"), "{}", page.body);
+    let agent = berth_core::http::agent(Duration::from_secs(5));
+    let r = agent.get(&s.url("/anything")).call().unwrap();
+    assert_eq!(r.status().as_u16(), 503);
+    assert_eq!(r.headers().get("retry-after").unwrap(), "30");
+    assert_eq!(berth_e2e::get(&s.url("/healthz")).unwrap().0, 200);
+    assert_eq!(berth_e2e::get(&s.url("/readyz")).unwrap().0, 200);
+    std::thread::sleep(Duration::from_secs(1));
+    let (code, doc, err) = berth(&s, "berth-swap", &["maintenance", "off"]);
+    assert_eq!(code, 0, "{err}");
+    let d = &stage(&doc, "maintenance")["detail"];
+    assert_eq!(d["state"], "off");
+    assert!(d["window_ms"].as_u64().unwrap() >= 1000, "{d}");
+    assert!(!file.exists());
+    let (code, _, err) = berth(&s, "berth-swap", &["maintenance", "off"]);
+    assert_eq!(code, 0, "{err}");
+    std::thread::sleep(Duration::from_secs(1));
+    let off_at = load.elapsed();
+    std::thread::sleep(Duration::from_secs(1));
+    let report = load.stop();
+    assert_eq!(report.transport_errors(), 0, "{}", report.summary());
+    let statuses: Vec<u16> = report.by_status().keys().copied().collect();
+    assert_eq!(statuses, [200, 503], "{}", report.summary());
+    assert!(report
+        .samples
+        .iter()
+        .filter(|x| x.at > off_at)
+        .all(|x| x.status == 200));
+}
