@@ -68,12 +68,32 @@ fn swap(s: &Stack, tag: &str, extra: &[&str]) -> (i32, Value, String) {
 /// Load on `/version` through nginx for the whole of `f`, with a second of traffic on
 /// either side. Returns f's result, the load report, and the load time when f returned.
 fn under_load<T>(s: &Stack, f: impl FnOnce() -> T) -> (T, LoadReport, Duration) {
+    LOAD_STARTED_UNIX_MS.with(|c| c.set(unix_ms()));
     let load = Load::start_paced(&s.url("/version"), CLIENTS, Duration::from_secs(180), PAUSE);
     std::thread::sleep(Duration::from_secs(1));
     let out = f();
     let done = load.elapsed();
     std::thread::sleep(Duration::from_secs(1));
     (out, load.stop(), done)
+}
+
+thread_local! {
+    /// Wall-clock time (Unix ms) at which this thread's last `under_load` began.
+    static LOAD_STARTED_UNIX_MS: std::cell::Cell<i64> = const { std::cell::Cell::new(0) };
+}
+
+fn unix_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+/// An RFC 3339 time from a document as load time (since the last `under_load` began).
+fn load_time(rfc3339: &str) -> Duration {
+    let t = berth_core::time::parse(rfc3339).expect("an RFC 3339 time");
+    let rel = t.as_millisecond() - LOAD_STARTED_UNIX_MS.with(|c| c.get());
+    Duration::from_millis(rel.max(0) as u64)
 }
 
 fn versions(s: &Stack, service: &str) -> Vec<String> {
@@ -115,6 +135,7 @@ fn v1_to_v2_zero_failed_requests_then_durable_across_restart_and_up() {
     let s = stack_at_v1("swap-v2");
     let ((code, doc, err), load, done) = under_load(&s, || swap(&s, "v2", &[]));
     assert_eq!(code, 0, "{err}");
+    eprintln!("load: {}", load.summary());
     assert_eq!(load.failed(), 0, "{}", load.summary());
     assert!(load.total() > 100, "{}", load.summary());
     assert_eq!(
@@ -125,6 +146,24 @@ fn v1_to_v2_zero_failed_requests_then_durable_across_restart_and_up() {
     );
     // Both versions served during the test: the swap happened under this load.
     assert!(load.by_version().contains_key("v1"), "{}", load.summary());
+    // Every answer that began after the switch (nginx reloaded) came from v2; 100 ms of
+    // slack for answers already in flight on the old workers at that moment.
+    let switched = load_time(
+        stage(&doc, "swap")["detail"]["switched_at"]
+            .as_str()
+            .unwrap(),
+    );
+    let after_switch = load.versions_after(switched + Duration::from_millis(100));
+    assert_eq!(
+        after_switch,
+        ["v2".to_string()].into(),
+        "{}",
+        load.summary()
+    );
+    assert!(
+        switched < done,
+        "switched {switched:?}, swap returned {done:?}"
+    );
 
     // The document: previous tag, images with IDs, old and new containers, timings.
     assert_eq!(doc["previous_tag"], "v1");
@@ -209,6 +248,7 @@ fn failed_swaps_change_nothing_broken_3_missing_image_2_dry_run_0() {
         err.contains("refuses to start"),
         "the container's log tail: {err}"
     );
+    eprintln!("load: {}", load.summary());
     assert_eq!(load.failed(), 0, "{}", load.summary());
     assert_eq!(
         load.by_version().keys().collect::<Vec<_>>(),
@@ -283,6 +323,7 @@ fn sick_release_is_rolled_back_after_the_switch_and_standalone_rollback_works() 
         (codes, doc, errs)
     });
     assert_eq!(codes, [0, 4, 4], "{errs}");
+    eprintln!("load: {}", load.summary());
     assert_eq!(load.failed(), 0, "{}", load.summary());
     assert_eq!(
         load.versions_after(done),
@@ -316,6 +357,7 @@ fn sick_release_is_rolled_back_after_the_switch_and_standalone_rollback_works() 
     args.extend_from_slice(&["--worker", "worker", "web", "worker"]);
     let ((code, doc, err), load, done) = under_load(&s, || berth(&s, "berth-rollback", &args));
     assert_eq!(code, 0, "{err}");
+    eprintln!("load: {}", load.summary());
     assert_eq!(load.failed(), 0, "{}", load.summary());
     assert_eq!(load.versions_after(done), ["v2".to_string()].into());
     assert_eq!(doc["tag"], "v2");
@@ -589,6 +631,7 @@ fn kill_9_mid_swap_keeps_serving_and_the_next_run_converges() {
         assert_eq!(code, 0, "{err}");
         assert!(err.contains("converging the interrupted swap"), "{err}");
     });
+    eprintln!("load: {}", load.summary());
     assert_eq!(load.failed(), 0, "{}", load.summary());
     assert_eq!(versions(&s, "web"), ["berth-demo/app:v2"]);
     assert_eq!(s.env_value("BERTH_TAG").as_deref(), Some("v2"));
@@ -648,6 +691,7 @@ fn maintenance_on_and_off_under_load_only_503s_no_connection_errors() {
     let off_at = load.elapsed();
     std::thread::sleep(Duration::from_secs(1));
     let report = load.stop();
+    eprintln!("load: {}", report.summary());
     assert_eq!(report.transport_errors(), 0, "{}", report.summary());
     let statuses: Vec<u16> = report.by_status().keys().copied().collect();
     assert_eq!(statuses, [200, 503], "{}", report.summary());
