@@ -1,0 +1,99 @@
+//! berth-rollback's command line without Docker: what passes through, usage errors, bad
+//! documents, a stub docker for the CRITICAL path. Real swaps back are tested end to end
+//! in tests/tests/swap.rs.
+
+use assert_cmd::Command;
+use serde_json::{json, Value};
+
+fn cmd(dir: &std::path::Path) -> Command {
+    let mut c = Command::cargo_bin("berth-rollback").unwrap();
+    for (k, _) in std::env::vars() {
+        if k.starts_with("BERTH_") {
+            c.env_remove(k);
+        }
+    }
+    c.env("HOME", "/nonexistent")
+        .current_dir(dir)
+        .args(["--project-dir"])
+        .arg(dir)
+        .args(["-p", "shop"]);
+    c
+}
+
+fn doc(stages: Value) -> Value {
+    json!({"schema": "berth/1", "deploy_id": "20261122T031500Z-v2", "project": "shop",
+           "tag": "v2", "previous_tag": "v1",
+           "services": [{"name": "web", "image": "shop-web:v2"}],
+           "created_at": "2026-11-22T03:15:00.000Z", "stages": stages})
+}
+
+fn st(name: &str, status: &str, code: i32) -> Value {
+    json!({"stage": name, "status": status, "started_at": "2026-11-22T03:15:01.000Z",
+           "duration_ms": 5, "exit_code": code, "detail": {}, "error": null})
+}
+
+#[test]
+fn success_passes_through_unchanged_with_0() {
+    let d = tempfile::tempdir().unwrap();
+    let input = doc(json!([st("swap", "ok", 0), st("smoke", "ok", 0)]));
+    let out = cmd(d.path()).write_stdin(input.to_string()).output().unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let back: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(back, input);
+}
+
+#[test]
+fn a_failure_before_the_switch_passes_through_with_its_code() {
+    let d = tempfile::tempdir().unwrap();
+    for (stages, code) in [
+        (json!([st("backup", "failed", 5)]), 5),
+        (json!([st("migrate", "failed", 6)]), 6),
+        (json!([st("swap", "failed", 3)]), 3),
+    ] {
+        let input = doc(stages);
+        let out = cmd(d.path()).write_stdin(input.to_string()).output().unwrap();
+        assert_eq!(out.status.code(), Some(code), "{input}");
+        let back: Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(back, input);
+        assert!(String::from_utf8_lossy(&out.stderr).contains("nothing to roll back"));
+    }
+}
+
+#[test]
+fn a_failed_rollback_exits_7_with_one_critical_line() {
+    // A docker that is not there: the swap back cannot even start.
+    let d = tempfile::tempdir().unwrap();
+    let input = doc(json!([st("swap", "ok", 0), st("smoke", "failed", 4)]));
+    let out = cmd(d.path())
+        .env("BERTH_DOCKER", "/nonexistent/docker")
+        .write_stdin(input.to_string())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(7));
+    let err = String::from_utf8_lossy(&out.stderr);
+    let critical: Vec<&str> = err.lines().filter(|l| l.contains("CRITICAL:")).collect();
+    assert_eq!(critical.len(), 1, "{err}");
+    assert!(
+        critical[0].contains(&format!("berth-rollback --project-dir {} -p shop --to v1 web", d.path().display())),
+        "{err}"
+    );
+    let back: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let rb = back["stages"].as_array().unwrap().last().unwrap();
+    assert_eq!((rb["stage"].as_str(), rb["exit_code"].as_i64()), (Some("rollback"), Some(7)));
+}
+
+#[test]
+fn usage_and_bad_documents() {
+    let d = tempfile::tempdir().unwrap();
+    // Standalone needs services.
+    let out = cmd(d.path()).write_stdin("").output().unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    let out = cmd(d.path()).args(["--to", "a/b", "web"]).write_stdin("").output().unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    let out = cmd(d.path()).write_stdin("{\"schema\":").output().unwrap();
+    assert_eq!(out.status.code(), Some(65));
+    // No ledger, no --to: nothing to go back to (preflight), and nothing ran.
+    let out = cmd(d.path()).arg("web").write_stdin("").output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("pass --to TAG"));
+}

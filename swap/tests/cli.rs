@@ -1,0 +1,81 @@
+//! berth-swap's command line without Docker: usage errors (64, never clap's 2), bad
+//! documents (65), failures passed through, docker unreachable (1). Swaps themselves are
+//! tested end to end in tests/tests/swap.rs.
+
+use assert_cmd::Command;
+use serde_json::{json, Value};
+
+fn cmd(dir: &std::path::Path) -> Command {
+    let mut c = Command::cargo_bin("berth-swap").unwrap();
+    for (k, _) in std::env::vars() {
+        if k.starts_with("BERTH_") {
+            c.env_remove(k);
+        }
+    }
+    c.env("HOME", "/nonexistent")
+        .current_dir(dir)
+        .args(["--project-dir"])
+        .arg(dir)
+        .args(["-p", "shop"]);
+    c
+}
+
+fn code(c: &mut Command, stdin: &str) -> (i32, String, String) {
+    let out = c.write_stdin(stdin.to_string()).output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).to_string(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
+}
+
+#[test]
+fn usage_errors_exit_64() {
+    let d = tempfile::tempdir().unwrap();
+    for args in [
+        vec!["--tag", "v2"],                          // no service
+        vec!["--tag", "a:b", "web"],                  // not a tag
+        vec!["web"],                                  // no tag at all
+        vec!["--tag", "v2", "web", "web"],            // twice
+        vec!["--tag", "v2", "--ready-path", "x", "web"],
+        vec!["--tag", "v2", "--drain", "soon", "web"],
+        vec!["maintenance", "on", "--proxy", "none"],
+        vec!["maintenance", "sideways"],
+    ] {
+        let (c, _, err) = code(cmd(d.path()).args(&args), "");
+        assert_eq!(c, 64, "{args:?}: {err}");
+        assert!(err.starts_with("berth-swap: error: "), "{err}");
+        assert_eq!(err.lines().count(), 1, "one line: {err}");
+    }
+}
+
+#[test]
+fn docker_unreachable_is_a_preflight_failure() {
+    let d = tempfile::tempdir().unwrap();
+    let (c, out, err) = code(
+        cmd(d.path())
+            .env("BERTH_DOCKER", "/nonexistent/docker")
+            .args(["--tag", "v2", "web"]),
+        "",
+    );
+    assert_eq!(c, 1, "{err}");
+    assert!(err.contains("docker daemon is not reachable"), "{err}");
+    let doc: Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(doc["stages"][0]["stage"], "swap");
+    assert_eq!(doc["stages"][0]["exit_code"], 1);
+}
+
+#[test]
+fn documents_bad_and_failed() {
+    let d = tempfile::tempdir().unwrap();
+    let (c, _, _) = code(cmd(d.path()).args(["--tag", "v2", "web"]), "[1]");
+    assert_eq!(c, 65);
+    let failed = json!({"schema": "berth/1", "deploy_id": "x-v2", "project": "shop",
+        "tag": "v2", "created_at": "2026-11-22T03:15:00.000Z",
+        "stages": [{"stage": "backup", "status": "failed", "started_at": "2026-11-22T03:15:00.000Z",
+                    "duration_ms": 1, "exit_code": 5}]});
+    let (c, out, _) = code(cmd(d.path()).arg("web"), &failed.to_string());
+    assert_eq!(c, 5);
+    let back: Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(back["stages"].as_array().unwrap().len(), 1);
+}
