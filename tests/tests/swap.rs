@@ -223,7 +223,7 @@ fn v1_to_v2_zero_failed_requests_then_durable_across_restart_and_up() {
 }
 
 #[test]
-fn failed_swaps_change_nothing_broken_3_missing_image_2_dry_run_0() {
+fn failed_swaps_change_nothing_broken_3_missing_image_2_nginx_t_3_dry_run_0() {
     let s = Stack::new("swap-broken");
     // Nothing runs yet: preflight finds no nginx, before anything is changed.
     let (code, _, err) = berth(&s, "berth-swap", &["--tag", "v2", "--dry-run", "web"]);
@@ -277,6 +277,35 @@ fn failed_swaps_change_nothing_broken_3_missing_image_2_dry_run_0() {
     let (code, _, err) = swap(&s, "nosuchtag", &[]);
     assert_eq!(code, 2, "{err}");
     assert_eq!(versions(&s, "web"), ["berth-demo/app:v1"]);
+
+    // nginx -t rejects the new configuration (here: an upstream file that nginx includes
+    // inside its server block, where `upstream` is not allowed): 3, the file as it was,
+    // the new containers gone, v1 serving.
+    let wrong = s.dir.join("nginx/berth/server-web.conf");
+    std::fs::write(&wrong, "# berth test\n").unwrap();
+    let ((code, _, err), load, _) = under_load(&s, || {
+        berth(
+            &s,
+            "berth-swap",
+            &[
+                "--tag",
+                "v2",
+                "--drain",
+                "1s",
+                "--upstream-file",
+                "nginx/berth/server-{service}.conf",
+                "web",
+            ],
+        )
+    });
+    assert_eq!(code, 3, "{err}");
+    assert!(err.contains("nginx -t rejected"), "{err}");
+    eprintln!("load: {}", load.summary());
+    assert_eq!(load.failed(), 0, "{}", load.summary());
+    assert_eq!(std::fs::read_to_string(&wrong).unwrap(), "# berth test\n");
+    assert_eq!(versions(&s, "web"), ["berth-demo/app:v1"]);
+    assert_eq!(wait_serving(&s, "/version", Duration::from_secs(5)).1, "v1");
+    assert!(journal_is_empty(&s));
 }
 
 #[test]
