@@ -146,14 +146,15 @@ fn v1_to_v2_zero_failed_requests_then_durable_across_restart_and_up() {
     );
     // Both versions served during the test: the swap happened under this load.
     assert!(load.by_version().contains_key("v1"), "{}", load.summary());
-    // Every answer that began after the switch (nginx reloaded) came from v2; 100 ms of
-    // slack for answers already in flight on the old workers at that moment.
+    // Every answer after the switch came from v2. `switched_at` is when nginx was told to
+    // reload; its master then starts new workers and retires the old ones asynchronously
+    // (measured up to a few hundred ms on a loaded 2-core machine), so allow 1 s.
     let switched = load_time(
         stage(&doc, "swap")["detail"]["switched_at"]
             .as_str()
             .unwrap(),
     );
-    let after_switch = load.versions_after(switched + Duration::from_millis(100));
+    let after_switch = load.versions_after(switched + Duration::from_secs(1));
     assert_eq!(
         after_switch,
         ["v2".to_string()].into(),
