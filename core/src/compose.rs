@@ -82,6 +82,14 @@ impl Compose {
             .unwrap_or_default())
     }
 
+    /// The services whose image uses the variable `var` (e.g. `BERTH_TAG`): the ones a
+    /// deploy of a new tag replaces when none are named.
+    pub fn services_using_var(&self, var: &str) -> Result<Vec<String>> {
+        const PROBE: &str = "berth-tag-probe-7f3a";
+        let cfg = self.clone().with_env(var, PROBE).config()?;
+        Ok(services_with_image_containing(&cfg, PROBE))
+    }
+
     /// The image a service resolves to with this compose's environment.
     pub fn service_image(&self, service: &str) -> Result<String> {
         let cfg = self.config()?;
@@ -117,6 +125,26 @@ pub fn service_image_in(cfg: &Value, service: &str) -> Result<String> {
         })
 }
 
+/// The services of a resolved configuration whose image contains `needle`, sorted.
+pub fn services_with_image_containing(cfg: &Value, needle: &str) -> Vec<String> {
+    let mut v: Vec<String> = cfg
+        .get("services")
+        .and_then(Value::as_object)
+        .map(|m| {
+            m.iter()
+                .filter(|(_, s)| {
+                    s.get("image")
+                        .and_then(Value::as_str)
+                        .is_some_and(|i| i.contains(needle))
+                })
+                .map(|(k, _)| k.clone())
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -136,6 +164,17 @@ mod tests {
             "docker compose --project-directory /srv/shop -p shop -f /srv/shop/prod.yml up -d"
         );
         assert_eq!(c.env, vec![("BERTH_TAG".to_string(), "def".to_string())]);
+    }
+
+    #[test]
+    fn services_using_the_tag() {
+        let cfg = serde_json::json!({"services": {
+            "web": {"image": "r/web:PROBE"}, "worker": {"image": "r/web:PROBE"},
+            "db": {"image": "postgres:15"}, "built": {"build": "."}}});
+        assert_eq!(
+            services_with_image_containing(&cfg, "PROBE"),
+            ["web", "worker"]
+        );
     }
 
     #[test]

@@ -470,7 +470,7 @@ fn service_detail(p: &Plan) -> Value {
 
 /// The image ID of `image`, pulling it by tag when it is not here (exit 2 when it cannot
 /// be had). Returns (ID, pulled).
-fn ensure_image(
+pub fn ensure_image(
     compose: &Compose,
     runner: Runner,
     svc: &str,

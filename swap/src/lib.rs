@@ -11,6 +11,7 @@ pub mod envfile;
 pub mod journal;
 pub mod maintenance;
 pub mod nginx;
+pub mod prepare;
 
 use std::cell::RefCell;
 use std::time::Duration;
@@ -88,6 +89,12 @@ pub struct Cli {
 pub enum Command {
     /// Turn nginx's maintenance page on or off (503 with Retry-After; health paths pass)
     Maintenance(maintenance::Args),
+    /// The deploy's first stage: docker answers, compose config valid with the tag, the
+    /// services use it, the state dir is writable, an optional check (-- CMD) passes
+    Preflight(prepare::PreflightArgs),
+    /// Get every service's image at the tag (here, or pulled by tag); exit 2 when one
+    /// cannot be had, before anything changes
+    Pull(prepare::PullArgs),
 }
 
 /// How a swap runs; `berth-rollback` takes the same settings.
@@ -211,8 +218,11 @@ pub fn main() -> std::process::ExitCode {
 }
 
 pub fn run(cli: Cli) -> Result<ExitCode> {
-    if let Some(Command::Maintenance(m)) = cli.command {
-        return maintenance::run(m);
+    match cli.command {
+        Some(Command::Maintenance(m)) => return maintenance::run(m),
+        Some(Command::Preflight(a)) => return prepare::preflight(a),
+        Some(Command::Pull(a)) => return prepare::pull(a),
+        None => {}
     }
     cli.swap.check()?;
     check_services(&cli.services)?;

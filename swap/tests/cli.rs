@@ -33,10 +33,10 @@ fn code(c: &mut Command, stdin: &str) -> (i32, String, String) {
 fn usage_errors_exit_64() {
     let d = tempfile::tempdir().unwrap();
     for args in [
-        vec!["--tag", "v2"],                          // no service
-        vec!["--tag", "a:b", "web"],                  // not a tag
-        vec!["web"],                                  // no tag at all
-        vec!["--tag", "v2", "web", "web"],            // twice
+        vec!["--tag", "v2"],               // no service
+        vec!["--tag", "a:b", "web"],       // not a tag
+        vec!["web"],                       // no tag at all
+        vec!["--tag", "v2", "web", "web"], // twice
         vec!["--tag", "v2", "--ready-path", "x", "web"],
         vec!["--tag", "v2", "--drain", "soon", "web"],
         vec!["maintenance", "on", "--proxy", "none"],

@@ -56,7 +56,11 @@ fn window(r: &Row) -> (usize, usize, Duration) {
         .filter(|x| x.at >= r.from && x.at < end)
         .collect();
     let failed = inside.iter().filter(|x| x.failed()).count();
-    let oks: Vec<Duration> = inside.iter().filter(|x| !x.failed()).map(|x| x.at).collect();
+    let oks: Vec<Duration> = inside
+        .iter()
+        .filter(|x| !x.failed())
+        .map(|x| x.at)
+        .collect();
     let mut gap = oks.first().map(|f| *f - r.from).unwrap_or(end - r.from);
     for w in oks.windows(2) {
         gap = gap.max(w[1] - w[0]);
@@ -65,7 +69,10 @@ fn window(r: &Row) -> (usize, usize, Duration) {
 }
 
 fn docker_logs(name: &str) -> String {
-    let out = Command::new("docker").args(["logs", name]).output().unwrap();
+    let out = Command::new("docker")
+        .args(["logs", name])
+        .output()
+        .unwrap();
     String::from_utf8_lossy(&out.stdout).to_string()
 }
 
@@ -80,7 +87,12 @@ fn main() {
     s.start("v1");
     let migrate = |tag: &str| {
         berth_e2e::run_ok(s.compose().env("BERTH_TAG", tag).args([
-            "run", "--rm", "--no-deps", "-T", "web", "migrate",
+            "run",
+            "--rm",
+            "--no-deps",
+            "-T",
+            "web",
+            "migrate",
         ]));
     };
     migrate("v2");
@@ -145,7 +157,15 @@ fn main() {
     println!();
     println!(
         "{:<22} {:>9} {:>8} {:>10} {:>9} {:>9} {:>9} {:>11} {:>9}",
-        "rollout", "requests", "failed", "gap_ms", "p50_ms", "p99_ms", "max_ms", "steady_p99", "wall_s"
+        "rollout",
+        "requests",
+        "failed",
+        "gap_ms",
+        "p50_ms",
+        "p99_ms",
+        "max_ms",
+        "steady_p99",
+        "wall_s"
     );
     for r in [&compose_row, &berth_row] {
         let (n, failed, gap) = window(r);
@@ -171,9 +191,7 @@ fn main() {
     println!(" steady_p99: the 3 s before it; gap: longest time without a successful answer)");
     println!();
     println!("berth-swap, from the document and the new container's log:");
-    println!(
-        "  new container {new_name}: boot to ready {boot_ms} ms (its own `ready` event)"
-    );
+    println!("  new container {new_name}: boot to ready {boot_ms} ms (its own `ready` event)");
     println!(
         "  berth saw it ready {} ms after starting to probe; switch (upstream + nginx -t + reload) {} ms",
         d["ready_ms"], d["switch_ms"]

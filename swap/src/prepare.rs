@@ -1,0 +1,199 @@
+//! The first two stages of a deploy, before anything changes:
+//!
+//! - `berth-swap preflight [SERVICE...] [-- CMD ARGS...]`: docker answers, the compose
+//!   configuration is valid with the new tag, every service to deploy exists and names its
+//!   image through the tag variable, the state directory is writable; then the optional
+//!   pre-deploy check CMD (e.g. the project's config test) must exit 0. Exit 1 otherwise.
+//! - `berth-swap pull [SERVICE...]`: every service's image at the new tag is here or is
+//!   pulled now, by tag; exit 2 when one cannot be had, before the backup and the
+//!   migration run. Records each image's ID.
+//!
+//! Without services, both take every service whose image uses the tag variable.
+
+use std::ffi::OsString;
+use std::time::Instant;
+
+use anyhow::{Context as _, Result};
+use berth_core::cli::{CommonArgs, Context};
+use berth_core::process::{self, Runner};
+use berth_core::stage::{self, Completed, Spec};
+use berth_core::{compose, docker, fail, msg, time, ExitCode};
+use serde_json::{json, Value};
+
+#[derive(Debug, clap::Args)]
+pub struct PreflightArgs {
+    /// The services to deploy [default: every service whose image uses the tag variable]
+    #[arg(value_name = "SERVICE")]
+    pub services: Vec<String>,
+
+    #[command(flatten)]
+    pub common: CommonArgs,
+
+    /// A pre-deploy check to run last (e.g. -- ./config-test.sh); non-zero fails the deploy
+    #[arg(last = true, value_name = "CMD")]
+    pub command: Vec<OsString>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct PullArgs {
+    /// The services whose images to get [default: every service whose image uses the tag variable]
+    #[arg(value_name = "SERVICE")]
+    pub services: Vec<String>,
+
+    #[command(flatten)]
+    pub common: CommonArgs,
+}
+
+/// The named services, or every one whose image uses the tag variable; each must exist
+/// and have an image.
+pub fn resolve_services(ctx: &Context, named: &[String], cfg: &Value) -> Result<Vec<String>> {
+    let services = if named.is_empty() {
+        let probe = ctx.compose().services_using_var(&ctx.tag_var)?;
+        if probe.is_empty() {
+            return Err(fail!(
+                Preflight,
+                "no service's image uses ${{{}}}: name the services, or write image: NAME:${{{}}} in the compose file",
+                ctx.tag_var,
+                ctx.tag_var
+            ));
+        }
+        probe
+    } else {
+        named.to_vec()
+    };
+    for s in &services {
+        compose::service_image_in(cfg, s).map_err(|e| fail!(Preflight, "{e:#}"))?;
+    }
+    Ok(services)
+}
+
+pub fn preflight(args: PreflightArgs) -> Result<ExitCode> {
+    crate::check_services(&args.services)?;
+    let input = stage::load(&args.common)?;
+    let spec = Spec {
+        name: "preflight",
+        default_code: ExitCode::Preflight,
+        acts_on_failure: false,
+    };
+    stage::run(spec, input, |ctx, doc, detail| {
+        let tag = ctx.require_tag()?.to_string();
+        let version = docker::ensure_reachable()?;
+        detail.insert("docker_version".into(), json!(version));
+        let compose_version = docker::docker()
+            .args(["compose", "version", "--short"])
+            .read()
+            .map_err(|e| fail!(Preflight, "docker compose v2 is not available: {e}"))?;
+        detail.insert("compose_version".into(), json!(compose_version.trim()));
+        let cfg = ctx
+            .compose()
+            .config()
+            .map_err(|e| fail!(Preflight, "{e:#}"))?;
+        let services = resolve_services(ctx, &args.services, &cfg)?;
+        let mut images = Vec::new();
+        for s in &services {
+            let image = compose::service_image_in(&cfg, s)?;
+            if !image.contains(&tag) {
+                return Err(fail!(
+                    Preflight,
+                    "service {s}'s image {image} does not use the tag {tag}: write image: NAME:${{{}}} in the compose file",
+                    ctx.tag_var
+                ));
+            }
+            images.push(json!({"name": s, "image": image}));
+            doc.set_service_image(s, &image);
+        }
+        detail.insert("services".into(), json!(services));
+        detail.insert("images".into(), Value::Array(images));
+        if !ctx.dry_run {
+            std::fs::create_dir_all(&ctx.state_dir)
+                .and_then(|_| tempfile_in(&ctx.state_dir))
+                .with_context(|| {
+                    format!(
+                        "the state directory {} is not writable",
+                        ctx.state_dir.display()
+                    )
+                })
+                .map_err(|e| fail!(Preflight, "{e:#}"))?;
+        }
+        if !args.command.is_empty() {
+            let shown = args
+                .command
+                .iter()
+                .map(|a| process::quote(&a.to_string_lossy()))
+                .collect::<Vec<_>>()
+                .join(" ");
+            detail.insert("test_command".into(), json!(shown));
+            msg::info(format!("running the pre-deploy check: {shown}"));
+            let t = Instant::now();
+            // The check's own output goes to stderr: stdout carries the document.
+            let status = std::process::Command::new(&args.command[0])
+                .args(&args.command[1..])
+                .current_dir(&ctx.project_dir)
+                .env(&ctx.tag_var, &tag)
+                .stdin(std::process::Stdio::null())
+                .stdout(std::io::stderr())
+                .status()
+                .map_err(|e| fail!(Preflight, "could not run the pre-deploy check {shown}: {e}"))?;
+            detail.insert("test_ms".into(), json!(time::millis(t.elapsed())));
+            detail.insert("test_exit".into(), json!(status.code()));
+            if !status.success() {
+                return Err(fail!(
+                    Preflight,
+                    "the pre-deploy check {shown} failed ({status}); nothing was changed"
+                ));
+            }
+        }
+        msg::info(format!(
+            "preflight ok: docker {version}, compose {}, {} at {tag}",
+            compose_version.trim(),
+            services.join(", ")
+        ));
+        Ok(Completed::Ok)
+    })
+}
+
+fn tempfile_in(dir: &std::path::Path) -> std::io::Result<()> {
+    let p = dir.join(format!(".berth-write-test-{}", std::process::id()));
+    std::fs::write(&p, b"")?;
+    std::fs::remove_file(&p)
+}
+
+pub fn pull(args: PullArgs) -> Result<ExitCode> {
+    crate::check_services(&args.services)?;
+    let input = stage::load(&args.common)?;
+    let spec = Spec {
+        name: "pull",
+        default_code: ExitCode::Image,
+        acts_on_failure: false,
+    };
+    stage::run(spec, input, |ctx, doc, detail| {
+        let tag = ctx.require_tag()?.to_string();
+        docker::ensure_reachable()?;
+        let compose = ctx.compose_at(&tag);
+        let cfg = compose.config().map_err(|e| fail!(Preflight, "{e:#}"))?;
+        let services = resolve_services(ctx, &args.services, &cfg)?;
+        let runner = Runner {
+            dry_run: ctx.dry_run,
+        };
+        let mut out = Vec::new();
+        for s in &services {
+            let image = compose::service_image_in(&cfg, s)?;
+            let t = Instant::now();
+            let (id, pulled) = crate::engine::ensure_image(&compose, runner, s, &image)?;
+            doc.set_service_image(s, &image);
+            out.push(json!({
+                "name": s, "image": image, "image_id": id, "pulled": pulled,
+                "duration_ms": time::millis(t.elapsed()),
+            }));
+            msg::info(format!(
+                "{s}: {image} {}",
+                if pulled { "pulled" } else { "already here" }
+            ));
+        }
+        detail.insert("services".into(), Value::Array(out));
+        if ctx.dry_run {
+            return Ok(Completed::Skipped("dry run: nothing pulled".into()));
+        }
+        Ok(Completed::Ok)
+    })
+}
