@@ -393,12 +393,15 @@ pub fn swap(
     }
     let drain_ms = millis(drain_started.elapsed());
     let stop_started = Instant::now();
+    let all_stopped = std::sync::atomic::AtomicBool::new(true);
     std::thread::scope(|s| {
         for p in &plans {
             if !p.old.is_empty() {
+                let all_stopped = &all_stopped;
                 s.spawn(move || {
                     let ids: Vec<String> = p.old.iter().map(|c| c.id.clone()).collect();
                     if let Err(e) = stop_remove(&ids, p.stop_grace) {
+                        all_stopped.store(false, std::sync::atomic::Ordering::SeqCst);
                         msg::warn(format!("{}: {e:#}", p.name));
                     }
                 });
@@ -406,6 +409,43 @@ pub fn swap(
         }
     });
     let stop_ms = millis(stop_started.elapsed());
+
+    // 5b. Restart-proof: with the old containers gone, the service's own name resolves to
+    // the new ones only. Name it in the upstream file, so that a `docker compose down`
+    // and `up` (which numbers containers afresh) still finds the app; nginx re-resolves
+    // the name at this (graceful) reload and whenever it starts.
+    if proxy.by_name() && all_stopped.load(std::sync::atomic::Ordering::SeqCst) {
+        let files: Vec<(PathBuf, Option<String>)> = plans
+            .iter()
+            .filter(|p| !p.new.is_empty())
+            .filter_map(|p| {
+                let u = p.upstream.as_ref()?;
+                let comment = format!(
+                    "Written by berth-swap at {} (deploy {deploy_id}): {} at {tag}.\n\
+                     berth rewrites this file on every swap; edits here are overwritten.",
+                    time::now_rfc3339(),
+                    p.name
+                );
+                let server = format!("{}:{}", p.name, args.port);
+                Some((
+                    u.clone(),
+                    Some(nginx::render_upstream(
+                        &p.name,
+                        &[server],
+                        args.keepalive,
+                        &comment,
+                    )),
+                ))
+            })
+            .collect();
+        if !files.is_empty() {
+            if let Err(e) = nginx::apply(&proxy, runner, &files) {
+                msg::warn(format!(
+                    "could not name the services in the upstream files (the new containers serve by name): {e:#}"
+                ));
+            }
+        }
+    }
 
     // 6. Durable: compose itself now reads the new tag.
     let env_path = ctx.project_dir.join(".env");
