@@ -593,8 +593,11 @@ mod tests {
         // instead of probing the URL until the deadline.
         let dir = tempfile::tempdir().unwrap();
         let stub = dir.path().join("docker");
-        std::fs::write(&stub, "#!/bin/sh\necho 'Error: No such container: gone' >&2\nexit 1\n")
-            .unwrap();
+        std::fs::write(
+            &stub,
+            "#!/bin/sh\necho 'Error: No such container: gone' >&2\nexit 1\n",
+        )
+        .unwrap();
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&stub, std::fs::Permissions::from_mode(0o755)).unwrap();
         let target = Target::HttpOn {

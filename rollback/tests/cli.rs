@@ -36,7 +36,10 @@ fn st(name: &str, status: &str, code: i32) -> Value {
 fn success_passes_through_unchanged_with_0() {
     let d = tempfile::tempdir().unwrap();
     let input = doc(json!([st("swap", "ok", 0), st("smoke", "ok", 0)]));
-    let out = cmd(d.path()).write_stdin(input.to_string()).output().unwrap();
+    let out = cmd(d.path())
+        .write_stdin(input.to_string())
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(0));
     let back: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(back, input);
@@ -51,7 +54,10 @@ fn a_failure_before_the_switch_passes_through_with_its_code() {
         (json!([st("swap", "failed", 3)]), 3),
     ] {
         let input = doc(stages);
-        let out = cmd(d.path()).write_stdin(input.to_string()).output().unwrap();
+        let out = cmd(d.path())
+            .write_stdin(input.to_string())
+            .output()
+            .unwrap();
         assert_eq!(out.status.code(), Some(code), "{input}");
         let back: Value = serde_json::from_slice(&out.stdout).unwrap();
         assert_eq!(back, input);
@@ -74,12 +80,18 @@ fn a_failed_rollback_exits_7_with_one_critical_line() {
     let critical: Vec<&str> = err.lines().filter(|l| l.contains("CRITICAL:")).collect();
     assert_eq!(critical.len(), 1, "{err}");
     assert!(
-        critical[0].contains(&format!("berth-rollback --project-dir {} -p shop --to v1 web", d.path().display())),
+        critical[0].contains(&format!(
+            "berth-rollback --project-dir {} -p shop --to v1 web",
+            d.path().display()
+        )),
         "{err}"
     );
     let back: Value = serde_json::from_slice(&out.stdout).unwrap();
     let rb = back["stages"].as_array().unwrap().last().unwrap();
-    assert_eq!((rb["stage"].as_str(), rb["exit_code"].as_i64()), (Some("rollback"), Some(7)));
+    assert_eq!(
+        (rb["stage"].as_str(), rb["exit_code"].as_i64()),
+        (Some("rollback"), Some(7))
+    );
 }
 
 #[test]
@@ -88,7 +100,11 @@ fn usage_and_bad_documents() {
     // Standalone needs services.
     let out = cmd(d.path()).write_stdin("").output().unwrap();
     assert_eq!(out.status.code(), Some(64));
-    let out = cmd(d.path()).args(["--to", "a/b", "web"]).write_stdin("").output().unwrap();
+    let out = cmd(d.path())
+        .args(["--to", "a/b", "web"])
+        .write_stdin("")
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(64));
     let out = cmd(d.path()).write_stdin("{\"schema\":").output().unwrap();
     assert_eq!(out.status.code(), Some(65));
