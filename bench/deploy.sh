@@ -28,7 +28,7 @@ new_stack() { # DIR: a copy of the demo at v1, migrated and running
 	mkdir -p "$dir"
 	(cd "$root/examples/demo" && tar --exclude=./app --exclude=./.env --exclude=./.berth -cf - .) | tar -C "$dir" -xf -
 	port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-	{ cat "$dir/.env.example"; echo "DEMO_HTTP_PORT=$port"; } >"$dir/.env"
+	sed "s/^DEMO_HTTP_PORT=.*/DEMO_HTTP_PORT=$port/" "$dir/.env.example" >"$dir/.env"
 	(cd "$dir" && docker compose -p "$name" up -d --wait db redis >/dev/null 2>&1 &&
 		docker compose -p "$name" run --rm --no-deps -T web migrate >/dev/null 2>&1 &&
 		docker compose -p "$name" up -d --wait >/dev/null 2>&1)

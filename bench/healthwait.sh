@@ -25,7 +25,7 @@ dir=$work/$project
 mkdir -p "$dir"
 (cd "$root/examples/demo" && tar --exclude=./app --exclude=./.env --exclude=./.berth -cf - .) | tar -C "$dir" -xf -
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-{ cat "$dir/.env.example"; echo "DEMO_HTTP_PORT=$port"; echo "DEMO_BOOT_DELAY_MS=$BOOT_MS"; } >"$dir/.env"
+{ sed "s/^DEMO_HTTP_PORT=.*/DEMO_HTTP_PORT=$port/" "$dir/.env.example"; echo "DEMO_BOOT_DELAY_MS=$BOOT_MS"; } >"$dir/.env"
 compose() { docker compose --project-directory "$dir" -p "$project" "$@"; }
 cleanup() { compose down -v --remove-orphans -t 1 >/dev/null 2>&1 || true; rm -rf "$work"; }
 trap cleanup EXIT

@@ -132,6 +132,11 @@ impl Cli {
                     "--url {u}: must start with http:// or https://"
                 )));
             }
+            if let Err(e) = u.parse::<ureq::http::Uri>() {
+                return Err(Failure::usage(format!(
+                    "--url {u:?}: not a valid URL ({e})"
+                )));
+            }
             let mut h = HttpCheck::new(u);
             h.headers = self.headers.clone();
             h.status = self.expect_status.clone();

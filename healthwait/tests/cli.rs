@@ -389,6 +389,7 @@ fn usage_errors_exit_64_never_2() {
         vec!["--bogus"],
         vec![],
         vec!["--url", "ftp://x"],
+        vec!["--url", "http://127.0.0.1:8080 55865/"],
         vec!["--tcp", "nohost"],
         vec!["--url", "http://127.0.0.1:1/", "--timeout", "soon"],
         vec!["--url", "http://127.0.0.1:1/", "--expect-status", "2xx"],
