@@ -82,6 +82,10 @@ import json, sys
 d = json.load(open(sys.argv[1]))
 for s in d["stages"]:
     print(f"    {s['stage']:<12} {s['status']:<8} {s['duration_ms']:>7} ms")
+    if s["stage"] == "swap":
+        det = s["detail"]
+        parts = ", ".join(f"{k[:-3]} {det[k]} ms" for k in ("ready_ms", "switch_ms", "drain_ms", "stop_ms") if k in det)
+        print(f"    {'':<12} {'':<8} ({parts})")
 PY
 
 echo
