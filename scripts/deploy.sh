@@ -111,6 +111,9 @@ for w in "${workers[@]}"; do worker_flags+=(--worker "$w"); done
 migrate_cmd=()
 [ -z "${DEPLOY_MIGRATE_CMD:-}" ] || read -r -a migrate_cmd <<<"$DEPLOY_MIGRATE_CMD"
 db_service=${DEPLOY_DB_SERVICE:-db}
+if [ ${#migrate_cmd[@]} -gt 0 ] && [ -z "${DEPLOY_MIGRATE_SERVICE:-}" ] && [ ${#services[@]} -eq 0 ]; then
+	die 64 "DEPLOY_MIGRATE_CMD is set: name the service that runs it (DEPLOY_MIGRATE_SERVICE)"
+fi
 notify=()
 [ -z "${DEPLOY_NOTIFY:-}" ] || notify=(--notify "$DEPLOY_NOTIFY")
 
@@ -136,6 +139,9 @@ fi
 printf '{"pid":%d,"program":"deploy.sh","deploy_id":"%s","since":"%s"}' \
 	$$ "$tag" "$(date -u +%Y-%m-%dT%H:%M:%S.000Z)" >"$lock.tmp" 2>/dev/null && cat "$lock.tmp" >"$lock" && rm -f "$lock.tmp"
 export BERTH_LOCK_HELD=$lock
+# The kernel drops the lock when this script ends; clear the holder record too, so that
+# nobody reads it later as a lock left behind by a killed deploy.
+trap ': >"$lock"' EXIT
 
 # The stages, in order; each reads the document on stdin and writes it on stdout.
 stages=(preflight pull)

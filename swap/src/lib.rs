@@ -74,8 +74,8 @@ pub struct Cli {
     pub command: Option<Command>,
 
     /// The services to swap (all move together: every new container is ready before any
-    /// traffic moves)
-    #[arg(value_name = "SERVICE", required = true)]
+    /// traffic moves) [default: every service whose image uses the tag variable]
+    #[arg(value_name = "SERVICE")]
     pub services: Vec<String>,
 
     #[command(flatten)]
@@ -247,7 +247,13 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
                     Some(&doc.deploy_id),
                 )?);
             }
-            let out = engine::swap(ctx, &cli.swap, &cli.services, &tag, &doc.deploy_id)?;
+            let services = if cli.services.is_empty() {
+                let cfg = ctx.compose_at(&tag).config()?;
+                prepare::resolve_services(ctx, &[], &cfg)?
+            } else {
+                cli.services.clone()
+            };
+            let out = engine::swap(ctx, &cli.swap, &services, &tag, &doc.deploy_id)?;
             record(doc, &out);
             detail.extend(out.detail);
             if out.dry_run {
@@ -354,7 +360,9 @@ mod tests {
             "web"
         ])));
         maintenance::Reparse::command().debug_assert();
-        assert!(Cli::try_parse_from(["berth-swap", "--tag", "v2"]).is_err());
+        // No services: every service whose image uses the tag variable (resolved later).
+        let c = Cli::try_parse_from(["berth-swap", "--tag", "v2"]).unwrap();
+        assert!(c.services.is_empty() && c.command.is_none());
         assert!(check_services(&["web".into(), "web".into()]).is_err());
     }
 }

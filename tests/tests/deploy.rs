@@ -325,6 +325,9 @@ fn a_second_deploy_while_one_runs_exits_75() {
     let s = stack("deploy-lock", "v1");
     // A slow boot keeps the first deploy in its swap for a while.
     let mut first = deploy_cmd(&s, "v2", None);
+    // No services named: every service whose image uses BERTH_TAG (web and worker).
+    first.env_remove("DEPLOY_SERVICES");
+    first.env("DEPLOY_MIGRATE_SERVICE", "web");
     first.env("DEMO_BOOT_DELAY_MS", "4000");
     s.set_env("DEMO_BOOT_DELAY_MS", "4000");
     let mut child = first
@@ -355,6 +358,17 @@ fn a_second_deploy_while_one_runs_exits_75() {
     let status = child.wait().unwrap();
     assert_eq!(status.code(), Some(0));
     assert_eq!(serving(&s), "v2");
+    let doc = last_document(&s);
+    let swapped: Vec<&str> = doc["services"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(swapped, ["web", "worker"], "{doc}");
+    assert_eq!(s.service_containers("worker")[0].1, "berth-demo/app:v2");
+    // The lock is free again, and its file names no holder that could look stale.
+    assert_eq!(std::fs::read_to_string(&lock).unwrap(), "");
 }
 
 #[test]
