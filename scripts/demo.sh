@@ -9,7 +9,8 @@
 # Run it again and it deploys the other version (v2 -> v1 -> v2 ...).
 #
 # Environment: DEMO_HTTP_PORT (default 8080; the proxy's loopback port),
-#              BERTH_DEMO_PROJECT (compose project name, default berth-demo).
+#              BERTH_DEMO_PROJECT (compose project name, default berth-demo),
+#              BERTH_DEMO_DIR (the demo's copy of examples/demo, default target/demo/berth-demo).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
@@ -18,7 +19,13 @@ scripts/setup.sh
 cargo build --release -q -p berth-e2e --example loadprobe
 bin=$root/target/release
 probe=$root/target/release/examples/loadprobe
-demo=$root/examples/demo
+# The demo runs in its own copy of examples/demo (berth rewrites files in the project
+# directory: .env, the nginx upstream file), kept between runs.
+demo=${BERTH_DEMO_DIR:-$root/target/demo/berth-demo}
+if [ ! -f "$demo/compose.yaml" ]; then
+	mkdir -p "$demo"
+	(cd "$root/examples/demo" && tar --exclude=./app --exclude=./.env --exclude=./.berth -cf - .) | tar -C "$demo" -xf -
+fi
 project=${BERTH_DEMO_PROJECT:-berth-demo}
 say() { printf '\ndemo: %s\n' "$*" >&2; }
 
@@ -62,5 +69,6 @@ say "$(cat "$stop.out")"
 rm -f "$stop" "$stop.out"
 say "deploy exit code $code; now serving: $(curl -fsS "http://127.0.0.1:$port/version")"
 say "history: $bin/berth-report history -p $project --project-dir $demo"
-say "stop the demo: (cd examples/demo && docker compose -p $project down -v)"
+say "the demo's project directory: $demo (its deploy documents, ledger and backups: $demo/.berth)"
+say "stop the demo: (cd $demo && docker compose -p $project down -v)"
 exit "$code"

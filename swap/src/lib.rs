@@ -248,7 +248,10 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
                 )?);
             }
             let services = if cli.services.is_empty() {
-                let cfg = ctx.compose_at(&tag).config()?;
+                let cfg = ctx
+                    .compose_at(&tag)
+                    .config()
+                    .map_err(|e| berth_core::fail!(Preflight, "{e:#}"))?;
                 prepare::resolve_services(ctx, &[], &cfg)?
             } else {
                 cli.services.clone()

@@ -33,7 +33,6 @@ fn code(c: &mut Command, stdin: &str) -> (i32, String, String) {
 fn usage_errors_exit_64() {
     let d = tempfile::tempdir().unwrap();
     for args in [
-        vec!["--tag", "v2"],               // no service
         vec!["--tag", "a:b", "web"],       // not a tag
         vec!["web"],                       // no tag at all
         vec!["--tag", "v2", "web", "web"], // twice
@@ -47,6 +46,10 @@ fn usage_errors_exit_64() {
         assert!(err.starts_with("berth-swap: error: "), "{err}");
         assert_eq!(err.lines().count(), 1, "one line: {err}");
     }
+    // No service named and no compose file to find the services in: a preflight error.
+    let (c, _, err) = code(cmd(d.path()).args(["--tag", "v2"]), "");
+    assert_eq!(c, 1, "{err}");
+    assert!(err.contains("compose configuration is invalid"), "{err}");
 }
 
 #[test]
