@@ -500,3 +500,49 @@ fn stage_by_stage_with_a_saved_document_equals_the_pipe() {
     assert_eq!(serving(&pipe_stack), "v2");
     assert_eq!(serving(&file_stack), "v2");
 }
+
+#[test]
+fn maintenance_mode_wraps_migrate_and_swap_and_the_report_states_the_window() {
+    let s = stack("deploy-maint", "v1");
+    let mut out = None;
+    let load = under_load(&s, || {
+        let mut c = deploy_cmd(&s, "v2", None);
+        c.env("DEPLOY_MAINTENANCE", "1");
+        out = Some(run(c));
+    });
+    let r = out.unwrap();
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    // While the window is open nginx answers 503 (with Retry-After); never a dropped
+    // connection, and nothing but 200 and 503.
+    assert_eq!(load.transport_errors(), 0, "{}", load.summary());
+    let statuses: Vec<u16> = load.by_status().keys().copied().collect();
+    assert!(
+        statuses.iter().all(|s| *s == 200 || *s == 503),
+        "{}",
+        load.summary()
+    );
+    assert!(
+        statuses.contains(&503),
+        "the window was seen: {}",
+        load.summary()
+    );
+    let doc = last_document(&s);
+    let names: Vec<String> = stages(&doc).into_iter().map(|t| t.0).collect();
+    assert_eq!(
+        names,
+        [
+            "preflight",
+            "pull",
+            "backup",
+            "maintenance",
+            "migrate",
+            "swap",
+            "maintenance",
+            "smoke"
+        ],
+        "{doc}"
+    );
+    assert!(r.stderr.contains("Maintenance window"), "{}", r.stderr);
+    assert_eq!(serving(&s), "v2");
+    assert!(!s.dir.join("nginx/berth/server-maintenance.conf").exists());
+}
