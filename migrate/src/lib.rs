@@ -202,8 +202,21 @@ fn migrate(
             .map(BackupRef::to_detail)
             .unwrap_or(Value::Null),
     );
+    // A dry run of the whole pipeline skips the backup too: the backup it stands for
+    // would run first, so that is not a reason to refuse.
+    let dry_backup = ctx.dry_run
+        && doc
+            .stages
+            .iter()
+            .any(|s| s.stage.starts_with("backup") && s.status == berth_core::doc::Status::Skipped);
     let backup = match backup {
         Ok(b) => Some(b),
+        Err(_) if dry_backup => {
+            msg::info(
+                "dry run: the backup stage was a dry run too; a real run needs its verified backup",
+            );
+            None
+        }
         Err(missing) if !cli.no_backup_required => {
             return Err(fail!(
                 Migration,

@@ -23,6 +23,11 @@ fn stack(name: &str, tag: &str) -> Stack {
 /// `scripts/deploy.sh TAG` against the stack, configured like the demo's production env
 /// file, with Telegram and the webhook pointed at `notify` (a local stand-in).
 fn deploy_cmd(s: &Stack, tag: &str, notify: Option<&TestServer>) -> Command {
+    deploy_cmd_args(s, &[tag], notify)
+}
+
+/// [`deploy_cmd`] with the script's arguments given whole (e.g. `--dry-run v2`).
+fn deploy_cmd_args(s: &Stack, args: &[&str], notify: Option<&TestServer>) -> Command {
     let mut c = Command::new(root().join("scripts/deploy.sh"));
     for (k, _) in std::env::vars_os() {
         let k = k.to_string_lossy().to_string();
@@ -31,7 +36,7 @@ fn deploy_cmd(s: &Stack, tag: &str, notify: Option<&TestServer>) -> Command {
         }
     }
     let bin_dir: PathBuf = bin("berth-swap").parent().unwrap().to_path_buf();
-    c.arg(tag)
+    c.args(args)
         .current_dir(&s.dir)
         .env("BERTH_BIN_DIR", bin_dir)
         .env("BERTH_PROJECT_DIR", &s.dir)
@@ -243,6 +248,21 @@ fn failures_before_the_switch_exit_with_their_code_and_v1_keeps_serving() {
 #[test]
 fn a_backup_failure_exits_5_and_nothing_else_runs() {
     let s = stack("deploy-backup", "v1");
+    // First a dry run of the whole deploy: every stage says what it would do, nothing moves.
+    let before = s.container_ids();
+    let dry = deploy_cmd_args(&s, &["--dry-run", "v2"], None);
+    let r = run(dry);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("would run: docker compose"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(s.container_ids(), before);
+    assert_eq!(s.env_value("BERTH_TAG").as_deref(), Some("v1"));
+    assert_eq!(ledger_lines(&s), 0);
+    assert_eq!(schema(&s), "1");
+
     s.compose_ok(&["stop", "db"]);
     let r = run(deploy_cmd(&s, "v2", None));
     assert_eq!(r.code, 5, "{}", r.stderr);
