@@ -238,8 +238,21 @@ pub fn main<A: Parser>(
     prog: &str,
     run: impl FnOnce(A) -> anyhow::Result<ExitCode>,
 ) -> std::process::ExitCode {
+    main_from(prog, std::env::args_os(), run)
+}
+
+/// [`main`] with the argument vector given (for a binary that rearranges it first).
+pub fn main_from<A: Parser, I, T>(
+    prog: &str,
+    argv: I,
+    run: impl FnOnce(A) -> anyhow::Result<ExitCode>,
+) -> std::process::ExitCode
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
     msg::set_program(prog);
-    let args = match A::try_parse() {
+    let args = match A::try_parse_from(argv) {
         Ok(a) => a,
         Err(e) => return clap_exit(e),
     };

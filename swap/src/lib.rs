@@ -213,7 +213,7 @@ pub fn main() -> std::process::ExitCode {
     if maintenance::wanted(&argv) {
         berth_core::cli::main::<maintenance::Reparse>("berth-swap", |r| maintenance::run(r.args))
     } else {
-        berth_core::cli::main("berth-swap", run)
+        berth_core::cli::main_from("berth-swap", prepare::hoist(argv), run)
     }
 }
 
@@ -363,6 +363,11 @@ mod tests {
             "web"
         ])));
         maintenance::Reparse::command().debug_assert();
+        // Options before `preflight`/`pull` are moved after it.
+        let h = prepare::hoist(os(&["berth-swap", "-p", "shop", "pull", "web"]));
+        assert_eq!(h, os(&["berth-swap", "pull", "-p", "shop", "web"]));
+        let same = os(&["berth-swap", "--tag", "v", "web"]);
+        assert_eq!(prepare::hoist(same.clone()), same);
         // No services: every service whose image uses the tag variable (resolved later).
         let c = Cli::try_parse_from(["berth-swap", "--tag", "v2"]).unwrap();
         assert!(c.services.is_empty() && c.command.is_none());

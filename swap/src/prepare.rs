@@ -46,6 +46,29 @@ pub struct PullArgs {
 
 /// The named services, or every one whose image uses the tag variable; each must exist
 /// and have an image.
+/// `berth-swap -p shop pull web` reads `pull` as the first service to swap; move the
+/// word to the front (`berth-swap pull -p shop web`) so options may stand on either side,
+/// as they may for every other command.
+pub fn hoist(mut argv: Vec<OsString>) -> Vec<OsString> {
+    use clap::Parser;
+    let Ok(cli) = crate::Cli::try_parse_from(&argv) else {
+        return argv;
+    };
+    let word = match (cli.command, cli.services.first()) {
+        (None, Some(w)) if w == "preflight" || w == "pull" => w.clone(),
+        _ => return argv,
+    };
+    if let Some(i) = argv
+        .iter()
+        .skip(1)
+        .position(|a| a.as_os_str() == word.as_str())
+    {
+        let w = argv.remove(i + 1);
+        argv.insert(1, w);
+    }
+    argv
+}
+
 pub fn resolve_services(ctx: &Context, named: &[String], cfg: &Value) -> Result<Vec<String>> {
     let services = if named.is_empty() {
         let probe = ctx.compose().services_using_var(&ctx.tag_var)?;
