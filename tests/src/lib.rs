@@ -71,12 +71,24 @@ pub const DEMO_IMAGES: &[&str] = &[
     "berth-demo/app:v2",
 ];
 
-/// A free loopback TCP port (bound, read, released).
+/// A free loopback TCP port, picked from 20000-31999: below the kernel's ephemeral
+/// range (32768+), so no outgoing connection of the load generator or of docker can
+/// take it between our check and the moment compose publishes it.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free loopback port")
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos() as u64
+        ^ (u64::from(std::process::id()) << 7);
+    for i in 0..2000u64 {
+        let n = seed.wrapping_add(NEXT.fetch_add(1, Ordering::SeqCst) * 7919 + i * 104_729);
+        let port = 20000 + (n % 12000) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free loopback port in 20000-31999")
 }
 
 /// A short random suffix (no rand crate: time and pid are plenty for uniqueness here).
