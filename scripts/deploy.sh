@@ -119,7 +119,11 @@ notify=()
 
 # One deploy at a time: hold the project's deploy lock for the whole pipeline; the
 # stages see BERTH_LOCK_HELD and run under it.
-mkdir -p "$state_dir/locks" || die 1 "cannot create $state_dir/locks"
+# The state directory holds deploy documents with log tails and host names: private
+# (0700, files 0600), like the backups. Only what berth creates here: the stages keep
+# the default umask, so files nginx must read stay readable.
+(umask 077 && mkdir -p "$state_dir/locks" "$state_dir/deploys") || die 1 "cannot create $state_dir/locks"
+chmod 700 "$state_dir" || die 1 "cannot make $state_dir private (chmod 700)"
 lock=$state_dir/locks/deploy.lock
 exec 9>>"$lock"
 wait_flag=(-n)
@@ -185,12 +189,12 @@ stage() {
 # each reads its predecessor's document). A failure passes through to rollback and
 # report, so the report's exit code is the deploy's outcome. A stage that could not
 # write a document at all (a crash, a usage error) stops the deploy with its own code.
-mkdir -p "$state_dir/deploys" || die 1 "cannot create $state_dir/deploys"
 doc=$state_dir/deploys/$(date -u +%Y%m%dT%H%M%SZ)-$tag.json
-: >"$doc"
+(umask 077 && : >"$doc") || die 1 "cannot create $doc"
 say "deploying $tag to $(basename "$project_dir") (${services[*]:-services using the tag variable}): ${stages[*]}"
 code=0
 for s in "${stages[@]}"; do
+	(umask 077 && : >"$doc.next") || die 1 "cannot create $doc.next"
 	stage "$s" <"$doc" >"$doc.next"
 	code=$?
 	if [ ! -s "$doc.next" ]; then

@@ -771,16 +771,11 @@ fn backup_volume(
     Ok(Entry { path, manifest })
 }
 
-/// File names pinned by the ledger: the backups recorded by the last good release.
-fn pinned(state_dir: &Path) -> BTreeMap<String, String> {
+/// File names pinned by the ledger: the backups recorded by the last good release. An
+/// error when the ledger cannot be read: then no one knows what is pinned.
+fn pinned(state_dir: &Path) -> Result<BTreeMap<String, String>> {
     let mut out = BTreeMap::new();
-    let releases = match ledger::read(state_dir) {
-        Ok(r) => r,
-        Err(e) => {
-            msg::warn(format!("cannot read the ledger: {e:#}; nothing is pinned"));
-            return out;
-        }
-    };
+    let releases = ledger::read(state_dir)?;
     if let Some(good) = ledger::last_good(&releases, None) {
         for s in good.stages.iter().filter(|s| s.stage.starts_with("backup")) {
             if let Some(f) = s.detail.get("file").and_then(Value::as_str) {
@@ -795,7 +790,7 @@ fn pinned(state_dir: &Path) -> BTreeMap<String, String> {
             }
         }
     }
-    out
+    Ok(out)
 }
 
 /// Apply the policy to one target's backups (lock held by the caller).
@@ -807,7 +802,17 @@ fn rotate_target(
     dry_run: bool,
 ) -> Result<Vec<(Decision, PathBuf)>> {
     let scan = store::scan(dir)?;
-    let pins = pinned(state_dir);
+    // Never delete on a ledger we cannot read: the last good release's backup may be
+    // among the candidates.
+    let (pins, ledger_ok) = match pinned(state_dir) {
+        Ok(p) => (p, true),
+        Err(e) => {
+            msg::warn(format!(
+                "{e:#}: rotation deletes nothing until the ledger is readable"
+            ));
+            (BTreeMap::new(), false)
+        }
+    };
     let entries = scan.of(target);
     let cands: Vec<Candidate> = entries
         .iter()
@@ -818,7 +823,13 @@ fn rotate_target(
             pinned: pins.get(&e.manifest.file).cloned(),
         })
         .collect();
-    let decisions = rotate::plan(&cands, policy);
+    let mut decisions = rotate::plan(&cands, policy);
+    if !ledger_ok {
+        for d in decisions.iter_mut().filter(|d| !d.keep) {
+            d.keep = true;
+            d.reasons.push("kept: the ledger cannot be read".into());
+        }
+    }
     let mut out = Vec::new();
     for d in decisions {
         let path = dir.join(&d.name);
@@ -1020,7 +1031,10 @@ fn run_list(c: ListCmd) -> Result<ExitCode> {
     let ctx = c.common.resolve()?;
     let dir = c.storage.dir(&ctx);
     let scan = store::scan(&dir)?;
-    let pins = pinned(&ctx.state_dir);
+    let pins = pinned(&ctx.state_dir).unwrap_or_else(|e| {
+        msg::warn(format!("{e:#}: pins unknown"));
+        BTreeMap::new()
+    });
     use std::io::Write;
     let mut out = std::io::stdout().lock();
     let res = if c.json {
@@ -1550,4 +1564,54 @@ fn run_prune(c: PruneCmd) -> Result<ExitCode> {
         other => other?,
     }
     Ok(ExitCode::Success)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Three verified backups of one database, the files and their manifests.
+    fn three_backups(dir: &Path) -> Target {
+        for day in 1..=3 {
+            let file = format!("shop-app-2026112{day}T031500Z.dump");
+            std::fs::write(dir.join(&file), b"PGDMP").unwrap();
+            let m: store::Manifest = serde_json::from_value(json!({
+                "format": store::FORMAT, "kind": "pg", "file": file, "bytes": 5,
+                "sha256": "x", "created_at": format!("2026-11-2{day}T03:15:00.000Z"),
+                "project": "shop", "target": "app", "source": "service db",
+                "verification": "read", "duration_ms": 1,
+            }))
+            .unwrap();
+            m.write(dir).unwrap();
+        }
+        store::Target {
+            kind: store::Kind::Pg,
+            project: "shop".into(),
+            name: "app".into(),
+        }
+    }
+
+    #[test]
+    fn rotation_deletes_nothing_when_the_ledger_cannot_be_read() {
+        let d = tempfile::tempdir().unwrap();
+        let (dir, state) = (d.path().join("b"), d.path().join("state"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let target = three_backups(&dir);
+        let policy = Policy {
+            last: 1,
+            ..Policy::default()
+        };
+        // A ledger that is there but cannot be read (a directory in its place).
+        std::fs::create_dir_all(ledger::path(&state)).unwrap();
+        let done = rotate_target(&dir, &state, &target, &policy, false).unwrap();
+        assert_eq!(done.len(), 3);
+        assert!(done.iter().all(|(d, p)| d.keep && p.exists()));
+        // Readable (and empty): the policy applies.
+        std::fs::remove_dir(ledger::path(&state)).unwrap();
+        let done = rotate_target(&dir, &state, &target, &policy, false).unwrap();
+        assert_eq!(
+            done.iter().filter(|(d, p)| !d.keep && !p.exists()).count(),
+            2
+        );
+    }
 }

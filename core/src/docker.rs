@@ -145,7 +145,10 @@ fn container_from(v: Value) -> Result<Container> {
     })
 }
 
-/// The last `n` lines a container wrote (stdout and stderr together).
+/// The last `n` lines a container wrote (stdout and stderr together), scrubbed of
+/// secrets: the values of the container's own secret environment variables
+/// (`POSTGRES_PASSWORD`, `*_TOKEN`, ...) and anything shaped like one (see
+/// [`crate::scrub`]). These tails go into documents, the ledger and notifications.
 pub fn logs_tail(id: &str, n: usize) -> String {
     let out = docker()
         .args(["logs", "--tail", &n.to_string(), id])
@@ -154,10 +157,21 @@ pub fn logs_tail(id: &str, n: usize) -> String {
         Ok(o) => {
             let mut all = o.stdout;
             all.push_str(&o.stderr);
-            all.trim_end().to_string()
+            crate::scrub::scrub(all.trim_end(), &secret_env_values(id))
         }
         Err(e) => format!("(no logs: {e})"),
     }
+}
+
+/// The values of a container's environment variables whose names mark them secret.
+pub fn secret_env_values(id: &str) -> Vec<String> {
+    docker()
+        .args(["inspect", "--format", "{{json .Config.Env}}", id])
+        .output()
+        .ok()
+        .and_then(|o| serde_json::from_str::<Vec<String>>(o.stdout.trim()).ok())
+        .map(|env| crate::scrub::secret_values(env.iter().map(String::as_str)))
+        .unwrap_or_default()
 }
 
 /// IDs of the containers (running or not) carrying all these labels.

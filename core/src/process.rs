@@ -46,7 +46,7 @@ impl fmt::Display for ProcessError {
                     (None, Some(s)) => format!("was killed by signal {s}"),
                     _ => "failed".to_string(),
                 };
-                let tail = last_lines(stderr, 3);
+                let tail = crate::scrub::scrub(&last_lines(stderr, 3), &[]);
                 if tail.is_empty() {
                     write!(f, "`{command}` {how}")
                 } else {

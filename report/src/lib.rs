@@ -300,8 +300,9 @@ fn record(state_dir: &Path, doc: &Document, text: &str) {
         )),
     }
     let log = log_path(state_dir, &doc.deploy_id);
-    let res = fsutil::create_dir(&state_dir.join("logs"), 0o755)
-        .and_then(|_| fsutil::write_atomic(&log, text.as_bytes(), 0o644));
+    let text = berth_core::scrub::scrub(text, &[]);
+    let res = fsutil::create_dir(&state_dir.join("logs"), ledger::DIR_MODE)
+        .and_then(|_| fsutil::write_atomic(&log, text.as_bytes(), ledger::FILE_MODE));
     if let Err(e) = res {
         msg::error(format!(
             "could not write the log {}: {}",

@@ -86,7 +86,9 @@ pub fn request(
             .filter(|v| !v.is_empty())
             .ok_or_else(|| format!("{k} is not set"))
     };
-    let text = render::message(doc);
+    // Log tails in the document were scrubbed where they were taken; scrub again on the
+    // way out, in case a stage of another version did not.
+    let text = scrub(&render::message(doc), &[]);
     match channel {
         Channel::Telegram => {
             let token = need("TELEGRAM_BOT_TOKEN")?;
@@ -112,6 +114,7 @@ pub fn request(
             let url = need("BERTH_WEBHOOK_URL")?;
             check_url("BERTH_WEBHOOK_URL", &url)?;
             let mut body = summary::to_json(doc);
+            berth_core::scrub::scrub_json(&mut body, &[]);
             body["text"] = Value::String(text);
             Ok(Request {
                 channel,
@@ -161,13 +164,10 @@ fn secrets_of(url: &str, token: Option<&str>) -> Vec<String> {
     s
 }
 
-/// Replace every secret in `text` with `***`.
+/// Replace every secret in `text` with `***`: the channels' own secrets and anything
+/// shaped like one (URL passwords, `*_TOKEN=`, `Authorization:`; see berth_core::scrub).
 pub fn scrub(text: &str, secrets: &[String]) -> String {
-    let mut out = text.to_string();
-    for s in secrets {
-        out = out.replace(s.as_str(), "***");
-    }
-    out
+    berth_core::scrub::scrub(text, secrets)
 }
 
 /// Send one request, retrying transport errors, 429 and 5xx. The error is scrubbed.

@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::{Context as _, Result};
+use anyhow::Result;
 use berth_core::cli::{parse_duration, CommonArgs};
 use berth_core::lock;
 use berth_core::process::Runner;
@@ -173,12 +173,11 @@ pub fn run(args: Args) -> Result<ExitCode> {
                             message: args.message.clone(),
                         };
                         if !ctx.dry_run {
-                            std::fs::create_dir_all(&ctx.state_dir)
-                                .with_context(|| format!("creating {}", ctx.state_dir.display()))?;
+                            berth_core::ledger::ensure_state_dir(&ctx.state_dir)?;
                             fsutil::write_atomic(
                                 &state_file,
                                 serde_json::to_string(&w)?.as_bytes(),
-                                0o644,
+                                0o600,
                             )?;
                         }
                         w.since

@@ -128,8 +128,8 @@ pub fn preflight(args: PreflightArgs) -> Result<ExitCode> {
         detail.insert("services".into(), json!(services));
         detail.insert("images".into(), Value::Array(images));
         if !ctx.dry_run {
-            std::fs::create_dir_all(&ctx.state_dir)
-                .and_then(|_| tempfile_in(&ctx.state_dir))
+            berth_core::ledger::ensure_state_dir(&ctx.state_dir)
+                .and_then(|_| Ok(tempfile_in(&ctx.state_dir)?))
                 .with_context(|| {
                     format!(
                         "the state directory {} is not writable",

@@ -182,6 +182,19 @@ fn v1_to_v2_with_migration_backup_ledger_and_notifications() {
         0o600
     );
 
+    // The state is private: the directory 0700, the ledger and the documents 0600.
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&s.state_dir()), 0o700);
+    assert_eq!(mode(&s.state_dir().join("releases.jsonl")), 0o600);
+    let logs = std::fs::read_dir(s.state_dir().join("logs")).unwrap();
+    for d in std::fs::read_dir(s.state_dir().join("deploys"))
+        .unwrap()
+        .chain(logs)
+    {
+        let p = d.unwrap().path();
+        assert_eq!(mode(&p), 0o600, "{}", p.display());
+    }
+
     // The ledger holds the release; the report's line is the last of this deploy.
     assert!(ledger_lines(&s) >= 1);
     let ledger = std::fs::read_to_string(s.state_dir().join("releases.jsonl")).unwrap();
