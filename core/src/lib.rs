@@ -11,6 +11,7 @@
 //! - [`http`] and [`health`]: HTTP probing and waiting until targets are ready.
 //! - [`fsutil`]: atomic file writes.
 
+pub mod backups;
 pub mod cli;
 pub mod compose;
 pub mod doc;

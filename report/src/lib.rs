@@ -130,6 +130,8 @@ pub enum Command {
         #[arg(long)]
         json: bool,
         #[command(flatten)]
+        backups: status::BackupArgs,
+        #[command(flatten)]
         common: CommonArgs,
     },
     /// The release ledger, newest first: time, deploy id, tag, outcome, duration; the last
@@ -152,8 +154,9 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Some(Command::Status {
             service,
             json,
+            backups,
             common,
-        }) => status::status(&common.resolve()?, service.as_deref(), *json),
+        }) => status::status(&common.resolve()?, service.as_deref(), *json, backups),
         Some(Command::History {
             limit,
             json,

@@ -4,7 +4,11 @@ use std::collections::BTreeMap;
 use std::io::Write as _;
 
 use anyhow::Result;
-use berth_core::cli::Context;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use berth_core::backups;
+use berth_core::cli::{parse_duration, Context};
 use berth_core::compose::{LABEL_ONEOFF, LABEL_PROJECT, LABEL_SERVICE};
 use berth_core::doc::Document;
 use berth_core::docker::{self, Container};
@@ -155,7 +159,85 @@ fn has_compose_file(ctx: &Context) -> bool {
 }
 
 /// `berth-report status`.
-pub fn status(ctx: &Context, service: Option<&str>, as_json: bool) -> Result<ExitCode> {
+/// Where `status` looks for backups and how old the newest may be.
+#[derive(Debug, Clone, clap::Args)]
+#[command(next_help_heading = "Backups")]
+pub struct BackupArgs {
+    /// The backup directory [default: <state dir>/backups]
+    #[arg(long, env = "BERTH_BACKUP_DIR", value_name = "DIR")]
+    pub backup_dir: Option<PathBuf>,
+    /// Warn when the newest verified backup of a database or volume is older than this
+    #[arg(long, value_name = "DURATION", default_value = "26h", value_parser = parse_duration)]
+    pub max_age: Duration,
+}
+
+/// The newest verified backup of each target: one line each, and whether it is stale.
+fn backups_now(ctx: &Context, args: &BackupArgs) -> (Vec<String>, Vec<Value>) {
+    let dir = args
+        .backup_dir
+        .clone()
+        .unwrap_or_else(|| ctx.state_dir.join("backups"));
+    let all = match backups::scan(&dir) {
+        Ok(all) => all,
+        Err(e) => {
+            return (
+                vec![format!("cannot read {}: {e:#}", dir.display())],
+                vec![],
+            )
+        }
+    };
+    let newest = backups::newest_verified(&all);
+    if newest.is_empty() {
+        let line = format!("no verified backup in {}", dir.display());
+        return (vec![line], vec![]);
+    }
+    let max = args.max_age.as_secs();
+    let mut lines = Vec::new();
+    let mut json = Vec::new();
+    for b in newest {
+        let age = time::parse(&b.created_at).map(|t| time::now().duration_since(t).as_secs());
+        let stale = age.is_none_or(|a| a > max as i64);
+        lines.push(format!(
+            "{} {} {}{}, {}, verified: {}{}",
+            b.kind,
+            b.target,
+            human_time(&b.created_at),
+            ago(&b.created_at),
+            units_bytes(b.bytes),
+            b.verification,
+            if stale { "  STALE" } else { "" }
+        ));
+        if stale {
+            msg::warn(format!(
+                "the newest verified backup of {} {} is older than --max-age {}",
+                b.kind,
+                b.target,
+                human_ms(args.max_age.as_millis() as u64)
+            ));
+        }
+        json.push(json!({
+            "kind": b.kind, "target": b.target, "file": b.file, "bytes": b.bytes,
+            "created_at": b.created_at, "verification": b.verification,
+            "age_s": age, "stale": stale,
+        }));
+    }
+    (lines, json)
+}
+
+fn units_bytes(n: u64) -> String {
+    match n {
+        0..=1023 => format!("{n} B"),
+        1024..=1_048_575 => format!("{:.1} KiB", n as f64 / 1024.0),
+        _ => format!("{:.1} MiB", n as f64 / 1_048_576.0),
+    }
+}
+
+pub fn status(
+    ctx: &Context,
+    service: Option<&str>,
+    as_json: bool,
+    backup_args: &BackupArgs,
+) -> Result<ExitCode> {
     let mut services = services_now(ctx)?;
     if let Some(s) = service {
         if !services.iter().any(|x| x.name == s) {
@@ -176,16 +258,27 @@ pub fn status(ctx: &Context, service: Option<&str>, as_json: bool) -> Result<Exi
     let releases = ledger::read(&ctx.state_dir)?;
     let last = releases.last();
     let good = ledger::last_good(&releases, service);
+    let (backup_lines, backup_json) = backups_now(ctx, backup_args);
     let out = if as_json {
         let v = json!({
             "project": ctx.project,
             "services": services.iter().map(ServiceNow::to_json).collect::<Vec<_>>(),
             "last_release": last.map(summary::to_json),
             "last_good": good.map(summary::to_json),
+            "backups": backup_json,
         });
         serde_json::to_string_pretty(&v)? + "\n"
     } else {
-        status_text(ctx, &services, last, good)
+        let mut text = status_text(ctx, &services, last, good);
+        for (i, l) in backup_lines.iter().enumerate() {
+            let head = if i == 0 {
+                "Backups:     "
+            } else {
+                "             "
+            };
+            text.push_str(&format!("{head} {l}\n"));
+        }
+        text
     };
     print_stdout(&out)?;
     Ok(ExitCode::Success)

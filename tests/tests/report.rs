@@ -104,6 +104,61 @@ fn status_shows_web_at_v1_healthy_and_the_last_release() {
         "{text}"
     );
 
+    // Backups: a real one of the demo database, fresh; an old one of another target,
+    // stale against the default --max-age 26h.
+    let b = berth("berth-backup")
+        .args(["pg", "--service", "db", "--quiet", "--project-dir"])
+        .arg(&stack.dir)
+        .args(["-p", &stack.project])
+        .current_dir(&stack.dir)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(
+        b.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&b.stderr)
+    );
+    let dir = stack.state_dir().join("backups");
+    std::fs::write(dir.join("old-archive-20260101T000000Z.dump"), b"PGDMP").unwrap();
+    let old = json!({
+        "format": "berth-backup/1", "kind": "pg", "file": "old-archive-20260101T000000Z.dump",
+        "bytes": 5, "sha256": "x", "created_at": "2026-01-01T00:00:00.000Z",
+        "project": stack.project, "target": "archive", "source": "service db",
+        "verification": "read", "duration_ms": 1,
+    });
+    std::fs::write(
+        dir.join("old-archive-20260101T000000Z.dump.json"),
+        old.to_string(),
+    )
+    .unwrap();
+    let out = sub(&stack, &["status", "--json"]).output().unwrap();
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let backups = v["backups"].as_array().unwrap();
+    assert_eq!(backups.len(), 2, "{v}");
+    let fresh = backups.iter().find(|b| b["target"] != "archive").unwrap();
+    assert_eq!(
+        (fresh["kind"].as_str(), fresh["stale"].as_bool()),
+        (Some("pg"), Some(false)),
+        "{fresh}"
+    );
+    let stale = backups.iter().find(|b| b["target"] == "archive").unwrap();
+    assert_eq!(stale["stale"], true, "{stale}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("pg archive is older than --max-age 26h"),
+        "{err}"
+    );
+    let out = sub(&stack, &["status", "--max-age", "3000d"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("Backups:") && !text.contains("STALE"),
+        "{text}"
+    );
+
     // An unknown service is a usage error naming the ones there are.
     let out = sub(&stack, &["status", "nope"]).output().unwrap();
     assert_eq!(out.status.code(), Some(64));
