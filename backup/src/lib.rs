@@ -167,6 +167,34 @@ pub struct Keep {
     pub keep_monthly: u32,
 }
 
+/// A dead-man monitor for cron jobs.
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Monitoring")]
+pub struct Monitor {
+    /// Ping a healthchecks.io-style check: URL/start, then URL on success or URL/fail
+    /// with the error line. Bounded (5 s, one retry); never changes the outcome. The URL
+    /// is never printed
+    #[arg(long, env = "BERTH_PING_URL", value_name = "URL", value_parser = berth_core::ping::parse_url)]
+    pub ping: Option<String>,
+}
+
+impl Monitor {
+    /// Run `job` between the start ping and the success or failure ping.
+    pub fn around(&self, job: impl FnOnce() -> Result<ExitCode>) -> Result<ExitCode> {
+        let Some(ping) = berth_core::ping::Ping::new(self.ping.as_deref()) else {
+            return job();
+        };
+        ping.start();
+        let res = job();
+        match &res {
+            Ok(ExitCode::Success) => ping.finish(None),
+            Ok(code) => ping.finish(Some(&format!("exit {}", code.code()))),
+            Err(e) => ping.finish(Some(&berth_core::exit::one_line(e))),
+        }
+        res
+    }
+}
+
 impl Keep {
     pub fn policy(&self) -> Policy {
         Policy {
@@ -287,6 +315,9 @@ pub struct PgCmd {
     pub keep: Keep,
 
     #[command(flatten)]
+    pub monitor: Monitor,
+
+    #[command(flatten)]
     pub storage: Storage,
 
     #[command(flatten)]
@@ -328,6 +359,9 @@ pub struct VolumeCmd {
 
     #[command(flatten)]
     pub keep: Keep,
+
+    #[command(flatten)]
+    pub monitor: Monitor,
 
     #[command(flatten)]
     pub storage: Storage,
@@ -441,8 +475,8 @@ pub struct PruneCmd {
 
 pub fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
-        Command::Pg(c) => run_pg(c),
-        Command::Volume(c) => run_volume(c),
+        Command::Pg(c) => c.monitor.clone().around(|| run_pg(c)),
+        Command::Volume(c) => c.monitor.clone().around(|| run_volume(c)),
         Command::List(c) => run_list(c),
         Command::Verify(c) => run_verify(c),
         Command::Restore(c) => run_restore(c),

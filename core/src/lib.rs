@@ -23,6 +23,7 @@ pub mod http;
 pub mod ledger;
 pub mod lock;
 pub mod msg;
+pub mod ping;
 pub mod process;
 pub mod scrub;
 pub mod stage;

@@ -3,7 +3,7 @@
 
 use std::process::Command;
 
-use berth_e2e::{berth, Stack};
+use berth_e2e::{berth, Stack, TestServer};
 use serde_json::{json, Value};
 
 /// `berth-report SUB ARGS... --project-dir DIR -p NAME` (a subcommand takes its flags
@@ -106,20 +106,64 @@ fn status_shows_web_at_v1_healthy_and_the_last_release() {
 
     // Backups: a real one of the demo database, fresh; an old one of another target,
     // stale against the default --max-age 26h.
-    let b = berth("berth-backup")
-        .args(["pg", "--service", "db", "--quiet", "--project-dir"])
-        .arg(&stack.dir)
-        .args(["-p", &stack.project])
-        .current_dir(&stack.dir)
-        .stdin(std::process::Stdio::null())
-        .output()
-        .unwrap();
+    // With a dead-man ping (healthchecks.io style) on a local check server.
+    let monitor = TestServer::start(|_| (200, "OK".into()));
+    let check = monitor.url("/ping/3f9c-check-uuid");
+    let backup = |service: &str| {
+        berth("berth-backup")
+            .args(["pg", "--service", service, "--quiet", "--ping", &check])
+            .arg("--project-dir")
+            .arg(&stack.dir)
+            .args(["-p", &stack.project])
+            .current_dir(&stack.dir)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap()
+    };
+    let b = backup("db");
     assert_eq!(
         b.status.code(),
         Some(0),
         "{}",
         String::from_utf8_lossy(&b.stderr)
     );
+    // A failing one pings /fail with its error line; the outcome is the backup's.
+    let f = backup("nope");
+    assert_eq!(
+        f.status.code(),
+        Some(64),
+        "{}",
+        String::from_utf8_lossy(&f.stderr)
+    );
+    let seen: Vec<String> = monitor
+        .seen
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|h| h.lines().next().unwrap_or("").to_string())
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            "POST /ping/3f9c-check-uuid/start HTTP/1.1",
+            "POST /ping/3f9c-check-uuid HTTP/1.1",
+            "POST /ping/3f9c-check-uuid/start HTTP/1.1",
+            "POST /ping/3f9c-check-uuid/fail HTTP/1.1",
+        ]
+    );
+    let bodies = monitor.bodies.lock().unwrap().clone();
+    assert!(bodies[3].contains("nope"), "{bodies:?}");
+    for out in [&b, &f] {
+        let all = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            !all.contains("3f9c-check-uuid"),
+            "the check URL leaked: {all}"
+        );
+    }
     let dir = stack.state_dir().join("backups");
     std::fs::write(dir.join("old-archive-20260101T000000Z.dump"), b"PGDMP").unwrap();
     let old = json!({
