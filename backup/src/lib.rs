@@ -2,6 +2,7 @@
 //! `.partial`, fsynced, renamed, verified, described by a manifest written last — GFS
 //! rotation that never deletes the backup a release depends on, and restore.
 
+pub mod drill;
 pub mod pg;
 pub mod progress;
 pub mod rotate;
@@ -115,6 +116,9 @@ pub enum Command {
     Restore(RestoreCmd),
     /// Apply the --keep rules to every target in the backup directory
     Prune(PruneCmd),
+    /// Rehearse a restore: the newest verified backup into a scratch database, row counts
+    /// compared with the manifest, the result recorded in the ledger (exit 5 on failure)
+    Drill(drill::DrillCmd),
 }
 
 /// Where backups live and how to share them.
@@ -481,10 +485,11 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Verify(c) => run_verify(c),
         Command::Restore(c) => run_restore(c),
         Command::Prune(c) => run_prune(c),
+        Command::Drill(c) => c.monitor.clone().around(|| drill::run(c)),
     }
 }
 
-fn set_quiet(storage: &Storage) {
+pub(crate) fn set_quiet(storage: &Storage) {
     QUIET.store(storage.quiet, Ordering::Relaxed);
 }
 
@@ -1159,7 +1164,7 @@ fn kind_of_file(file: &Path, m: Option<&Manifest>) -> Result<Kind> {
     }
 }
 
-fn run_verify(c: VerifyCmd) -> Result<ExitCode> {
+pub(crate) fn run_verify(c: VerifyCmd) -> Result<ExitCode> {
     set_quiet(&c.storage);
     c.server.check()?;
     let ctx = c.common.resolve()?;

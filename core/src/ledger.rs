@@ -122,6 +122,20 @@ pub fn read(state_dir: &Path) -> Result<Vec<Document>> {
     Ok(out)
 }
 
+/// The stage of a restore drill's record (`berth-backup drill`): the ledger keeps drills
+/// beside releases; release views skip them.
+pub const DRILL_STAGE: &str = "drill";
+
+/// Whether a ledger record is a restore drill, not a release.
+pub fn is_drill(doc: &Document) -> bool {
+    doc.stages.iter().any(|s| s.stage == DRILL_STAGE)
+}
+
+/// The releases of a ledger (drills left out), oldest first.
+pub fn releases(all: Vec<Document>) -> Vec<Document> {
+    all.into_iter().filter(|d| !is_drill(d)).collect()
+}
+
 /// A good release: it swapped successfully and nothing failed.
 pub fn is_good(doc: &Document) -> bool {
     doc.outcome() == 0

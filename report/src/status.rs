@@ -224,6 +224,39 @@ fn backups_now(ctx: &Context, args: &BackupArgs) -> (Vec<String>, Vec<Value>) {
     (lines, json)
 }
 
+/// The last restore drill (`berth-backup drill`), as recorded in the ledger.
+fn drill_line(drill: Option<&Document>) -> String {
+    let Some(st) = drill.and_then(|d| d.stages.first()) else {
+        return "last drill: none recorded (berth-backup drill)".to_string();
+    };
+    let file = st.detail.get("file").and_then(Value::as_str).unwrap_or("-");
+    let file = file.rsplit('/').next().unwrap_or(file);
+    match &st.error {
+        None => format!(
+            "last drill: passed {}{}, {file} restored in {}",
+            human_time(&st.started_at),
+            ago(&st.started_at),
+            human_ms(st.duration_ms)
+        ),
+        Some(e) => format!(
+            "last drill: FAILED {}{}: {e}",
+            human_time(&st.started_at),
+            ago(&st.started_at)
+        ),
+    }
+}
+
+fn drill_json(d: &Document) -> Value {
+    let st = d.stages.first();
+    json!({
+        "passed": st.is_some_and(|s| s.error.is_none()),
+        "at": st.map(|s| s.started_at.clone()),
+        "duration_ms": st.map(|s| s.duration_ms),
+        "file": st.and_then(|s| s.detail.get("file").cloned()),
+        "error": st.and_then(|s| s.error.clone()),
+    })
+}
+
 fn units_bytes(n: u64) -> String {
     match n {
         0..=1023 => format!("{n} B"),
@@ -255,10 +288,13 @@ pub fn status(
         }
         services.retain(|x| x.name == s);
     }
-    let releases = ledger::read(&ctx.state_dir)?;
+    let all = ledger::read(&ctx.state_dir)?;
+    let drill = all.iter().rev().find(|d| ledger::is_drill(d)).cloned();
+    let releases = ledger::releases(all);
     let last = releases.last();
     let good = ledger::last_good(&releases, service);
-    let (backup_lines, backup_json) = backups_now(ctx, backup_args);
+    let (mut backup_lines, backup_json) = backups_now(ctx, backup_args);
+    backup_lines.push(drill_line(drill.as_ref()));
     let out = if as_json {
         let v = json!({
             "project": ctx.project,
@@ -266,6 +302,7 @@ pub fn status(
             "last_release": last.map(summary::to_json),
             "last_good": good.map(summary::to_json),
             "backups": backup_json,
+            "last_drill": drill.as_ref().map(drill_json),
         });
         serde_json::to_string_pretty(&v)? + "\n"
     } else {
@@ -397,7 +434,7 @@ fn table<const N: usize>(rows: &[[String; N]]) -> String {
 
 /// `berth-report history`.
 pub fn history(ctx: &Context, limit: usize, as_json: bool) -> Result<ExitCode> {
-    let releases = ledger::read(&ctx.state_dir)?;
+    let releases = ledger::releases(ledger::read(&ctx.state_dir)?);
     let good_id = ledger::last_good(&releases, None).map(|d| d.deploy_id.clone());
     let newest: Vec<&Document> = releases.iter().rev().take(limit).collect();
     let out = if as_json {

@@ -288,7 +288,7 @@ fn standalone(cli: Cli, mut input: stage::Input) -> Result<ExitCode> {
     }
     let ctx = input.ctx.clone();
     let current = engine::current_tag(&ctx);
-    let releases = ledger::read(&ctx.state_dir)?;
+    let releases = ledger::releases(ledger::read(&ctx.state_dir)?);
     let to = target(
         &releases,
         current.as_deref(),

@@ -109,9 +109,9 @@ fn status_shows_web_at_v1_healthy_and_the_last_release() {
     // With a dead-man ping (healthchecks.io style) on a local check server.
     let monitor = TestServer::start(|_| (200, "OK".into()));
     let check = monitor.url("/ping/3f9c-check-uuid");
-    let backup = |service: &str| {
+    let bb = |args: &[&str]| {
         berth("berth-backup")
-            .args(["pg", "--service", service, "--quiet", "--ping", &check])
+            .args(args)
             .arg("--project-dir")
             .arg(&stack.dir)
             .args(["-p", &stack.project])
@@ -120,6 +120,7 @@ fn status_shows_web_at_v1_healthy_and_the_last_release() {
             .output()
             .unwrap()
     };
+    let backup = |service: &str| bb(&["pg", "--service", service, "--quiet", "--ping", &check]);
     let b = backup("db");
     assert_eq!(
         b.status.code(),
@@ -194,6 +195,58 @@ fn status_shows_web_at_v1_healthy_and_the_last_release() {
         err.contains("pg archive is older than --max-age 26h"),
         "{err}"
     );
+    // A restore drill of the newest backup passes and is recorded; a drill of a
+    // truncated copy fails with 5 and is recorded too; status shows the last one.
+    let d = bb(&["drill", "--service", "db"]);
+    assert_eq!(
+        d.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&d.stderr)
+    );
+    let out = sub(&stack, &["status", "--json"]).output().unwrap();
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["last_drill"]["passed"], true, "{v}");
+    let fresh_file = fresh["file"].as_str().unwrap();
+    assert!(
+        v["last_drill"]["file"]
+            .as_str()
+            .unwrap()
+            .ends_with(fresh_file),
+        "{v}"
+    );
+    let dump = std::fs::read(dir.join(fresh_file)).unwrap();
+    let torn = stack.dir.join("torn.dump");
+    std::fs::write(&torn, &dump[..dump.len() / 2]).unwrap();
+    let d = bb(&["drill", torn.to_str().unwrap(), "--service", "db"]);
+    assert_eq!(
+        d.status.code(),
+        Some(5),
+        "{}",
+        String::from_utf8_lossy(&d.stderr)
+    );
+    // No scratch database is left behind.
+    let dbs = stack.compose_ok(&[
+        "exec",
+        "-T",
+        "db",
+        "psql",
+        "-U",
+        "demo",
+        "-d",
+        "postgres",
+        "-Atc",
+        "SELECT datname FROM pg_database",
+    ]);
+    assert!(!dbs.contains("berth_verify"), "{dbs}");
+    let out = sub(&stack, &["status"]).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("last drill: FAILED"), "{text}");
+    // Drills are not releases.
+    let out = sub(&stack, &["history", "--json"]).output().unwrap();
+    let h: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(h.as_array().unwrap().len(), 1, "{h}");
+
     let out = sub(&stack, &["status", "--max-age", "3000d"])
         .output()
         .unwrap();
