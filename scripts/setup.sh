@@ -17,6 +17,8 @@ Idempotent machine setup for berth (Debian 12, run as root; CI-safe). Steps, in 
   images    fixture images berth-fixture/{base:12,nginx:1,postgres:15,redis:7}, built
             from a debootstrapped Debian bookworm rootfs; rebuilt only when missing or
             when their label berth.fixture.rev differs from this recipe's revision
+  offsite   off-site backup tools on the host (restic, rclone, openssh-client) and the
+            SFTP server image berth-fixture/sftp:1 (openssh-server, from the same rootfs)
   demo      examples/demo/build-images.sh, if present (berth-demo/app:* images)
   build     cargo build --release --workspace --bins
 
@@ -391,6 +393,22 @@ ensure_rootfs_tarball() {
 	log "debootstrapped $DEBIAN_SUITE minbase, cached as $tarball ($(secs "$t0"))"
 }
 
+# import_rootfs DIR IMAGE REV CMD_JSON MESSAGE: a rootfs directory as a docker image with
+# the revision label (no registry: `docker import`, not a build).
+import_rootfs() {
+	local root=$1 image=$2 rev=$3 cmd=$4 message=$5
+	tar --numeric-owner -C "$root" \
+		--exclude='./dev/*' --exclude='./proc/*' --exclude='./sys/*' -cf - . |
+		docker import \
+			-c "LABEL $FIXTURE_REV_LABEL=$rev" \
+			-c 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
+			-c 'ENV LANG=C.UTF-8' \
+			-c "CMD $cmd" \
+			-m "$message" \
+			- "$image" >>"$LOG_DIR/images.log" 2>&1 ||
+		die "docker import of $image failed (see $LOG_DIR/images.log)"
+}
+
 build_base_image() {
 	local rev=$1 t0 tarball work
 	need_root "building $FIXTURE_BASE_IMAGE (debootstrap, chroot)"
@@ -402,17 +420,8 @@ build_base_image() {
 	mkdir "$work/rootfs"
 	tar --numeric-owner -C "$work/rootfs" -xpf "$tarball"
 	customize_rootfs "$work/rootfs"
-	# shellcheck disable=SC2016
-	tar --numeric-owner -C "$work/rootfs" \
-		--exclude='./dev/*' --exclude='./proc/*' --exclude='./sys/*' -cf - . |
-		docker import \
-			-c "LABEL $FIXTURE_REV_LABEL=$rev" \
-			-c 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
-			-c 'ENV LANG=C.UTF-8' \
-			-c 'CMD ["bash"]' \
-			-m "berth fixture base (debian $DEBIAN_SUITE minbase + ${FIXTURE_PACKAGES[*]})" \
-			- "$FIXTURE_BASE_IMAGE" >>"$LOG_DIR/images.log" 2>&1 ||
-		die "docker import of $FIXTURE_BASE_IMAGE failed (see $LOG_DIR/images.log)"
+	import_rootfs "$work/rootfs" "$FIXTURE_BASE_IMAGE" "$rev" '["bash"]' \
+		"berth fixture base (debian $DEBIAN_SUITE minbase + ${FIXTURE_PACKAGES[*]})"
 	rm -rf --one-file-system "$work"
 	log "built $FIXTURE_BASE_IMAGE rev $rev, $(image_size "$FIXTURE_BASE_IMAGE") ($(secs "$t0"))"
 }
@@ -472,6 +481,64 @@ step_images() {
 }
 
 # ---------------------------------------------------------------------------------------
+# Step: offsite
+# ---------------------------------------------------------------------------------------
+SFTP_IMAGE=berth-fixture/sftp:1
+
+# The SFTP server image: the cached rootfs plus openssh-server, nothing else. Its text is
+# its revision.
+customize_sftp_rootfs() {
+	local root=$1
+	cp -L /etc/resolv.conf "$root/etc/resolv.conf"
+	printf '#!/bin/sh\nexit 101\n' >"$root/usr/sbin/policy-rc.d"
+	chmod 0755 "$root/usr/sbin/policy-rc.d"
+	local chroot_env=(env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root LANG=C.UTF-8
+		DEBIAN_FRONTEND=noninteractive)
+	run_logged images chroot "$root" "${chroot_env[@]}" apt-get update
+	run_logged images chroot "$root" "${chroot_env[@]}" apt-get install -y --no-install-recommends \
+		-o Dpkg::Options::=--force-unsafe-io openssh-server
+	run_logged images chroot "$root" "${chroot_env[@]}" apt-get clean
+	rm -rf "$root"/var/lib/apt/lists/* "$root"/var/cache/apt/*.bin "$root"/etc/ssh/ssh_host_*
+	mkdir -p "$root/run/sshd"
+	: >"$root/etc/resolv.conf"
+}
+
+step_offsite() {
+	local t0 force=$1 missing=()
+	t0=$(now_ms)
+	command -v restic >/dev/null 2>&1 || missing+=(restic)
+	command -v rclone >/dev/null 2>&1 || missing+=(rclone)
+	command -v ssh >/dev/null 2>&1 || missing+=(openssh-client)
+	command -v ssh-keygen >/dev/null 2>&1 || missing+=(openssh-client)
+	if [ "${#missing[@]}" -gt 0 ]; then
+		apt_install "${missing[@]}"
+		log "installed ${missing[*]} ($(secs "$t0"))"
+	fi
+	local rev
+	rev=$( {
+		echo "sftp suite=$DEBIAN_SUITE"
+		declare -f customize_sftp_rootfs
+	} | short_sha)
+	if [ "$force" = 0 ] && image_current "$SFTP_IMAGE" "$rev"; then
+		log "$SFTP_IMAGE rev $rev already built ($(secs "$t0"))"
+		return
+	fi
+	need_root "building $SFTP_IMAGE (chroot)"
+	ensure_rootfs_tarball
+	local work
+	work=$(mktemp -d "$CACHE_DIR/rootfs/sftp.XXXXXX")
+	CLEANUP_PATHS+=("$work")
+	mkdir "$work/rootfs"
+	tar --numeric-owner -C "$work/rootfs" -xpf "$ROOTFS_TARBALL"
+	customize_sftp_rootfs "$work/rootfs"
+	import_rootfs "$work/rootfs" "$SFTP_IMAGE" "$rev" \
+		'["/bin/sh", "-c", "ssh-keygen -A >/dev/null && exec /usr/sbin/sshd -D -e"]' \
+		"berth fixture: openssh-server for off-site backup tests"
+	rm -rf --one-file-system "$work"
+	log "built $SFTP_IMAGE rev $rev, $(image_size "$SFTP_IMAGE") ($(secs "$t0"))"
+}
+
+# ---------------------------------------------------------------------------------------
 # Step: demo
 # ---------------------------------------------------------------------------------------
 step_demo() {
@@ -510,7 +577,7 @@ step_build() {
 # ---------------------------------------------------------------------------------------
 # Main
 # ---------------------------------------------------------------------------------------
-ALL_STEPS=(docker compose packages images demo build)
+ALL_STEPS=(docker compose packages images offsite demo build)
 
 main() {
 	local only="" no_build=0 force_images=0
@@ -563,6 +630,7 @@ main() {
 		compose) step_compose ;;
 		packages) step_packages ;;
 		images) step_images "$force_images" ;;
+		offsite) step_offsite "$force_images" ;;
 		demo) step_demo ;;
 		build)
 			if [ "$no_build" = 1 ]; then

@@ -70,7 +70,12 @@ pub fn run(c: DrillCmd) -> Result<ExitCode> {
     let clock = Instant::now();
     let started_at = time::now_rfc3339();
     let res = run_verify(VerifyCmd {
-        file: file.clone(),
+        file: Some(file.clone()),
+        remote: None,
+        read_data_subset: String::new(),
+        restic: crate::offsite::Restic {
+            restic_password_file: None,
+        },
         level: CheckLevel::Restore,
         server: c.server.clone(),
         helper_image: String::new(),

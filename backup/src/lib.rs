@@ -3,6 +3,7 @@
 //! rotation that never deletes the backup a release depends on, and restore.
 
 pub mod drill;
+pub mod offsite;
 pub mod pg;
 pub mod progress;
 pub mod rotate;
@@ -322,6 +323,9 @@ pub struct PgCmd {
     pub monitor: Monitor,
 
     #[command(flatten)]
+    pub offsite: offsite::Offsite,
+
+    #[command(flatten)]
     pub storage: Storage,
 
     #[command(flatten)]
@@ -368,6 +372,9 @@ pub struct VolumeCmd {
     pub monitor: Monitor,
 
     #[command(flatten)]
+    pub offsite: offsite::Offsite,
+
+    #[command(flatten)]
     pub storage: Storage,
 
     #[command(flatten)]
@@ -379,6 +386,13 @@ pub struct ListCmd {
     /// One JSON array of manifests (with `path`) on stdout
     #[arg(long)]
     pub json: bool,
+
+    /// List the copies in an off-site destination instead (restic:REPO or rclone:REMOTE:PATH)
+    #[arg(long, value_name = "DEST", value_parser = offsite::Dest::parse)]
+    pub remote: Option<offsite::Dest>,
+
+    #[command(flatten)]
+    pub restic: offsite::Restic,
 
     #[command(flatten)]
     pub storage: Storage,
@@ -398,8 +412,24 @@ pub enum CheckLevel {
 #[derive(Debug, Args)]
 pub struct VerifyCmd {
     /// The backup file (its manifest beside it is checked and updated)
-    #[arg(value_name = "FILE")]
-    pub file: PathBuf,
+    #[arg(value_name = "FILE", required_unless_present = "remote")]
+    pub file: Option<PathBuf>,
+
+    /// Check an off-site restic repository instead: `restic check --read-data-subset`
+    #[arg(long, value_name = "DEST", value_parser = offsite::Dest::parse, conflicts_with = "file")]
+    pub remote: Option<offsite::Dest>,
+
+    /// With --remote: how much of the data to download and check (a percentage or n/t)
+    #[arg(
+        long,
+        value_name = "SUBSET",
+        default_value = "10%",
+        requires = "remote"
+    )]
+    pub read_data_subset: String,
+
+    #[command(flatten)]
+    pub restic: offsite::Restic,
 
     /// How far to check
     #[arg(long, value_name = "LEVEL", default_value = "read")]
@@ -426,9 +456,18 @@ pub struct VerifyCmd {
 
 #[derive(Debug, Args)]
 pub struct RestoreCmd {
-    /// The backup file to restore
+    /// The backup file to restore (with --from: the restic snapshot id, or the file name
+    /// in the rclone remote)
     #[arg(value_name = "FILE")]
     pub file: PathBuf,
+
+    /// Fetch the backup from an off-site copy first (restic:REPO or rclone:REMOTE:PATH);
+    /// it lands in the backup directory, its checksum checked, then restores as usual
+    #[arg(long, value_name = "DEST", value_parser = offsite::Dest::parse)]
+    pub from: Option<offsite::Dest>,
+
+    #[command(flatten)]
+    pub restic: offsite::Restic,
 
     #[command(flatten)]
     pub server: Server,
@@ -944,6 +983,26 @@ fn after_backup(ctx: &Context, job: &Job, policy: &Policy, detail: &mut Map<Stri
     }
 }
 
+/// Copy a verified backup off-site (see [`offsite`]); an unverified one stays local.
+fn copy_offsite(
+    ctx: &Context,
+    off: &offsite::Offsite,
+    entry: &Entry,
+    job: &Job,
+    policy: &Policy,
+    detail: &mut Map<String, Value>,
+) -> Result<()> {
+    if off.copy_to.is_empty() {
+        return Ok(());
+    }
+    if !job.verify.verified() {
+        msg::warn("off-site copy skipped: only verified backups leave the machine (--verify read or restore)");
+        return Ok(());
+    }
+    let pins = pinned(&ctx.state_dir).unwrap_or_default();
+    off.copy(entry, &job.target, policy, &pins, detail)
+}
+
 fn run_pg(c: PgCmd) -> Result<ExitCode> {
     set_quiet(&c.storage);
     c.server.check()?;
@@ -998,6 +1057,7 @@ fn run_pg(c: PgCmd) -> Result<ExitCode> {
             detail.insert("service".into(), json!(svc));
         }
         after_backup(ctx, &job, &c.keep.policy(), detail);
+        copy_offsite(ctx, &c.offsite, &entry, &job, &c.keep.policy(), detail)?;
         Ok(Completed::Ok)
     })
 }
@@ -1050,6 +1110,7 @@ fn run_volume(c: VolumeCmd) -> Result<ExitCode> {
         fill_detail(detail, &entry, restore);
         detail.insert("volume".into(), json!(real));
         after_backup(ctx, &job, &c.keep.policy(), detail);
+        copy_offsite(ctx, &c.offsite, &entry, &job, &c.keep.policy(), detail)?;
         Ok(Completed::Ok)
     })
 }
@@ -1067,6 +1128,12 @@ fn age(created: jiff::Timestamp) -> String {
 
 fn run_list(c: ListCmd) -> Result<ExitCode> {
     set_quiet(&c.storage);
+    if let Some(dest) = &c.remote {
+        let text = offsite::list(dest, &c.restic, c.json)?;
+        use std::io::Write;
+        std::io::stdout().lock().write_all(text.as_bytes())?;
+        return Ok(ExitCode::Success);
+    }
     let ctx = c.common.resolve()?;
     let dir = c.storage.dir(&ctx);
     let scan = store::scan(&dir)?;
@@ -1166,37 +1233,44 @@ fn kind_of_file(file: &Path, m: Option<&Manifest>) -> Result<Kind> {
 
 pub(crate) fn run_verify(c: VerifyCmd) -> Result<ExitCode> {
     set_quiet(&c.storage);
+    if let Some(dest) = &c.remote {
+        offsite::verify(dest, &c.restic, &c.read_data_subset)?;
+        return Ok(ExitCode::Success);
+    }
+    let Some(file) = c.file.clone() else {
+        return Err(Failure::usage("give the backup FILE to verify (or --remote DEST)").into());
+    };
     c.server.check()?;
     let ctx = c.common.resolve()?;
-    if !c.file.is_file() {
-        return Err(Failure::usage(format!("{}: no such file", c.file.display())).into());
+    if !file.is_file() {
+        return Err(Failure::usage(format!("{}: no such file", file.display())).into());
     }
-    let manifest = Manifest::read_for(&c.file)?;
-    let kind = kind_of_file(&c.file, manifest.as_ref())?;
+    let manifest = Manifest::read_for(&file)?;
+    let kind = kind_of_file(&file, manifest.as_ref())?;
     if kind == Kind::Pg && c.level == CheckLevel::Restore && !c.server.given() {
         return Err(Failure::usage("--level restore needs a server: --service or --url").into());
     }
     let res = (|| -> Result<Option<u64>> {
         match &manifest {
             Some(m) => {
-                check_checksum(&c.file, m)?;
+                check_checksum(&file, m)?;
                 say(format!("checksum ok: sha256 {}", m.sha256));
             }
             None => msg::warn(format!(
                 "{} has no manifest: checking the archive only",
-                c.file.display()
+                file.display()
             )),
         }
         match (kind, c.level) {
             (Kind::Pg, CheckLevel::Read) => {
                 if c.server.given() {
                     let (conn, _) = c.server.connect(&ctx)?;
-                    conn.verify_read(&c.file)?;
+                    conn.verify_read(&file)?;
                 } else {
                     let cmd = Cmd::new("pg_restore").args(["--exit-on-error", "-f", "/dev/null"]);
                     let out = cmd
                         .expression()
-                        .stdin_path(&c.file)
+                        .stdin_path(&file)
                         .stdout_null()
                         .stderr_capture()
                         .unchecked()
@@ -1218,7 +1292,7 @@ pub(crate) fn run_verify(c: VerifyCmd) -> Result<ExitCode> {
             }
             (Kind::Pg, CheckLevel::Restore) => {
                 let (conn, _) = c.server.connect(&ctx)?;
-                let got = conn.restore_counts(&c.file)?;
+                let got = conn.restore_counts(&file)?;
                 if let Some(want) = manifest.as_ref().and_then(|m| m.row_counts.as_ref()) {
                     let diff = pg::compare_counts(want, &got);
                     if !diff.is_empty() {
@@ -1245,9 +1319,9 @@ pub(crate) fn run_verify(c: VerifyCmd) -> Result<ExitCode> {
                 Ok(None)
             }
             (Kind::Volume, level) => {
-                let n = volume::read_archive(&c.file)?;
+                let n = volume::read_archive(&file)?;
                 if level == CheckLevel::Restore {
-                    let got = volume::restore_count(&ctx.project, &c.helper_image, &c.file)?;
+                    let got = volume::restore_count(&ctx.project, &c.helper_image, &file)?;
                     if got != n {
                         return Err(fail!(
                             Backup,
@@ -1282,7 +1356,7 @@ pub(crate) fn run_verify(c: VerifyCmd) -> Result<ExitCode> {
                 m.verified_at = Some(time::now_rfc3339());
             }
         }
-        let dir = c.file.parent().unwrap_or(Path::new("."));
+        let dir = file.parent().unwrap_or(Path::new("."));
         if let Err(e) = m.write(dir) {
             msg::warn(format!("could not update the manifest: {e:#}"));
         }
@@ -1313,10 +1387,14 @@ fn confirm(yes: bool, what: &str, expected: &str) -> Result<()> {
     Ok(())
 }
 
-fn run_restore(c: RestoreCmd) -> Result<ExitCode> {
+fn run_restore(mut c: RestoreCmd) -> Result<ExitCode> {
     set_quiet(&c.storage);
     c.server.check()?;
     let ctx = c.common.resolve()?;
+    if let Some(dest) = &c.from {
+        let what = c.file.to_string_lossy().to_string();
+        c.file = offsite::fetch(dest, &c.restic, &what, &c.storage.dir(&ctx))?;
+    }
     if !c.file.is_file() {
         return Err(Failure::usage(format!("{}: no such file", c.file.display())).into());
     }

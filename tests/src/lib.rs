@@ -211,6 +211,14 @@ impl Stack {
         String::from_utf8_lossy(&out.stdout).to_string()
     }
 
+    /// One SQL statement in the demo database (`db`, user and database `demo`), as
+    /// psql's unaligned output, trimmed; panics when it fails.
+    pub fn sql(&self, q: &str) -> String {
+        let args = ["exec", "-T", "db", "psql", "-X", "-U", "demo", "-d", "demo"];
+        let out = self.compose_ok(&[&args[..], &["-v", "ON_ERROR_STOP=1", "-Atc", q]].concat());
+        out.trim().to_string()
+    }
+
     /// A berth command pointed at this stack (`--project-dir`, `-p`).
     pub fn berth(&self, name: &str) -> Command {
         let mut c = berth(name);
