@@ -120,6 +120,8 @@ pub enum Command {
     /// Rehearse a restore: the newest verified backup into a scratch database, row counts
     /// compared with the manifest, the result recorded in the ledger (exit 5 on failure)
     Drill(drill::DrillCmd),
+    /// Copy an existing backup off-site (retry a failed copy, or feed a new destination)
+    Copy(offsite::CopyCmd),
 }
 
 /// Where backups live and how to share them.
@@ -525,6 +527,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Restore(c) => run_restore(c),
         Command::Prune(c) => run_prune(c),
         Command::Drill(c) => c.monitor.clone().around(|| drill::run(c)),
+        Command::Copy(c) => offsite::run_copy(c),
     }
 }
 

@@ -291,6 +291,70 @@ fn rclone_copy(remote: &str, archive: &Path, manifest: &Path) -> Result<Option<S
     Ok(None)
 }
 
+/// `berth-backup copy FILE --copy-to DEST...`.
+#[derive(Debug, Args)]
+#[command(
+    after_help = "Example: berth-backup copy .berth/backups/shop-shop-20261122T031500Z.dump \\
+    --copy-to restic:sftp:backup@vault:/srv/restic/shop --restic-password-file /etc/berth/restic-pw"
+)]
+pub struct CopyCmd {
+    /// The backup (its manifest must be beside it)
+    #[arg(value_name = "FILE")]
+    pub file: PathBuf,
+
+    #[command(flatten)]
+    pub offsite: Offsite,
+
+    #[command(flatten)]
+    pub storage: crate::Storage,
+
+    #[command(flatten)]
+    pub common: berth_core::cli::CommonArgs,
+}
+
+/// Copy one backup; exit 5 when any copy failed (asked for by name, a failure is the
+/// answer, not a warning). The results are printed as JSON on stdout.
+pub fn run_copy(c: CopyCmd) -> Result<berth_core::ExitCode> {
+    crate::set_quiet(&c.storage);
+    if c.offsite.copy_to.is_empty() {
+        return Err(Failure::usage(
+            "name a destination: --copy-to restic:REPO or rclone:REMOTE:PATH",
+        )
+        .into());
+    }
+    let ctx = c.common.resolve()?;
+    let manifest = Manifest::read_for(&c.file)?.ok_or_else(|| {
+        Failure::usage(format!(
+            "{}: no manifest beside it: not a berth backup",
+            c.file.display()
+        ))
+    })?;
+    if !manifest.verification.verified() {
+        return Err(fail!(
+            Backup,
+            "{} is not verified: run berth-backup verify first",
+            c.file.display()
+        ));
+    }
+    let entry = Entry {
+        path: c.file.clone(),
+        manifest,
+    };
+    let pins = crate::pinned(&ctx.state_dir).unwrap_or_default();
+    let mut off = c.offsite.clone();
+    off.require_copy = true;
+    let mut detail = Map::new();
+    let res = off.copy(
+        &entry,
+        &entry.manifest.target(),
+        &Policy::default(),
+        &pins,
+        &mut detail,
+    );
+    println!("{}", Value::Object(detail));
+    res.map(|_| berth_core::ExitCode::Success)
+}
+
 /// One restic snapshot of a berth backup.
 #[derive(Debug, Clone)]
 pub struct Snapshot {

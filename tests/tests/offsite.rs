@@ -230,6 +230,29 @@ fn copies_to_restic_and_rclone_over_sftp_list_check_rotate_and_restore_from_a_sn
     assert_eq!(l.as_array().unwrap().len(), 1, "{l}");
     assert_eq!(l[0]["file"], name.as_str());
 
+    // copy: an existing backup to a new destination (exit 0, the copy listed).
+    let o = bb(
+        &s,
+        &sftp,
+        &[
+            "copy",
+            file.to_str().unwrap(),
+            "--copy-to",
+            "rclone:off:/srv/second",
+        ],
+    );
+    assert_eq!(code(&o), 0, "{}", err(&o));
+    let o = bb(
+        &s,
+        &sftp,
+        &["list", "--remote", "rclone:off:/srv/second", "--json"],
+    );
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains(&name),
+        "{}",
+        err(&o)
+    );
+
     // verify --remote: restic check reads the data back.
     let o = bb(
         &s,
@@ -358,4 +381,11 @@ fn copies_to_restic_and_rclone_over_sftp_list_check_rotate_and_restore_from_a_sn
         "{}",
         err(&o)
     );
+    // Asked for by name, a failed copy is the answer: 5.
+    let o = bb(
+        &s,
+        &sftp,
+        &["copy", local.to_str().unwrap(), "--copy-to", RCLONE],
+    );
+    assert_eq!(code(&o), 5, "{}", err(&o));
 }
