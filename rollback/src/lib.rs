@@ -233,8 +233,9 @@ fn converge(ctx: &Context, args: &SwapArgs, tag: &str) -> Result<()> {
     Ok(())
 }
 
-/// `None` when what serves is still the document's release: `.env` at its tag and every
-/// service running exactly the containers its swap started. Otherwise who deployed what.
+/// `None` when what serves is still the document's release: `.env` at its tag and, per
+/// service, every container its swap started still there and no other one running.
+/// Otherwise who deployed what.
 fn serving_other(
     ctx: &Context,
     d: &Document,
@@ -266,19 +267,24 @@ fn serving_other(
         let Some(started) = started_containers(d, svc) else {
             continue;
         };
-        let running: Vec<String> = compose
-            .containers(svc)?
-            .into_iter()
-            .filter(|c| c.state.running)
+        // Ours while every container it started is still there (a crashed or restarting
+        // one too: undoing a release that dies is the point) and nothing else runs.
+        let now = compose.containers(svc)?;
+        let is_started = |id: &str| started.iter().any(|s| id.starts_with(s.as_str()));
+        let gone = started
+            .iter()
+            .any(|s| !now.iter().any(|c| c.id.starts_with(s.as_str())));
+        let others: Vec<String> = now
+            .iter()
+            .filter(|c| c.state.running && !is_started(&c.id))
             .map(|c| c.short_id().to_string())
             .collect();
-        let same = running.len() == started.len()
-            && running.iter().all(|r| {
-                started
-                    .iter()
-                    .any(|s| r.starts_with(s.as_str()) || s.starts_with(r.as_str()))
-            });
-        if !same {
+        if gone || !others.is_empty() {
+            let running: Vec<String> = now
+                .iter()
+                .filter(|c| c.state.running)
+                .map(|c| c.short_id().to_string())
+                .collect();
             return Ok(Some(format!(
                 "{svc} runs containers {} now, not {} that this deploy started",
                 list(&running),
