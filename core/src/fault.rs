@@ -5,8 +5,9 @@
 //!
 //! `POINT` is a name from [`SWAP_POINTS`], optionally `NAME:N` for its N-th occurrence in
 //! one run (`reload:2` is the second `nginx -s reload`). Unset (always, outside tests),
-//! [`point`] does nothing. Only the steps of a swap (and so of a rollback, which swaps
-//! back through the same engine) are points; convergence itself has none.
+//! [`point`] does nothing. The points are the steps of a swap (and so of a rollback, which
+//! swaps back through the same engine); convergence reuses some of those steps, so a test
+//! arms a point only in the run it means to kill.
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Mutex;
