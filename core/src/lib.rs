@@ -10,6 +10,7 @@
 //! - [`ledger`]: the release ledger `releases.jsonl`.
 //! - [`http`] and [`health`]: HTTP probing and waiting until targets are ready.
 //! - [`fsutil`]: atomic file writes.
+//! - [`fault`]: a test hook that kills the program after a named step.
 
 pub mod backups;
 pub mod cli;
@@ -17,6 +18,7 @@ pub mod compose;
 pub mod doc;
 pub mod docker;
 pub mod exit;
+pub mod fault;
 pub mod fsutil;
 pub mod health;
 pub mod http;

@@ -4,7 +4,10 @@
 //! In a pipeline it acts on the document: a failure recorded after a successful `swap`
 //! means the failed release is serving, so it swaps back to `previous_tag`, records
 //! `rollback` (ok, exit 4) and exits 4; if that fails, exit 7 with one `CRITICAL:` line
-//! naming the command to run by hand. A failure before the switch passes through with its
+//! naming the command to run by hand. It acts only on what it would undo: after
+//! converging an interrupted swap, what serves must still be the document's release (the
+//! tag in `.env`, the container IDs its swap started per service); otherwise it changes
+//! nothing, says who deployed what, and exits 7. A failure before the switch passes through with its
 //! code, a success with 0. Standalone it goes back to the newest good release in the
 //! ledger that is not the one running now, or to `--to TAG`.
 
@@ -35,7 +38,8 @@ Examples:
 
 Exit status: 0 nothing to undo (pipeline) or rolled back (standalone); 4 rolled back
 after a failure past the switch; 7 CRITICAL: the rollback failed, a person must act (the
-stderr line says what to run); a failure before the switch passes through with its code;
+stderr line says what to run), or (pipeline) what serves is no longer the document's
+release (another deploy landed since: tag in .env, container IDs) and nothing was changed; a failure before the switch passes through with its code;
 standalone: 2 image missing, 3 swap failed (the current release still serves);
 64 usage; 65 bad document; 75 locked.";
 
@@ -164,6 +168,8 @@ fn piped(cli: Cli, input: stage::Input) -> Result<ExitCode> {
             detail.insert("to".into(), json!(to));
             detail.insert("after_stage".into(), json!(failed.stage));
             detail.insert("services".into(), json!(names));
+            // Only undo what this deploy did: a crash is converged first (always safe),
+            // then what serves must still be this document's release.
             let res = (|| -> Result<engine::Outcome> {
                 *held.borrow_mut() = Some(lock::acquire(
                     &ctx.state_dir,
@@ -171,6 +177,10 @@ fn piped(cli: Cli, input: stage::Input) -> Result<ExitCode> {
                     args.lock_wait,
                     Some(&doc.deploy_id),
                 )?);
+                converge(ctx, &args, &to)?;
+                if let Some(other) = serving_other(ctx, doc, &from, &names)? {
+                    return Err(NotOurs(other).into());
+                }
                 engine::swap(ctx, &args, &names, &to, &doc.deploy_id)
             })();
             match res {
@@ -178,6 +188,15 @@ fn piped(cli: Cli, input: stage::Input) -> Result<ExitCode> {
                     detail.insert("swap".into(), Value::Object(out.detail));
                     msg::info(format!("rolled back to {to}"));
                     Ok(Completed::Done(ExitCode::Unhealthy))
+                }
+                Err(e) if e.is::<NotOurs>() => {
+                    detail.insert("serving".into(), json!(e.to_string()));
+                    Err(fail!(
+                        RollbackFailed,
+                        "not rolling back: {e}; this deploy ({}, {from}) no longer serves, so \
+                         nothing was changed: a person must look",
+                        doc.deploy_id
+                    ))
                 }
                 Err(e) => {
                     let line = berth_core::exit::one_line(&e);
@@ -188,6 +207,117 @@ fn piped(cli: Cli, input: stage::Input) -> Result<ExitCode> {
         },
         |ctx, doc| after(ctx, doc, &held),
     )
+}
+
+/// What serves is not the release the document would undo (who deployed what).
+#[derive(Debug)]
+struct NotOurs(String);
+
+impl std::fmt::Display for NotOurs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for NotOurs {}
+
+/// Converge a killed swap or rollback before looking at what serves.
+fn converge(ctx: &Context, args: &SwapArgs, tag: &str) -> Result<()> {
+    let done = berth_swap::converge::converge(ctx, args, Some(tag))?;
+    if !done.is_empty() {
+        msg::info(format!(
+            "converged an interrupted swap: {}",
+            done.join(", ")
+        ));
+    }
+    Ok(())
+}
+
+/// `None` when what serves is still the document's release: `.env` at its tag and, per
+/// service, every container its swap started still there and no other one running.
+/// Otherwise who deployed what.
+fn serving_other(
+    ctx: &Context,
+    d: &Document,
+    from: &str,
+    names: &[String],
+) -> Result<Option<String>> {
+    let now = engine::current_tag(ctx);
+    if now.as_deref() != Some(from) {
+        let Some(now) = now else {
+            return Ok(Some(format!(
+                "{} has no {} in .env (deployed by hand?)",
+                ctx.project, ctx.tag_var
+            )));
+        };
+        let who = ledger::read(&ctx.state_dir)
+            .unwrap_or_default()
+            .into_iter()
+            .rev()
+            .find(|r| r.tag.as_deref() == Some(now.as_str()) && r.deploy_id != d.deploy_id)
+            .map(|r| format!("deploy {} of {} put it there", r.deploy_id, r.created_at))
+            .unwrap_or_else(|| "no deploy in the ledger put it there".into());
+        return Ok(Some(format!(
+            "{} runs {now} now ({}={now} in .env; {who})",
+            ctx.project, ctx.tag_var
+        )));
+    }
+    let compose = ctx.compose_at(from);
+    for svc in names {
+        let Some(started) = started_containers(d, svc) else {
+            continue;
+        };
+        // Ours while every container it started is still there (a crashed or restarting
+        // one too: undoing a release that dies is the point) and nothing else runs.
+        let now = compose.containers(svc)?;
+        let is_started = |id: &str| started.iter().any(|s| id.starts_with(s.as_str()));
+        let gone = started
+            .iter()
+            .any(|s| !now.iter().any(|c| c.id.starts_with(s.as_str())));
+        let others: Vec<String> = now
+            .iter()
+            .filter(|c| c.state.running && !is_started(&c.id))
+            .map(|c| c.short_id().to_string())
+            .collect();
+        if gone || !others.is_empty() {
+            let running: Vec<String> = now
+                .iter()
+                .filter(|c| c.state.running)
+                .map(|c| c.short_id().to_string())
+                .collect();
+            return Ok(Some(format!(
+                "{svc} runs containers {} now, not {} that this deploy started",
+                list(&running),
+                list(&started)
+            )));
+        }
+    }
+    Ok(None)
+}
+
+fn list(ids: &[String]) -> String {
+    if ids.is_empty() {
+        "(none)".into()
+    } else {
+        ids.join(", ")
+    }
+}
+
+/// The (short) IDs of the containers the document's swap started for `svc`.
+fn started_containers(d: &Document, svc: &str) -> Option<Vec<String>> {
+    d.stage("swap")?
+        .detail
+        .get("services")?
+        .as_array()?
+        .iter()
+        .find(|s| s.get("name").and_then(Value::as_str) == Some(svc))?
+        .get("new_containers")?
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|c| c.get("id").and_then(Value::as_str).map(str::to_string))
+                .collect()
+        })
 }
 
 fn names_with_workers(names: &[String], args: &SwapArgs) -> Vec<String> {

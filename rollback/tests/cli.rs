@@ -65,18 +65,32 @@ fn a_failure_before_the_switch_passes_through_with_its_code() {
     }
 }
 
-#[test]
-fn a_failed_rollback_exits_7_with_one_critical_line() {
-    // A docker that is not there: the swap back cannot even start.
-    let d = tempfile::tempdir().unwrap();
+/// berth-rollback on a deploy whose smoke failed after its swap to v2, with `.env`
+/// pinning `pinned` and no docker at all: (stderr, its rollback record).
+fn rollback_v2_with_env(d: &std::path::Path, pinned: &str) -> (String, Value) {
+    std::fs::write(d.join(".env"), format!("BERTH_TAG={pinned}\n")).unwrap();
     let input = doc(json!([st("swap", "ok", 0), st("smoke", "failed", 4)]));
-    let out = cmd(d.path())
+    let out = cmd(d)
         .env("BERTH_DOCKER", "/nonexistent/docker")
         .write_stdin(input.to_string())
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(7));
-    let err = String::from_utf8_lossy(&out.stderr);
+    let back: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let rb = back["stages"].as_array().unwrap().last().unwrap().clone();
+    assert_eq!(
+        (rb["stage"].as_str(), rb["exit_code"].as_i64()),
+        (Some("rollback"), Some(7))
+    );
+    (String::from_utf8_lossy(&out.stderr).to_string(), rb)
+}
+
+#[test]
+fn a_failed_rollback_exits_7_with_one_critical_line() {
+    // v2 is pinned (the release to undo), but docker is not there: the swap back cannot
+    // even start.
+    let d = tempfile::tempdir().unwrap();
+    let (err, _) = rollback_v2_with_env(d.path(), "v2");
     let critical: Vec<&str> = err.lines().filter(|l| l.contains("CRITICAL:")).collect();
     assert_eq!(critical.len(), 1, "{err}");
     assert!(
@@ -86,12 +100,27 @@ fn a_failed_rollback_exits_7_with_one_critical_line() {
         )),
         "{err}"
     );
-    let back: Value = serde_json::from_slice(&out.stdout).unwrap();
-    let rb = back["stages"].as_array().unwrap().last().unwrap();
-    assert_eq!(
-        (rb["stage"].as_str(), rb["exit_code"].as_i64()),
-        (Some("rollback"), Some(7))
+}
+
+#[test]
+fn another_release_serving_exits_7_and_touches_nothing() {
+    // Another deploy landed after this document's swap: `.env` pins v3, not v2. No docker
+    // is needed to see it, and none is run (a missing one would be a CRITICAL line).
+    let d = tempfile::tempdir().unwrap();
+    let (err, rb) = rollback_v2_with_env(d.path(), "v3");
+    assert!(!err.contains("CRITICAL"), "{err}");
+    assert!(
+        err.contains(
+            "not rolling back: shop runs v3 now (BERTH_TAG=v3 in .env; no deploy in the \
+             ledger put it there)"
+        ),
+        "{err}"
     );
+    assert_eq!(
+        std::fs::read_to_string(d.path().join(".env")).unwrap(),
+        "BERTH_TAG=v3\n"
+    );
+    assert_eq!(rb["status"], "failed");
 }
 
 #[test]

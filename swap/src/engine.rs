@@ -25,7 +25,7 @@ use berth_core::docker::{self, Container};
 use berth_core::health::{self, HttpCheck, Target};
 use berth_core::process::Runner;
 use berth_core::time::{self, millis};
-use berth_core::{fail, msg};
+use berth_core::{fail, fault, msg};
 
 use crate::envfile;
 use crate::journal::{self, Journal, Phase};
@@ -119,7 +119,7 @@ pub fn swap(
     let mut proxy = proxy(ctx, args, Some(tag));
 
     if !ctx.dry_run {
-        converge(ctx, args, Some(tag))?;
+        crate::converge::converge(ctx, args, Some(tag))?;
     }
     let previous_tag = current_tag(ctx);
 
@@ -305,7 +305,10 @@ pub fn swap(
         successes: 1,
     };
     let wait_started = Instant::now();
-    let report = health::wait(&targets, &opts, &|l| msg::info(l));
+    let report = health::wait(&targets, &opts, &|l| {
+        msg::info(l);
+        fault::point("probe");
+    });
     if !report.ready {
         undo(ctx, &compose, &plans);
         return Err(fail!(
@@ -314,6 +317,7 @@ pub fn swap(
             report.failure()
         ));
     }
+    fault::point("ready");
     for (t, i) in report.targets.iter().zip(owner) {
         let ms = t.time_to_ready_ms.unwrap_or(0);
         let cur = &mut plans[i].time_to_ready_ms;
@@ -326,31 +330,11 @@ pub fn swap(
     let mut files = Vec::new();
     for p in &plans {
         if let Some(u) = &p.upstream {
-            let servers: Vec<String> = p
-                .new
-                .iter()
-                .map(|c| {
-                    if proxy.by_name() {
-                        format!("{}:{}", c.name, args.port)
-                    } else {
-                        format!("{}:{}", address(c).unwrap_or_default(), args.port)
-                    }
-                })
-                .collect();
-            let comment = format!(
-                "Written by berth-swap at {} (deploy {deploy_id}): {} at {tag}.\n\
-                 berth rewrites this file on every swap; edits here are overwritten.",
-                time::now_rfc3339(),
-                p.name
-            );
+            let servers: Vec<String> = p.new.iter().map(|c| server(&proxy, args, c)).collect();
+            let what = format!("deploy {deploy_id}): {} at {tag}", p.name);
             files.push((
                 u.clone(),
-                Some(nginx::render_upstream(
-                    &p.name,
-                    &servers,
-                    args.keepalive,
-                    &comment,
-                )),
+                Some(upstream_text(args, &p.name, &servers, &what)),
             ));
         }
     }
@@ -392,6 +376,7 @@ pub fn swap(
         std::thread::sleep(args.drain);
     }
     let drain_ms = millis(drain_started.elapsed());
+    fault::point("drain");
     let stop_started = Instant::now();
     let all_stopped = std::sync::atomic::AtomicBool::new(true);
     std::thread::scope(|s| {
@@ -420,21 +405,11 @@ pub fn swap(
             .filter(|p| !p.new.is_empty())
             .filter_map(|p| {
                 let u = p.upstream.as_ref()?;
-                let comment = format!(
-                    "Written by berth-swap at {} (deploy {deploy_id}): {} at {tag}.\n\
-                     berth rewrites this file on every swap; edits here are overwritten.",
-                    time::now_rfc3339(),
-                    p.name
-                );
+                let what = format!("deploy {deploy_id}): {} at {tag}", p.name);
                 let server = format!("{}:{}", p.name, args.port);
                 Some((
                     u.clone(),
-                    Some(nginx::render_upstream(
-                        &p.name,
-                        &[server],
-                        args.keepalive,
-                        &comment,
-                    )),
+                    Some(upstream_text(args, &p.name, &[server], &what)),
                 ))
             })
             .collect();
@@ -451,6 +426,7 @@ pub fn swap(
     let env_path = ctx.project_dir.join(".env");
     envfile::write_var(&env_path, &ctx.tag_var, tag)
         .with_context(|| format!("recording {}={tag} in {}", ctx.tag_var, env_path.display()))?;
+    fault::point("env");
     for p in &plans {
         journal::remove(&ctx.state_dir, &p.name)?;
     }
@@ -566,6 +542,7 @@ fn start_beside(compose: &Compose, p: &mut Plan) -> Result<()> {
         p.name, p.image
     ));
     let res = cmd.run();
+    fault::point("start");
     let after = compose.containers(&p.name)?;
     if p.running_before == 0 {
         // Whatever compose now runs is the new release; anything else is old.
@@ -618,8 +595,34 @@ fn undo(ctx: &Context, compose: &Compose, plans: &[Plan]) {
     }
 }
 
+/// The upstream file's text for `service` sending to `servers`; `what` ends the first
+/// comment line ("Written by berth-swap at TIME (" WHAT ".").
+pub(crate) fn upstream_text(
+    args: &SwapArgs,
+    service: &str,
+    servers: &[String],
+    what: &str,
+) -> String {
+    let comment = format!(
+        "Written by berth-swap at {} ({what}.\n\
+         berth rewrites this file on every swap; edits here are overwritten.",
+        time::now_rfc3339()
+    );
+    nginx::render_upstream(service, servers, args.keepalive, &comment)
+}
+
+/// How an upstream file names one container: by name for nginx in the project's
+/// network, by address for nginx on the host.
+pub(crate) fn server(proxy: &Proxy, args: &SwapArgs, c: &Container) -> String {
+    if proxy.by_name() {
+        format!("{}:{}", c.name, args.port)
+    } else {
+        format!("{}:{}", address(c).unwrap_or_default(), args.port)
+    }
+}
+
 /// SIGTERM with the grace period (then SIGKILL), then remove.
-fn stop_remove(ids: &[String], grace: Duration) -> Result<()> {
+pub(crate) fn stop_remove(ids: &[String], grace: Duration) -> Result<()> {
     if ids.is_empty() {
         return Ok(());
     }
@@ -636,12 +639,14 @@ fn stop_remove(ids: &[String], grace: Duration) -> Result<()> {
         .args(["stop", "--time", &secs.to_string()])
         .args(&existing)
         .run()
-        .context("stopping the old containers")?;
+        .context("stopping containers")?;
+    fault::point("stop");
     docker::docker()
         .args(["rm", "-v"])
         .args(&existing)
         .run()
-        .context("removing the old containers")?;
+        .context("removing containers")?;
+    fault::point("rm");
     Ok(())
 }
 
@@ -666,94 +671,6 @@ fn stop_grace(cfg: &Value, svc: &str) -> Duration {
             .unwrap_or(Duration::from_secs(10)),
         _ => Duration::from_secs(10),
     }
-}
-
-/// Converge what an interrupted swap left (see [`journal`]). Returns one line per thing done.
-pub fn converge(ctx: &Context, args: &SwapArgs, tag: Option<&str>) -> Result<Vec<String>> {
-    let journals = journal::all(&ctx.state_dir)?;
-    let mut done = Vec::new();
-    if journals.is_empty() {
-        return Ok(done);
-    }
-    let mut proxy = proxy(ctx, args, tag);
-    proxy.locate()?;
-    let compose = match tag {
-        Some(t) => ctx.compose_at(t),
-        None => ctx.compose(),
-    };
-    let mut reload = false;
-    for j in &journals {
-        let say = |s: String| {
-            msg::warn(format!(
-                "converging the interrupted swap of {} to {} (deploy {}): {s}",
-                j.service, j.tag, j.deploy_id
-            ));
-        };
-        match j.phase {
-            Phase::Started => {
-                if let Some(u) = &j.upstream_file {
-                    let now = nginx::read_opt(u)?;
-                    if now != j.upstream_before {
-                        nginx::put(u, j.upstream_before.as_deref())?;
-                        reload = true;
-                        say(format!("restored {}", u.display()));
-                    }
-                }
-                let ours: Vec<String> = compose
-                    .containers(&j.service)?
-                    .into_iter()
-                    .filter(|c| {
-                        !j.old.contains(&c.id) && (j.new.contains(&c.id) || c.image == j.image)
-                    })
-                    .map(|c| c.id)
-                    .collect();
-                if !ours.is_empty() {
-                    if reload {
-                        // nginx must stop naming them before they go.
-                        proxy.test(Runner { dry_run: false })?;
-                        proxy.reload(Runner { dry_run: false })?;
-                        reload = false;
-                    }
-                    docker::docker()
-                        .args(["rm", "-f", "-v"])
-                        .args(&ours)
-                        .run()?;
-                    say(format!("removed {} new container(s)", ours.len()));
-                }
-            }
-            Phase::Switched => {
-                let existing: Vec<String> = j
-                    .old
-                    .iter()
-                    .filter(|id| docker::inspect(&[id.as_str()]).is_ok())
-                    .cloned()
-                    .collect();
-                if !existing.is_empty() {
-                    stop_remove(&existing, Duration::from_secs(j.stop_grace_secs))?;
-                    say(format!(
-                        "stopped and removed {} old container(s)",
-                        existing.len()
-                    ));
-                }
-                let env_path = ctx.project_dir.join(".env");
-                if envfile::write_var(&env_path, &j.tag_var, &j.tag)? {
-                    say(format!(
-                        "recorded {}={} in {}",
-                        j.tag_var,
-                        j.tag,
-                        env_path.display()
-                    ));
-                }
-            }
-        }
-        journal::remove(&ctx.state_dir, &j.service)?;
-        done.push(format!("{}: {:?}", j.service, j.phase));
-    }
-    if reload && args.proxy != ProxyMode::None {
-        proxy.test(Runner { dry_run: false })?;
-        proxy.reload(Runner { dry_run: false })?;
-    }
-    Ok(done)
 }
 
 #[cfg(test)]

@@ -2,11 +2,14 @@
 //! that a swap killed at any moment (even `kill -9`) is converged by the next swap or
 //! rollback. Written atomically before every step that changes something.
 //!
-//! - `started`: new containers may exist and the upstream file may already name them,
-//!   but the old containers still run. Converge backwards: put the upstream file back,
-//!   reload nginx, remove the new containers.
-//! - `switched`: nginx sends traffic to the new containers. Converge forwards: stop and
-//!   remove the old containers and record the tag in `.env`.
+//! - `started`: new containers may exist and nginx may already send them traffic, but
+//!   the old containers still run. Converge backwards (to the new ones only when no old
+//!   one runs).
+//! - `switched`: nginx sends traffic to the new containers. Converge forwards: the old
+//!   containers go and `.env` records the tag.
+//!
+//! Either way nginx is first told to name only the containers that stay, and its old
+//! workers have exited, before any other container goes ([`crate::converge`]).
 
 use std::path::{Path, PathBuf};
 

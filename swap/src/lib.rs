@@ -6,6 +6,7 @@
 //!
 //! The engine is a library so that `berth-rollback` swaps back through the same path.
 
+pub mod converge;
 pub mod engine;
 pub mod envfile;
 pub mod journal;
@@ -41,13 +42,18 @@ Examples:
   # Show the docker commands, change nothing
   berth-swap --tag 3f9c2a1 --dry-run web
 
+  # After a crash (kill -9, power cut) mid-swap: back to one consistent release, no
+  # request lost (the next swap or rollback also does this first)
+  berth-swap --converge
+
   # Maintenance page on and off (503 with Retry-After; /healthz and /readyz still pass)
   berth-swap maintenance on --message 'Upgrading the database, back in 5 minutes'
   berth-swap maintenance off
 
 Files: the upstream file (default <project>/nginx/berth/upstream-SERVICE.conf) is rewritten
 to name the new containers; <project>/.env gets TAG_VAR=TAG; <state>/swap/SERVICE.json is
-the journal of a swap in progress (a killed swap is converged by the next swap or rollback);
+the journal of a swap in progress (a killed swap is converged by the next swap or rollback,
+or by `berth-swap --converge`);
 <state>/releases.jsonl gets the release.
 
 Exit status: 0 swapped; 1 preflight (docker unreachable, compose config invalid, nginx not
@@ -77,6 +83,12 @@ pub struct Cli {
     /// traffic moves) [default: every service whose image uses the tag variable]
     #[arg(value_name = "SERVICE")]
     pub services: Vec<String>,
+
+    /// Only converge what a killed swap or rollback left (from its journal in
+    /// <state>/swap/), with zero failed requests, then exit; every swap and rollback also
+    /// does this first
+    #[arg(long, conflicts_with = "services")]
+    pub converge: bool,
 
     #[command(flatten)]
     pub swap: SwapArgs,
@@ -227,6 +239,9 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
     cli.swap.check()?;
     check_services(&cli.services)?;
     let input = stage::load(&cli.common)?;
+    if cli.converge {
+        return converge_stage(&cli.swap, input);
+    }
     let spec = Spec {
         name: "swap",
         default_code: ExitCode::Swap,
@@ -278,6 +293,36 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             }
         },
     )
+}
+
+/// `berth-swap --converge`: the stage `converge`, under the deploy lock; it acts after a
+/// failure too (a converged state is always safer).
+fn converge_stage(args: &SwapArgs, input: stage::Input) -> Result<ExitCode> {
+    let spec = Spec {
+        name: "converge",
+        default_code: ExitCode::Swap,
+        acts_on_failure: true,
+    };
+    let prior = ExitCode::from_code(input.doc.outcome()).unwrap_or(ExitCode::Success);
+    stage::run(spec, input, |ctx, doc, detail| {
+        if ctx.dry_run {
+            return Ok(Completed::Skipped("dry run: nothing changed".into()));
+        }
+        let _lock = lock::acquire(
+            &ctx.state_dir,
+            "deploy",
+            args.lock_wait,
+            Some(&doc.deploy_id),
+        )?;
+        let done = converge::converge(ctx, args, ctx.tag.as_deref())?;
+        msg::info(if done.is_empty() {
+            "nothing to converge: no swap was interrupted".to_string()
+        } else {
+            format!("converged: {}", done.join(", "))
+        });
+        detail.insert("converged".into(), serde_json::json!(done));
+        Ok(Completed::Done(prior))
+    })
 }
 
 /// Put what a swap learned into the document: previous tag, images with their IDs.

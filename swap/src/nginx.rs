@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::{Context as _, Result};
 use berth_core::compose::Compose;
 use berth_core::process::{Cmd, Runner};
-use berth_core::{fail, fsutil, msg};
+use berth_core::{fail, fault, fsutil, msg};
 
 /// Where nginx runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -98,11 +98,64 @@ impl Proxy {
             .context("nginx -s reload failed")
     }
 
+    /// The PIDs of nginx's worker processes now (as the host sees them: `docker top` for
+    /// the proxy container, `ps` for nginx on the host).
+    pub fn worker_pids(&self) -> Result<Vec<String>> {
+        let cmd = match (&self.mode, &self.container) {
+            (ProxyMode::Compose, Some(c)) => {
+                berth_core::docker::docker().args(["top", c, "-eo", "pid,args"])
+            }
+            (ProxyMode::Compose, None) => anyhow::bail!("the nginx container is not located"),
+            _ => Cmd::new("ps").args(["-eo", "pid,args"]),
+        };
+        let out = cmd.read()?;
+        Ok(worker_pids_in(&out))
+    }
+
+    /// Wait (at most `bound`) until every worker in `before` has exited: after a graceful
+    /// reload the old workers finish the requests they hold, then exit. Returns whether
+    /// they did; when they cannot be listed, waits the whole `bound`.
+    pub fn wait_workers_gone(&self, before: &[String], bound: Duration) -> bool {
+        let deadline = std::time::Instant::now() + bound;
+        loop {
+            match self.worker_pids() {
+                Ok(now) if !now.iter().any(|p| before.contains(p)) => return true,
+                Ok(_) => {}
+                Err(e) => {
+                    msg::warn(format!(
+                        "cannot list nginx's workers ({e:#}); waiting {bound:?}"
+                    ));
+                    std::thread::sleep(
+                        deadline.saturating_duration_since(std::time::Instant::now()),
+                    );
+                    return false;
+                }
+            }
+            if std::time::Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     /// Whether upstream files name containers (nginx inside the project's network) or
     /// hold their addresses (nginx on the host).
     pub fn by_name(&self) -> bool {
         self.mode == ProxyMode::Compose
     }
+}
+
+/// The PIDs of nginx worker processes in `ps -eo pid,args` output (a worker that is
+/// shutting down still counts).
+fn worker_pids_in(ps: &str) -> Vec<String> {
+    ps.lines()
+        .filter_map(|l| l.trim().split_once(char::is_whitespace))
+        .filter(|(pid, args)| {
+            pid.chars().all(|c| c.is_ascii_digit())
+                && args.trim().starts_with("nginx: worker process")
+        })
+        .map(|(pid, _)| pid.to_string())
+        .collect()
 }
 
 /// The upstream block for `name` sending to `servers` (`host:port`).
@@ -177,16 +230,19 @@ pub fn apply(proxy: &Proxy, runner: Runner, files: &[(PathBuf, Option<String>)])
                 return Err(fail!(Swap, "{e:#}"));
             }
         }
+        fault::point("upstream");
     }
     if let Err(e) = proxy.test(runner) {
         restore(&e);
         return Err(fail!(Swap, "{e:#}"));
     }
+    fault::point("nginx-test");
     if let Err(e) = proxy.reload(runner) {
         restore(&e);
         let _ = proxy.reload(runner);
         return Err(fail!(Swap, "{e:#}"));
     }
+    fault::point("reload");
     Ok(())
 }
 
@@ -288,6 +344,14 @@ mod tests {
         // The page is a single-quoted nginx string: only our own two quotes.
         let ret = s.lines().find(|l| l.contains("return 503 '")).unwrap();
         assert_eq!(ret.matches('\'').count(), 2, "{ret}");
+    }
+
+    #[test]
+    fn workers_from_ps() {
+        let ps = "    PID COMMAND\n   4021 nginx: master process nginx -g daemon off;\n   \
+                  4100 nginx: worker process\n   4101 nginx: worker process is shutting down\n   \
+                  4200 /bin/sh -c nginx: worker process\n";
+        assert_eq!(worker_pids_in(ps), ["4100", "4101"]);
     }
 
     #[test]

@@ -82,3 +82,23 @@ fn documents_bad_and_failed() {
     let back: Value = serde_json::from_str(out.trim()).unwrap();
     assert_eq!(back["stages"].as_array().unwrap().len(), 1);
 }
+
+#[test]
+fn converge_with_no_interrupted_swap_changes_nothing() {
+    // No journal: nothing to do, and no docker is needed to know it.
+    let d = tempfile::tempdir().unwrap();
+    let (c, out, err) = code(
+        cmd(d.path())
+            .env("BERTH_DOCKER", "/nonexistent/docker")
+            .arg("--converge"),
+        "",
+    );
+    assert_eq!(c, 0, "{err}");
+    assert!(err.contains("nothing to converge"), "{err}");
+    let doc: Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(doc["stages"][0]["stage"], "converge");
+    assert_eq!(doc["stages"][0]["detail"]["converged"], json!([]));
+    // Services with --converge are a usage error.
+    let (c, _, _) = code(cmd(d.path()).args(["--converge", "web"]), "");
+    assert_eq!(c, 64);
+}

@@ -85,17 +85,7 @@ fn main() {
     );
     let s = Stack::new("bench-swap");
     s.start("v1");
-    let migrate = |tag: &str| {
-        berth_e2e::run_ok(s.compose().env("BERTH_TAG", tag).args([
-            "run",
-            "--rm",
-            "--no-deps",
-            "-T",
-            "web",
-            "migrate",
-        ]));
-    };
-    migrate("v2");
+    s.migrate("v2");
 
     // 1. What compose does by itself: recreate web at v2 (stop-first), wait for health,
     //    then reload nginx so that it resolves the new container (without the reload

@@ -121,6 +121,19 @@ pub fn run_ok(cmd: &mut Command) -> Output {
     out
 }
 
+/// Run a command with `input` on its stdin, capturing stdout and stderr.
+pub fn output_with_stdin(cmd: &mut Command, input: &[u8]) -> Output {
+    use std::io::Write;
+    let mut child = cmd
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("could not run {cmd:?}: {e}"));
+    child.stdin.take().unwrap().write_all(input).unwrap();
+    child.wait_with_output().unwrap()
+}
+
 /// A private copy of `examples/demo` with its own compose project and port.
 /// Dropping it removes its containers (also ones berth created), networks and volumes.
 pub struct Stack {
@@ -236,6 +249,19 @@ impl Stack {
         self.compose_ok(&["up", "-d", "--wait", "db", "redis"]);
         self.compose_ok(&["run", "--rm", "--no-deps", "-T", "web", "migrate"]);
         self.compose_ok(&["up", "-d", "--wait"]);
+    }
+
+    /// Migrate the database to the schema of `tag` (the app's `migrate` in a one-off
+    /// container of that image), as a deploy's migrate stage would.
+    pub fn migrate(&self, tag: &str) {
+        run_ok(self.compose().env("BERTH_TAG", tag).args([
+            "run",
+            "--rm",
+            "--no-deps",
+            "-T",
+            "web",
+            "migrate",
+        ]));
     }
 
     /// `http://127.0.0.1:<port><path>` (through the proxy).

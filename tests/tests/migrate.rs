@@ -73,17 +73,7 @@ fn migrate(stack: &Stack, args: &[&str], stdin: Option<&[u8]>) -> Output {
     c.args(args);
     match stdin {
         None => c.stdin(Stdio::null()).output().unwrap(),
-        Some(input) => {
-            use std::io::Write;
-            let mut child = c
-                .stdin(Stdio::piped())
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .spawn()
-                .unwrap();
-            child.stdin.take().unwrap().write_all(input).unwrap();
-            child.wait_with_output().unwrap()
-        }
+        Some(input) => berth_e2e::output_with_stdin(&mut c, input),
     }
 }
 

@@ -1,0 +1,236 @@
+//! Convergence: what a swap (or rollback) killed at any step left behind, made whole
+//! again from its journal (see [`journal`]) without failing a request. It runs at the
+//! start of every swap and rollback, and as `berth-swap --converge`.
+//!
+//! ```text
+//!  journal ─▶ keep: the new containers if traffic had moved (switched), else the old;
+//!             only containers that exist and run
+//!          ─▶ upstream names exactly those, nginx -t, reload
+//!          ─▶ wait until nginx's old workers have exited (they may still talk to the rest)
+//!          ─▶ stop (grace period) and remove the rest
+//!          ─▶ upstream as a finished swap leaves it (the service's name, or as before)
+//!          ─▶ .env = the tag that now runs; journal removed
+//! ```
+//!
+//! No container nginx may still name is removed before nginx has stopped naming it: a
+//! service name in the upstream (`server web:8080`) resolves to every container of the
+//! service, so while the others exist the upstream names the kept containers one by one.
+
+use std::time::Duration;
+
+use anyhow::Result;
+
+use berth_core::cli::Context;
+use berth_core::docker::Container;
+use berth_core::process::Runner;
+use berth_core::{fail, msg};
+
+use crate::engine::{self, server, stop_remove, upstream_text};
+use crate::envfile;
+use crate::journal::{self, Journal, Phase};
+use crate::nginx::{self, ProxyMode};
+use crate::SwapArgs;
+
+/// One service of the interrupted swap: which way it goes and what stays.
+struct Fix<'a> {
+    j: &'a Journal,
+    /// Towards the swap's release (traffic had moved), or back to what served before.
+    forward: bool,
+    keep: Vec<Container>,
+    drop: Vec<Container>,
+}
+
+impl Fix<'_> {
+    fn say(&self, s: &str) {
+        msg::warn(format!(
+            "converging the interrupted swap of {} to {} (deploy {}): {s}",
+            self.j.service, self.j.tag, self.j.deploy_id
+        ));
+    }
+}
+
+/// Converge every journal in the state directory. Returns one line per service done.
+/// Call with the deploy lock held.
+pub fn converge(ctx: &Context, args: &SwapArgs, tag: Option<&str>) -> Result<Vec<String>> {
+    let journals = journal::all(&ctx.state_dir)?;
+    if journals.is_empty() {
+        return Ok(Vec::new());
+    }
+    let compose = match tag {
+        Some(t) => ctx.compose_at(t),
+        None => ctx.compose(),
+    };
+    let mut proxy = engine::proxy(ctx, args, tag);
+    let proxied = args.proxy != ProxyMode::None;
+    if proxied && journals.iter().any(|j| j.upstream_file.is_some()) && !proxy.locate()? {
+        return Err(fail!(
+            Preflight,
+            "an interrupted swap needs converging, but the nginx service {:?} is not running",
+            args.proxy_service
+        ));
+    }
+    let runner = Runner { dry_run: false };
+    // Traffic moved for the swap when any of its services had switched: go forward.
+    let switched = journals.iter().any(|j| j.phase == Phase::Switched);
+
+    let mut fixes = Vec::new();
+    for j in &journals {
+        let all = compose.containers(&j.service)?;
+        let is_old = |c: &Container| j.old.contains(&c.id);
+        let is_new = |c: &Container| !is_old(c) && (j.new.contains(&c.id) || c.image == j.image);
+        let running = |f: &dyn Fn(&Container) -> bool| -> Vec<Container> {
+            all.iter()
+                .filter(|c| f(c) && c.state.running)
+                .cloned()
+                .collect()
+        };
+        let (old_running, new_running) = (running(&is_old), running(&is_new));
+        let forward = (switched && !new_running.is_empty()) || old_running.is_empty();
+        let keep = if forward { new_running } else { old_running };
+        if keep.is_empty() {
+            return Err(fail!(
+                Swap,
+                "converging the interrupted swap of {}: neither its old nor its new containers \
+                 run; start it (docker compose up -d {}) and run berth-swap --converge",
+                j.service,
+                j.service
+            ));
+        }
+        let drop = all
+            .iter()
+            .filter(|c| (is_old(c) || is_new(c)) && !keep.iter().any(|k| k.id == c.id))
+            .cloned()
+            .collect();
+        fixes.push(Fix {
+            j,
+            forward,
+            keep,
+            drop,
+        });
+    }
+    let upstream_of = |f: &Fix| f.j.upstream_file.clone().filter(|_| proxied);
+
+    // 1. nginx names only the containers that stay, before any other goes.
+    let pinned: Vec<_> = fixes
+        .iter()
+        .filter(|f| !f.drop.is_empty())
+        .filter_map(|f| {
+            let u = upstream_of(f)?;
+            let servers: Vec<String> = f.keep.iter().map(|c| server(&proxy, args, c)).collect();
+            let what = format!("converging deploy {}): {}", f.j.deploy_id, f.j.service);
+            Some((u, Some(upstream_text(args, &f.j.service, &servers, &what))))
+        })
+        .collect();
+    if !pinned.is_empty() {
+        let workers = proxy.worker_pids().unwrap_or_else(|e| {
+            msg::warn(format!("cannot list nginx's workers: {e:#}"));
+            Vec::new()
+        });
+        nginx::apply(&proxy, runner, &pinned)?;
+        for f in fixes.iter().filter(|f| !f.drop.is_empty()) {
+            f.say(&format!(
+                "nginx names only {}",
+                f.keep
+                    .iter()
+                    .map(|c| c.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+        }
+        // 2. The old workers finish what they hold (possibly with the others), then exit.
+        let bound = args.drain.max(Duration::from_secs(2));
+        if !proxy.wait_workers_gone(&workers, bound) {
+            msg::warn(format!(
+                "nginx's old workers still run after {}; stopping gracefully anyway",
+                humantime::format_duration(bound)
+            ));
+        }
+    }
+
+    // 3. The others stop with their grace period (in-flight requests finish), all at once.
+    let results: Vec<Result<()>> = std::thread::scope(|sc| {
+        let handles: Vec<_> = fixes
+            .iter()
+            .map(|f| {
+                sc.spawn(move || {
+                    let ids: Vec<String> = f.drop.iter().map(|c| c.id.clone()).collect();
+                    stop_remove(&ids, Duration::from_secs(f.j.stop_grace_secs))
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("stop thread panicked"))
+            .collect()
+    });
+    for (f, r) in fixes.iter().zip(results) {
+        r?;
+        if !f.drop.is_empty() {
+            f.say(&format!(
+                "stopped and removed {} {} container(s)",
+                f.drop.len(),
+                if f.forward { "old" } else { "new" }
+            ));
+        }
+    }
+
+    // 4. The upstream as a finished swap (forward) or as before the swap (back) leaves it:
+    // with only the kept containers left, the service's name resolves to them alone.
+    let mut last = Vec::new();
+    for f in &fixes {
+        let Some(u) = upstream_of(f) else { continue };
+        let text = if !f.forward {
+            f.j.upstream_before.clone()
+        } else {
+            let servers: Vec<String> = if proxy.by_name() {
+                vec![format!("{}:{}", f.j.service, args.port)]
+            } else {
+                f.keep.iter().map(|c| server(&proxy, args, c)).collect()
+            };
+            let what = format!("deploy {}): {} at {}", f.j.deploy_id, f.j.service, f.j.tag);
+            Some(upstream_text(args, &f.j.service, &servers, &what))
+        };
+        if nginx::read_opt(&u)?.as_deref().map(strip_comments)
+            != text.as_deref().map(strip_comments)
+        {
+            last.push((u, text));
+        }
+    }
+    if !last.is_empty() {
+        nginx::apply(&proxy, runner, &last)?;
+    }
+
+    // 5. Compose itself runs what now serves.
+    let env_path = ctx.project_dir.join(".env");
+    let mut done = Vec::new();
+    for f in &fixes {
+        if f.forward && envfile::write_var(&env_path, &f.j.tag_var, &f.j.tag)? {
+            f.say(&format!(
+                "recorded {}={} in {}",
+                f.j.tag_var,
+                f.j.tag,
+                env_path.display()
+            ));
+        }
+        journal::remove(&ctx.state_dir, &f.j.service)?;
+        f.say(if f.forward {
+            "done: the new release serves"
+        } else {
+            "done: the release from before the swap serves"
+        });
+        done.push(format!(
+            "{}: {}",
+            f.j.service,
+            if f.forward { "forward" } else { "back" }
+        ));
+    }
+    Ok(done)
+}
+
+/// The file without its comment lines (they carry a time stamp).
+fn strip_comments(text: &str) -> String {
+    text.lines()
+        .filter(|l| !l.trim_start().starts_with('#'))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
