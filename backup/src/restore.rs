@@ -34,16 +34,18 @@ pub const BEFORE_TAG: &str = "before";
 /// Who names the target when no flag does.
 const FROM_MANIFEST: &str = "the backup's manifest, as nothing else names one";
 /// PostgreSQL's longest identifier, in bytes.
-const NAME_MAX: usize = 63;
+const DB_NAME_MAX: usize = 63;
+/// The longest file name, a docker volume's directory's.
+const VOLUME_NAME_MAX: usize = 255;
 /// `YYYYMMDDhhmmss`
 const STAMP_LEN: usize = 14;
 
 /// `<base>_<tag>_`: how every name of that kind for `base` starts. A long base is cut,
 /// with a hash of the whole of it so that two bases stay apart, so that the name with
-/// its time (and a `_NN` for a second restore within the same second) fits PostgreSQL's
-/// 63 bytes (PostgreSQL would cut it silently).
-pub fn tag_prefix(base: &str, tag: &str) -> String {
-    let room = NAME_MAX - (tag.len() + 2 + STAMP_LEN + 3);
+/// its time (and a `_NN` for a second restore within the same second) fits in `max`
+/// bytes (PostgreSQL would cut a longer name silently).
+pub fn tag_prefix(base: &str, tag: &str, max: usize) -> String {
+    let room = max - (tag.len() + 2 + STAMP_LEN + 3);
     if base.len() <= room {
         return format!("{base}_{tag}_");
     }
@@ -215,7 +217,12 @@ fn plan_lines(m: &Manifest, file: &Path, steps: &[(&str, String)], safety: bool)
 
 /// What the plan says about the replaced database or volume.
 fn previous_line(what: &str, name: &str, exists: bool, keep: u32) -> String {
-    let before = format!("{}<UTC time>", tag_prefix(name, BEFORE_TAG));
+    let max = if what == "database" {
+        DB_NAME_MAX
+    } else {
+        VOLUME_NAME_MAX
+    };
+    let before = format!("{}<UTC time>", tag_prefix(name, BEFORE_TAG, max));
     match (exists, keep) {
         (false, _) => format!("none: {what} {name} does not exist yet, it is created"),
         (true, 0) => format!("the replaced {what} is dropped once the new one is in place (--keep-previous 0)"),
@@ -276,7 +283,7 @@ fn restore_pg(c: &RestoreCmd, ctx: &Context, m: &Manifest) -> Result<ExitCode> {
         conn.source(&db)
     );
     let exists = conn.home_of(&db)?.is_some();
-    let scratch_prefix = tag_prefix(&db, SCRATCH_TAG);
+    let scratch_prefix = tag_prefix(&db, SCRATCH_TAG, DB_NAME_MAX);
     let check = match (&m.row_counts, m.tables) {
         (Some(r), _) => format!(
             "the row counts of its {} tables against the manifest",
@@ -357,7 +364,7 @@ fn restore_pg(c: &RestoreCmd, ctx: &Context, m: &Manifest) -> Result<ExitCode> {
         clock.elapsed().as_secs_f64(),
         counts.len()
     ));
-    let before_prefix = tag_prefix(&db, BEFORE_TAG);
+    let before_prefix = tag_prefix(&db, BEFORE_TAG, DB_NAME_MAX);
     let before = match home {
         Some(_) => Some(fresh_name(
             &before_prefix,
@@ -388,7 +395,10 @@ fn restore_pg(c: &RestoreCmd, ctx: &Context, m: &Manifest) -> Result<ExitCode> {
         let back = format!(
             "ALTER DATABASE {} RENAME TO {}; ALTER DATABASE {} RENAME TO {}",
             ident(&db),
-            ident(&format!("{}{at}", tag_prefix(&db, "discarded"))),
+            ident(&format!(
+                "{}{at}",
+                tag_prefix(&db, "discarded", DB_NAME_MAX)
+            )),
             ident(b),
             ident(&db)
         );
@@ -460,7 +470,7 @@ fn restore_volume(c: &RestoreCmd, ctx: &Context, m: &Manifest) -> Result<ExitCod
         _ => "the volume the backup was taken from".into(),
     };
     let exists = volume::exists(&real);
-    let staging_prefix = tag_prefix(&real, SCRATCH_TAG);
+    let staging_prefix = tag_prefix(&real, SCRATCH_TAG, VOLUME_NAME_MAX);
     plan_lines(
         m,
         &c.file,
@@ -544,7 +554,7 @@ fn restore_volume(c: &RestoreCmd, ctx: &Context, m: &Manifest) -> Result<ExitCod
     say(format!(
         "verified: {entries} entries in {staging}, as in the archive"
     ));
-    let before_prefix = tag_prefix(&real, BEFORE_TAG);
+    let before_prefix = tag_prefix(&real, BEFORE_TAG, VOLUME_NAME_MAX);
     let mut before = None;
     {
         let compose = ctx.compose();
@@ -635,8 +645,8 @@ mod tests {
 
     #[test]
     fn names_are_tagged_recognised_and_fit_postgres() {
-        assert_eq!(tag_prefix("shop", BEFORE_TAG), "shop_before_");
-        let p = tag_prefix("shop", SCRATCH_TAG);
+        assert_eq!(tag_prefix("shop", BEFORE_TAG, DB_NAME_MAX), "shop_before_");
+        let p = tag_prefix("shop", SCRATCH_TAG, DB_NAME_MAX);
         assert_eq!(p, "shop_berth_restore_");
         assert_eq!(
             tagged_order("shop_berth_restore_20261206081500", &p),
@@ -661,13 +671,22 @@ mod tests {
         let long_a = "a".repeat(60) + "x";
         let long_b = "a".repeat(60) + "y";
         for tag in [SCRATCH_TAG, BEFORE_TAG] {
-            let (pa, pb) = (tag_prefix(&long_a, tag), tag_prefix(&long_b, tag));
+            let (pa, pb) = (
+                tag_prefix(&long_a, tag, DB_NAME_MAX),
+                tag_prefix(&long_b, tag, DB_NAME_MAX),
+            );
             assert_ne!(pa, pb);
-            assert_eq!(pa.len() + STAMP_LEN + 3, NAME_MAX, "{pa}");
-            assert_eq!(pa, tag_prefix(&long_a, tag), "stable");
+            assert_eq!(pa.len() + STAMP_LEN + 3, DB_NAME_MAX, "{pa}");
+            assert_eq!(pa, tag_prefix(&long_a, tag, DB_NAME_MAX), "stable");
+            assert_eq!(
+                tag_prefix(&long_a, tag, VOLUME_NAME_MAX),
+                format!("{long_a}_{tag}_")
+            );
         }
         let multibyte = "é".repeat(40);
-        assert!(tag_prefix(&multibyte, SCRATCH_TAG).len() + STAMP_LEN + 3 <= NAME_MAX);
+        assert!(
+            tag_prefix(&multibyte, SCRATCH_TAG, DB_NAME_MAX).len() + STAMP_LEN + 3 <= DB_NAME_MAX
+        );
         assert_eq!(
             fresh_name("d_before_", "20261206081500", &[]),
             "d_before_20261206081500"

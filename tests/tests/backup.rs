@@ -1170,20 +1170,70 @@ fn volume_backup_with_stop_verifies_and_restores() {
         "",
     );
     assert_eq!(code(&o), 64, "{}", stderr(&o));
-    ok(bb(
-        &s,
-        &[
-            "restore",
-            file.to_str().unwrap(),
-            "--stop",
-            "redis",
-            "--helper-image",
-            HELPER,
-            "--yes",
-        ],
-        "",
-    ));
+    // A manifest that disagrees with the archive's entries: exit 5, nothing touched.
+    let lying = work.path().join("lying.tar.gz");
+    std::fs::copy(&file, &lying).unwrap();
+    let mut m = manifest(&file);
+    m["entries"] = Value::from(m["entries"].as_u64().unwrap() + 1);
+    std::fs::write(work.path().join("lying.tar.gz.json"), m.to_string()).unwrap();
+    let restore = |f: &Path| {
+        let f = f.to_str().unwrap();
+        bb(
+            &s,
+            &[
+                "restore",
+                f,
+                "--stop",
+                "redis",
+                "--helper-image",
+                HELPER,
+                "--yes",
+            ],
+            "",
+        )
+    };
+    let error = failed_5(&restore(&lying));
+    assert!(error.contains("the manifest says"), "{error}");
+    // What a killed restore left: removed by the next one.
+    let real = det["volume"].as_str().unwrap().to_string();
+    let leftover = format!("{real}_berth_restore_20200101000000");
+    let label = format!("com.docker.compose.project={}", s.project);
+    run_ok(Command::new("docker").args(["volume", "create", "--label", &label, &leftover]));
+    let o = ok(restore(&file));
+    assert!(
+        stderr(&o).contains(&format!(
+            "removed volume {leftover}, left by an interrupted restore"
+        )),
+        "{}",
+        stderr(&o)
+    );
     s.compose_ok(&["up", "-d", "--wait", "redis"]);
     let v = s.compose_ok(&["exec", "-T", "redis", "redis-cli", "GET", "greeting"]);
     assert_eq!(v.trim(), "hello");
+    // The old content is kept as <volume>_before_<UTC time>, and the plan said so.
+    assert!(
+        stderr(&o).contains(&format!("is kept as {real}_before_<UTC time>")),
+        "{}",
+        stderr(&o)
+    );
+    let report: Value = serde_json::from_slice(&o.stdout).unwrap();
+    let before = report["previous"].as_str().unwrap();
+    assert!(before.starts_with(&format!("{real}_before_")), "{before}");
+    let old = run_ok(Command::new("docker").args([
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        "-v",
+        &format!("{before}:/v:ro"),
+        HELPER,
+        "grep",
+        "-c",
+        "changed",
+        "/v/dump.rdb",
+    ]));
+    assert_eq!(String::from_utf8_lossy(&old.stdout).trim(), "1");
+    let vols = run_ok(Command::new("docker").args(["volume", "ls", "-q"]));
+    let vols = String::from_utf8_lossy(&vols.stdout);
+    assert!(!vols.contains(&format!("{real}_berth_restore_")), "{vols}");
 }
