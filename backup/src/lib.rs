@@ -6,12 +6,12 @@ pub mod drill;
 pub mod offsite;
 pub mod pg;
 pub mod progress;
+pub mod restore;
 pub mod rotate;
 pub mod store;
 pub mod volume;
 
 use std::collections::BTreeMap;
-use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -84,6 +84,15 @@ Examples:
   berth-backup prune --keep-last 3 --keep-daily 7 --dry-run
   berth-backup restore .berth/backups/shop-shop-20261122T031500Z.dump --service db
 
+  # Into another database than the backup's: the URL's (or --database) is the target
+  berth-backup restore .berth/backups/shop-shop-20261122T031500Z.dump \
+      --url postgres://app@10.0.0.5:5432/shop_check --password-file /etc/berth/pgpass --yes
+
+Restore builds the copy beside the live database (<db>_berth_restore_<UTC time>),
+compares its row counts with the manifest, and only then swaps the names; the replaced
+database stays as <db>_before_<UTC time> (--keep-previous, default 1). A failed check
+drops the copy and leaves the live database as it was (exit 5). Volumes alike.
+
 Files: <dir>/<project>-<database|volume>-<UTC time>[-<tag>].dump|.tar.gz (0600, in a
 0700 directory), each with a manifest <file>.json written last; a file without its
 manifest is not a backup.
@@ -113,7 +122,8 @@ pub enum Command {
     List(ListCmd),
     /// Check a backup: its checksum, then read it whole (or restore it into scratch)
     Verify(VerifyCmd),
-    /// Restore a backup over a database or volume (after a safety backup)
+    /// Restore a backup: built beside the live database or volume, verified, then put in
+    /// its place; the replaced one is kept (--keep-previous)
     Restore(RestoreCmd),
     /// Apply the --keep rules to every target in the backup directory
     Prune(PruneCmd),
@@ -213,6 +223,14 @@ impl Keep {
     }
 }
 
+/// A database named by a flag or the compose file, and by which.
+#[derive(Debug, Clone)]
+pub struct Named {
+    pub db: String,
+    /// `--database`, `--url`, or `the POSTGRES_DB of service db`.
+    pub by: String,
+}
+
 /// Which PostgreSQL server.
 #[derive(Debug, Clone, Args)]
 #[command(next_help_heading = "Server")]
@@ -226,11 +244,13 @@ pub struct Server {
     )]
     pub service: Option<String>,
 
-    /// A server URL (postgres://user@host:port/db); the clients run on this host
+    /// A server URL (postgres://user@host:port/db); the clients run on this host. In a
+    /// user or password write / as %2F, @ as %40, % as %25; better, keep the password
+    /// out of the URL (--password-file)
     #[arg(long, env = "BERTH_BACKUP_URL", value_name = "URL")]
     pub url: Option<String>,
 
-    /// The database [default: the service's POSTGRES_DB (else its user), or the URL's]
+    /// The database [default: the URL's, else the service's POSTGRES_DB, else its user]
     #[arg(long, env = "BERTH_BACKUP_DATABASE", value_name = "NAME")]
     pub database: Option<String>,
 
@@ -260,26 +280,37 @@ impl Server {
         Ok(())
     }
 
-    /// Connect: the server, and the database to use.
-    pub fn connect(&self, ctx: &Context) -> Result<(Conn, String)> {
+    /// Connect; with the database the flags name and what named it: `--database`, else
+    /// the URL's, else the service's `POSTGRES_DB`.
+    pub fn connect_named(&self, ctx: &Context) -> Result<(Conn, Option<Named>)> {
         let password = match &self.password_file {
             Some(p) => Some(pg::read_password_file(p)?),
             None => std::env::var("PGPASSWORD").ok().filter(|p| !p.is_empty()),
         };
+        let named = |db: Option<String>, by: String| db.map(|db| Named { db, by });
+        let flag = named(self.database.clone(), "--database".into());
         if let Some(svc) = &self.service {
-            let (conn, db) = Conn::service(ctx.compose(), svc, self.user.as_deref(), password)?;
-            Ok((conn, self.database.clone().unwrap_or(db)))
+            let (conn, pg_db) = Conn::service(ctx.compose(), svc, self.user.as_deref(), password)?;
+            let by = format!("the POSTGRES_DB of service {svc}");
+            Ok((conn, flag.or_else(|| named(pg_db, by))))
         } else if let Some(u) = &self.url {
             let url = PgUrl::parse(u).map_err(|e| Failure::usage(format!("--url: {e}")))?;
-            let db = self
-                .database
-                .clone()
-                .or_else(|| url.database.clone())
-                .ok_or_else(|| Failure::usage("--url has no database: add /NAME or --database"))?;
-            Ok((Conn::url(url, password), db))
+            let from_url = named(url.database.clone(), "--url".into());
+            Ok((Conn::url(url, password), flag.or(from_url)))
         } else {
             Err(Failure::usage("give --service SERVICE or --url URL").into())
         }
+    }
+
+    /// Connect: the server, and the database to use (as named, else the service's user,
+    /// as PostgreSQL's own tools do).
+    pub fn connect(&self, ctx: &Context) -> Result<(Conn, String)> {
+        let (conn, named) = self.connect_named(ctx)?;
+        let db = named
+            .map(|n| n.db)
+            .or_else(|| conn.user_db())
+            .ok_or_else(|| Failure::usage("--url has no database: add /NAME or --database"))?;
+        Ok((conn, db))
     }
 
     /// The flags that reach this server again (for printed restore commands).
@@ -457,6 +488,10 @@ pub struct VerifyCmd {
 }
 
 #[derive(Debug, Args)]
+#[command(mut_arg("database", |a| a.help(
+    "The database to restore into [default: the URL's, else the service's POSTGRES_DB, \
+     else the one the backup was taken from]"
+)))]
 pub struct RestoreCmd {
     /// The backup file to restore (with --from: the restic snapshot id, or the file name
     /// in the rclone remote)
@@ -478,6 +513,16 @@ pub struct RestoreCmd {
     #[arg(long, value_name = "NAME")]
     pub volume: Option<String>,
 
+    /// Keep the N newest replaced databases or volumes, named <name>_before_<UTC time>;
+    /// older ones are dropped; 0 drops the replaced one once the new one is in place
+    #[arg(
+        long,
+        env = "BERTH_KEEP_PREVIOUS",
+        value_name = "N",
+        default_value = "1"
+    )]
+    pub keep_previous: u32,
+
     /// Volume backups: stop this service during the restore, then start it (repeatable)
     #[arg(long = "stop", value_name = "SERVICE")]
     pub stop: Vec<String>,
@@ -491,7 +536,7 @@ pub struct RestoreCmd {
     )]
     pub helper_image: String,
 
-    /// Do not ask: restore over the current data (needed without a terminal)
+    /// Do not ask: replace the current data (needed without a terminal)
     #[arg(long)]
     pub yes: bool,
 
@@ -524,7 +569,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Volume(c) => c.monitor.clone().around(|| run_volume(c)),
         Command::List(c) => run_list(c),
         Command::Verify(c) => run_verify(c),
-        Command::Restore(c) => run_restore(c),
+        Command::Restore(c) => restore::run(c),
         Command::Prune(c) => run_prune(c),
         Command::Drill(c) => c.monitor.clone().around(|| drill::run(c)),
         Command::Copy(c) => offsite::run_copy(c),
@@ -1267,7 +1312,7 @@ pub(crate) fn run_verify(c: VerifyCmd) -> Result<ExitCode> {
         match (kind, c.level) {
             (Kind::Pg, CheckLevel::Read) => {
                 if c.server.given() {
-                    let (conn, _) = c.server.connect(&ctx)?;
+                    let (conn, _) = c.server.connect_named(&ctx)?;
                     conn.verify_read(&file)?;
                 } else {
                     let cmd = Cmd::new("pg_restore").args(["--exit-on-error", "-f", "/dev/null"]);
@@ -1294,7 +1339,7 @@ pub(crate) fn run_verify(c: VerifyCmd) -> Result<ExitCode> {
                 Ok(None)
             }
             (Kind::Pg, CheckLevel::Restore) => {
-                let (conn, _) = c.server.connect(&ctx)?;
+                let (conn, _) = c.server.connect_named(&ctx)?;
                 let got = conn.restore_counts(&file)?;
                 if let Some(want) = manifest.as_ref().and_then(|m| m.row_counts.as_ref()) {
                     let diff = pg::compare_counts(want, &got);
@@ -1365,273 +1410,6 @@ pub(crate) fn run_verify(c: VerifyCmd) -> Result<ExitCode> {
         }
     }
     res.map(|_| ExitCode::Success)
-}
-
-/// Ask on the terminal for `expected`; without a terminal, `--yes` is needed.
-fn confirm(yes: bool, what: &str, expected: &str) -> Result<()> {
-    if yes {
-        return Ok(());
-    }
-    if !std::io::stdin().is_terminal() {
-        return Err(Failure::usage(format!(
-            "refusing to restore over {what} without confirmation: no terminal to ask on; pass --yes"
-        ))
-        .into());
-    }
-    eprint!(
-        "{}: this replaces {what}. Type {expected:?} to go on: ",
-        msg::program()
-    );
-    let mut line = String::new();
-    std::io::stdin().read_line(&mut line)?;
-    if line.trim() != expected {
-        return Err(Failure::usage("not confirmed; nothing was changed").into());
-    }
-    Ok(())
-}
-
-fn run_restore(mut c: RestoreCmd) -> Result<ExitCode> {
-    set_quiet(&c.storage);
-    c.server.check()?;
-    let ctx = c.common.resolve()?;
-    if let Some(dest) = &c.from {
-        let what = c.file.to_string_lossy().to_string();
-        c.file = offsite::fetch(dest, &c.restic, &what, &c.storage.dir(&ctx))?;
-    }
-    if !c.file.is_file() {
-        return Err(Failure::usage(format!("{}: no such file", c.file.display())).into());
-    }
-    let m = Manifest::read_for(&c.file)?.ok_or_else(|| {
-        fail!(
-            Backup,
-            "{} has no manifest: not a berth backup (restore it by hand with pg_restore or tar)",
-            c.file.display()
-        )
-    })?;
-    if m.verification == Verification::Failed {
-        return Err(fail!(
-            Backup,
-            "{} failed verification ({}); refusing to restore it",
-            c.file.display(),
-            m.verification_error.as_deref().unwrap_or("no detail")
-        ));
-    }
-    match m.kind {
-        Kind::Pg => restore_pg(&c, &ctx, &m),
-        Kind::Volume => restore_volume(&c, &ctx, &m),
-    }
-}
-
-fn plan_lines(m: &Manifest, file: &Path, into: &str, safety: bool) {
-    let lines = [
-        format!("restore plan for {}", file.display()),
-        format!("  from:     {} ({})", m.source, m.target),
-        format!(
-            "  taken:    {} ({} ago){}",
-            m.created_at,
-            age(m.created()),
-            m.tag
-                .as_deref()
-                .map(|t| format!(", tag {t}"))
-                .unwrap_or_default()
-        ),
-        format!(
-            "  size:     {} ({} bytes), verification {}",
-            store::human_bytes(m.bytes),
-            m.bytes,
-            m.verification.as_str()
-        ),
-        format!("  sha256:   {}", m.sha256),
-        format!("  into:     {into}"),
-        format!(
-            "  safety:   {}",
-            if safety {
-                "a backup of the current data is taken first"
-            } else {
-                "none (--no-safety-backup)"
-            }
-        ),
-    ];
-    for l in lines {
-        msg::info(l);
-    }
-}
-
-fn restore_pg(c: &RestoreCmd, ctx: &Context, m: &Manifest) -> Result<ExitCode> {
-    if !c.server.given() {
-        return Err(
-            Failure::usage("restoring a database needs --service SERVICE or --url URL").into(),
-        );
-    }
-    let (conn, default_db) = c.server.connect(ctx)?;
-    let db = c.server.database.clone().unwrap_or_else(|| {
-        if m.target.is_empty() {
-            default_db
-        } else {
-            m.target.clone()
-        }
-    });
-    let into = format!("database {db} on {}", conn.source(&db));
-    plan_lines(m, &c.file, &into, !c.no_safety_backup);
-    check_checksum(&c.file, m)?;
-    msg::info("checksum ok");
-    confirm(c.yes, &into, &db)?;
-    let target = Target {
-        kind: Kind::Pg,
-        project: ctx.project.clone(),
-        name: db.clone(),
-    };
-    let _lock = lock::acquire(
-        &ctx.state_dir,
-        &target.lock_name(),
-        c.storage.lock_wait,
-        None,
-    )?;
-    catch_signals();
-    let dir = c.storage.dir(ctx);
-    let mut safety = None;
-    if !c.no_safety_backup {
-        if conn.database_exists(&db)? {
-            let job = Job {
-                dir: dir.clone(),
-                target: target.clone(),
-                verify: Verification::Read,
-                allow_shrink: true,
-                tag: Some("pre-restore".into()),
-                deploy_id: None,
-            };
-            let e = backup_pg(&conn, &db, &job)
-                .map_err(|e| e.context("the safety backup failed; nothing was restored"))?;
-            msg::info(format!("safety backup: {}", e.path.display()));
-            safety = Some(e.path);
-        } else {
-            msg::info(format!(
-                "database {db} does not exist yet: no safety backup needed"
-            ));
-        }
-    }
-    say(format!("restoring {} into {db}", c.file.display()));
-    let clock = Instant::now();
-    conn.restore_replace(&c.file, &db)
-        .map_err(|e| match &safety {
-            Some(s) => e.context(format!(
-                "the database is unchanged; safety backup {}",
-                s.display()
-            )),
-            None => e.context("the database is unchanged"),
-        })?;
-    let counts = conn.counts(&db)?;
-    let rows: u64 = counts.values().sum();
-    msg::info(format!(
-        "restored in {:.1}s; verification query: {} tables, {rows} rows",
-        clock.elapsed().as_secs_f64(),
-        counts.len()
-    ));
-    for (t, n) in &counts {
-        say(format!("  {t}: {n} rows"));
-    }
-    let mut problems = Vec::new();
-    if let Some(want) = &m.row_counts {
-        problems = pg::compare_counts(want, &counts);
-    } else if let Some(t) = m.tables {
-        if counts.len() as u64 != t {
-            problems.push(format!(
-                "{} tables restored, the backup had {t}",
-                counts.len()
-            ));
-        }
-    }
-    let report = json!({
-        "restored": c.file.display().to_string(),
-        "kind": "pg",
-        "database": db,
-        "safety_backup": safety.as_ref().map(|p| p.display().to_string()),
-        "tables": counts,
-        "problems": problems,
-    });
-    println!("{report}");
-    if !problems.is_empty() {
-        return Err(fail!(
-            Backup,
-            "the restored database differs from the backup: {}",
-            problems.join("; ")
-        ));
-    }
-    Ok(ExitCode::Success)
-}
-
-fn restore_volume(c: &RestoreCmd, ctx: &Context, m: &Manifest) -> Result<ExitCode> {
-    let real = match &c.volume {
-        Some(v) => v.clone(),
-        None => m.volume.clone().unwrap_or_else(|| m.target.clone()),
-    };
-    let into = format!("docker volume {real}");
-    plan_lines(m, &c.file, &into, !c.no_safety_backup);
-    check_checksum(&c.file, m)?;
-    msg::info("checksum ok");
-    let entries = volume::read_archive(&c.file)?;
-    confirm(c.yes, &into, &real)?;
-    let target = Target {
-        kind: Kind::Volume,
-        project: ctx.project.clone(),
-        name: m.target.clone(),
-    };
-    let _lock = lock::acquire(
-        &ctx.state_dir,
-        &target.lock_name(),
-        c.storage.lock_wait,
-        None,
-    )?;
-    catch_signals();
-    let exists = docker_volume_exists(&real);
-    let mut safety = None;
-    if !c.no_safety_backup && exists {
-        let job = Job {
-            dir: c.storage.dir(ctx),
-            target: target.clone(),
-            verify: Verification::Read,
-            allow_shrink: true,
-            tag: Some("pre-restore".into()),
-            deploy_id: None,
-        };
-        let e = backup_volume(ctx, &real, &c.stop, &c.helper_image, &job)
-            .map_err(|e| e.context("the safety backup failed; nothing was restored"))?;
-        msg::info(format!("safety backup: {}", e.path.display()));
-        safety = Some(e.path);
-    }
-    if !exists {
-        berth_core::docker::docker()
-            .args(["volume", "create", &real])
-            .run()
-            .map_err(|e| fail!(Backup, "creating volume {real}: {e}"))?;
-    }
-    {
-        let compose = ctx.compose();
-        let mut stopped = volume::Stopped::stop(&compose, &c.stop)?;
-        let res = volume::extract(&ctx.project, &c.helper_image, &c.file, &real, true);
-        let restarted = stopped.restart();
-        res?;
-        restarted?;
-    }
-    msg::info(format!("restored {entries} entries into volume {real}"));
-    println!(
-        "{}",
-        json!({
-            "restored": c.file.display().to_string(),
-            "kind": "volume",
-            "volume": real,
-            "entries": entries,
-            "safety_backup": safety.as_ref().map(|p| p.display().to_string()),
-        })
-    );
-    Ok(ExitCode::Success)
-}
-
-fn docker_volume_exists(name: &str) -> bool {
-    berth_core::docker::docker()
-        .args(["volume", "inspect", name])
-        .run()
-        .is_ok()
 }
 
 fn run_prune(c: PruneCmd) -> Result<ExitCode> {

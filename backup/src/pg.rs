@@ -13,15 +13,15 @@ use berth_core::compose::Compose;
 use berth_core::fail;
 use berth_core::process::{last_lines, Cmd};
 
-/// `postgres://user[:password]@host[:port]/db[?params]`, the password kept apart.
+/// `postgres://user[:password]@host[:port]/db[?params]`, parsed by the `url` crate (the
+/// WHATWG rules libpq's URIs follow): user and password percent-decoded, the password
+/// kept apart and never shown.
 #[derive(Clone, PartialEq, Eq)]
 pub struct PgUrl {
-    scheme: String,
-    user: Option<String>,
+    /// The URL without its password (and without a fragment).
+    url: url::Url,
     password: Option<String>,
-    host: String,
     pub database: Option<String>,
-    query: String,
 }
 
 impl std::fmt::Debug for PgUrl {
@@ -30,99 +30,62 @@ impl std::fmt::Debug for PgUrl {
     }
 }
 
-fn percent_decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%' && i + 2 < b.len() {
-            if let Ok(v) = u8::from_str_radix(&s[i + 1..i + 3], 16) {
-                out.push(v);
-                i += 3;
-                continue;
-            }
-        }
-        out.push(b[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).to_string()
+/// What stays as it is in a database name inside a URL path.
+const DB_NAME: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
+fn decode(s: &str) -> String {
+    percent_encoding::percent_decode_str(s)
+        .decode_utf8_lossy()
+        .into_owned()
 }
 
-fn percent_encode(s: &str) -> String {
-    s.bytes()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || b"-._~".contains(&c) {
-                (c as char).to_string()
-            } else {
-                format!("%{c:02X}")
-            }
-        })
-        .collect()
-}
+/// How to write what a URL cannot hold as it is.
+const URL_HINT: &str =
+    "in a user or password, write / as %2F, @ as %40, % as %25, : as %3A, # as %23, ? as %3F";
 
 impl PgUrl {
-    pub fn parse(url: &str) -> Result<PgUrl, String> {
-        let (scheme, rest) = url
-            .split_once("://")
-            .ok_or_else(|| "expected postgres://user@host:port/database".to_string())?;
-        if scheme != "postgres" && scheme != "postgresql" {
-            return Err(format!("scheme {scheme:?}: expected postgres://"));
+    pub fn parse(text: &str) -> Result<PgUrl, String> {
+        let mut url = url::Url::parse(text).map_err(|e| format!("{e} ({URL_HINT})"))?;
+        if url.scheme() != "postgres" && url.scheme() != "postgresql" {
+            return Err(format!(
+                "scheme {:?}: expected postgres://user@host:port/database",
+                url.scheme()
+            ));
         }
-        let (authority, path) = match rest.find('/') {
-            Some(i) => (&rest[..i], &rest[i + 1..]),
-            None => (rest, ""),
-        };
-        let (userinfo, host) = match authority.rfind('@') {
-            Some(i) => (Some(&authority[..i]), &authority[i + 1..]),
-            None => (None, authority),
-        };
-        if host.is_empty() {
-            return Err("no host".into());
+        if url.host_str().is_none_or(str::is_empty) {
+            return Err(format!(
+                "no host: expected postgres://user@host:port/database ({URL_HINT})"
+            ));
         }
-        let (user, password) = match userinfo {
-            None => (None, None),
-            Some(u) => match u.split_once(':') {
-                Some((u, p)) => (Some(percent_decode(u)), Some(percent_decode(p))),
-                None => (Some(percent_decode(u)), None),
-            },
-        };
-        let (db, query) = match path.split_once('?') {
-            Some((d, q)) => (d, q.to_string()),
-            None => (path, String::new()),
-        };
-        let database = if db.is_empty() {
-            None
-        } else {
-            Some(percent_decode(db))
-        };
+        let password = url.password().map(decode);
+        let db = decode(url.path().trim_start_matches('/'));
+        url.set_password(None)
+            .map_err(|_| "this URL cannot hold a user".to_string())?;
+        url.set_fragment(None);
         Ok(PgUrl {
-            scheme: scheme.to_string(),
-            user,
+            url,
             password,
-            host: host.to_string(),
-            database,
-            query,
+            database: (!db.is_empty()).then_some(db),
         })
+    }
+
+    /// The user, decoded.
+    pub fn user(&self) -> Option<String> {
+        Some(decode(self.url.username())).filter(|u| !u.is_empty())
     }
 
     /// The URL for database `db`, without the password.
     pub fn for_db(&self, db: &str) -> String {
-        let user = self
-            .user
-            .as_deref()
-            .map(|u| format!("{}@", percent_encode(u)))
-            .unwrap_or_default();
-        let q = if self.query.is_empty() {
-            String::new()
-        } else {
-            format!("?{}", self.query)
-        };
-        format!(
-            "{}://{user}{}/{}{q}",
-            self.scheme,
-            self.host,
-            percent_encode(db)
-        )
+        let mut u = self.url.clone();
+        u.set_path(&format!(
+            "/{}",
+            percent_encoding::utf8_percent_encode(db, DB_NAME)
+        ));
+        u.to_string()
     }
 
     pub fn display(&self) -> String {
@@ -229,13 +192,13 @@ pub fn compare_counts(want: &BTreeMap<String, u64>, got: &BTreeMap<String, u64>)
 
 impl Conn {
     /// A compose service: user from `--user` or the service's `POSTGRES_USER` (else
-    /// `postgres`); the default database from its `POSTGRES_DB` (else the user).
+    /// `postgres`); with the service's `POSTGRES_DB`, if its environment sets one.
     pub fn service(
         compose: Compose,
         service: &str,
         user: Option<&str>,
         password: Option<String>,
-    ) -> Result<(Conn, String)> {
+    ) -> Result<(Conn, Option<String>)> {
         let cfg = compose.config().map_err(|e| fail!(Backup, "{e:#}"))?;
         let svc = cfg
             .pointer(&format!("/services/{service}"))
@@ -254,7 +217,7 @@ impl Conn {
             .map(str::to_string)
             .or_else(|| env("POSTGRES_USER"))
             .unwrap_or_else(|| "postgres".into());
-        let db = env("POSTGRES_DB").unwrap_or_else(|| user.clone());
+        let db = env("POSTGRES_DB");
         Ok((
             Conn {
                 server: Server::Service {
@@ -274,6 +237,14 @@ impl Conn {
         Conn {
             server: Server::Url { url },
             password,
+        }
+    }
+
+    /// The database PostgreSQL's own tools would pick: the service's user.
+    pub fn user_db(&self) -> Option<String> {
+        match &self.server {
+            Server::Service { user, .. } => Some(user.clone()),
+            Server::Url { .. } => None,
         }
     }
 
@@ -404,84 +375,86 @@ impl Conn {
         .map(|_| ())
     }
 
-    /// Replace database `db` with the archive: restore into a new database first (the
-    /// live one is untouched if that fails), then swap names in one transaction, then
-    /// drop the old one.
-    pub fn restore_replace(&self, file: &Path, db: &str) -> Result<()> {
-        let exists = self.database_exists(db)?;
-        let owner = if exists {
-            Some(self.psql(
-                MAINTENANCE_DB,
-                &format!(
-                    "SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = {}",
-                    literal(db)
-                ),
-            )?)
-        } else {
-            None
-        };
-        let fresh = scratch_name("berth_restore");
-        let owner_sql = owner
-            .as_deref()
-            .map(|o| format!(" OWNER {}", ident(o.trim())))
-            .unwrap_or_default();
+    /// `OWNER .. TABLESPACE ..`: where `db` lives, for a new database to live there too;
+    /// `None` when `db` does not exist.
+    pub fn home_of(&self, db: &str) -> Result<Option<String>> {
+        let out = self.psql(
+            MAINTENANCE_DB,
+            &format!(
+                "SELECT format('OWNER %I TABLESPACE %I', pg_get_userbyid(d.datdba), t.spcname) \
+                 FROM pg_database d JOIN pg_tablespace t ON t.oid = d.dattablespace \
+                 WHERE d.datname = {}",
+                literal(db)
+            ),
+        )?;
+        Ok(Some(out.trim().to_string()).filter(|h| !h.is_empty()))
+    }
+
+    /// `CREATE DATABASE name [OWNER .. TABLESPACE ..]`.
+    pub fn create_database(&self, name: &str, home: Option<&str>) -> Result<()> {
+        let home = home.map(|h| format!(" {h}")).unwrap_or_default();
         self.psql(
             MAINTENANCE_DB,
-            &format!("CREATE DATABASE {}{owner_sql}", ident(&fresh)),
-        )?;
+            &format!("CREATE DATABASE {}{home}", ident(name)),
+        )
+        .map(|_| ())
+    }
+
+    /// `pg_restore` the archive into the existing database `db`, owners kept.
+    pub fn restore_into(&self, file: &Path, db: &str) -> Result<()> {
         let cmd = self
-            .client("pg_restore", Some(&fresh))
+            .client("pg_restore", Some(db))
             .args(["--exit-on-error"]);
-        let restored = self.feed(cmd, file, "restore failed");
-        if let Err(e) = restored {
-            let _ = self.drop_database(&fresh);
-            return Err(e);
-        }
-        if !exists {
-            self.psql(
-                MAINTENANCE_DB,
-                &format!("ALTER DATABASE {} RENAME TO {}", ident(&fresh), ident(db)),
-            )?;
-            return Ok(());
-        }
-        let old = scratch_name("berth_replaced");
-        let swap = format!(
-            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
-             WHERE datname = {lit} AND pid <> pg_backend_pid(); \
-             ALTER DATABASE {db} RENAME TO {old}; ALTER DATABASE {fresh} RENAME TO {db}",
-            lit = literal(db),
-            db = ident(db),
-            old = ident(&old),
-            fresh = ident(&fresh)
-        );
-        // Sessions terminated a moment ago may still be leaving: try a few times.
-        let mut last = None;
-        for _ in 0..25 {
-            match self.psql(MAINTENANCE_DB, &swap) {
-                Ok(_) => {
-                    last = None;
-                    break;
-                }
-                Err(e) => {
-                    let text = format!("{e:#}");
-                    last = Some(e);
-                    if !text.contains("being accessed by other users") {
-                        break;
-                    }
+        self.feed(cmd, file, "restore failed")
+    }
+
+    /// The databases whose names start with `prefix`.
+    pub fn databases_starting(&self, prefix: &str) -> Result<Vec<String>> {
+        let out = self.psql(
+            MAINTENANCE_DB,
+            &format!(
+                "SELECT datname FROM pg_database WHERE substr(datname, 1, {}) = {} ORDER BY 1",
+                prefix.chars().count(),
+                literal(prefix)
+            ),
+        )?;
+        Ok(out
+            .lines()
+            .filter(|l| !l.is_empty())
+            .map(str::to_string)
+            .collect())
+    }
+
+    /// Put `fresh` in the place of `live`: in one transaction, end the sessions on
+    /// `live`, rename it to `before` (when it exists) and `fresh` to `live`. Either both
+    /// renames happen or neither. Sessions terminated a moment ago may still be leaving:
+    /// tried a few times.
+    pub fn swap_in(&self, fresh: &str, live: &str, before: Option<&str>) -> Result<()> {
+        let sql = match before {
+            Some(before) => format!(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
+                 WHERE datname = {lit} AND pid <> pg_backend_pid(); \
+                 ALTER DATABASE {live} RENAME TO {before}; ALTER DATABASE {fresh} RENAME TO {live}",
+                lit = literal(live),
+                live = ident(live),
+                before = ident(before),
+                fresh = ident(fresh)
+            ),
+            None => format!("ALTER DATABASE {} RENAME TO {}", ident(fresh), ident(live)),
+        };
+        let mut tries = 0;
+        loop {
+            match self.psql(MAINTENANCE_DB, &sql) {
+                Ok(_) => return Ok(()),
+                Err(e)
+                    if tries < 25 && format!("{e:#}").contains("being accessed by other users") =>
+                {
+                    tries += 1;
                     std::thread::sleep(std::time::Duration::from_millis(200));
                 }
+                Err(e) => return Err(e),
             }
         }
-        if let Some(e) = last {
-            let _ = self.drop_database(&fresh);
-            return Err(e.context(format!("swapping the restored database in for {db}")));
-        }
-        if let Err(e) = self.drop_database(&old) {
-            berth_core::msg::warn(format!(
-                "the replaced database was kept as {old}: dropping it failed: {e:#}"
-            ));
-        }
-        Ok(())
     }
 }
 
@@ -698,6 +671,32 @@ mod tests {
         assert!(!format!("{u:?}").contains("cret"));
         assert!(PgUrl::parse("mysql://x@y/z").is_err());
         assert!(PgUrl::parse("nonsense").is_err());
+        assert!(PgUrl::parse("postgres:///db").is_err());
+        // Passwords holding / @ % : percent-encoded; @ and % also as they are.
+        for (url, pw) in [
+            ("postgres://app:a%2Fb%40c%25d%3Ae@h:5432/prod", "a/b@c%d:e"),
+            ("postgresql://app:p@ss@h/prod", "p@ss"),
+            ("postgres://app:50%off@h/prod", "50%off"),
+            ("postgres://app:x:y@[::1]:6432/prod", "x:y"),
+        ] {
+            let u = PgUrl::parse(url).unwrap_or_else(|e| panic!("{url}: {e}"));
+            assert_eq!(u.password(), Some(pw), "{url}");
+            assert_eq!(u.user().as_deref(), Some("app"), "{url}");
+            assert_eq!(u.database.as_deref(), Some("prod"), "{url}");
+            let shown = u.for_db("scratch");
+            assert!(shown.ends_with("/scratch"), "{shown}");
+            assert!(!shown.contains(pw), "{shown}");
+            assert!(!format!("{u:?}").contains(pw), "{u:?}");
+        }
+        // A raw / cannot be told from the path: the error says how to write it.
+        let e = PgUrl::parse("postgres://app:a/b@h/prod").unwrap_err();
+        assert!(e.contains("%2F"), "{e}");
+        // A user and a database name that need encoding travel encoded and come back.
+        let u = PgUrl::parse("postgres://m%C3%BCller@h/my%20db").unwrap();
+        assert_eq!(u.user().as_deref(), Some("müller"));
+        assert_eq!(u.database.as_deref(), Some("my db"));
+        assert_eq!(u.for_db("my db"), "postgres://m%C3%BCller@h/my%20db");
+        assert_eq!(PgUrl::parse("postgres://h").unwrap().database, None);
         let c = Conn::url(u, None);
         let cmd = c.client("pg_dump", Some("shop"));
         assert!(!cmd.display().contains("cret"), "{}", cmd.display());

@@ -113,37 +113,139 @@ pub fn read_archive(file: &Path) -> Result<u64> {
     Ok(n)
 }
 
+/// Create a volume with berth's project label and `labels`.
+pub fn create(project: &str, name: &str, labels: &[(&str, &str)]) -> Result<()> {
+    let mut c = docker::docker()
+        .args(["volume", "create", "--label"])
+        .arg(format!("{LABEL_PROJECT}={project}"));
+    for (k, v) in labels {
+        c = c.args(["--label", &format!("{k}={v}")]);
+    }
+    c.arg(name)
+        .run()
+        .map_err(|e| fail!(Backup, "creating volume {name}: {e}"))?;
+    Ok(())
+}
+
+/// Remove a volume, if it is there.
+pub fn remove(name: &str) -> Result<()> {
+    docker::docker()
+        .args(["volume", "rm", "-f", name])
+        .run()
+        .map_err(|e| fail!(Backup, "removing volume {name}: {e}"))?;
+    Ok(())
+}
+
+/// Whether a docker volume of that name exists.
+pub fn exists(name: &str) -> bool {
+    docker::docker()
+        .args(["volume", "inspect", name])
+        .run()
+        .is_ok()
+}
+
+/// The volumes whose names start with `prefix`.
+pub fn starting(prefix: &str) -> Result<Vec<String>> {
+    let out = docker::docker()
+        .args(["volume", "ls", "-q"])
+        .read()
+        .map_err(|e| fail!(Backup, "listing volumes: {e}"))?;
+    Ok(out
+        .lines()
+        .filter(|l| l.starts_with(prefix))
+        .map(str::to_string)
+        .collect())
+}
+
+/// The number of entries in a volume (`find -mindepth 1`, like [`read_archive`]).
+pub fn count(project: &str, image: &str, volume: &str) -> Result<u64> {
+    let name = helper_name("count");
+    let out = helper(
+        project,
+        &name,
+        image,
+        &[format!("{volume}:/volume:ro")],
+        false,
+    )
+    .args(["find", "/volume", "-mindepth", "1"])
+    .read()
+    .map_err(|e| {
+        remove_helper(&name);
+        fail!(Backup, "counting the entries of volume {volume}: {e}")
+    })?;
+    Ok(out.lines().filter(|l| !l.is_empty()).count() as u64)
+}
+
 /// Extract the archive into a scratch volume, count what landed, remove the volume.
 pub fn restore_count(project: &str, image: &str, file: &Path) -> Result<u64> {
     let scratch = helper_name("verify");
-    docker::docker()
-        .args(["volume", "create", "--label"])
-        .arg(format!("{LABEL_PROJECT}={project}"))
-        .args(["--label", &format!("{LABEL_HELPER}=1"), &scratch])
-        .run()
-        .map_err(|e| fail!(Backup, "creating a scratch volume: {e}"))?;
-    let res = (|| {
-        extract(project, image, file, &scratch, false)?;
-        let name = helper_name("count");
-        let out = helper(
-            project,
-            &name,
-            image,
-            &[format!("{scratch}:/volume:ro")],
-            false,
-        )
-        .args(["find", "/volume", "-mindepth", "1"])
-        .read()
-        .map_err(|e| {
-            remove_helper(&name);
-            fail!(Backup, "restore verification failed: {e}")
-        })?;
-        Ok(out.lines().filter(|l| !l.is_empty()).count() as u64)
-    })();
-    let _ = docker::docker()
-        .args(["volume", "rm", "-f", &scratch])
-        .output();
+    create(project, &scratch, &[(LABEL_HELPER, "1")])?;
+    let res = extract(project, image, file, &scratch, false)
+        .and_then(|_| count(project, image, &scratch))
+        .map_err(|e| fail!(Backup, "restore verification failed: {e:#}"));
+    let _ = remove(&scratch);
     res
+}
+
+/// How a [`switch`] ended badly.
+#[derive(Debug, PartialEq, Eq)]
+pub enum SwitchFailed {
+    /// The old content could not be copied aside: the live volume was not touched.
+    Untouched(String),
+    /// The new content could not be copied in: the old content was put back.
+    PutBack(String),
+    /// Half-way: the old content is only in the `before` volume.
+    HalfWay(String),
+}
+
+/// Copy `live` into the empty `before` (and check the copy is whole), then replace
+/// `live`'s content with `staging`'s. Old content is deleted only once its copy is
+/// complete; when the new content cannot be copied in, the old is put back.
+pub fn switch(
+    project: &str,
+    image: &str,
+    live: &str,
+    before: &str,
+    staging: &str,
+) -> Result<(), SwitchFailed> {
+    const SCRIPT: &str = r#"n() { find "$1" -mindepth 1 | wc -l; }
+cp -a /live/. /before/ || exit 3
+[ "$(n /live)" = "$(n /before)" ] || { echo "the copy of the old content is incomplete" >&2; exit 3; }
+find /live -mindepth 1 -delete && cp -a /staging/. /live/ && exit 0
+find /live -mindepth 1 -delete; cp -a /before/. /live/ && exit 4
+exit 5"#;
+    let name = helper_name("switch");
+    let mounts = [
+        format!("{live}:/live"),
+        format!("{before}:/before"),
+        format!("{staging}:/staging:ro"),
+    ];
+    let out = helper(project, &name, image, &mounts, false)
+        .args(["sh", "-c", SCRIPT])
+        .expression()
+        .stdout_null()
+        .stderr_capture()
+        .unchecked()
+        .run();
+    let out = match out {
+        Ok(o) => o,
+        Err(e) => {
+            return Err(SwitchFailed::Untouched(format!(
+                "could not run docker: {e}"
+            )))
+        }
+    };
+    if out.status.success() {
+        return Ok(());
+    }
+    remove_helper(&name);
+    let why = last_lines(&String::from_utf8_lossy(&out.stderr), 2);
+    Err(match out.status.code() {
+        // 125-127: docker could not start the helper; 3: the copy aside failed.
+        Some(3 | 125..=127) => SwitchFailed::Untouched(why),
+        Some(4) => SwitchFailed::PutBack(why),
+        _ => SwitchFailed::HalfWay(why),
+    })
 }
 
 /// Unpack `file` into `volume`; with `replace`, delete what the volume held first.

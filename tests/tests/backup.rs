@@ -22,6 +22,11 @@ fn db_stack(name: &str) -> Stack {
 }
 
 fn sql(s: &Stack, q: &str) -> String {
+    sql_in(s, "demo", q)
+}
+
+/// One SQL text in database `db` of the stack's `db` service.
+fn sql_in(s: &Stack, db: &str, q: &str) -> String {
     s.compose_ok(&[
         "exec",
         "-T",
@@ -31,7 +36,7 @@ fn sql(s: &Stack, q: &str) -> String {
         "-U",
         "demo",
         "-d",
-        "demo",
+        db,
         "-v",
         "ON_ERROR_STOP=1",
         "-Atc",
@@ -41,15 +46,10 @@ fn sql(s: &Stack, q: &str) -> String {
     .to_string()
 }
 
-/// Run berth-backup against the stack with stdin from `input` (empty: none).
-fn bb(s: &Stack, args: &[&str], input: &str) -> Output {
-    // The subcommand comes first, then the project flags.
-    let mut argv: Vec<String> = args.iter().map(|a| a.to_string()).collect();
-    let sub = argv.remove(0);
-    let mut full = vec![sub];
-    full.extend(argv);
+/// berth-backup ARGS against the stack (the subcommand first, then the project flags).
+fn bb_cmd(s: &Stack, args: &[&str]) -> Command {
     let mut cmd = berth_e2e::berth("berth-backup");
-    cmd.args(&full)
+    cmd.args(args)
         .arg("--project-dir")
         .arg(&s.dir)
         .args(["-p", &s.project])
@@ -57,7 +57,12 @@ fn bb(s: &Stack, args: &[&str], input: &str) -> Output {
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    let mut child = cmd.spawn().expect("berth-backup runs");
+    cmd
+}
+
+/// Run berth-backup against the stack with stdin from `input` (empty: none).
+fn bb(s: &Stack, args: &[&str], input: &str) -> Output {
+    let mut child = bb_cmd(s, args).spawn().expect("berth-backup runs");
     {
         use std::io::Write;
         let mut stdin = child.stdin.take().unwrap();
@@ -408,18 +413,7 @@ fn restore_round_trip_gives_back_the_same_rows_and_refuses_without_yes() {
     let dbs = sql(&s, "SELECT string_agg(datname, ',') FROM pg_database");
     assert!(!dbs.contains("berth_"), "{dbs}");
     // And it restores the damaged state back, without another safety backup.
-    ok(bb(
-        &s,
-        &[
-            "restore",
-            safety.to_str().unwrap(),
-            "--service",
-            "db",
-            "--yes",
-            "--no-safety-backup",
-        ],
-        "",
-    ));
+    ok(restore_quick(&s, safety.to_str().unwrap(), &[]));
     assert_eq!(rows(), damaged);
 
     // The same through a URL with the host's client tools; password from a file.
@@ -460,6 +454,301 @@ fn restore_round_trip_gives_back_the_same_rows_and_refuses_without_yes() {
         "",
     ));
     assert_eq!(rows(), damaged);
+}
+
+/// The databases of the stack's server whose names start with `prefix`, sorted.
+fn databases(s: &Stack, prefix: &str) -> Vec<String> {
+    sql(
+        s,
+        &format!(
+            "SELECT datname FROM pg_database WHERE starts_with(datname, '{prefix}') ORDER BY 1"
+        ),
+    )
+    .lines()
+    .map(str::to_string)
+    .collect()
+}
+
+fn items(s: &Stack, db: &str) -> u64 {
+    sql_in(s, db, "SELECT count(*) FROM items").parse().unwrap()
+}
+
+/// berth-backup restore FILE --service db --yes --no-safety-backup EXTRA...
+fn restore_quick(s: &Stack, file: &str, extra: &[&str]) -> Output {
+    let mut args = vec![
+        "restore",
+        file,
+        "--service",
+        "db",
+        "--yes",
+        "--no-safety-backup",
+    ];
+    args.extend_from_slice(extra);
+    bb(s, &args, "")
+}
+
+/// berth-backup exited 5 with one error line: that line.
+fn failed_5(o: &Output) -> String {
+    assert_eq!(code(o), 5, "{}", stderr(o));
+    let err = stderr(o);
+    let errors: Vec<&str> = err.lines().filter(|l| l.contains(": error: ")).collect();
+    assert_eq!(errors.len(), 1, "one error line: {err}");
+    errors[0].to_string()
+}
+
+/// One stack for every check of restore's safety (section 1 and 2 of issue 9): the
+/// database named on the command line is the one restored into; a copy is built beside
+/// the live one and verified before the names swap; the replaced one is kept; a failed
+/// check, a SIGKILL, or a full disk leave the live database answering with all its rows.
+#[test]
+fn restore_goes_into_the_named_database_and_never_destroys_before_verifying() {
+    let s = Stack::new("bk-safe-restore");
+    // A small tmpfs in the db container for a tablespace that fills up (disk full).
+    std::fs::write(
+        s.dir.join("compose.override.yaml"),
+        "services:\n  db:\n    volumes:\n      - type: tmpfs\n        target: /small\n        tmpfs:\n          size: 12582912\n",
+    )
+    .unwrap();
+    s.compose_ok(&["up", "-d", "--wait", "db"]);
+    s.compose_ok(&["run", "--rm", "--no-deps", "-T", "web", "migrate"]);
+    // ~6 MB of table data (1 KB rows stay uncompressed in the table), a small dump.
+    sql(
+        &s,
+        "INSERT INTO items (name) SELECT repeat(md5(g::text), 32) FROM generate_series(1, 6000) g",
+    );
+    let o = ok(bb(
+        &s,
+        &["pg", "--service", "db", "--verify", "restore"],
+        "",
+    ));
+    let file = stage_detail(&doc(&o))["file"].as_str().unwrap().to_string();
+    assert_eq!(
+        manifest(Path::new(&file))["row_counts"]["public.items"],
+        6003
+    );
+    sql(&s, "INSERT INTO items (name) VALUES ('after the backup')");
+    assert_eq!(items(&s, "demo"), 6004);
+
+    // §1: into database `other` by URL, as a user whose password holds / @ % :.
+    let secret = "p/w@x%y:z";
+    sql(
+        &s,
+        &format!("CREATE ROLE restorer LOGIN SUPERUSER PASSWORD '{secret}'"),
+    );
+    let encoded = "p%2Fw%40x%25y%3Az";
+    let url_of = |db: &str| format!("postgres://restorer:{encoded}@{}:5432/{db}", db_ip(&s));
+    let o = ok(bb(
+        &s,
+        &[
+            "restore",
+            &file,
+            "--url",
+            &url_of("other"),
+            "--yes",
+            "--no-safety-backup",
+        ],
+        "",
+    ));
+    let err = stderr(&o);
+    let into = err
+        .lines()
+        .find(|l| l.contains("into:"))
+        .unwrap_or_default();
+    assert!(
+        into.contains("database other on postgres://restorer@"),
+        "{err}"
+    );
+    assert!(
+        into.contains("named by --url; the backup was taken from database demo, not this one"),
+        "{err}"
+    );
+    for shown in [err.as_str(), &String::from_utf8_lossy(&o.stdout)] {
+        assert!(
+            !shown.contains(secret) && !shown.contains(encoded),
+            "{shown}"
+        );
+    }
+    assert_eq!(
+        items(&s, "other"),
+        6003,
+        "other holds demo's rows at backup time"
+    );
+    assert_eq!(items(&s, "demo"), 6004, "demo is untouched");
+    let report: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(report["database"], "other");
+    assert_eq!(report["previous"], Value::Null);
+
+    // §2: into demo (the service's POSTGRES_DB): the replaced database is kept.
+    let o = ok(restore_quick(&s, &file, &[]));
+    let err = stderr(&o);
+    assert!(
+        err.contains("named by the POSTGRES_DB of service db"),
+        "{err}"
+    );
+    assert!(
+        err.contains("is kept as demo_before_<UTC time>"),
+        "the plan says so: {err}"
+    );
+    let report: Value = serde_json::from_slice(&o.stdout).unwrap();
+    let before1 = report["previous"].as_str().unwrap().to_string();
+    assert!(
+        err.contains(&format!("kept the replaced database as {before1}")),
+        "{err}"
+    );
+    assert_eq!(items(&s, "demo"), 6003);
+    assert_eq!(
+        items(&s, &before1),
+        6004,
+        "the replaced database, as it was"
+    );
+    assert_eq!(databases(&s, "demo_before_"), [before1.as_str()]);
+
+    // (a) The manifest's row counts disagree with the archive: exit 5 naming the table,
+    // nothing swapped, the copy dropped.
+    sql(&s, "INSERT INTO items (name) VALUES ('live only')");
+    let work = tempfile::tempdir().unwrap();
+    let lying = work.path().join("lying.dump");
+    std::fs::copy(&file, &lying).unwrap();
+    let mut m = manifest(Path::new(&file));
+    m["row_counts"]["public.items"] = Value::from(6100);
+    std::fs::write(work.path().join("lying.dump.json"), m.to_string()).unwrap();
+    let o = restore_quick(&s, lying.to_str().unwrap(), &[]);
+    let error = failed_5(&o);
+    assert!(
+        error.contains("table public.items has 6003 rows, the manifest says 6100"),
+        "{error}"
+    );
+    assert_eq!(
+        items(&s, "demo"),
+        6004,
+        "the live database answers with all its rows"
+    );
+    assert!(databases(&s, "demo_berth_restore_").is_empty());
+    assert_eq!(databases(&s, "demo_before_"), [before1.as_str()]);
+
+    // (b) berth-backup SIGKILLed while restoring (a pg_restore that hangs): the live
+    // database is intact; the next restore drops the leftover copy and succeeds.
+    let bin = tempfile::tempdir().unwrap();
+    let pidfile = bin.path().join("pid");
+    std::fs::write(
+        bin.path().join("pg_restore"),
+        format!(
+            "#!/bin/sh\necho $$ >{}\nexec sleep 120\n",
+            pidfile.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(
+        bin.path().join("pg_restore"),
+        std::fs::Permissions::from_mode(0o755),
+    )
+    .unwrap();
+    let mut cmd = bb_cmd(
+        &s,
+        &[
+            "restore",
+            &file,
+            "--url",
+            &url_of("demo"),
+            "--yes",
+            "--no-safety-backup",
+        ],
+    );
+    let path = format!(
+        "{}:{}",
+        bin.path().display(),
+        std::env::var("PATH").unwrap()
+    );
+    let mut child = cmd.env("PATH", path).stdin(Stdio::null()).spawn().unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !pidfile.exists() {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "berth-backup ended before pg_restore ran: {}",
+            stderr(&child.wait_with_output().unwrap())
+        );
+        assert!(std::time::Instant::now() < deadline, "pg_restore never ran");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    child.kill().unwrap(); // SIGKILL
+    let _ = child.wait();
+    let pid = std::fs::read_to_string(&pidfile).unwrap();
+    let _ = Command::new("kill").args(["-9", pid.trim()]).output();
+    let left = databases(&s, "demo_berth_restore_");
+    assert_eq!(left.len(), 1, "the copy being built is left: {left:?}");
+    assert_eq!(items(&s, "demo"), 6004);
+    let o = ok(restore_quick(&s, &file, &["--keep-previous", "2"]));
+    assert!(
+        stderr(&o).contains(&format!(
+            "dropped database {}, left by an interrupted restore",
+            left[0]
+        )),
+        "{}",
+        stderr(&o)
+    );
+    assert!(databases(&s, "demo_berth_restore_").is_empty());
+    assert_eq!(items(&s, "demo"), 6003);
+    let report: Value = serde_json::from_slice(&o.stdout).unwrap();
+    let before2 = report["previous"].as_str().unwrap().to_string();
+    assert_eq!(
+        databases(&s, "demo_before_"),
+        [before1.clone(), before2.clone()]
+    );
+    assert_eq!(items(&s, &before2), 6004);
+
+    // (c) Disk full: `tiny` (7.5 MB once checkpointed) lives in a tablespace on a 12 MB
+    // tmpfs; the copy is built in the same tablespace and runs out of space while its
+    // 7 MB of rows go in: exit 5, tiny as it was, no copy left.
+    s.compose_ok(&["exec", "-T", "-u", "postgres", "db", "mkdir", "/small/ts"]);
+    sql(&s, "CREATE TABLESPACE small LOCATION '/small/ts'");
+    sql(&s, "CREATE DATABASE tiny TABLESPACE small");
+    sql_in(
+        &s,
+        "tiny",
+        "CREATE TABLE t (x int); INSERT INTO t VALUES (1), (2), (3)",
+    );
+    // Written out now (a new database's pages are written at the next checkpoint).
+    sql(&s, "CHECKPOINT");
+    let o = restore_quick(&s, &file, &["--database", "tiny"]);
+    let error = failed_5(&o);
+    assert!(
+        error.contains("restore failed") && error.contains("No space left on device"),
+        "the disk filled up while restoring: {error}"
+    );
+    assert_eq!(
+        sql_in(&s, "tiny", "SELECT string_agg(x::text, ',') FROM t"),
+        "1,2,3"
+    );
+    assert!(
+        databases(&s, "tiny_").is_empty(),
+        "{:?}",
+        databases(&s, "tiny_")
+    );
+
+    // --keep-previous 1 drops the older replaced databases; the printed way back works.
+    sql(
+        &s,
+        "INSERT INTO items (name) VALUES ('before the last restore')",
+    );
+    let o = ok(restore_quick(&s, &file, &["--keep-previous", "1"]));
+    let report: Value = serde_json::from_slice(&o.stdout).unwrap();
+    let before3 = report["previous"].as_str().unwrap().to_string();
+    assert_eq!(databases(&s, "demo_before_"), [before3.as_str()]);
+    assert_eq!(
+        report["previous_dropped"],
+        serde_json::json!([before2, before1])
+    );
+    assert_eq!(items(&s, "demo"), 6003);
+    let err = stderr(&o);
+    let back = err
+        .lines()
+        .find_map(|l| {
+            l.split_once("to go back, stop the app and run: ")
+                .map(|x| x.1)
+        })
+        .unwrap_or_else(|| panic!("no way back printed: {err}"));
+    run_ok(Command::new("sh").arg("-c").arg(back));
+    assert_eq!(items(&s, "demo"), 6004, "back to the replaced database");
 }
 
 /// A small tmpfs, unmounted on drop.
@@ -881,20 +1170,70 @@ fn volume_backup_with_stop_verifies_and_restores() {
         "",
     );
     assert_eq!(code(&o), 64, "{}", stderr(&o));
-    ok(bb(
-        &s,
-        &[
-            "restore",
-            file.to_str().unwrap(),
-            "--stop",
-            "redis",
-            "--helper-image",
-            HELPER,
-            "--yes",
-        ],
-        "",
-    ));
+    // A manifest that disagrees with the archive's entries: exit 5, nothing touched.
+    let lying = work.path().join("lying.tar.gz");
+    std::fs::copy(&file, &lying).unwrap();
+    let mut m = manifest(&file);
+    m["entries"] = Value::from(m["entries"].as_u64().unwrap() + 1);
+    std::fs::write(work.path().join("lying.tar.gz.json"), m.to_string()).unwrap();
+    let restore = |f: &Path| {
+        let f = f.to_str().unwrap();
+        bb(
+            &s,
+            &[
+                "restore",
+                f,
+                "--stop",
+                "redis",
+                "--helper-image",
+                HELPER,
+                "--yes",
+            ],
+            "",
+        )
+    };
+    let error = failed_5(&restore(&lying));
+    assert!(error.contains("the manifest says"), "{error}");
+    // What a killed restore left: removed by the next one.
+    let real = det["volume"].as_str().unwrap().to_string();
+    let leftover = format!("{real}_berth_restore_20200101000000");
+    let label = format!("com.docker.compose.project={}", s.project);
+    run_ok(Command::new("docker").args(["volume", "create", "--label", &label, &leftover]));
+    let o = ok(restore(&file));
+    assert!(
+        stderr(&o).contains(&format!(
+            "removed volume {leftover}, left by an interrupted restore"
+        )),
+        "{}",
+        stderr(&o)
+    );
     s.compose_ok(&["up", "-d", "--wait", "redis"]);
     let v = s.compose_ok(&["exec", "-T", "redis", "redis-cli", "GET", "greeting"]);
     assert_eq!(v.trim(), "hello");
+    // The old content is kept as <volume>_before_<UTC time>, and the plan said so.
+    assert!(
+        stderr(&o).contains(&format!("is kept as {real}_before_<UTC time>")),
+        "{}",
+        stderr(&o)
+    );
+    let report: Value = serde_json::from_slice(&o.stdout).unwrap();
+    let before = report["previous"].as_str().unwrap();
+    assert!(before.starts_with(&format!("{real}_before_")), "{before}");
+    let old = run_ok(Command::new("docker").args([
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        "-v",
+        &format!("{before}:/v:ro"),
+        HELPER,
+        "grep",
+        "-c",
+        "changed",
+        "/v/dump.rdb",
+    ]));
+    assert_eq!(String::from_utf8_lossy(&old.stdout).trim(), "1");
+    let vols = run_ok(Command::new("docker").args(["volume", "ls", "-q"]));
+    let vols = String::from_utf8_lossy(&vols.stdout);
+    assert!(!vols.contains(&format!("{real}_berth_restore_")), "{vols}");
 }
