@@ -22,18 +22,20 @@ pub enum OnOff {
     Off,
 }
 
+/// The maintenance page's text when none is given.
+pub const DEFAULT_MESSAGE: &str = "We are upgrading the service and will be back in a few minutes.";
+
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// on: serve the maintenance page; off: serve the app again
     #[arg(value_enum)]
     pub state: OnOff,
 
-    /// The text on the page
-    #[arg(
-        long,
-        default_value = "We are upgrading the service and will be back in a few minutes."
-    )]
-    pub message: String,
+    /// The text on the page [default: "We are upgrading the service and will be back in
+    /// a few minutes."]. When maintenance is already on, the page stays as it is unless
+    /// --message is given
+    #[arg(long)]
+    pub message: Option<String>,
 
     /// The Retry-After the 503 carries
     #[arg(long, default_value = "30s", value_parser = parse_duration, value_name = "DURATION")]
@@ -162,15 +164,22 @@ pub fn run(args: Args) -> Result<ExitCode> {
         detail.insert("file".into(), json!(file.display().to_string()));
         match args.state {
             OnOff::On => {
-                let text = nginx::render_maintenance(&args.message, args.retry_after, &args.except);
                 let was_on = nginx::read_opt(&file)?.is_some();
-                nginx::apply(&proxy, runner, &[(file.clone(), Some(text))])?;
+                // Already on: keep the page (and nginx) as they are unless asked otherwise.
+                if !was_on || args.message.is_some() {
+                    let message = args.message.as_deref().unwrap_or(DEFAULT_MESSAGE);
+                    let text = nginx::render_maintenance(message, args.retry_after, &args.except);
+                    nginx::apply(&proxy, runner, &[(file.clone(), Some(text))])?;
+                }
                 let since = match read_window(&state_file) {
                     Some(w) if was_on => w.since,
                     _ => {
                         let w = Window {
                             since: time::now_rfc3339(),
-                            message: args.message.clone(),
+                            message: args
+                                .message
+                                .clone()
+                                .unwrap_or_else(|| DEFAULT_MESSAGE.to_string()),
                         };
                         if !ctx.dry_run {
                             berth_core::ledger::ensure_state_dir(&ctx.state_dir)?;
