@@ -209,10 +209,10 @@ pub fn check_services(services: &[String]) -> Result<(), Failure> {
             && s.chars()
                 .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.');
         if !ok {
-            return Err(Failure::usage(format!("{s:?} is not a service name")));
+            return Err(Failure::usage(format!("SERVICE {s:?}: not a service name")));
         }
         if services[..i].contains(s) {
-            return Err(Failure::usage(format!("service {s} named twice")));
+            return Err(Failure::usage(format!("SERVICE {s} named twice")));
         }
     }
     Ok(())
@@ -235,6 +235,14 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Some(Command::Preflight(a)) => return prepare::preflight(a),
         Some(Command::Pull(a)) => return prepare::pull(a),
         None => {}
+    }
+    if cli.common.check_args {
+        return berth_core::cli::checked(|| {
+            cli.swap.check()?;
+            check_services(&cli.services)?;
+            cli.common.check()?;
+            Ok(())
+        });
     }
     cli.swap.check()?;
     check_services(&cli.services)?;
@@ -271,7 +279,19 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             } else {
                 cli.services.clone()
             };
-            let out = engine::swap(ctx, &cli.swap, &services, &tag, &doc.deploy_id)?;
+            let out = match engine::swap(ctx, &cli.swap, &services, &tag, &doc.deploy_id) {
+                Ok(out) => out,
+                Err(e) => {
+                    if let Some(a) = e.downcast_ref::<engine::AfterSwitch>() {
+                        if a.previous_tag.is_some() {
+                            doc.previous_tag = a.previous_tag.clone();
+                        }
+                        detail.insert("switched".into(), Value::Bool(true));
+                        detail.insert("serving".into(), Value::String(a.serving.clone()));
+                    }
+                    return Err(e);
+                }
+            };
             record(doc, &out);
             detail.extend(out.detail);
             if out.dry_run {
@@ -283,8 +303,10 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             let ok = doc
                 .stage("swap")
                 .is_some_and(|s| s.status == berth_core::doc::Status::Ok);
+            // Provisional: the release is good only when the whole deploy says so (the
+            // report's final line, after the smoke test).
             if ok && !dry_run {
-                if let Err(e) = ledger::append(&ctx.state_dir, doc) {
+                if let Err(e) = ledger::append(&ctx.state_dir, &ledger::provisional(doc)) {
                     msg::warn(format!("could not record the release in the ledger: {e:#}"));
                 }
             }
