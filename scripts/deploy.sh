@@ -89,6 +89,13 @@ berth() {
 	shift
 	if [ -n "$bin_dir" ]; then "$bin_dir/$name" "$@"; else "$name" "$@"; fi
 }
+# berth, replacing the (sub)shell: a stage's last stderr line is its own, never the
+# shell's "Killed" report.
+berth_exec() {
+	local name=berth-$1
+	shift
+	if [ -n "$bin_dir" ]; then exec "$bin_dir/$name" "$@"; else exec "$name" "$@"; fi
+}
 
 tmp=$(mktemp -d) || die 1 "cannot create a temporary directory"
 lock=
@@ -114,9 +121,22 @@ while IFS= read -r -d '' kv; do
 done <"$tmp/settings"
 [ -z "$env_name" ] || say "environment $env_name ($project_dir/deploy.$env_name.env)"
 
+# A --check-args run failed (its stderr in $tmp/check): exit 64 naming the setting its
+# error line points at: the variable the value came from when the line says so, else the
+# first "text|SETTING" pair whose text the line contains, else $1.
+bad_setting() {
+	local fallback=$1 line pair
+	shift
+	line=$(sed -n '$s/^berth-[a-z]*: error: //p' "$tmp/check")
+	[[ ! $line =~ \(from\ ([A-Z_]+)\) ]] || die 64 "${BASH_REMATCH[1]}: $line"
+	for pair in "$@"; do
+		[[ $line != *"${pair%%|*}"* ]] || die 64 "${pair#*|}: $line"
+	done
+	die 64 "$fallback: $line"
+}
+
 # The tag, checked by the binaries' own rule before it goes into any path or JSON.
-berth swap --check-args --tag "$tag" </dev/null >/dev/null 2>"$tmp/tag" ||
-	die 64 "TAG: $(sed -n '$s/^berth-[a-z]*: error: //p' "$tmp/tag")"
+berth swap --check-args --tag "$tag" </dev/null >/dev/null 2>"$tmp/check" || bad_setting TAG
 export BERTH_TAG=$tag
 
 state_dir=${BERTH_STATE_DIR:-$project_dir/.berth}
@@ -197,18 +217,8 @@ words() { # the command words of a stage (migrate's would clash with migrate_cmd
 # naming the setting the bad value came from.
 for s in "${stages[@]}"; do
 	declare -n c=$(words "$s") a=${s}_args from=${s}_from
-	if ! berth "${c[@]}" --check-args "${a[@]}" </dev/null >/dev/null 2>"$tmp/check"; then
-		line=$(sed -n '$s/^berth-[a-z]*: error: //p' "$tmp/check")
-		setting="the settings of stage $s"
-		if [[ $line =~ \(from\ ([A-Z_]+)\) ]]; then
-			setting=${BASH_REMATCH[1]}
-		else
-			for pair in "${from[@]}"; do
-				if [[ $line == *"${pair%%|*}"* ]]; then setting=${pair#*|}; break; fi
-			done
-		fi
-		die 64 "$setting: $line"
-	fi
+	berth "${c[@]}" --check-args "${a[@]}" </dev/null >/dev/null 2>"$tmp/check" ||
+		bad_setting "the settings of stage $s" "${from[@]}"
 	unset -n c a from
 done
 
@@ -246,7 +256,7 @@ for s in "${stages[@]}"; do
 	(umask 077 && : >"$doc.next") || die 1 "cannot create $doc.next"
 	declare -n c=$(words "$s") a=${s}_args
 	# stderr goes on to ours through tee, which keeps it for the last line.
-	berth "${c[@]}" "${a[@]}" <"$doc" 2>&1 >"$doc.next" | tee "$tmp/stderr" >&2
+	berth_exec "${c[@]}" "${a[@]}" <"$doc" 2>&1 >"$doc.next" | tee "$tmp/stderr" >&2
 	code=${PIPESTATUS[0]}
 	unset -n c a
 	if [ ! -s "$doc.next" ]; then
