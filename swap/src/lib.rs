@@ -54,11 +54,13 @@ Files: the upstream file (default <project>/nginx/berth/upstream-SERVICE.conf) i
 to name the new containers; <project>/.env gets TAG_VAR=TAG; <state>/swap/SERVICE.json is
 the journal of a swap in progress (a killed swap is converged by the next swap or rollback,
 or by `berth-swap --converge`);
-<state>/releases.jsonl gets the release.
+<state>/releases.jsonl gets the release as a provisional line (good once berth-report
+records the whole deploy's success).
 
 Exit status: 0 swapped; 1 preflight (docker unreachable, compose config invalid, nginx not
 running); 2 image unavailable (nothing changed); 3 swap failed before traffic moved (the old
-containers still serve, the new ones are removed); 64 usage; 65 bad document on stdin;
+containers still serve, the new ones are removed); 4 failed after traffic moved (the new
+release serves: the record says so, and berth-rollback in the pipe undoes it); 64 usage; 65 bad document on stdin;
 75 another deploy holds the lock; a failure already in the document passes through.";
 
 /// Swap compose services to a new image tag with zero downtime: start new containers
