@@ -62,6 +62,7 @@ pub const BERTH_KEYS: &[&str] = &[
     "BERTH_NO_BACKUP_REQUIRED",
     "BERTH_NO_LEDGER",
     "BERTH_PASSWORD_FILE",
+    "BERTH_PING_URL",
     "BERTH_PORT",
     "BERTH_PROJECT_NAME",
     "BERTH_PROXY",

@@ -139,7 +139,8 @@ pub fn record_failure(args: &RecordFailureArgs) -> Result<ExitCode> {
     let input = stage::load(&args.common)?;
     let mut d = input.doc;
     let code = failure_code(name, args.exit);
-    let said = scrub(&args.message, &|k| std::env::var(k).ok());
+    let env: Vec<(String, String)> = std::env::vars().collect();
+    let said = scrub(&args.message, &env);
     let error = if said.is_empty() {
         format!(
             "stage {name} exited {} without writing a deploy document",
@@ -169,57 +170,26 @@ pub fn record_failure(args: &RecordFailureArgs) -> Result<ExitCode> {
     Ok(ExitCode::Success)
 }
 
-/// A line fit for the document and the ledger: one line, at most 300 characters, the
-/// values of secret-looking variables and the passwords in URLs replaced by `***`.
-pub fn scrub(text: &str, env: &dyn Fn(&str) -> Option<String>) -> String {
-    let mut s: String = text
+/// A line fit for the document and the ledger: one line, at most 300 characters,
+/// secrets scrubbed ([`berth_core::scrub`]: URL passwords, `KEY=secret`, and the values
+/// of this environment's secret variables, e.g. `TELEGRAM_BOT_TOKEN`, webhook URLs).
+pub fn scrub(text: &str, env: &[(String, String)]) -> String {
+    let line: String = text
         .chars()
         .map(|c| if c.is_control() { ' ' } else { c })
         .collect();
-    const SECRET_VARS: &[&str] = &[
-        "TELEGRAM_BOT_TOKEN",
-        "BERTH_WEBHOOK_URL",
-        "BERTH_SLACK_WEBHOOK_URL",
-        "PGPASSWORD",
-        "POSTGRES_PASSWORD",
-    ];
-    let mut secrets: Vec<String> = SECRET_VARS
+    let known: Vec<String> = env
         .iter()
-        .filter_map(|k| env(k))
-        .chain(
-            std::env::vars()
-                .filter(|(k, _)| {
-                    ["TOKEN", "SECRET", "PASSWORD", "PASSWD", "API_KEY"]
-                        .iter()
-                        .any(|w| k.contains(w))
-                })
-                .map(|(_, v)| v),
-        )
-        .filter(|v| v.len() >= 6)
+        .filter(|(k, v)| {
+            (berth_core::scrub::is_secret_key(k) || k.ends_with("WEBHOOK_URL")) && v.len() >= 4
+        })
+        .map(|(_, v)| v.clone())
         .collect();
-    secrets.sort_by_key(|v| std::cmp::Reverse(v.len()));
-    for v in &secrets {
-        s = s.replace(v.as_str(), "***");
-    }
-    // scheme://user:password@host -> scheme://user:***@host
-    let mut out = String::new();
-    let mut rest = s.as_str();
-    while let Some(i) = rest.find("://") {
-        out.push_str(&rest[..i + 3]);
-        rest = &rest[i + 3..];
-        let end = rest.find(['/', ' ', '"', '\'']).unwrap_or(rest.len());
-        let auth = &rest[..end];
-        if let Some(at) = auth.rfind('@') {
-            if let Some(colon) = auth[..at].find(':') {
-                out.push_str(&auth[..colon + 1]);
-                out.push_str("***");
-                rest = &rest[at..];
-                continue;
-            }
-        }
-    }
-    out.push_str(rest);
-    out.trim().chars().take(300).collect()
+    berth_core::scrub::scrub(&line, &known)
+        .trim()
+        .chars()
+        .take(300)
+        .collect()
 }
 
 #[cfg(test)]
@@ -237,7 +207,10 @@ mod tests {
 
     #[test]
     fn scrubbed_lines() {
-        let env = |k: &str| (k == "TELEGRAM_BOT_TOKEN").then(|| "123456:secret-token".to_string());
+        let env = vec![(
+            "TELEGRAM_BOT_TOKEN".to_string(),
+            "123456:secret-token".to_string(),
+        )];
         let s = scrub(
             "berth-x: error: POST https://api/bot123456:secret-token/send failed;\tdb postgres://app:hunter22@db:5432/shop down",
             &env,
