@@ -84,18 +84,14 @@ bin_dir=${BERTH_BIN_DIR:-}
 if [ -z "$bin_dir" ] && [ -x "$here/../target/release/berth-swap" ]; then
 	bin_dir=$here/../target/release
 fi
-berth() {
-	local name=berth-$1
-	shift
-	if [ -n "$bin_dir" ]; then "$bin_dir/$name" "$@"; else "$name" "$@"; fi
-}
-# berth, replacing the (sub)shell: a stage's last stderr line is its own, never the
-# shell's "Killed" report.
+# berth NAME ARGS: run berth-NAME, replacing the (sub)shell it runs in, so that a
+# stage's last stderr line is its own, never the shell's "Killed" report.
 berth_exec() {
 	local name=berth-$1
 	shift
 	if [ -n "$bin_dir" ]; then exec "$bin_dir/$name" "$@"; else exec "$name" "$@"; fi
 }
+berth() { (berth_exec "$@"); }
 
 tmp=$(mktemp -d) || die 1 "cannot create a temporary directory"
 lock=
