@@ -674,7 +674,9 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             checked?;
             drill::run(c)
         }),
-        Command::Copy(c) => checked.map_err(Into::into).and_then(|_| offsite::run_copy(c)),
+        Command::Copy(c) => checked
+            .map_err(Into::into)
+            .and_then(|_| offsite::run_copy(c)),
     }
 }
 
