@@ -52,6 +52,7 @@ pub const BERTH_KEYS: &[&str] = &[
     "BERTH_KEEP_DAILY",
     "BERTH_KEEP_LAST",
     "BERTH_KEEP_MONTHLY",
+    "BERTH_KEEP_PREVIOUS",
     "BERTH_KEEP_WEEKLY",
     "BERTH_LOCK_WAIT",
     "BERTH_MAINTENANCE_FILE",
@@ -90,9 +91,25 @@ pub const BERTH_KEYS: &[&str] = &[
 pub fn refused(key: &str) -> Option<&'static str> {
     const RUN: &str = "it changes how programs run; set it in the environment if you must";
     match key {
-        "PATH" | "HOME" | "SHELL" | "IFS" | "ENV" | "CDPATH" | "GLOBIGNORE" | "PS4"
-        | "PROMPT_COMMAND" | "SHELLOPTS" | "BASHOPTS" | "POSIXLY_CORRECT" | "TMPDIR" | "PWD"
-        | "OLDPWD" | "BERTH_DOCKER" | "BERTH_BIN_DIR" | "BERTH_LOCK_HELD" => Some(RUN),
+        "PATH"
+        | "HOME"
+        | "SHELL"
+        | "IFS"
+        | "ENV"
+        | "CDPATH"
+        | "GLOBIGNORE"
+        | "PS4"
+        | "PROMPT_COMMAND"
+        | "SHELLOPTS"
+        | "BASHOPTS"
+        | "POSIXLY_CORRECT"
+        | "TMPDIR"
+        | "PWD"
+        | "OLDPWD"
+        | "BERTH_DOCKER"
+        | "BERTH_BIN_DIR"
+        | "BERTH_LOCK_HELD"
+        | "BERTH_FAULT_KILL_AFTER" => Some(RUN),
         "BERTH_PROJECT_DIR" => {
             Some("the env file lives in the project directory; set it in the environment")
         }

@@ -106,18 +106,6 @@ fn suffix() -> String {
     )
 }
 
-/// Run a command with `input` on its stdin; its output.
-pub fn output_with_stdin(cmd: &mut Command, input: &str) -> std::io::Result<Output> {
-    use std::io::Write;
-    let mut child = cmd
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()?;
-    child.stdin.take().unwrap().write_all(input.as_bytes())?;
-    child.wait_with_output()
-}
-
 /// A `--check-args` run: (exit code, stderr), asserting it wrote nothing on stdout.
 pub fn checked(out: Output) -> (i32, String) {
     assert!(out.stdout.is_empty(), "--check-args wrote a document");
