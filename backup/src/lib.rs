@@ -269,6 +269,14 @@ impl Server {
     }
 
     fn check(&self) -> Result<(), Failure> {
+        if let Some(p) = &self.password_file {
+            if !p.is_file() {
+                return Err(Failure::usage(format!(
+                    "--password-file {}: no such file",
+                    p.display()
+                )));
+            }
+        }
         if let Some(u) = &self.url {
             PgUrl::parse(u).map_err(|e| Failure::usage(format!("--url: {e}")))?;
         }
@@ -563,16 +571,112 @@ pub struct PruneCmd {
     pub common: CommonArgs,
 }
 
+impl Command {
+    fn common(&self) -> &CommonArgs {
+        match self {
+            Command::Pg(c) => &c.common,
+            Command::Volume(c) => &c.common,
+            Command::List(c) => &c.common,
+            Command::Verify(c) => &c.common,
+            Command::Restore(c) => &c.common,
+            Command::Prune(c) => &c.common,
+            Command::Drill(c) => &c.common,
+            Command::Copy(c) => &c.common,
+        }
+    }
+
+    /// Every check a run makes before it touches anything (for `--check-args`, and the
+    /// start of each run).
+    fn check(&self) -> Result<(), Failure> {
+        match self {
+            Command::Pg(c) => {
+                c.server.check()?;
+                if !c.server.given() {
+                    return Err(Failure::usage("give --service SERVICE or --url URL"));
+                }
+            }
+            Command::Volume(c) => {
+                if c.name.trim().is_empty() {
+                    return Err(Failure::usage("volume NAME is empty"));
+                }
+            }
+            Command::List(_) => {}
+            Command::Verify(c) => {
+                c.server.check()?;
+                if c.remote.is_none() {
+                    match &c.file {
+                        None => {
+                            return Err(Failure::usage(
+                                "give the backup FILE to verify (or --remote DEST)",
+                            ))
+                        }
+                        Some(f) => must_exist(f)?,
+                    }
+                }
+            }
+            Command::Restore(c) => {
+                c.server.check()?;
+                if c.from.is_none() {
+                    must_exist(&c.file)?;
+                }
+            }
+            Command::Copy(c) => must_exist(&c.file)?,
+            Command::Drill(c) => {
+                c.server.check()?;
+                if let Some(f) = &c.file {
+                    must_exist(f)?;
+                }
+            }
+            Command::Prune(c) => {
+                if c.keep.policy().is_empty() {
+                    return Err(Failure::usage(
+                        "give at least one of --keep-last, --keep-daily, --keep-weekly, --keep-monthly",
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn must_exist(file: &Path) -> Result<(), Failure> {
+    if file.is_file() {
+        Ok(())
+    } else {
+        Err(Failure::usage(format!("{}: no such file", file.display())))
+    }
+}
+
 pub fn run(cli: Cli) -> Result<ExitCode> {
+    if cli.command.common().check_args {
+        return berth_core::cli::checked(|| {
+            cli.command.check()?;
+            cli.command.common().check()?;
+            Ok(())
+        });
+    }
+    // Checked inside the monitor, so that a bad argument pings a failure too.
+    let checked = cli.command.check();
     match cli.command {
-        Command::Pg(c) => c.monitor.clone().around(|| run_pg(c)),
-        Command::Volume(c) => c.monitor.clone().around(|| run_volume(c)),
-        Command::List(c) => run_list(c),
-        Command::Verify(c) => run_verify(c),
-        Command::Restore(c) => restore::run(c),
-        Command::Prune(c) => run_prune(c),
-        Command::Drill(c) => c.monitor.clone().around(|| drill::run(c)),
-        Command::Copy(c) => offsite::run_copy(c),
+        Command::Pg(c) => c.monitor.clone().around(|| {
+            checked?;
+            run_pg(c)
+        }),
+        Command::Volume(c) => c.monitor.clone().around(|| {
+            checked?;
+            run_volume(c)
+        }),
+        Command::List(c) => checked.map_err(Into::into).and_then(|_| run_list(c)),
+        Command::Verify(c) => checked.map_err(Into::into).and_then(|_| run_verify(c)),
+        Command::Restore(c) => checked.map_err(Into::into).and_then(|_| restore::run(c)),
+        Command::Prune(c) => checked.map_err(Into::into).and_then(|_| run_prune(c)),
+        Command::Drill(c) => c.monitor.clone().around(|| {
+            checked?;
+            drill::run(c)
+        }),
+        Command::Copy(c) => checked
+            .map_err(Into::into)
+            .and_then(|_| offsite::run_copy(c)),
     }
 }
 
@@ -1053,10 +1157,6 @@ fn copy_offsite(
 
 fn run_pg(c: PgCmd) -> Result<ExitCode> {
     set_quiet(&c.storage);
-    c.server.check()?;
-    if !c.server.given() {
-        return Err(Failure::usage("give --service SERVICE or --url URL").into());
-    }
     let input = stage::load(&c.common)?;
     let deploy_id = input.piped.then(|| input.doc.deploy_id.clone());
     stage::run(SPEC, input, |ctx, _doc, detail| {
@@ -1112,9 +1212,6 @@ fn run_pg(c: PgCmd) -> Result<ExitCode> {
 
 fn run_volume(c: VolumeCmd) -> Result<ExitCode> {
     set_quiet(&c.storage);
-    if c.name.trim().is_empty() {
-        return Err(Failure::usage("volume NAME is empty").into());
-    }
     let input = stage::load(&c.common)?;
     let deploy_id = input.piped.then(|| input.doc.deploy_id.clone());
     stage::run(SPEC, input, |ctx, _doc, detail| {
@@ -1416,12 +1513,6 @@ fn run_prune(c: PruneCmd) -> Result<ExitCode> {
     set_quiet(&c.storage);
     let ctx = c.common.resolve()?;
     let policy = c.keep.policy();
-    if policy.is_empty() {
-        return Err(Failure::usage(
-            "give at least one of --keep-last, --keep-daily, --keep-weekly, --keep-monthly",
-        )
-        .into());
-    }
     let dir = c.storage.dir(&ctx);
     let scan = store::scan(&dir)?;
     let mut targets: Vec<Target> = scan.entries.iter().map(|e| e.manifest.target()).collect();

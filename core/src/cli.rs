@@ -60,6 +60,12 @@ pub struct CommonArgs {
     /// Print the docker commands this would run, and change nothing
     #[arg(long, env = "BERTH_DRY_RUN")]
     pub dry_run: bool,
+
+    /// Only check the arguments and settings, exactly as a real run parses them: nothing
+    /// printed and exit 0 when they are valid, one line and exit 64 when not. Reads no
+    /// stdin, runs no docker, changes nothing (scripts/deploy.sh checks every stage so)
+    #[arg(long)]
+    pub check_args: bool,
 }
 
 /// [`CommonArgs`] resolved: absolute paths, a project name, a checked tag.
@@ -75,6 +81,12 @@ pub struct Context {
 }
 
 impl CommonArgs {
+    /// The checks of [`CommonArgs::resolve`], for `--check-args`. resolve must stay free
+    /// of docker and of writes for this to hold.
+    pub fn check(&self) -> Result<(), Failure> {
+        self.resolve().map(|_| ())
+    }
+
     pub fn resolve(&self) -> Result<Context, Failure> {
         let cwd = std::env::current_dir()
             .map_err(|e| Failure::usage(format!("cannot read the current directory: {e}")))?;
@@ -232,6 +244,15 @@ pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
     humantime::parse_duration(s.trim()).map_err(|e| format!("{e} (examples: 500ms, 30s, 5m)"))
 }
 
+/// The end of a `--check-args` run: `check` passed, exit 0 with nothing printed; any
+/// failure is a usage error (64) on one line, whatever code the real run would give it.
+pub fn checked(check: impl FnOnce() -> anyhow::Result<()>) -> anyhow::Result<ExitCode> {
+    match check() {
+        Ok(()) => Ok(ExitCode::Success),
+        Err(e) => Err(Failure::usage(exit::one_line(&e)).into()),
+    }
+}
+
 /// The whole `main` of a berth binary: parse flags (usage errors exit 64, never clap's 2;
 /// `--help`/`--version` exit 0 and read nothing), run, map the error to its exit code.
 pub fn main<A: Parser>(
@@ -252,9 +273,13 @@ where
     T: Into<std::ffi::OsString> + Clone,
 {
     msg::set_program(prog);
-    let args = match A::try_parse_from(argv) {
+    let argv: Vec<std::ffi::OsString> = argv.into_iter().map(Into::into).collect();
+    let args = match A::try_parse_from(&argv) {
         Ok(a) => a,
-        Err(e) => return clap_exit(e),
+        Err(e) => {
+            let from = env_source::<A>(&e, &argv);
+            return clap_exit_from(e, from.as_deref());
+        }
     };
     match run(args) {
         Ok(code) => code.into(),
@@ -266,8 +291,42 @@ where
     }
 }
 
+/// The environment variable a bad value came from, when it did not come from argv: so
+/// the error can say `invalid value '60' for '--timeout <DURATION>' (from BERTH_SWAP_TIMEOUT)`.
+fn env_source<A: clap::CommandFactory>(
+    e: &clap::Error,
+    argv: &[std::ffi::OsString],
+) -> Option<String> {
+    use clap::error::{ContextKind, ContextValue};
+    let Some(ContextValue::String(arg)) = e.get(ContextKind::InvalidArg) else {
+        return None;
+    };
+    let long = arg.split_whitespace().next()?.to_string();
+    let name = long.strip_prefix("--")?;
+    let on_argv = argv.iter().any(|a| {
+        let a = a.to_string_lossy();
+        a == long || a.starts_with(&format!("{long}="))
+    });
+    if on_argv {
+        return None;
+    }
+    fn find_env(cmd: &clap::Command, long: &str) -> Option<String> {
+        cmd.get_arguments()
+            .find(|a| a.get_long() == Some(long))
+            .and_then(|a| a.get_env())
+            .map(|v| v.to_string_lossy().to_string())
+            .or_else(|| cmd.get_subcommands().find_map(|s| find_env(s, long)))
+    }
+    find_env(&A::command(), name).filter(|var| std::env::var_os(var).is_some())
+}
+
 /// Print a clap error our way and return the code: 0 for help/version, 64 for the rest.
 pub fn clap_exit(e: clap::Error) -> std::process::ExitCode {
+    clap_exit_from(e, None)
+}
+
+/// [`clap_exit`], naming the environment variable the bad value came from.
+fn clap_exit_from(e: clap::Error, env_var: Option<&str>) -> std::process::ExitCode {
     use clap::error::ErrorKind;
     match e.kind() {
         ErrorKind::DisplayHelp
@@ -281,8 +340,9 @@ pub fn clap_exit(e: clap::Error) -> std::process::ExitCode {
             }
         }
         _ => {
+            let from = env_var.map(|v| format!(" (from {v})")).unwrap_or_default();
             msg::error(format!(
-                "{}; see --help",
+                "{}{from}; see --help",
                 clap_one_line(&e.render().to_string())
             ));
             ExitCode::Usage.into()

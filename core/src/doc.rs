@@ -73,6 +73,17 @@ pub struct StageRecord {
     pub extra: Map<String, Value>,
 }
 
+impl StageRecord {
+    /// Whether this record says traffic moved to the document's release: a swap that
+    /// succeeded, or one that failed after its switch (`detail.switched`: the new release
+    /// serves, and only a rollback undoes it).
+    pub fn moved_traffic(&self) -> bool {
+        self.stage == "swap"
+            && (self.status == Status::Ok
+                || self.detail.get("switched") == Some(&Value::Bool(true)))
+    }
+}
+
 impl Document {
     /// A new document, as the first stage of a pipeline starts it.
     pub fn new(project: &str, tag: Option<&str>) -> Document {

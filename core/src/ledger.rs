@@ -1,7 +1,9 @@
 //! The release ledger, `<state dir>/releases.jsonl`: one deploy document per line,
 //! appended under a lock and fsynced, never rewritten. A deploy may be appended more than
-//! once as it goes (the swap records its release; the report appends the final document):
-//! readers take the last line of each `deploy_id`.
+//! once as it goes (the swap records its release as *provisional*; the report appends the
+//! final document): readers take the last line of each `deploy_id`. A release is good only
+//! by a final line: a deploy that died after its swap (smoke never passed, report never
+//! ran) stays provisional and is never a rollback target.
 //!
 //! The ledger is private (0600 in a 0700 state directory) and holds no secrets: every
 //! string is scrubbed on the way in (see [`crate::scrub`]).
@@ -17,6 +19,29 @@ use crate::doc::{Document, Status};
 use crate::{fsutil, msg, scrub};
 
 pub const FILE: &str = "releases.jsonl";
+
+/// The top-level field marking a line written before the deploy's outcome was known.
+pub const PROVISIONAL: &str = "provisional";
+
+/// A copy of `doc` marked provisional (the swap's line: the smoke test has not run yet).
+pub fn provisional(doc: &Document) -> Document {
+    let mut d = doc.clone();
+    d.extra
+        .insert(PROVISIONAL.into(), serde_json::Value::Bool(true));
+    d
+}
+
+/// Whether a ledger line was written before the deploy's outcome was known.
+pub fn is_provisional(doc: &Document) -> bool {
+    doc.extra.get(PROVISIONAL) == Some(&serde_json::Value::Bool(true))
+}
+
+/// A copy of `doc` without the provisional mark (the report's final line).
+pub fn final_line(doc: &Document) -> Document {
+    let mut d = doc.clone();
+    d.extra.remove(PROVISIONAL);
+    d
+}
 
 pub fn path(state_dir: &Path) -> PathBuf {
     state_dir.join(FILE)
@@ -136,9 +161,11 @@ pub fn releases(all: Vec<Document>) -> Vec<Document> {
     all.into_iter().filter(|d| !is_drill(d)).collect()
 }
 
-/// A good release: it swapped successfully and nothing failed.
+/// A good release: it swapped successfully, nothing failed, and the whole deploy said so
+/// (its final line, not the swap's provisional one).
 pub fn is_good(doc: &Document) -> bool {
-    doc.outcome() == 0
+    !is_provisional(doc)
+        && doc.outcome() == 0
         && !doc.has_failed()
         && doc
             .stages
@@ -198,6 +225,17 @@ mod tests {
         let good = last_good(&all, Some("web")).unwrap();
         assert_eq!(good.tag.as_deref(), Some("v1"));
         assert!(last_good(&all, Some("worker")).is_none());
+
+        // v4's swap wrote its provisional line, and the deploy died before its report:
+        // unverified, never good. Its report's final line makes it good.
+        let v4 = release("v4", true);
+        append(dir.path(), &provisional(&v4)).unwrap();
+        let all = read(dir.path()).unwrap();
+        assert!(is_provisional(all.last().unwrap()));
+        assert_eq!(last_good(&all, None).unwrap().tag.as_deref(), Some("v1"));
+        append(dir.path(), &final_line(&provisional(&v4))).unwrap();
+        let all = read(dir.path()).unwrap();
+        assert_eq!(last_good(&all, None).unwrap().tag.as_deref(), Some("v4"));
     }
 
     #[test]

@@ -11,6 +11,7 @@
 //! - [`http`] and [`health`]: HTTP probing and waiting until targets are ready.
 //! - [`fsutil`]: atomic file writes.
 //! - [`fault`]: a test hook that kills the program after a named step.
+//! - [`settings`]: the env file of an environment (data, never code) and the known settings.
 
 pub mod backups;
 pub mod cli;
@@ -28,6 +29,7 @@ pub mod msg;
 pub mod ping;
 pub mod process;
 pub mod scrub;
+pub mod settings;
 pub mod stage;
 pub mod time;
 

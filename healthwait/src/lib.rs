@@ -183,6 +183,13 @@ impl Cli {
 }
 
 pub fn run(cli: Cli) -> Result<ExitCode> {
+    if cli.common.check_args {
+        return berth_core::cli::checked(|| {
+            cli.targets()?;
+            cli.common.check()?;
+            Ok(())
+        });
+    }
     let targets = cli.targets()?;
     let opts = cli.options();
     let check_docker = || -> Result<()> {

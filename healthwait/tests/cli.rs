@@ -425,3 +425,36 @@ fn help_and_version_never_read_stdin() {
         assert!(text.contains(needle), "help lacks {needle}");
     }
 }
+
+#[test]
+fn check_args_parses_like_the_run_reads_no_stdin_and_says_nothing() {
+    let run = |args: &[&str]| {
+        let mut c = cmd();
+        c.arg("--check-args")
+            .args(args)
+            .write_stdin("not a document");
+        berth_e2e::checked(c.output().unwrap())
+    };
+    let ok = [
+        "--url",
+        "http://127.0.0.1:1/",
+        "--timeout",
+        "60s",
+        "--stage",
+        "smoke",
+    ];
+    assert_eq!(run(&ok), (0, String::new()));
+    for bad in [
+        &["--url", "http://127.0.0.1:1/", "--timeout", "60"][..],
+        &["--url", "ftp://x/"],
+        &["--url", "http://127.0.0.1:1/", "--successes", "0"],
+        &["--tcp", "nohost"],
+        &[],
+    ] {
+        let (code, err) = run(bad);
+        assert_eq!(code, 64, "{bad:?}: {err}");
+        assert_eq!(err.lines().count(), 1, "{err}");
+    }
+    use clap::CommandFactory;
+    berth_core::settings::assert_known_envs(&berth_healthwait::Cli::command());
+}

@@ -145,6 +145,13 @@ impl Cli {
 }
 
 pub fn run(cli: Cli) -> Result<ExitCode> {
+    if cli.common.check_args {
+        return berth_core::cli::checked(|| {
+            cli.check()?;
+            cli.common.check()?;
+            Ok(())
+        });
+    }
     cli.check()?;
     let input = stage::load(&cli.common)?;
     let spec = Spec {

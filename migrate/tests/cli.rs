@@ -459,3 +459,37 @@ fn an_old_version_that_is_not_ready_after_migrating_is_a_loud_warning_not_a_fail
         }
     }
 }
+
+#[test]
+fn check_args_parses_like_the_run_and_runs_no_docker() {
+    let e = Env::new();
+    let docker = e.stub_docker();
+    let run = |args: &[&str]| {
+        let mut c = e.cmd();
+        c.env("BERTH_DOCKER", &docker)
+            .arg("--check-args")
+            .args(args)
+            .write_stdin("not a document");
+        berth_e2e::checked(c.output().unwrap())
+    };
+    assert_eq!(
+        run(&["--tag", "v2", "web", "--", "migrate"]),
+        (0, String::new())
+    );
+    for (bad, says) in [
+        (&["--tag", "v2", "we/b", "--", "migrate"][..], "SERVICE"),
+        (
+            &["--tag", "v2", "--timeout", "5", "web", "--", "migrate"],
+            "--timeout",
+        ),
+        (&["--tag", "v2", "web", "--", ""], "migration command"),
+        (&["--tag", "v2", "web"], "required"),
+    ] {
+        let (code, err) = run(bad);
+        assert_eq!(code, 64, "{bad:?}: {err}");
+        assert!(err.contains(says), "{bad:?}: {err}");
+    }
+    assert_eq!(e.calls(), "", "docker was not called");
+    use clap::CommandFactory;
+    berth_core::settings::assert_known_envs(&berth_migrate::Cli::command());
+}

@@ -3,6 +3,7 @@
 //! Slack), appends the release to the ledger, and exits with the deploy's outcome.
 //! `status` and `history` answer "what runs now" and "what ran before" without a document.
 
+pub mod deploy;
 pub mod notify;
 pub mod render;
 pub mod status;
@@ -147,10 +148,61 @@ pub enum Command {
         #[command(flatten)]
         common: CommonArgs,
     },
+    /// For scripts/deploy.sh: read deploy.NAME.env as data (never code) and print the
+    /// settings to export as NUL-separated KEY=VALUE; exit 64 naming a bad line or key
+    #[command(
+        name = "env-file",
+        after_help = "Example: berth-report env-file --env production | xargs -0 -n1 echo"
+    )]
+    EnvFile(deploy::EnvFileArgs),
+    /// For scripts/deploy.sh: record a stage that exited without writing a document as
+    /// failed in the kept document (stdin to stdout), so that rollback and report run
+    #[command(
+        name = "record-failure",
+        after_help = "Example: berth-report record-failure --stage smoke --exit 64 --message 'error: ...' < doc.json"
+    )]
+    RecordFailure(deploy::RecordFailureArgs),
+}
+
+/// `--check-args` of the report: the settings it would use, notifications included (a
+/// channel whose secrets are missing would only warn at the end of a deploy).
+fn check_report(cli: &Cli) -> Result<()> {
+    cli.common.check()?;
+    if let Some(dir) = cli.out.as_ref().and_then(|o| o.parent()) {
+        if !dir.as_os_str().is_empty() && !dir.is_dir() {
+            return Err(Failure::usage(format!("--out: no directory {}", dir.display())).into());
+        }
+    }
+    let probe = Document::new("check", Some("check"));
+    for c in cli.notify.iter().flat_map(|c| c.0.iter()) {
+        notify::request(*c, &probe, &env_var)
+            .map_err(|e| Failure::usage(format!("--notify {}: {e}", c.name())))?;
+    }
+    Ok(())
 }
 
 pub fn run(cli: Cli) -> Result<ExitCode> {
+    let check_only = match &cli.command {
+        None => cli.common.check_args,
+        Some(Command::Status { common, .. }) | Some(Command::History { common, .. }) => {
+            common.check_args
+        }
+        Some(Command::EnvFile(_)) => false,
+        Some(Command::RecordFailure(a)) => a.common.check_args,
+    };
+    if check_only {
+        return berth_core::cli::checked(|| match &cli.command {
+            None => check_report(&cli),
+            Some(Command::Status { common, .. }) | Some(Command::History { common, .. }) => {
+                Ok(common.check()?)
+            }
+            Some(Command::RecordFailure(a)) => Ok(a.common.check()?),
+            Some(Command::EnvFile(_)) => Ok(()),
+        });
+    }
     match &cli.command {
+        Some(Command::EnvFile(a)) => deploy::env_file(a),
+        Some(Command::RecordFailure(a)) => deploy::record_failure(a),
         Some(Command::Status {
             service,
             json,
@@ -295,7 +347,7 @@ pub fn log_path(state_dir: &Path, deploy_id: &str) -> PathBuf {
 /// Append to the ledger and write the log. A failure here is loud, but the exit status
 /// stays the deploy's: the report never masks what happened to the release.
 fn record(state_dir: &Path, doc: &Document, text: &str) {
-    match ledger::append(state_dir, doc) {
+    match ledger::append(state_dir, &ledger::final_line(doc)) {
         Ok(()) => msg::info(format!("recorded in {}", ledger::path(state_dir).display())),
         Err(e) => msg::error(format!(
             "could not append to the ledger: {}",

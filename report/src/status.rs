@@ -443,6 +443,7 @@ pub fn history(ctx: &Context, limit: usize, as_json: bool) -> Result<ExitCode> {
             .map(|d| {
                 let mut s = summary::to_json(d);
                 s["last_good"] = json!(good_id.as_deref() == Some(d.deploy_id.as_str()));
+                s["provisional"] = json!(ledger::is_provisional(d));
                 s
             })
             .collect();
@@ -468,7 +469,12 @@ pub fn history(ctx: &Context, limit: usize, as_json: bool) -> Result<ExitCode> {
                 human_time(&d.created_at),
                 d.deploy_id.clone(),
                 d.tag.clone().unwrap_or_else(|| "-".into()),
-                format!("{code} {}", summary::Verdict::of(d).name()),
+                if ledger::is_provisional(d) {
+                    // The swap's line, and no report after it: the deploy died unverified.
+                    "unverified".to_string()
+                } else {
+                    format!("{code} {}", summary::Verdict::of(d).name())
+                },
                 summary::span(d)
                     .2
                     .map(human_ms)

@@ -45,7 +45,7 @@ fn rollback_succeeded(doc: &Document) -> bool {
 
 /// Whether traffic moved to the new tag (a swap that succeeded).
 fn swapped(doc: &Document) -> bool {
-    doc.stage("swap").is_some_and(|s| s.status == Status::Ok)
+    doc.stage("swap").is_some_and(|s| s.moved_traffic())
 }
 
 /// The tag serving now, as far as the document knows, with a word on why.

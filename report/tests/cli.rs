@@ -793,3 +793,155 @@ fn history_of_an_empty_ledger() {
         json!([])
     );
 }
+
+#[test]
+fn check_args_checks_the_notification_settings_too() {
+    let e = Env::new();
+    let run = |args: &[&str], env: &[(&str, &str)]| {
+        let mut c = e.cmd();
+        c.envs(env.iter().copied())
+            .args(args)
+            .arg("--check-args")
+            .write_stdin("not a document");
+        berth_e2e::checked(c.output().unwrap())
+    };
+    let tg = [
+        ("TELEGRAM_BOT_TOKEN", "123456:tok"),
+        ("TELEGRAM_CHAT_ID", "1"),
+    ];
+    assert_eq!(run(&["--notify", "telegram"], &tg), (0, String::new()));
+    assert_eq!(run(&["history", "--limit", "3"], &[]), (0, String::new()));
+    for (bad, says) in [
+        (
+            &["--notify", "telegram"][..],
+            "TELEGRAM_BOT_TOKEN is not set",
+        ),
+        (&["--notify", "telegrm"], "not a channel"),
+        (&["--notify-timeout", "5"], "--notify-timeout"),
+        (&["--out", "/nonexistent/dir/r.md"], "--out"),
+    ] {
+        let (code, err) = run(bad, &[]);
+        assert_eq!(code, 64, "{bad:?}: {err}");
+        assert!(err.contains(says), "{bad:?}: {err}");
+    }
+    assert!(e.ledger_lines().is_empty());
+    use clap::CommandFactory;
+    berth_core::settings::assert_known_envs(&berth_report::Cli::command());
+}
+
+#[test]
+fn env_file_prints_the_settings_nul_separated_and_the_environment_wins() {
+    let e = Env::new();
+    std::fs::write(
+        e.dir.path().join("deploy.prod.env"),
+        "# settings\r\nDEPLOY_SERVICES=web worker\r\nDEPLOY_LOCK_WAIT=1m30s\r\n\
+         DEPLOY_TEST_CMD=$(id)\r\nDEPLOY_WORKERS=worker\r\n",
+    )
+    .unwrap();
+    let out = e
+        .cmd()
+        .args(["env-file", "--env", "prod", "--project-dir"])
+        .arg(e.dir.path())
+        .env("DEPLOY_WORKERS", "from-env")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let text = String::from_utf8(out.stdout).unwrap();
+    let pairs: Vec<&str> = text.split_terminator('\0').collect();
+    assert_eq!(
+        pairs,
+        [
+            "DEPLOY_SERVICES=web worker",
+            "DEPLOY_LOCK_WAIT=1m30s",
+            "DEPLOY_TEST_CMD=$(id)",
+            "DEPLOY_LOCK_WAIT_SECS=90"
+        ]
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("CRLF"));
+
+    for (file, env, says) in [
+        ("PATH=/tmp\n", None, "PATH is not allowed"),
+        ("DEPLOY_SMOKE_TIMOUT=5s\n", None, "DEPLOY_SMOKE_TIMOUT"),
+        ("", Some(("DEPLOY_SMOKE_URLS", "x")), "DEPLOY_SMOKE_URLS"),
+        (
+            "DEPLOY_LOCK_WAIT=PATH[$(id)]+1m\n",
+            None,
+            "DEPLOY_LOCK_WAIT",
+        ),
+    ] {
+        std::fs::write(e.dir.path().join("deploy.prod.env"), file).unwrap();
+        let mut c = e.cmd();
+        c.args(["env-file", "--env", "prod", "--project-dir"])
+            .arg(e.dir.path());
+        if let Some((k, v)) = env {
+            c.env(k, v);
+        }
+        let out = c.output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(64), "{file}: {err}");
+        assert!(err.contains(says), "{file}: {err}");
+        assert!(out.stdout.is_empty());
+    }
+    let out = e
+        .cmd()
+        .args(["env-file", "--env", "../etc/x"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+}
+
+#[test]
+fn record_failure_appends_a_failed_scrubbed_record_to_the_kept_document() {
+    let e = Env::new();
+    let kept = json!({"schema": "berth/1", "deploy_id": "20261122T031500Z-v2", "project": "shop",
+        "tag": "v2", "previous_tag": "v1", "services": [], "created_at": "2026-11-22T03:15:00Z",
+        "stages": [{"stage": "swap", "status": "ok", "started_at": "2026-11-22T03:15:01Z",
+                    "duration_ms": 5, "exit_code": 0, "detail": {}, "error": null}]});
+    let out = e
+        .cmd()
+        .args(["record-failure", "--stage", "smoke", "--exit", "137"])
+        .arg("--message=-boom: token 123456:secret-tok in https://u:pw123456@h/x")
+        .env("TELEGRAM_BOT_TOKEN", "123456:secret-tok")
+        .write_stdin(kept.to_string())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let d: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let r = &d["stages"][1];
+    assert_eq!(
+        (&r["stage"], &r["status"], &r["exit_code"]),
+        (&json!("smoke"), &json!("failed"), &json!(4))
+    );
+    let error = r["error"].as_str().unwrap();
+    assert!(
+        error.contains("-boom") && error.contains("exited 137"),
+        "{error}"
+    );
+    assert!(
+        !error.contains("secret-tok") && !error.contains("pw123456"),
+        "{error}"
+    );
+    assert_eq!(r["detail"]["no_document"], true);
+
+    // Nothing kept yet (the first stage died): a new document, from the settings.
+    let out = e
+        .cmd()
+        .args([
+            "record-failure",
+            "--stage",
+            "preflight",
+            "--exit",
+            "2",
+            "-p",
+            "shop",
+            "--tag",
+            "v2",
+        ])
+        .write_stdin("")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let d: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(d["stages"][0]["exit_code"], 2);
+    assert_eq!(d["tag"], "v2");
+}

@@ -71,11 +71,22 @@ pub struct Cli {
 }
 
 pub fn run(cli: Cli) -> Result<ExitCode> {
-    cli.swap.check()?;
-    berth_swap::check_services(&cli.services)?;
-    if let Some(t) = &cli.to {
-        berth_core::cli::check_tag(t)?;
+    let check = || -> Result<(), Failure> {
+        cli.swap.check()?;
+        berth_swap::check_services(&cli.services)?;
+        if let Some(t) = &cli.to {
+            berth_core::cli::check_tag(t)?;
+        }
+        Ok(())
+    };
+    if cli.common.check_args {
+        return berth_core::cli::checked(|| {
+            check()?;
+            cli.common.check()?;
+            Ok(())
+        });
     }
+    check()?;
     let input = stage::load(&cli.common)?;
     if input.piped {
         piped(cli, input)
@@ -114,14 +125,13 @@ fn swapped_services(d: &Document) -> Vec<(String, bool)> {
     d.services.iter().map(|s| (s.name.clone(), true)).collect()
 }
 
-/// Whether traffic moved before the first failure: a `swap` recorded ok before it.
+/// Whether traffic moved before (or at) the first failure: a `swap` recorded ok before
+/// it, or the failed swap itself records that it had switched.
 pub fn failed_after_switch(d: &Document) -> bool {
     let Some(i) = d.stages.iter().position(|s| s.status == Status::Failed) else {
         return false;
     };
-    d.stages[..i]
-        .iter()
-        .any(|s| s.stage == "swap" && s.status == Status::Ok)
+    d.stages[..=i].iter().any(StageRecord::moved_traffic)
 }
 
 fn piped(cli: Cli, input: stage::Input) -> Result<ExitCode> {
@@ -544,6 +554,10 @@ mod tests {
         assert!(!failed_after_switch(&d));
         let d = release("v2", &[("swap", Status::Ok, 0)]);
         assert!(!failed_after_switch(&d));
+        // The swap switched nginx, then could not write .env: the new release serves.
+        let mut d = release("v2", &[("swap", Status::Failed, 4)]);
+        d.stages[0].detail.insert("switched".into(), json!(true));
+        assert!(failed_after_switch(&d));
     }
 
     #[test]

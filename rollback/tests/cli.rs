@@ -142,3 +142,30 @@ fn usage_and_bad_documents() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("pass --to TAG"));
 }
+
+#[test]
+fn check_args_parses_like_the_run_and_touches_nothing() {
+    let d = tempfile::tempdir().unwrap();
+    let run = |args: &[&str]| {
+        let mut c = cmd(d.path());
+        c.env("BERTH_DOCKER", "/nonexistent/docker")
+            .arg("--check-args")
+            .args(args)
+            .write_stdin("not a document");
+        berth_e2e::checked(c.output().unwrap())
+    };
+    assert_eq!(run(&["--worker", "worker"]), (0, String::new()));
+    assert_eq!(run(&["--to", "v1", "web"]), (0, String::new()));
+    for (bad, says) in [
+        (&["--to", "a b", "web"][..], "not a valid image tag"),
+        (&["--ready-path", "x"], "--ready-path"),
+        (&["--lock-wait", "5"], "--lock-wait"),
+    ] {
+        let (code, err) = run(bad);
+        assert_eq!(code, 64, "{bad:?}: {err}");
+        assert!(err.contains(says), "{bad:?}: {err}");
+    }
+    assert!(!d.path().join(".berth").exists(), "nothing written");
+    use clap::CommandFactory;
+    berth_core::settings::assert_known_envs(&berth_rollback::Cli::command());
+}

@@ -355,10 +355,12 @@ pub fn swap(
     }
     let switch_ms = millis(ready_at.elapsed());
     let switched_at = time::now_rfc3339();
+    // From here on the new release serves: an error is not "the old version still serves".
+    let moved = |e: anyhow::Error| after_switch(e, tag, previous_tag.as_deref());
     for p in &mut plans {
         let j = p.journal.as_mut().expect("journal saved");
         j.phase = Phase::Switched;
-        j.save(&ctx.state_dir)?;
+        j.save(&ctx.state_dir).map_err(moved)?;
     }
 
     // 5. Drain, then stop the old containers with their grace period.
@@ -425,10 +427,11 @@ pub fn swap(
     // 6. Durable: compose itself now reads the new tag.
     let env_path = ctx.project_dir.join(".env");
     envfile::write_var(&env_path, &ctx.tag_var, tag)
-        .with_context(|| format!("recording {}={tag} in {}", ctx.tag_var, env_path.display()))?;
+        .with_context(|| format!("recording {}={tag} in {}", ctx.tag_var, env_path.display()))
+        .map_err(moved)?;
     fault::point("env");
     for p in &plans {
-        journal::remove(&ctx.state_dir, &p.name)?;
+        journal::remove(&ctx.state_dir, &p.name).map_err(moved)?;
     }
     let total_ms = millis(started.elapsed());
     msg::info(format!(
@@ -465,6 +468,29 @@ pub fn swap(
             .collect(),
         detail,
         dry_run: false,
+    })
+}
+
+/// What an error after the switch carries: the new release serves. Its exit code is 4
+/// (not healthy after traffic moved), never 3 (which says the old version still serves),
+/// and the swap records `switched` and `serving` so that the rollback stage acts on it.
+#[derive(Debug, Clone)]
+pub struct AfterSwitch {
+    pub serving: String,
+    pub previous_tag: Option<String>,
+}
+
+impl std::fmt::Display for AfterSwitch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "traffic had moved to {} (it serves now)", self.serving)
+    }
+}
+
+fn after_switch(e: anyhow::Error, tag: &str, previous_tag: Option<&str>) -> anyhow::Error {
+    let line = berth_core::exit::one_line(&e);
+    fail!(Unhealthy, "{line}").context(AfterSwitch {
+        serving: tag.to_string(),
+        previous_tag: previous_tag.map(str::to_string),
     })
 }
 

@@ -54,11 +54,13 @@ Files: the upstream file (default <project>/nginx/berth/upstream-SERVICE.conf) i
 to name the new containers; <project>/.env gets TAG_VAR=TAG; <state>/swap/SERVICE.json is
 the journal of a swap in progress (a killed swap is converged by the next swap or rollback,
 or by `berth-swap --converge`);
-<state>/releases.jsonl gets the release.
+<state>/releases.jsonl gets the release as a provisional line (good once berth-report
+records the whole deploy's success).
 
 Exit status: 0 swapped; 1 preflight (docker unreachable, compose config invalid, nginx not
 running); 2 image unavailable (nothing changed); 3 swap failed before traffic moved (the old
-containers still serve, the new ones are removed); 64 usage; 65 bad document on stdin;
+containers still serve, the new ones are removed); 4 failed after traffic moved (the new
+release serves: the record says so, and berth-rollback in the pipe undoes it); 64 usage; 65 bad document on stdin;
 75 another deploy holds the lock; a failure already in the document passes through.";
 
 /// Swap compose services to a new image tag with zero downtime: start new containers
@@ -209,10 +211,10 @@ pub fn check_services(services: &[String]) -> Result<(), Failure> {
             && s.chars()
                 .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.');
         if !ok {
-            return Err(Failure::usage(format!("{s:?} is not a service name")));
+            return Err(Failure::usage(format!("SERVICE {s:?}: not a service name")));
         }
         if services[..i].contains(s) {
-            return Err(Failure::usage(format!("service {s} named twice")));
+            return Err(Failure::usage(format!("SERVICE {s} named twice")));
         }
     }
     Ok(())
@@ -235,6 +237,14 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Some(Command::Preflight(a)) => return prepare::preflight(a),
         Some(Command::Pull(a)) => return prepare::pull(a),
         None => {}
+    }
+    if cli.common.check_args {
+        return berth_core::cli::checked(|| {
+            cli.swap.check()?;
+            check_services(&cli.services)?;
+            cli.common.check()?;
+            Ok(())
+        });
     }
     cli.swap.check()?;
     check_services(&cli.services)?;
@@ -271,7 +281,19 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             } else {
                 cli.services.clone()
             };
-            let out = engine::swap(ctx, &cli.swap, &services, &tag, &doc.deploy_id)?;
+            let out = match engine::swap(ctx, &cli.swap, &services, &tag, &doc.deploy_id) {
+                Ok(out) => out,
+                Err(e) => {
+                    if let Some(a) = e.downcast_ref::<engine::AfterSwitch>() {
+                        if a.previous_tag.is_some() {
+                            doc.previous_tag = a.previous_tag.clone();
+                        }
+                        detail.insert("switched".into(), Value::Bool(true));
+                        detail.insert("serving".into(), Value::String(a.serving.clone()));
+                    }
+                    return Err(e);
+                }
+            };
             record(doc, &out);
             detail.extend(out.detail);
             if out.dry_run {
@@ -283,8 +305,10 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             let ok = doc
                 .stage("swap")
                 .is_some_and(|s| s.status == berth_core::doc::Status::Ok);
+            // Provisional: the release is good only when the whole deploy says so (the
+            // report's final line, after the smoke test).
             if ok && !dry_run {
-                if let Err(e) = ledger::append(&ctx.state_dir, doc) {
+                if let Err(e) = ledger::append(&ctx.state_dir, &ledger::provisional(doc)) {
                     msg::warn(format!("could not record the release in the ledger: {e:#}"));
                 }
             }

@@ -107,20 +107,31 @@ struct Window {
     message: String,
 }
 
-pub fn run(args: Args) -> Result<ExitCode> {
+fn check(args: &Args) -> Result<(), berth_core::Failure> {
     if args.proxy == ProxyMode::None {
         return Err(berth_core::Failure::usage(
             "maintenance mode needs nginx: --proxy compose or host",
-        )
-        .into());
+        ));
     }
     for p in &args.except {
         if !p.starts_with('/') {
-            return Err(
-                berth_core::Failure::usage(format!("--except {p:?}: must start with /")).into(),
-            );
+            return Err(berth_core::Failure::usage(format!(
+                "--except {p:?}: must start with /"
+            )));
         }
     }
+    Ok(())
+}
+
+pub fn run(args: Args) -> Result<ExitCode> {
+    if args.common.check_args {
+        return berth_core::cli::checked(|| {
+            check(&args)?;
+            args.common.check()?;
+            Ok(())
+        });
+    }
+    check(&args)?;
     let input = stage::load(&args.common)?;
     // Turning maintenance off must happen even when an earlier stage failed.
     let prior = input.doc.outcome();

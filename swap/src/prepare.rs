@@ -90,7 +90,19 @@ pub fn resolve_services(ctx: &Context, named: &[String], cfg: &Value) -> Result<
     Ok(services)
 }
 
+/// `--check-args` of `preflight` and `pull`: their services and the common settings.
+fn check_only(services: &[String], common: &CommonArgs) -> Result<ExitCode> {
+    berth_core::cli::checked(|| {
+        crate::check_services(services)?;
+        common.check()?;
+        Ok(())
+    })
+}
+
 pub fn preflight(args: PreflightArgs) -> Result<ExitCode> {
+    if args.common.check_args {
+        return check_only(&args.services, &args.common);
+    }
     crate::check_services(&args.services)?;
     let input = stage::load(&args.common)?;
     let spec = Spec {
@@ -182,6 +194,9 @@ fn tempfile_in(dir: &std::path::Path) -> std::io::Result<()> {
 }
 
 pub fn pull(args: PullArgs) -> Result<ExitCode> {
+    if args.common.check_args {
+        return check_only(&args.services, &args.common);
+    }
     crate::check_services(&args.services)?;
     let input = stage::load(&args.common)?;
     let spec = Spec {

@@ -102,3 +102,51 @@ fn converge_with_no_interrupted_swap_changes_nothing() {
     let (c, _, _) = code(cmd(d.path()).args(["--converge", "web"]), "");
     assert_eq!(c, 64);
 }
+
+#[test]
+fn check_args_parses_like_the_run_and_touches_neither_stdin_nor_docker() {
+    let d = tempfile::tempdir().unwrap();
+    let run = |args: &[&str], env: &[(&str, &str)]| {
+        let mut c = cmd(d.path());
+        c.env("BERTH_DOCKER", "/nonexistent/docker");
+        for (k, v) in env {
+            c.env(k, v);
+        }
+        c.arg("--check-args").args(args);
+        let (code, out, err) = code(&mut c, "not a document");
+        assert_eq!(out, "", "no document is written");
+        (code, err)
+    };
+    for ok in [
+        &["--tag", "v2", "--worker", "worker", "web", "worker"][..],
+        &["preflight", "--tag", "v2", "web", "--", "./check.sh"],
+        &["pull", "--tag", "v2", "web"],
+        &["maintenance", "on", "--message", "back soon"],
+    ] {
+        assert_eq!(run(ok, &[]), (0, String::new()), "{ok:?}");
+    }
+    for (bad, env, says) in [
+        (
+            &["--tag", "a b", "web"][..],
+            &[][..],
+            "not a valid image tag",
+        ),
+        (&["--tag", "v2", "we b"], &[], "SERVICE"),
+        (&["pull", "--tag", "v2", "web", "web"], &[], "named twice"),
+        (&["--tag", "v2", "--drain", "5", "web"], &[], "--drain"),
+        (
+            &["--tag", "v2", "web"],
+            &[("BERTH_SWAP_TIMEOUT", "60")],
+            "(from BERTH_SWAP_TIMEOUT)",
+        ),
+        (&["maintenance", "on", "--except", "x"], &[], "--except"),
+    ] {
+        let (code, err) = run(bad, env);
+        assert_eq!(code, 64, "{bad:?}: {err}");
+        assert!(err.contains(says), "{bad:?}: {err}");
+        assert_eq!(err.lines().count(), 1, "{err}");
+    }
+    use clap::CommandFactory;
+    berth_core::settings::assert_known_envs(&berth_swap::Cli::command());
+    berth_core::settings::assert_known_envs(&berth_swap::maintenance::Reparse::command());
+}

@@ -106,6 +106,13 @@ fn suffix() -> String {
     )
 }
 
+/// A `--check-args` run: (exit code, stderr), asserting it wrote nothing on stdout.
+pub fn checked(out: Output) -> (i32, String) {
+    assert!(out.stdout.is_empty(), "--check-args wrote a document");
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    (out.status.code().unwrap_or(-1), err)
+}
+
 /// Run a command, returning its output; panic with everything it said when it fails.
 pub fn run_ok(cmd: &mut Command) -> Output {
     let out = cmd

@@ -381,12 +381,16 @@ fn sick_release_is_rolled_back_after_the_switch_and_standalone_rollback_works() 
     assert_eq!(last["tag"], "sick");
     assert_eq!(stage(&last, "rollback")["exit_code"], 4);
 
-    // Standalone: two good releases (v2, then v1 again), then `berth-rollback web worker`
+    // Standalone: two good releases (v2, then v1 again; each good once its report says
+    // so: a swap's own ledger line is provisional), then `berth-rollback web worker`
     // goes back to v2, the newest good release that is not the one running.
-    let (code, _, err) = swap(&s, "v2", &[]);
-    assert_eq!(code, 0, "{err}");
-    let (code, _, err) = swap(&s, "v1", &[]);
-    assert_eq!(code, 0, "{err}");
+    for tag in ["v2", "v1"] {
+        let (code, doc, err) = swap(&s, tag, &[]);
+        assert_eq!(code, 0, "{err}");
+        let out =
+            berth_e2e::output_with_stdin(&mut s.berth("berth-report"), doc.to_string().as_bytes());
+        assert!(out.status.success());
+    }
     let mut args = FAST.to_vec();
     args.extend_from_slice(&["--worker", "worker", "web", "worker"]);
     let ((code, doc, err), load, done) = under_load(&s, || berth(&s, "berth-rollback", &args));
