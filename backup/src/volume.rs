@@ -78,6 +78,7 @@ pub fn tar_cmd(project: &str, container: &str, image: &str, volume: &str) -> Cmd
         &[format!("{volume}:/volume:ro")],
         false,
     )
+    .stage_timeout()
     .args(["tar", "-C", "/volume", "-czf", "-", "."])
 }
 
@@ -259,13 +260,12 @@ pub fn extract(project: &str, image: &str, file: &Path, volume: &str, replace: b
     let cmd = helper(project, &name, image, &[format!("{volume}:/volume")], true)
         .args(["sh", "-c", script]);
     let out = cmd
-        .expression()
-        .stdin_path(file)
-        .stdout_null()
-        .stderr_capture()
-        .unchecked()
-        .run()
-        .map_err(|e| fail!(Backup, "could not run docker: {e}"))?;
+        .stage_timeout()
+        .run_shaped(|e| e.stdin_path(file).stdout_null().stderr_capture())
+        .map_err(|e| {
+            remove_helper(&name);
+            fail!(Backup, "extracting into volume {volume}: {e}")
+        })?;
     if !out.status.success() {
         remove_helper(&name);
         return Err(fail!(
