@@ -141,6 +141,38 @@ pub fn output_with_stdin(cmd: &mut Command, input: &[u8]) -> Output {
     child.wait_with_output().unwrap()
 }
 
+/// A docker that hangs on the call whose arguments contain the word `word` (a daemon
+/// that stopped answering: `sleep <marker>` under a shell) and passes every other call
+/// to the real docker; for `BERTH_DOCKER`. Returns its path and the marker, for
+/// [`sleeper_alive`].
+pub fn hanging_docker(dir: &Path, word: &str) -> (PathBuf, String) {
+    use std::os::unix::fs::PermissionsExt;
+    static N: AtomicU64 = AtomicU64::new(0);
+    let marker = format!(
+        "{}",
+        700_000 + (u64::from(std::process::id()) * 10 + N.fetch_add(1, Ordering::SeqCst)) % 200_000
+    );
+    let p = dir.join("docker-hangs");
+    std::fs::write(
+        &p,
+        format!(
+            "#!/bin/sh\ncase \" $* \" in *\" {word} \"*) sleep {marker} ;; esac\nexec docker \"$@\"\n"
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    (p, marker)
+}
+
+/// Whether any process runs `sleep <marker>` (see [`hanging_docker`]).
+pub fn sleeper_alive(marker: &str) -> bool {
+    std::fs::read_dir("/proc").unwrap().flatten().any(|d| {
+        std::fs::read(d.path().join("cmdline"))
+            .map(|c| c == format!("sleep\0{marker}\0").as_bytes())
+            .unwrap_or(false)
+    })
+}
+
 /// A private copy of `examples/demo` with its own compose project and port.
 /// Dropping it removes its containers (also ones berth created), networks and volumes.
 pub struct Stack {

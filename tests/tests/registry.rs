@@ -7,13 +7,13 @@
 //! One stack and one registry for every check, in the order a deploy meets them.
 
 use std::io::Write as _;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use berth_e2e::{root, run_ok, Load, Stack};
+use berth_e2e::{hanging_docker, root, run_ok, sleeper_alive, Load, Stack};
 use serde_json::Value;
 
 const USER: &str = "berth-ci";
@@ -211,6 +211,7 @@ impl Run {
             .filter(|l| l.contains(": error: "))
             .collect();
         assert_eq!(lines.len(), 1, "one error line expected:\n{}", self.err);
+        eprintln!("{}", lines[0]);
         lines[0]
     }
 }
@@ -241,31 +242,6 @@ fn under_load<T>(s: &Stack, f: impl FnOnce() -> T) -> (T, berth_e2e::LoadReport)
     let out = f();
     std::thread::sleep(Duration::from_millis(500));
     (out, load.stop())
-}
-
-/// Whether any process runs `sleep <marker>`.
-fn sleeper_alive(marker: &str) -> bool {
-    std::fs::read_dir("/proc").unwrap().flatten().any(|d| {
-        std::fs::read(d.path().join("cmdline"))
-            .map(|c| c == format!("sleep\0{marker}\0").as_bytes())
-            .unwrap_or(false)
-    })
-}
-
-/// A docker that hangs on the call whose arguments contain `word` (a daemon that stopped
-/// answering), and passes every other call to the real docker.
-fn hanging_docker(dir: &Path, word: &str, marker: &str) -> PathBuf {
-    let p = dir.join("docker-hangs");
-    std::fs::write(
-        &p,
-        format!(
-            "#!/bin/sh\ncase \" $* \" in *\" {word} \"*) sleep {marker} ;; esac\nexec docker \"$@\"\n"
-        ),
-    )
-    .unwrap();
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
-    p
 }
 
 /// A swap (or rollback) of web and worker with short timings, and `extra` options.
@@ -385,20 +361,12 @@ fn pull_by_tag_from_a_private_registry_and_bounded_children() {
     );
     unchanged("pull");
     // v2's migration, as the deploy's migrate stage would run it.
-    run_ok(s.compose().env("BERTH_TAG", &t2).args([
-        "run",
-        "--rm",
-        "--no-deps",
-        "-T",
-        "web",
-        "migrate",
-    ]));
+    s.migrate(&t2);
 
     // A docker call that hangs before the switch (compose up of the new containers):
     // killed with its process group at --command-timeout, 3, the old version serving,
     // nothing of the wrapper left, the lock released.
-    let marker = format!("{}", 700_000 + std::process::id() % 100_000);
-    let wrapper = hanging_docker(reg.dir.path(), "--scale", &marker);
+    let (wrapper, marker) = hanging_docker(reg.dir.path(), "--scale");
     let (r, load) = under_load(&s, || {
         berth_in(
             &s,
