@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use berth_e2e::{hanging_docker, root, run_ok, sleeper_alive, Load, Stack};
+use berth_e2e::{root, run_ok, Hang, Load, Stack};
 use serde_json::Value;
 
 const USER: &str = "berth-ci";
@@ -366,25 +366,26 @@ fn pull_by_tag_from_a_private_registry_and_bounded_children() {
     // A docker call that hangs before the switch (compose up of the new containers):
     // killed with its process group at --command-timeout, 3, the old version serving,
     // nothing of the wrapper left, the lock released.
-    let (wrapper, marker) = hanging_docker(reg.dir.path(), "--scale");
+    let hang = Hang::new(reg.dir.path(), "--scale");
     let (r, load) = under_load(&s, || {
         berth_in(
             &s,
             &reg,
             "berth-swap",
             &swap_args(&["--tag", &t2], &["--command-timeout", "5s"]),
-            &[("BERTH_DOCKER", wrapper.to_str().unwrap())],
+            &[("BERTH_DOCKER", hang.path.to_str().unwrap())],
             Some(&pulled.doc),
         )
     });
     assert_eq!(r.code, 3, "{}", r.err);
     assert!(
-        r.error_line().contains("docker-hangs compose up")
+        r.error_line()
+            .contains(" compose up -d --no-deps --no-recreate --scale web=2 web")
             && r.error_line().contains("did not finish within 5s"),
         "{}",
         r.err
     );
-    assert!(!sleeper_alive(&marker), "the hung call's process survived");
+    assert_eq!(hang.sleepers(), [""; 0], "the hung call's process survived");
     assert_eq!(load.failed(), 0, "{}", load.summary());
     assert_eq!(load.by_version().keys().collect::<Vec<_>>(), ["v1"]);
     unchanged("hung compose up");
