@@ -222,6 +222,12 @@ pub fn run(plan: &Plan, timeout: Duration, stop: &Arc<AtomicUsize>) -> Result<Ou
         .context("could not start docker compose")?;
     let deadline = started + timeout;
     let ended = loop {
+        // The signal first: it is also forwarded to compose's process group, which may
+        // end a moment before this loop looks.
+        let sig = stop.load(Ordering::SeqCst);
+        if sig != 0 {
+            break Ended::Interrupted(signal_name(sig));
+        }
         if let Some(out) = handle.try_wait().context("waiting for docker compose")? {
             use std::os::unix::process::ExitStatusExt;
             break match (out.status.code(), out.status.signal()) {
@@ -229,10 +235,6 @@ pub fn run(plan: &Plan, timeout: Duration, stop: &Arc<AtomicUsize>) -> Result<Ou
                 (None, Some(s)) => Ended::Killed(s),
                 (None, None) => Ended::Killed(0),
             };
-        }
-        let sig = stop.load(Ordering::SeqCst);
-        if sig != 0 {
-            break Ended::Interrupted(signal_name(sig));
         }
         if Instant::now() >= deadline {
             break Ended::TimedOut;
