@@ -223,17 +223,19 @@ exit 5"#;
     ];
     let out = helper(project, &name, image, &mounts, false)
         .args(["sh", "-c", SCRIPT])
-        .expression()
-        .stdout_null()
-        .stderr_capture()
-        .unchecked()
-        .run();
+        .stage_timeout()
+        .run_shaped(|e| e.stdout_null().stderr_capture());
     let out = match out {
         Ok(o) => o,
-        Err(e) => {
+        Err(e @ ProcessError::NotStarted { .. }) => {
             return Err(SwitchFailed::Untouched(format!(
                 "could not run docker: {e}"
             )))
+        }
+        // Killed at the deadline: the copy may have been anywhere.
+        Err(e) => {
+            remove_helper(&name);
+            return Err(SwitchFailed::HalfWay(e.to_string()));
         }
     };
     if out.status.success() {
