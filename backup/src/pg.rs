@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context as _, Result};
 use berth_core::compose::Compose;
 use berth_core::fail;
-use berth_core::process::{last_lines, Cmd};
+use berth_core::process::{last_lines, Cmd, Watch};
 
 /// `postgres://user[:password]@host[:port]/db[?params]`, parsed by the `url` crate (the
 /// WHATWG rules libpq's URIs follow): user and password percent-decoded, the password
@@ -275,14 +275,16 @@ impl Conn {
                 if let Some(db) = db {
                     args.extend(["-d".into(), db.into()]);
                 }
-                let mut c = compose.cmd(args);
+                let mut c = compose.cmd(args).stage_timeout();
                 if let Some(p) = &self.password {
                     c = c.env("PGPASSWORD", p);
                 }
                 c
             }
             Server::Url { url } => {
-                let mut c = Cmd::new(program).env("PGCONNECT_TIMEOUT", "10");
+                let mut c = Cmd::new(program)
+                    .env("PGCONNECT_TIMEOUT", "10")
+                    .stage_timeout();
                 if let Some(db) = db {
                     c = c.arg(format!("--dbname={}", url.for_db(db)));
                 }
@@ -318,13 +320,8 @@ impl Conn {
     /// runs wherever the client is: in the container or on the host.
     pub fn feed(&self, cmd: Cmd, file: &Path, what: &str) -> Result<()> {
         let out = cmd
-            .expression()
-            .stdin_path(file)
-            .stdout_null()
-            .stderr_capture()
-            .unchecked()
-            .run()
-            .map_err(|e| fail!(Backup, "{what}: could not run {}: {e}", cmd.display()))?;
+            .run_shaped(|e| e.stdin_path(file).stdout_null().stderr_capture())
+            .map_err(|e| fail!(Backup, "{what}: {e}"))?;
         if out.status.success() {
             return Ok(());
         }
@@ -514,6 +511,7 @@ pub struct SourceFacts {
 /// taken here are those of the dump, whatever writes go on meanwhile.
 pub struct Snapshot {
     reader: BufReader<duct::ReaderHandle>,
+    watch: Watch,
     stdin: Option<std::io::PipeWriter>,
     command: String,
     pub id: String,
@@ -525,13 +523,12 @@ impl Snapshot {
             .client("psql", Some(db))
             .args(["-X", "-q", "-At", "-v", "ON_ERROR_STOP=1"]);
         let (r, w) = std::io::pipe().context("creating a pipe")?;
-        let handle = {
-            let expr = cmd.expression().stdin_file(r).stderr_capture().unchecked();
-            expr.reader()
-                .map_err(|e| fail!(Backup, "could not run {}: {e}", cmd.display()))?
-        };
+        let (handle, watch) = cmd
+            .reader(|e| e.stdin_file(r).stderr_capture())
+            .map_err(|e| fail!(Backup, "{e}"))?;
         let mut s = Snapshot {
             reader: BufReader::new(handle),
+            watch,
             stdin: Some(w),
             command: cmd.display(),
             id: String::new(),
@@ -560,6 +557,9 @@ impl Snapshot {
     /// psql ended early: wait for it and say why.
     fn died(&mut self) -> anyhow::Error {
         self.stdin.take();
+        if let Err(e) = self.watch.finished() {
+            return fail!(Backup, "cannot read the database: {e}");
+        }
         let handle = self.reader.get_ref();
         let _ = handle.kill();
         let why = match handle.try_wait() {
@@ -608,6 +608,9 @@ impl Snapshot {
         self.stdin.take();
         let mut rest = String::new();
         let _ = std::io::Read::read_to_string(&mut self.reader, &mut rest);
+        self.watch
+            .finished()
+            .map_err(|e| fail!(Backup, "cannot read the database: {e}"))?;
         match self.reader.get_ref().try_wait() {
             Ok(Some(out)) if out.status.success() => Ok(()),
             Ok(Some(out)) => Err(fail!(

@@ -78,6 +78,7 @@ pub fn tar_cmd(project: &str, container: &str, image: &str, volume: &str) -> Cmd
         &[format!("{volume}:/volume:ro")],
         false,
     )
+    .stage_timeout()
     .args(["tar", "-C", "/volume", "-czf", "-", "."])
 }
 
@@ -222,17 +223,19 @@ exit 5"#;
     ];
     let out = helper(project, &name, image, &mounts, false)
         .args(["sh", "-c", SCRIPT])
-        .expression()
-        .stdout_null()
-        .stderr_capture()
-        .unchecked()
-        .run();
+        .stage_timeout()
+        .run_shaped(|e| e.stdout_null().stderr_capture());
     let out = match out {
         Ok(o) => o,
-        Err(e) => {
+        Err(e @ ProcessError::NotStarted { .. }) => {
             return Err(SwitchFailed::Untouched(format!(
                 "could not run docker: {e}"
             )))
+        }
+        // Killed at the deadline: the copy may have been anywhere.
+        Err(e) => {
+            remove_helper(&name);
+            return Err(SwitchFailed::HalfWay(e.to_string()));
         }
     };
     if out.status.success() {
@@ -259,13 +262,12 @@ pub fn extract(project: &str, image: &str, file: &Path, volume: &str, replace: b
     let cmd = helper(project, &name, image, &[format!("{volume}:/volume")], true)
         .args(["sh", "-c", script]);
     let out = cmd
-        .expression()
-        .stdin_path(file)
-        .stdout_null()
-        .stderr_capture()
-        .unchecked()
-        .run()
-        .map_err(|e| fail!(Backup, "could not run docker: {e}"))?;
+        .stage_timeout()
+        .run_shaped(|e| e.stdin_path(file).stdout_null().stderr_capture())
+        .map_err(|e| {
+            remove_helper(&name);
+            fail!(Backup, "extracting into volume {volume}: {e}")
+        })?;
     if !out.status.success() {
         remove_helper(&name);
         return Err(fail!(

@@ -66,6 +66,11 @@ pub struct CommonArgs {
     /// stdin, runs no docker, changes nothing (scripts/deploy.sh checks every stage so)
     #[arg(long)]
     pub check_args: bool,
+
+    /// Bound on each docker/compose/nginx call that has no bound of its own: past it the
+    /// call's process group is killed and the stage fails naming the call
+    #[arg(long, env = "BERTH_COMMAND_TIMEOUT", default_value = "60s", value_parser = parse_duration, value_name = "DURATION")]
+    pub command_timeout: std::time::Duration,
 }
 
 /// [`CommonArgs`] resolved: absolute paths, a project name, a checked tag.
@@ -88,6 +93,10 @@ impl CommonArgs {
     }
 
     pub fn resolve(&self) -> Result<Context, Failure> {
+        if self.command_timeout.is_zero() {
+            return Err(Failure::usage("--command-timeout must be more than 0"));
+        }
+        crate::process::set_command_timeout(self.command_timeout);
         let cwd = std::env::current_dir()
             .map_err(|e| Failure::usage(format!("cannot read the current directory: {e}")))?;
         let project_dir = absolute(&cwd, &self.project_dir);

@@ -1,6 +1,8 @@
 //! Plain `docker` commands berth needs: is the daemon there, what state is a container
 //! in, its last log lines, which containers a compose service has.
 
+use std::time::Instant;
+
 use anyhow::{Context as _, Result};
 use serde::Deserialize;
 use serde_json::Value;
@@ -86,19 +88,24 @@ impl Container {
 
 /// Inspect containers by name or ID. Missing ones are an error naming them.
 pub fn inspect(ids: &[&str]) -> Result<Vec<Container>> {
+    inspect_until(ids, None)
+}
+
+/// [`inspect`], never running past `deadline`.
+pub fn inspect_until(ids: &[&str], deadline: Option<Instant>) -> Result<Vec<Container>> {
     if ids.is_empty() {
         return Ok(Vec::new());
     }
-    let out = docker()
-        .args(["container", "inspect"])
-        .args(ids)
-        .read()
-        .map_err(|e| match &e {
-            ProcessError::Failed { stderr, .. } if stderr.contains("No such") => {
-                anyhow::anyhow!("{}", crate::process::last_lines(stderr, 1))
-            }
-            _ => anyhow::Error::new(e),
-        })?;
+    let mut cmd = docker().args(["container", "inspect"]).args(ids);
+    if let Some(d) = deadline {
+        cmd = cmd.deadline(d);
+    }
+    let out = cmd.read().map_err(|e| match &e {
+        ProcessError::Failed { stderr, .. } if stderr.contains("No such") => {
+            anyhow::anyhow!("{}", crate::process::last_lines(stderr, 1))
+        }
+        _ => anyhow::Error::new(e),
+    })?;
     parse_inspect(&out)
 }
 

@@ -208,13 +208,13 @@ pub enum Probe {
     Dead(String),
 }
 
-/// Probe a target once, within `timeout`.
-pub fn probe(target: &Target, agent: &ureq::Agent, timeout: Duration) -> Probe {
+/// Probe a target once, within `timeout` (a docker call: never past `deadline`).
+pub fn probe(target: &Target, agent: &ureq::Agent, timeout: Duration, deadline: Instant) -> Probe {
     match target {
         Target::Http(h) => probe_http(h, agent, timeout),
         Target::Tcp(addr) => probe_tcp(addr, timeout),
-        Target::Container(id) => probe_container(id),
-        Target::HttpOn { container, check } => match probe_container(container) {
+        Target::Container(id) => probe_container(id, deadline),
+        Target::HttpOn { container, check } => match probe_container(container, deadline) {
             Probe::Dead(e) => Probe::Dead(format!("{container}: {e}")),
             _ => probe_http(check, agent, timeout),
         },
@@ -268,8 +268,8 @@ fn probe_tcp(addr: &str, timeout: Duration) -> Probe {
 }
 
 /// Docker's health status where the container has a healthcheck, else "running".
-pub fn probe_container(id: &str) -> Probe {
-    let c = match docker::inspect(&[id]) {
+pub fn probe_container(id: &str, deadline: Instant) -> Probe {
+    let c = match docker::inspect_until(&[id], Some(deadline)) {
         Ok(mut v) if !v.is_empty() => v.remove(0),
         Ok(_) => return Probe::Dead(format!("no such container: {id}")),
         Err(e) => {
@@ -472,7 +472,7 @@ fn wait_one(
         }
         let budget = opts.attempt_timeout.min(deadline - now);
         r.attempts += 1;
-        match probe(target, agent, budget) {
+        match probe(target, agent, budget, deadline) {
             Probe::Ready => {
                 consecutive += 1;
                 if consecutive >= opts.successes.max(1) {
@@ -608,7 +608,12 @@ mod tests {
         assert_eq!(target.name(), "http://127.0.0.1:9/readyz");
         std::env::set_var("BERTH_DOCKER", &stub);
         let agent = http::agent(Duration::from_millis(200));
-        let p = probe(&target, &agent, Duration::from_millis(200));
+        let p = probe(
+            &target,
+            &agent,
+            Duration::from_millis(200),
+            Instant::now() + Duration::from_secs(5),
+        );
         std::env::remove_var("BERTH_DOCKER");
         match p {
             Probe::Dead(e) => assert!(e.contains("no such container"), "{e}"),

@@ -29,7 +29,8 @@ Examples:
   berth-swap --tag 3f9c2a1 web | berth-healthwait --url http://127.0.0.1/ --stage smoke | berth-report
 
 Exit status: 0 ready; 4 not ready (deadline passed or a target died; the document's
-record says which); 1 docker unreachable (for --container) or CMD could not run;
+record says which; a docker call still running at the deadline is killed and named);
+1 docker unreachable or not answering within --timeout (for --container) or CMD could not run;
 64 usage error; 65 bad document on stdin; a failure already in the document passes
 through with its code.";
 
@@ -189,6 +190,10 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             cli.common.check()?;
             Ok(())
         });
+    }
+    // --timeout bounds everything, docker calls included: a hung daemon cannot hold us.
+    if let Some(at) = std::time::Instant::now().checked_add(cli.timeout) {
+        berth_core::process::set_deadline(at);
     }
     let targets = cli.targets()?;
     let opts = cli.options();

@@ -331,6 +331,7 @@ fn migrate(
 fn catch_signals(stop: &Arc<AtomicUsize>) -> Result<()> {
     use signal_hook::consts::{SIGINT, SIGTERM};
     let again = Arc::new(AtomicBool::new(false));
+    berth_core::process::handle_signals_in_caller();
     for sig in [SIGINT, SIGTERM] {
         signal_hook::flag::register_conditional_shutdown(
             sig,

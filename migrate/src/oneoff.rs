@@ -208,17 +208,26 @@ fn open_log(plan: &Plan) -> Result<(File, u64)> {
 pub fn run(plan: &Plan, timeout: Duration, stop: &Arc<AtomicUsize>) -> Result<Outcome> {
     let (log, log_start) = open_log(plan)?;
     let started = Instant::now();
-    let handle = plan
+    // The watchdog's bound is a safety net past our own deadline: this loop stops the
+    // run itself (and says so) first.
+    let (handle, watch) = plan
         .run_cmd()
-        .expression()
-        .stdin_null()
-        .stderr_to_stdout()
-        .stdout_file(log)
-        .unchecked()
-        .start()
+        .timeout(timeout + berth_core::process::command_timeout())
+        .start(|e| {
+            e.stdin_null()
+                .stderr_to_stdout()
+                .stdout_file(log)
+                .unchecked()
+        })
         .context("could not start docker compose")?;
     let deadline = started + timeout;
     let ended = loop {
+        // The signal first: it is also forwarded to compose's process group, which may
+        // end a moment before this loop looks.
+        let sig = stop.load(Ordering::SeqCst);
+        if sig != 0 {
+            break Ended::Interrupted(signal_name(sig));
+        }
         if let Some(out) = handle.try_wait().context("waiting for docker compose")? {
             use std::os::unix::process::ExitStatusExt;
             break match (out.status.code(), out.status.signal()) {
@@ -226,10 +235,6 @@ pub fn run(plan: &Plan, timeout: Duration, stop: &Arc<AtomicUsize>) -> Result<Ou
                 (None, Some(s)) => Ended::Killed(s),
                 (None, None) => Ended::Killed(0),
             };
-        }
-        let sig = stop.load(Ordering::SeqCst);
-        if sig != 0 {
-            break Ended::Interrupted(signal_name(sig));
         }
         if Instant::now() >= deadline {
             break Ended::TimedOut;
@@ -239,7 +244,7 @@ pub fn run(plan: &Plan, timeout: Duration, stop: &Arc<AtomicUsize>) -> Result<Ou
     let elapsed = started.elapsed();
     let mut left = 0;
     if matches!(ended, Ended::TimedOut | Ended::Interrupted(_)) {
-        let _ = handle.kill();
+        watch.terminate();
         let _ = handle.wait();
         left = remove(plan);
         let why = match &ended {

@@ -2,8 +2,12 @@
 # scripts/lib/registry.sh -- a private Docker registry (Distribution 2.8, Debian package
 # docker-registry, installed by scripts/setup.sh) on a loopback port, for pull-by-tag tests.
 #
-#   registry.sh start DIR [PORT]   start in the background; print its pid on stdout.
+#   registry.sh start DIR [PORT] [HTPASSWD]
+#                                  start in the background; print its pid on stdout.
 #                                  PORT omitted or 0: the kernel picks a free port.
+#                                  HTPASSWD: a file of bcrypt entries (`htpasswd -B`,
+#                                  apache2-utils) turns on basic auth, as on a real
+#                                  private registry (`docker login` first).
 #                                  Returns once GET /v2/ answers (at most 10 s).
 #   registry.sh port DIR           print the port it listens on
 #   registry.sh stop DIR           stop it (SIGTERM, then SIGKILL after 5 s); no-op if not running
@@ -45,9 +49,14 @@ cmd_start() {
 	[ "$#" -ge 1 ] || usage
 	[ -x "$REGISTRY_BIN" ] || die "$REGISTRY_BIN missing (run scripts/setup.sh --only packages)"
 	mkdir -p "$1"
-	local dir port=${2:-0}
+	local dir port=${2:-0} htpasswd=${3:-} auth=""
 	dir=$(cd "$1" && pwd)
 	[[ $port =~ ^[0-9]+$ ]] || die "bad port '$port'"
+	if [ -n "$htpasswd" ]; then
+		[ -s "$htpasswd" ] || die "no htpasswd file at $htpasswd"
+		htpasswd=$(cd "$(dirname "$htpasswd")" && pwd)/$(basename "$htpasswd")
+		auth=$(printf 'auth:\n  htpasswd:\n    realm: berth-test\n    path: %s\n' "$htpasswd")
+	fi
 	if pid_alive "$dir"; then
 		die "already running in $dir (pid $(cat "$dir/registry.pid"), port $(cat "$dir/registry.port" 2>/dev/null))"
 	fi
@@ -75,6 +84,7 @@ http:
 health:
   storagedriver:
     enabled: false
+$auth
 EOF
 	# setsid: its own session, so the caller's terminal signals do not reach it.
 	# Without job control a background job is no process-group leader, so setsid
@@ -93,7 +103,8 @@ EOF
 			addr=$(grep -o 'msg="listening on [^"]*"' "$dir/registry.log" | head -n 1 |
 				sed 's/msg="listening on \(.*\)"/\1/') || true
 		fi
-		if [ -n "$addr" ] && curl -fsS -o /dev/null --max-time 1 "http://$addr/v2/" 2>/dev/null; then
+		# 200, or 401 with auth on: it answers.
+		if [ -n "$addr" ] && curl -sS -o /dev/null --max-time 1 -w '%{http_code}' "http://$addr/v2/" 2>/dev/null | grep -qE '^(200|401)$'; then
 			break
 		fi
 		if [ "$(date +%s)" -ge "$deadline" ]; then

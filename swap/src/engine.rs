@@ -177,7 +177,7 @@ pub fn swap(
 
     // 1. Images: present, or pulled by tag; else exit 2 with nothing changed.
     for p in &mut plans {
-        (p.image_id, p.pulled) = ensure_image(&compose, runner, &p.name, &p.image)?;
+        (p.image_id, p.pulled) = ensure_image(&compose, runner, &p.name, &p.image, &args.pull)?;
     }
 
     if ctx.dry_run {
@@ -517,13 +517,18 @@ pub fn ensure_image(
     runner: Runner,
     svc: &str,
     image: &str,
+    opts: &crate::PullOpts,
 ) -> Result<(String, bool)> {
     if let Some(id) = docker::image_id(image)? {
         return Ok((id, false));
     }
     msg::info(format!("{svc}: pulling {image}"));
     runner
-        .change(&compose.cmd(["pull", "--quiet", svc]))
+        .change(
+            &compose
+                .cmd(["pull", "--quiet", svc])
+                .timeout(opts.pull_timeout),
+        )
         .map_err(|e| {
             fail!(
                 Image,
@@ -664,6 +669,7 @@ pub(crate) fn stop_remove(ids: &[String], grace: Duration) -> Result<()> {
     docker::docker()
         .args(["stop", "--time", &secs.to_string()])
         .args(&existing)
+        .timeout(grace + berth_core::process::command_timeout())
         .run()
         .context("stopping containers")?;
     fault::point("stop");

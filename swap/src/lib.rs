@@ -184,6 +184,18 @@ pub struct SwapArgs {
     /// Wait this long for another deploy's lock instead of exiting 75 at once
     #[arg(long, env = "BERTH_LOCK_WAIT", default_value = "0s", value_parser = parse_duration, value_name = "DURATION")]
     pub lock_wait: Duration,
+
+    #[command(flatten)]
+    pub pull: PullOpts,
+}
+
+/// How pulls by tag are bounded (`berth-swap`, `berth-swap pull`, `berth-rollback`).
+#[derive(Debug, Clone, clap::Args)]
+pub struct PullOpts {
+    /// Bound on pulling one service's image from its registry; past it the pull is
+    /// killed and the stage exits 2, nothing changed
+    #[arg(long, env = "BERTH_PULL_TIMEOUT", default_value = "10m", value_parser = parse_duration, value_name = "DURATION")]
+    pub pull_timeout: Duration,
 }
 
 impl SwapArgs {

@@ -41,6 +41,9 @@ pub struct PullArgs {
     pub services: Vec<String>,
 
     #[command(flatten)]
+    pub pull: crate::PullOpts,
+
+    #[command(flatten)]
     pub common: CommonArgs,
 }
 
@@ -217,7 +220,8 @@ pub fn pull(args: PullArgs) -> Result<ExitCode> {
         for s in &services {
             let image = compose::service_image_in(&cfg, s)?;
             let t = Instant::now();
-            let (id, pulled) = crate::engine::ensure_image(&compose, runner, s, &image)?;
+            let (id, pulled) =
+                crate::engine::ensure_image(&compose, runner, s, &image, &args.pull)?;
             doc.set_service_image(s, &image);
             out.push(json!({
                 "name": s, "image": image, "image_id": id, "pulled": pulled,

@@ -141,6 +141,54 @@ pub fn output_with_stdin(cmd: &mut Command, input: &[u8]) -> Output {
     child.wait_with_output().unwrap()
 }
 
+/// A docker that hangs on the call whose arguments contain the word `word` (a daemon
+/// that stopped answering: `sleep <marker>` under a shell) and passes every other call
+/// to the real docker; for `BERTH_DOCKER`. Dropping it kills any of its sleeps still
+/// there (after a failed test; the tests assert none is).
+pub struct Hang {
+    pub path: PathBuf,
+    pub marker: String,
+}
+
+impl Hang {
+    pub fn new(dir: &Path, word: &str) -> Hang {
+        use std::os::unix::fs::PermissionsExt;
+        static N: AtomicU64 = AtomicU64::new(0);
+        let n = u64::from(std::process::id()) * 10 + N.fetch_add(1, Ordering::SeqCst);
+        let marker = format!("{}", 700_000 + n % 200_000);
+        let path = dir.join(format!("docker-hangs-{marker}"));
+        std::fs::write(
+            &path,
+            format!(
+                "#!/bin/sh\ncase \" $* \" in *\" {word} \"*) sleep {marker} ;; esac\nexec docker \"$@\"\n"
+            ),
+        )
+        .unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        Hang { path, marker }
+    }
+
+    /// The pids of its `sleep <marker>` processes.
+    pub fn sleepers(&self) -> Vec<String> {
+        let want = format!("sleep\0{}\0", self.marker);
+        std::fs::read_dir("/proc")
+            .unwrap()
+            .flatten()
+            .filter(|d| std::fs::read(d.path().join("cmdline")).is_ok_and(|c| c == want.as_bytes()))
+            .map(|d| d.file_name().to_string_lossy().to_string())
+            .collect()
+    }
+}
+
+impl Drop for Hang {
+    fn drop(&mut self) {
+        let pids = self.sleepers();
+        if !pids.is_empty() {
+            let _ = Command::new("kill").arg("-KILL").args(&pids).output();
+        }
+    }
+}
+
 /// A private copy of `examples/demo` with its own compose project and port.
 /// Dropping it removes its containers (also ones berth created), networks and volumes.
 pub struct Stack {

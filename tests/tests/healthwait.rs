@@ -4,7 +4,7 @@
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use berth_e2e::{berth, require_images, run_ok};
+use berth_e2e::{berth, require_images, run_ok, Hang};
 use serde_json::Value;
 
 const BASE: &str = "berth-fixture/base:12";
@@ -183,4 +183,79 @@ fn a_dead_docker_daemon_is_a_preflight_error() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(err.lines().count(), 1, "{err}");
     assert!(err.contains("docker daemon is not reachable"), "{err}");
+}
+
+/// Wait for a child at most `limit` (the old behaviour never returned: fail, not hang).
+fn wait_bounded(child: &mut std::process::Child, limit: Duration) -> std::process::ExitStatus {
+    let t = Instant::now();
+    loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            return st;
+        }
+        if t.elapsed() > limit {
+            let _ = child.kill();
+            panic!("still running after {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn a_hung_docker_call_is_killed_at_the_deadline_and_on_sigterm() {
+    use std::process::Stdio;
+    let c = Container::run("hung", &[BASE, "sleep", "120"]);
+    let dir = tempfile::tempdir().unwrap();
+    let hung = |word: &str, timeout: &str| {
+        let hang = Hang::new(dir.path(), word);
+        let child = berth("berth-healthwait")
+            .args(["--container", &c.0, "--timeout", timeout])
+            .env("BERTH_DOCKER", &hang.path)
+            .current_dir(std::env::temp_dir())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        (child, hang)
+    };
+    let stderr = |child: std::process::Child| {
+        String::from_utf8_lossy(&child.wait_with_output().unwrap().stderr).to_string()
+    };
+
+    // The container's inspect hangs: the wait ends at its --timeout, 4, naming the call.
+    let (mut child, hang) = hung("inspect", "3s");
+    let st = wait_bounded(&mut child, Duration::from_secs(60));
+    let err = stderr(child);
+    assert_eq!(st.code(), Some(4), "{err}");
+    assert!(
+        err.contains(&format!(" container inspect {} did not finish within", c.0)),
+        "{err}"
+    );
+    assert_eq!(hang.sleepers(), [""; 0], "the hung call's process survived");
+
+    // `docker version` hangs: docker does not answer, 1.
+    let (mut child, hang) = hung("version", "3s");
+    let st = wait_bounded(&mut child, Duration::from_secs(60));
+    let err = stderr(child);
+    assert_eq!(st.code(), Some(1), "{err}");
+    assert!(err.contains("version --format"), "{err}");
+    assert_eq!(hang.sleepers(), [""; 0], "the hung call's process survived");
+
+    // SIGTERM to berth (a CI cancel) reaches the hung call's whole process group.
+    let (mut child, hang) = hung("inspect", "120s");
+    let t = Instant::now();
+    while hang.sleepers().is_empty() {
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "the call never started"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    run_ok(Command::new("kill").args(["-TERM", &child.id().to_string()]));
+    wait_bounded(&mut child, Duration::from_secs(30));
+    assert_eq!(
+        hang.sleepers(),
+        [""; 0],
+        "the hung call's process survived SIGTERM"
+    );
 }
