@@ -12,6 +12,7 @@ pub mod envfile;
 pub mod journal;
 pub mod maintenance;
 pub mod nginx;
+pub mod owner;
 pub mod prepare;
 
 use std::cell::RefCell;
