@@ -67,35 +67,18 @@ struct User {
     binds: Vec<PathBuf>,
 }
 
-/// The containers of every other compose project on this host.
+/// The containers of every other compose project on this host, in one `docker ps` (no
+/// window in which a container removed meanwhile hides the others, as with ps + inspect).
 fn other_users(ctx: &Context) -> Result<Vec<User>> {
-    let ids = docker::docker()
-        .args(["ps", "-aq", "--no-trunc", "--filter"])
-        .arg(format!("label={LABEL_PROJECT}"))
-        .read()?;
-    let ids: Vec<&str> = ids.lines().filter(|l| !l.is_empty()).collect();
-    if ids.is_empty() {
-        return Ok(Vec::new());
-    }
     let format = format!(
-        "{{{{index .Config.Labels \"{LABEL_PROJECT}\"}}}}\t{{{{index .Config.Labels \"{LABEL_WORKING_DIR}\"}}}}\t\
-         {{{{index .Config.Labels \"{LABEL_ENV_FILE}\"}}}}{{{{range .Mounts}}}}{{{{if eq .Type \"bind\"}}}}\t{{{{.Source}}}}{{{{end}}}}{{{{end}}}}"
+        "{{{{.Label \"{LABEL_PROJECT}\"}}}}\t{{{{.Label \"{LABEL_WORKING_DIR}\"}}}}\t\
+         {{{{.Label \"{LABEL_ENV_FILE}\"}}}}\t{{{{.Mounts}}}}"
     );
-    // A container removed between ps and inspect is not a user: ignore what inspect
-    // cannot find, keep what it printed.
-    let out = match docker::docker()
-        .args(["inspect", "--format", &format])
-        .args(&ids)
-        .output()
-    {
-        Ok(o) => o.stdout,
-        Err(berth_core::process::ProcessError::Failed { stderr, .. })
-            if stderr.contains("No such") =>
-        {
-            String::new()
-        }
-        Err(e) => return Err(e.into()),
-    };
+    let out = docker::docker()
+        .args(["ps", "-a", "--no-trunc", "--filter"])
+        .arg(format!("label={LABEL_PROJECT}"))
+        .args(["--format", &format])
+        .read()?;
     Ok(parse_users(&out, &ctx.project))
 }
 
@@ -121,7 +104,14 @@ fn parse_users(out: &str, own: &str) -> Vec<User> {
                     .map(|p| canonical(Path::new(p)))
                     .collect()
             };
-            let binds = f.map(|s| canonical(Path::new(s))).collect();
+            // Mounts: bind sources (absolute paths) and volume names, comma-separated.
+            let binds = f
+                .next()
+                .unwrap_or_default()
+                .split(',')
+                .filter(|m| m.starts_with('/'))
+                .map(|m| canonical(Path::new(m)))
+                .collect();
             Some(User {
                 project,
                 env_files: env_files.iter().map(|p| canonical(p)).collect(),
@@ -220,7 +210,7 @@ mod tests {
     #[test]
     fn users_of_other_projects() {
         let out =
-            "shop\t/srv/shop\t\t/srv/shop/nginx/berth\nstaging\t/srv/st\t/srv/st/.env.staging\n\
+            "shop\t/srv/shop\t\t/srv/shop/nginx/berth,shop_db-data\nstaging\t/srv/st\t/srv/st/.env.staging\t\n\
                    mine\t/srv/mine\t\t/srv/mine/nginx\n";
         let u = parse_users(out, "mine");
         assert_eq!(u.len(), 2);
