@@ -190,7 +190,6 @@ impl CommonArgs {
 }
 
 impl Context {
-    /// `docker compose` for this project; with the tag variable set when a tag is known.
     /// `docker compose` for this project (`-p`, `-f`, `--env-file` as resolved); with the
     /// tag variable set when a tag is known.
     pub fn compose(&self) -> Compose {
