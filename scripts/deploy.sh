@@ -31,7 +31,7 @@
 # is recorded as failed in the kept document, and rollback and report still run.
 #
 #   BERTH_PROJECT_DIR       the compose project (default: the current directory)
-#   BERTH_PROJECT_NAME, BERTH_COMPOSE_FILE, BERTH_STATE_DIR, BERTH_TAG_VAR
+#   BERTH_PROJECT_NAME, BERTH_COMPOSE_FILE, BERTH_ENV_FILE, BERTH_STATE_DIR, BERTH_TAG_VAR
 #                           as for every berth command (see the README)
 #   DEPLOY_SERVICES         services to swap when none are named (default: every service
 #                           whose image uses the tag variable)
@@ -246,7 +246,7 @@ export BERTH_LOCK_HELD=$lock
 # report all the same.
 doc=$state_dir/deploys/$(date -u +%Y%m%dT%H%M%SZ)-$tag.json
 (umask 077 && : >"$doc") || die 1 "cannot create $doc"
-say "deploying $tag to $(basename "$project_dir") (${services[*]:-services using the tag variable}): ${stages[*]}"
+say "deploying $tag in $project_dir (${services[*]:-services using the tag variable}): ${stages[*]}"
 code=0
 for s in "${stages[@]}"; do
 	(umask 077 && : >"$doc.next") || die 1 "cannot create $doc.next"

@@ -1115,15 +1115,10 @@ fn fill_detail(detail: &mut Map<String, Value>, e: &Entry, restore_command: Stri
 }
 
 fn project_flags(ctx: &Context) -> String {
-    let mut s = format!(
-        " --project-dir {} -p {}",
-        quote(&ctx.project_dir.to_string_lossy()),
-        quote(&ctx.project)
-    );
-    for f in &ctx.files {
-        s.push_str(&format!(" -f {}", quote(&f.to_string_lossy())));
-    }
-    s
+    ctx.project_args()
+        .iter()
+        .map(|w| format!(" {}", quote(w)))
+        .collect()
 }
 
 fn after_backup(ctx: &Context, job: &Job, policy: &Policy, detail: &mut Map<String, Value>) {

@@ -31,7 +31,8 @@ pub struct CommonArgs {
     )]
     pub files: Vec<PathBuf>,
 
-    /// Compose project name; default: the project directory's name
+    /// Compose project name [default: what compose resolves: COMPOSE_PROJECT_NAME (environment,
+    /// then the env file), the compose file's top-level name:, the directory's name]
     #[arg(
         short = 'p',
         long = "project-name",
@@ -39,6 +40,11 @@ pub struct CommonArgs {
         value_name = "NAME"
     )]
     pub project_name: Option<String>,
+
+    /// The env file compose reads instead of <project dir>/.env (relative to the project
+    /// dir); berth records the deployed tag in it
+    #[arg(long, env = "BERTH_ENV_FILE", value_name = "FILE")]
+    pub env_file: Option<PathBuf>,
 
     /// Where berth keeps locks, the ledger, logs and backups [default: <project dir>/.berth]
     #[arg(long, env = "BERTH_STATE_DIR", value_name = "DIR")]
@@ -78,6 +84,8 @@ pub struct CommonArgs {
 pub struct Context {
     pub project_dir: PathBuf,
     pub files: Vec<PathBuf>,
+    /// `--env-file`, absolute; `None`: compose reads `<project dir>/.env`.
+    pub env_file: Option<PathBuf>,
     pub project: String,
     pub state_dir: PathBuf,
     pub tag: Option<String>,
@@ -86,13 +94,32 @@ pub struct Context {
 }
 
 impl CommonArgs {
-    /// The checks of [`CommonArgs::resolve`], for `--check-args`. resolve must stay free
-    /// of docker and of writes for this to hold.
+    /// The checks of [`CommonArgs::resolve`], for `--check-args`: free of docker and of
+    /// writes (the project name is not asked of compose here).
     pub fn check(&self) -> Result<(), Failure> {
-        self.resolve().map(|_| ())
+        self.resolve_offline(None).map(|_| ())
     }
 
+    /// Resolve the settings; the project name is `-p`, else what compose resolves (one
+    /// bounded `docker compose config`), else (no compose file, no docker) the
+    /// directory's name.
     pub fn resolve(&self) -> Result<Context, Failure> {
+        self.resolve_for(None)
+    }
+
+    /// [`CommonArgs::resolve`], with the project already known (from the deploy document):
+    /// compose is not asked again.
+    pub fn resolve_for(&self, known: Option<&str>) -> Result<Context, Failure> {
+        self.resolve_with(known, true)
+    }
+
+    /// For a command that never runs compose (`berth-healthwait`): the project name is
+    /// `-p`, the document's, or the directory's; compose is not asked.
+    pub fn resolve_offline(&self, known: Option<&str>) -> Result<Context, Failure> {
+        self.resolve_with(known, false)
+    }
+
+    fn resolve_with(&self, known: Option<&str>, ask: bool) -> Result<Context, Failure> {
         if self.command_timeout.is_zero() {
             return Err(Failure::usage("--command-timeout must be more than 0"));
         }
@@ -120,12 +147,18 @@ impl CommonArgs {
                 )));
             }
         }
-        let project = match &self.project_name {
-            Some(p) => {
-                check_project_name(p)?;
-                p.clone()
+        let env_file = match &self.env_file {
+            Some(f) if !f.as_os_str().is_empty() => {
+                let f = absolute(&project_dir, f);
+                if !f.is_file() {
+                    return Err(Failure::usage(format!(
+                        "--env-file {}: no such file",
+                        f.display()
+                    )));
+                }
+                Some(f)
             }
-            None => default_project_name(&project_dir)?,
+            _ => None,
         };
         let state_dir = match &self.state_dir {
             Some(d) => absolute(&cwd, d),
@@ -140,31 +173,73 @@ impl CommonArgs {
                 self.tag_var
             )));
         }
-        Ok(Context {
+        let mut ctx = Context {
             project_dir,
             files,
-            project,
+            env_file,
+            project: String::new(),
             state_dir,
             tag: self.tag.clone(),
             tag_var: self.tag_var.clone(),
             dry_run: self.dry_run,
-        })
+        };
+        ctx.project = match (&self.project_name, known) {
+            (Some(p), _) => {
+                check_project_name(p)?;
+                p.clone()
+            }
+            (None, Some(k)) => k.to_string(),
+            (None, None) => match ask.then(|| ctx.compose().resolved_name()) {
+                Some(Ok(name)) => name,
+                _ => default_project_name(&ctx.project_dir)?,
+            },
+        };
+        Ok(ctx)
     }
 }
 
 impl Context {
-    /// `docker compose` for this project; with the tag variable set when a tag is known.
+    /// `docker compose` for this project (`-p`, `-f`, `--env-file` as resolved); with the
+    /// tag variable set when a tag is known.
     pub fn compose(&self) -> Compose {
-        let mut c = Compose::new(&self.project, &self.project_dir, &self.files);
-        if let Some(t) = &self.tag {
-            c = c.with_env(&self.tag_var, t);
+        let c = Compose::new(&self.project, &self.project_dir, &self.files)
+            .with_env_file(self.env_file.as_deref());
+        match &self.tag {
+            Some(t) => c.with_env(&self.tag_var, t),
+            None => c,
         }
-        c
     }
 
     /// `docker compose` with the tag variable set to `tag`.
     pub fn compose_at(&self, tag: &str) -> Compose {
-        Compose::new(&self.project, &self.project_dir, &self.files).with_env(&self.tag_var, tag)
+        self.compose().with_env(&self.tag_var, tag)
+    }
+
+    /// The flags that name this project to another berth command (for the commands berth
+    /// prints for a person to run): `--project-dir DIR -p NAME [-f FILE]... [--env-file F]`.
+    pub fn project_args(&self) -> Vec<String> {
+        let mut v = vec![
+            "--project-dir".to_string(),
+            self.project_dir.display().to_string(),
+            "-p".to_string(),
+            self.project.clone(),
+        ];
+        for f in &self.files {
+            v.push("-f".into());
+            v.push(f.display().to_string());
+        }
+        if let Some(e) = &self.env_file {
+            v.push("--env-file".into());
+            v.push(e.display().to_string());
+        }
+        v
+    }
+
+    /// The file where the deployed tag is pinned for compose: the env file compose reads.
+    pub fn pin_file(&self) -> PathBuf {
+        self.env_file
+            .clone()
+            .unwrap_or_else(|| self.project_dir.join(".env"))
     }
 
     pub fn require_tag(&self) -> Result<&str, Failure> {

@@ -22,8 +22,13 @@ pub struct Compose {
     pub project: String,
     pub project_dir: PathBuf,
     pub files: Vec<PathBuf>,
+    /// `--env-file`: the file compose reads instead of `<project dir>/.env`.
+    pub env_file: Option<PathBuf>,
     pub env: Vec<(String, String)>,
 }
+
+/// How long compose may take to print the configuration that names the project.
+pub const RESOLVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 impl Compose {
     pub fn new(project: &str, project_dir: &Path, files: &[PathBuf]) -> Compose {
@@ -31,8 +36,15 @@ impl Compose {
             project: project.to_string(),
             project_dir: project_dir.to_path_buf(),
             files: files.to_vec(),
+            env_file: None,
             env: Vec::new(),
         }
+    }
+
+    /// Pass `--env-file FILE` to every command (compose reads it instead of `.env`).
+    pub fn with_env_file(mut self, file: Option<&Path>) -> Compose {
+        self.env_file = file.map(Path::to_path_buf);
+        self
     }
 
     /// Set a variable for compose's interpolation (e.g. the tag variable).
@@ -42,24 +54,51 @@ impl Compose {
         self
     }
 
-    /// `docker compose --project-directory DIR -p NAME [-f FILE]... ARGS...`
+    /// `docker compose --project-directory DIR -p NAME [-f FILE]... [--env-file F] ARGS...`
     pub fn cmd<I, S>(&self, args: I) -> Cmd
     where
         I: IntoIterator<Item = S>,
         S: AsRef<std::ffi::OsStr>,
     {
+        self.base_cmd(Some(&self.project)).args(args)
+    }
+
+    /// The command without its arguments; without `-p` compose resolves the name itself.
+    /// Run in the project directory, so that `COMPOSE_FILE` paths mean what they mean to
+    /// a plain `docker compose` there.
+    fn base_cmd(&self, project: Option<&str>) -> Cmd {
         let mut c = docker::docker()
             .arg("compose")
             .arg("--project-directory")
-            .arg(&self.project_dir)
-            .args(["-p", &self.project]);
+            .arg(&self.project_dir);
+        if let Some(p) = project {
+            c = c.args(["-p", p]);
+        }
         for f in &self.files {
             c = c.arg("-f").arg(f);
+        }
+        if let Some(e) = &self.env_file {
+            c = c.arg("--env-file").arg(e);
         }
         for (k, v) in &self.env {
             c = c.env(k, v);
         }
-        c.args(args).dir(&self.project_dir)
+        c.dir(&self.project_dir)
+    }
+
+    /// The project name exactly as compose resolves it without `-p` (`COMPOSE_PROJECT_NAME`
+    /// from the environment, then the env file; the file's top-level `name:`; the
+    /// directory), asked once, bounded by [`RESOLVE_TIMEOUT`].
+    pub fn resolved_name(&self) -> Result<String> {
+        let cmd = self.base_cmd(None).args(["config", "--format", "json"]);
+        let out = read_within(&cmd, RESOLVE_TIMEOUT)?;
+        let cfg: Value =
+            serde_json::from_str(&out).context("docker compose config printed no JSON")?;
+        cfg.get("name")
+            .and_then(Value::as_str)
+            .filter(|n| !n.is_empty())
+            .map(str::to_string)
+            .context("docker compose config printed no project name")
     }
 
     /// The resolved configuration (`docker compose config --format json`). Fails with
@@ -109,6 +148,39 @@ impl Compose {
             .collect();
         cs.sort_by(|a, b| a.created.cmp(&b.created));
         Ok(cs)
+    }
+}
+
+/// Run `cmd` and return its stdout; kill it when it takes longer than `limit`.
+fn read_within(cmd: &Cmd, limit: std::time::Duration) -> Result<String> {
+    let handle = cmd
+        .expression()
+        .stdout_capture()
+        .stderr_capture()
+        .unchecked()
+        .start()
+        .with_context(|| format!("could not run {}", cmd.display()))?;
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        if let Some(out) = handle.try_wait()? {
+            if out.status.success() {
+                return Ok(String::from_utf8_lossy(&out.stdout).to_string());
+            }
+            anyhow::bail!(
+                "{} failed: {}",
+                cmd.display(),
+                crate::process::last_lines(&String::from_utf8_lossy(&out.stderr), 1)
+            );
+        }
+        if std::time::Instant::now() >= deadline {
+            let _ = handle.kill();
+            anyhow::bail!(
+                "{} did not answer within {}",
+                cmd.display(),
+                humantime::format_duration(limit)
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
     }
 }
 

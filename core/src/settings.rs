@@ -50,6 +50,7 @@ pub const BERTH_KEYS: &[&str] = &[
     "BERTH_COPY_TO",
     "BERTH_DRAIN",
     "BERTH_DRY_RUN",
+    "BERTH_ENV_FILE",
     "BERTH_HELPER_IMAGE",
     "BERTH_KEEP_DAILY",
     "BERTH_KEEP_LAST",

@@ -25,8 +25,20 @@ pub struct Input {
 /// is a terminal or empty). The document's project and tag win over the defaults; an
 /// explicit flag that contradicts the document is a usage error.
 pub fn load(common: &CommonArgs) -> Result<Input, Failure> {
-    let mut ctx = common.resolve()?;
+    load_with(common, true)
+}
+
+/// [`load`]; `ask_compose: false` for a stage that never runs compose (see
+/// [`CommonArgs::resolve_offline`]).
+pub fn load_with(common: &CommonArgs, ask_compose: bool) -> Result<Input, Failure> {
     let read = doc::read_stdin()?;
+    // A document names its project: the first stage asked compose, the others follow it.
+    let known = read.as_ref().map(|d| d.project.as_str());
+    let mut ctx = if ask_compose {
+        common.resolve_for(known)?
+    } else {
+        common.resolve_offline(known)?
+    };
     reconcile(common, &mut ctx, read)
 }
 

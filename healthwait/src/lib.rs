@@ -205,7 +205,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
     };
     if !cli.command.is_empty() {
         // Standalone with a command: stdin and stdout belong to CMD.
-        cli.common.resolve()?;
+        cli.common.resolve_offline(None)?;
         check_docker()?;
         let report = health::wait(&targets, &opts, &|l| msg::info(l));
         if !report.ready {
@@ -213,7 +213,8 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         }
         return exec(&cli.command);
     }
-    let input = stage::load(&cli.common)?;
+    // The smoke check talks HTTP and docker, never compose.
+    let input = stage::load_with(&cli.common, false)?;
     let spec = Spec {
         name: &cli.stage,
         default_code: ExitCode::Unhealthy,

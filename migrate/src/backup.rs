@@ -142,14 +142,7 @@ impl BackupRef {
             RestoreTarget::Unknown => words.extend(["--service".into(), "DB_SERVICE".into()]),
         }
         words.push("--yes".into());
-        words.extend([
-            "--project-dir".into(),
-            quote(&ctx.project_dir.to_string_lossy()),
-        ]);
-        words.extend(["-p".into(), quote(&ctx.project)]);
-        for f in &ctx.files {
-            words.extend(["-f".into(), quote(&f.to_string_lossy())]);
-        }
+        words.extend(ctx.project_args().iter().map(|w| quote(w)));
         words.join(" ")
     }
 
@@ -177,6 +170,7 @@ mod tests {
         Context {
             project_dir: PathBuf::from("/srv/shop"),
             files: vec![],
+            env_file: None,
             project: "shop".into(),
             state_dir: state.to_path_buf(),
             tag: Some("v2".into()),

@@ -224,9 +224,9 @@ fn env_var(k: &str) -> Option<String> {
 }
 
 fn report(cli: &Cli) -> Result<ExitCode> {
-    let ctx = cli.common.resolve()?;
     let (doc, as_read) = read_input()?
         .ok_or_else(|| Failure::usage("berth-report needs the deploy document on stdin"))?;
+    let ctx = cli.common.resolve_for(Some(&doc.project))?;
     if let Some(p) = &cli.common.project_name {
         if *p != doc.project {
             return Err(Failure::usage(format!(

@@ -342,19 +342,9 @@ fn names_with_workers(names: &[String], args: &SwapArgs) -> Vec<String> {
 
 /// The one CRITICAL line: what failed and the exact command to run by hand.
 fn critical(ctx: &Context, cli: &Cli, to: &str, words: &[String], why: &str) {
-    let mut cmd = vec![
-        "berth-rollback".to_string(),
-        "--project-dir".to_string(),
-        ctx.project_dir.display().to_string(),
-        "-p".to_string(),
-        ctx.project.clone(),
-        "--to".to_string(),
-        to.to_string(),
-    ];
-    for f in &ctx.files {
-        cmd.push("-f".into());
-        cmd.push(f.display().to_string());
-    }
+    let mut cmd = vec!["berth-rollback".to_string()];
+    cmd.extend(ctx.project_args());
+    cmd.extend(["--to".to_string(), to.to_string()]);
     if cli.swap.proxy != berth_swap::ProxyMode::Compose {
         cmd.push("--proxy".into());
         cmd.push(format!("{:?}", cli.swap.proxy).to_lowercase());

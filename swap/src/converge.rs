@@ -118,7 +118,10 @@ pub fn converge(ctx: &Context, args: &SwapArgs, tag: Option<&str>) -> Result<Vec
             let u = upstream_of(f)?;
             let servers: Vec<String> = f.keep.iter().map(|c| server(&proxy, args, c)).collect();
             let what = format!("converging deploy {}): {}", f.j.deploy_id, f.j.service);
-            Some((u, Some(upstream_text(args, &f.j.service, &servers, &what))))
+            Some((
+                u,
+                Some(upstream_text(ctx, args, &f.j.service, &servers, &what)),
+            ))
         })
         .collect();
     if !pinned.is_empty() {
@@ -188,7 +191,7 @@ pub fn converge(ctx: &Context, args: &SwapArgs, tag: Option<&str>) -> Result<Vec
                 f.keep.iter().map(|c| server(&proxy, args, c)).collect()
             };
             let what = format!("deploy {}): {} at {}", f.j.deploy_id, f.j.service, f.j.tag);
-            Some(upstream_text(args, &f.j.service, &servers, &what))
+            Some(upstream_text(ctx, args, &f.j.service, &servers, &what))
         };
         if nginx::read_opt(&u)?.as_deref().map(strip_comments)
             != text.as_deref().map(strip_comments)
@@ -201,10 +204,10 @@ pub fn converge(ctx: &Context, args: &SwapArgs, tag: Option<&str>) -> Result<Vec
     }
 
     // 5. Compose itself runs what now serves.
-    let env_path = ctx.project_dir.join(".env");
+    let env_path = ctx.pin_file();
     let mut done = Vec::new();
     for f in &fixes {
-        if f.forward && envfile::write_var(&env_path, &f.j.tag_var, &f.j.tag)? {
+        if f.forward && envfile::write_var(&env_path, &f.j.tag_var, &f.j.tag, &ctx.project)? {
             f.say(&format!(
                 "recorded {}={} in {}",
                 f.j.tag_var,

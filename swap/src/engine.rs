@@ -30,6 +30,7 @@ use berth_core::{fail, fault, msg};
 use crate::envfile;
 use crate::journal::{self, Journal, Phase};
 use crate::nginx::{self, Proxy, ProxyMode};
+use crate::owner;
 use crate::SwapArgs;
 
 /// One service in a swap.
@@ -70,9 +71,9 @@ pub fn proxy(ctx: &Context, args: &SwapArgs, tag: Option<&str>) -> Proxy {
     Proxy::new(args.proxy, compose, &args.proxy_service, &args.nginx)
 }
 
-/// The upstream file of a service.
-pub fn upstream_path(ctx: &Context, args: &SwapArgs, service: &str) -> PathBuf {
-    match &args.upstream_file {
+/// The upstream file of a service, from the `--upstream-file` template.
+pub fn upstream_path(ctx: &Context, template: Option<&str>, service: &str) -> PathBuf {
+    match template {
         Some(t) => {
             let p = PathBuf::from(t.replace("{service}", service));
             if p.is_absolute() {
@@ -95,7 +96,7 @@ fn is_proxied(args: &SwapArgs, service: &str) -> bool {
 
 /// The tag the project runs now: what `.env` says compose should run.
 pub fn current_tag(ctx: &Context) -> Option<String> {
-    envfile::read_var(&ctx.project_dir.join(".env"), &ctx.tag_var)
+    envfile::read_var(&ctx.pin_file(), &ctx.tag_var)
 }
 
 /// Swap `services` to `tag`. Errors carry their exit code (1 preflight, 2 image,
@@ -127,7 +128,8 @@ pub fn swap(
     for svc in services {
         let image = compose::service_image_in(&cfg, svc).map_err(|e| fail!(Usage, "{e:#}"))?;
         let stop_grace = args.stop_timeout.unwrap_or_else(|| stop_grace(&cfg, svc));
-        let upstream = is_proxied(args, svc).then(|| upstream_path(ctx, args, svc));
+        let upstream =
+            is_proxied(args, svc).then(|| upstream_path(ctx, args.upstream_file.as_deref(), svc));
         let old = compose.containers(svc)?;
         let running_before = old.iter().filter(|c| c.state.running).count();
         let upstream_before = match &upstream {
@@ -166,6 +168,16 @@ pub fn swap(
             journal: None,
         });
     }
+    // Nothing another environment owns: its pin file, its nginx files.
+    let pin = ctx.pin_file();
+    let mut owned: Vec<(&std::path::Path, owner::Kind)> = vec![(&pin, owner::Kind::Pin)];
+    owned.extend(
+        plans
+            .iter()
+            .filter_map(|p| p.upstream.as_deref())
+            .map(|u| (u, owner::Kind::Nginx)),
+    );
+    owner::check(ctx, &owned)?;
     let proxied_any = plans.iter().any(|p| p.upstream.is_some());
     if proxied_any && args.proxy == ProxyMode::Compose && !proxy.locate()? {
         return Err(fail!(
@@ -210,7 +222,7 @@ pub fn swap(
         msg::info(format!(
             "would set {}={tag} in {}",
             ctx.tag_var,
-            ctx.project_dir.join(".env").display()
+            ctx.pin_file().display()
         ));
         return Ok(Outcome {
             previous_tag,
@@ -334,7 +346,7 @@ pub fn swap(
             let what = format!("deploy {deploy_id}): {} at {tag}", p.name);
             files.push((
                 u.clone(),
-                Some(upstream_text(args, &p.name, &servers, &what)),
+                Some(upstream_text(ctx, args, &p.name, &servers, &what)),
             ));
         }
     }
@@ -411,7 +423,7 @@ pub fn swap(
                 let server = format!("{}:{}", p.name, args.port);
                 Some((
                     u.clone(),
-                    Some(upstream_text(args, &p.name, &[server], &what)),
+                    Some(upstream_text(ctx, args, &p.name, &[server], &what)),
                 ))
             })
             .collect();
@@ -425,8 +437,8 @@ pub fn swap(
     }
 
     // 6. Durable: compose itself now reads the new tag.
-    let env_path = ctx.project_dir.join(".env");
-    envfile::write_var(&env_path, &ctx.tag_var, tag)
+    let env_path = ctx.pin_file();
+    envfile::write_var(&env_path, &ctx.tag_var, tag, &ctx.project)
         .with_context(|| format!("recording {}={tag} in {}", ctx.tag_var, env_path.display()))
         .map_err(moved)?;
     fault::point("env");
@@ -629,14 +641,17 @@ fn undo(ctx: &Context, compose: &Compose, plans: &[Plan]) {
 /// The upstream file's text for `service` sending to `servers`; `what` ends the first
 /// comment line ("Written by berth-swap at TIME (" WHAT ".").
 pub(crate) fn upstream_text(
+    ctx: &Context,
     args: &SwapArgs,
     service: &str,
     servers: &[String],
     what: &str,
 ) -> String {
+    // The first line marks the file as this project's (see [`owner`]).
     let comment = format!(
-        "Written by berth-swap at {} ({what}.\n\
+        "berth: project={}\nWritten by berth-swap at {} ({what}.\n\
          berth rewrites this file on every swap; edits here are overwritten.",
+        ctx.project,
         time::now_rfc3339()
     );
     nginx::render_upstream(service, servers, args.keepalive, &comment)

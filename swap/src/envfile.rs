@@ -44,9 +44,10 @@ pub fn read_var(path: &Path, var: &str) -> Option<String> {
         .and_then(|t| get(&t, var))
 }
 
-/// Set `var=value` in the file at `path`, atomically, keeping its mode (0644 when new).
+/// Set `var=value` in the file at `path`, atomically, keeping its mode (0644 when new),
+/// marked as owned by compose project `project` (see [`crate::owner`]).
 /// Returns whether anything changed.
-pub fn write_var(path: &Path, var: &str, value: &str) -> Result<bool> {
+pub fn write_var(path: &Path, var: &str, value: &str, project: &str) -> Result<bool> {
     use std::os::unix::fs::PermissionsExt;
     let (text, mode) = match std::fs::read_to_string(path) {
         Ok(t) => {
@@ -58,7 +59,7 @@ pub fn write_var(path: &Path, var: &str, value: &str) -> Result<bool> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => (String::new(), 0o644),
         Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
     };
-    let new = set(&text, var, value);
+    let new = crate::owner::marked(&set(&text, var, value), project);
     if new == text {
         return Ok(false);
     }
@@ -123,11 +124,11 @@ mod tests {
         let p = d.path().join(".env");
         std::fs::write(&p, "SECRET=x\nBERTH_TAG=v1\n").unwrap();
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
-        assert!(write_var(&p, "BERTH_TAG", "v2").unwrap());
-        assert!(!write_var(&p, "BERTH_TAG", "v2").unwrap());
+        assert!(write_var(&p, "BERTH_TAG", "v2", "shop").unwrap());
+        assert!(!write_var(&p, "BERTH_TAG", "v2", "shop").unwrap());
         assert_eq!(
             std::fs::read_to_string(&p).unwrap(),
-            "SECRET=x\nBERTH_TAG=v2\n"
+            "# berth: project=shop\nSECRET=x\nBERTH_TAG=v2\n"
         );
         let mode = std::fs::metadata(&p).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);

@@ -12,6 +12,7 @@ pub mod envfile;
 pub mod journal;
 pub mod maintenance;
 pub mod nginx;
+pub mod owner;
 pub mod prepare;
 
 use std::cell::RefCell;
@@ -51,9 +52,10 @@ Examples:
   berth-swap maintenance off
 
 Files: the upstream file (default <project>/nginx/berth/upstream-SERVICE.conf) is rewritten
-to name the new containers; <project>/.env gets TAG_VAR=TAG; <state>/swap/SERVICE.json is
-the journal of a swap in progress (a killed swap is converged by the next swap or rollback,
-or by `berth-swap --converge`);
+to name the new containers; <project>/.env (or --env-file) gets TAG_VAR=TAG. Both are marked
+`# berth: project=NAME`; a file another compose project owns is refused (exit 1).
+<state>/swap/SERVICE.json is the journal of a swap in progress (a killed swap is converged
+by the next swap or rollback, or by `berth-swap --converge`);
 <state>/releases.jsonl gets the release as a provisional line (good once berth-report
 records the whole deploy's success).
 

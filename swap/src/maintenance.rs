@@ -173,13 +173,17 @@ pub fn run(args: Args) -> Result<ExitCode> {
             ));
         }
         detail.insert("file".into(), json!(file.display().to_string()));
+        crate::owner::check(ctx, &[(file.as_path(), crate::owner::Kind::Nginx)])?;
         match args.state {
             OnOff::On => {
                 let was_on = nginx::read_opt(&file)?.is_some();
                 // Already on: keep the page (and nginx) as they are unless asked otherwise.
                 if !was_on || args.message.is_some() {
                     let message = args.message.as_deref().unwrap_or(DEFAULT_MESSAGE);
-                    let text = nginx::render_maintenance(message, args.retry_after, &args.except);
+                    let text = crate::owner::marked(
+                        &nginx::render_maintenance(message, args.retry_after, &args.except),
+                        &ctx.project,
+                    );
                     nginx::apply(&proxy, runner, &[(file.clone(), Some(text))])?;
                 }
                 let since = match read_window(&state_file) {

@@ -18,6 +18,8 @@ use berth_core::cli::{CommonArgs, Context};
 use berth_core::process::{self, Runner};
 use berth_core::stage::{self, Completed, Spec};
 use berth_core::{compose, docker, fail, msg, time, ExitCode};
+
+use crate::owner;
 use serde_json::{json, Value};
 
 #[derive(Debug, clap::Args)]
@@ -25,6 +27,11 @@ pub struct PreflightArgs {
     /// The services to deploy [default: every service whose image uses the tag variable]
     #[arg(value_name = "SERVICE")]
     pub services: Vec<String>,
+
+    /// The upstream file nginx includes, as the swap takes it: checked not to belong to
+    /// another compose project [default: <project dir>/nginx/berth/upstream-{service}.conf]
+    #[arg(long, env = "BERTH_UPSTREAM_FILE", value_name = "PATH")]
+    pub upstream_file: Option<String>,
 
     #[command(flatten)]
     pub common: CommonArgs,
@@ -142,6 +149,17 @@ pub fn preflight(args: PreflightArgs) -> Result<ExitCode> {
         }
         detail.insert("services".into(), json!(services));
         detail.insert("images".into(), Value::Array(images));
+        // Another environment's pin file or nginx files are not ours to write.
+        let pin = ctx.pin_file();
+        let upstreams: Vec<_> = services
+            .iter()
+            .map(|s| crate::engine::upstream_path(ctx, args.upstream_file.as_deref(), s))
+            .filter(|u| u.is_file())
+            .collect();
+        let mut owned = vec![(pin.as_path(), owner::Kind::Pin)];
+        owned.extend(upstreams.iter().map(|u| (u.as_path(), owner::Kind::Nginx)));
+        owner::check(ctx, &owned)?;
+        detail.insert("pin_file".into(), json!(pin.display().to_string()));
         if !ctx.dry_run {
             berth_core::ledger::ensure_state_dir(&ctx.state_dir)
                 .and_then(|_| Ok(tempfile_in(&ctx.state_dir)?))

@@ -150,3 +150,56 @@ fn check_args_parses_like_the_run_and_touches_neither_stdin_nor_docker() {
     berth_core::settings::assert_known_envs(&berth_swap::Cli::command());
     berth_core::settings::assert_known_envs(&berth_swap::maintenance::Reparse::command());
 }
+
+/// Without -p, the project is the name compose resolves (asked once, without -p, with
+/// the same --env-file), not the directory's: a stub docker answers `config` only.
+#[test]
+fn the_project_is_the_name_compose_resolves() {
+    use std::os::unix::fs::PermissionsExt;
+    let d = tempfile::tempdir().unwrap();
+    let log = d.path().join("calls");
+    let stub = d.path().join("docker");
+    std::fs::write(
+        &stub,
+        format!(
+            "#!/bin/sh\necho \"$*\" >>{}\ncase \"$*\" in\n*' config --format json') echo '{{\"name\": \"from-compose\", \"services\": {{}}}}' ;;\n\
+             *) echo 'Cannot connect to the Docker daemon' >&2; exit 1 ;;\nesac\n",
+            log.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&stub, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::write(d.path().join(".env.staging"), "X=1\n").unwrap();
+    let mut c = Command::cargo_bin("berth-swap").unwrap();
+    for (k, _) in std::env::vars() {
+        if k.starts_with("BERTH_") {
+            c.env_remove(k);
+        }
+    }
+    c.env("HOME", "/nonexistent")
+        .env("BERTH_DOCKER", &stub)
+        .env("BERTH_ENV_FILE", ".env.staging")
+        .current_dir(d.path())
+        .arg("--project-dir")
+        .arg(d.path())
+        .args(["--tag", "v2", "web"]);
+    let (code, out, err) = code(&mut c, "");
+    assert_eq!(code, 1, "{err}");
+    let doc: Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(doc["project"], "from-compose", "{err}");
+    let calls = std::fs::read_to_string(&log).unwrap();
+    let first = calls.lines().next().unwrap();
+    let env_file = d.path().join(".env.staging");
+    assert_eq!(
+        first,
+        format!(
+            "compose --project-directory {} --env-file {} config --format json",
+            d.path().display(),
+            env_file.display()
+        )
+    );
+    // A missing env file is a usage error, before anything runs.
+    let (code, _, err) = self::code(c.env("BERTH_ENV_FILE", "nope.env"), "");
+    assert_eq!(code, 64, "{err}");
+    assert!(err.contains("--env-file"), "{err}");
+}
