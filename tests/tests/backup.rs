@@ -1238,6 +1238,36 @@ fn volume_backup_with_stop_verifies_and_restores() {
     assert!(!vols.contains(&format!("{real}_berth_restore_")), "{vols}");
 }
 
+/// A docker volume holding one file, removed when dropped.
+struct Volume(String);
+
+impl Volume {
+    fn new(name: &str) -> Volume {
+        let v = Volume(name.to_string());
+        run_ok(Command::new("docker").args(["volume", "create", name]));
+        let mount = format!("{name}:/v");
+        run_ok(Command::new("docker").args([
+            "run",
+            "--rm",
+            "-v",
+            &mount,
+            HELPER,
+            "sh",
+            "-c",
+            "echo hi > /v/f",
+        ]));
+        v
+    }
+}
+
+impl Drop for Volume {
+    fn drop(&mut self) {
+        let _ = Command::new("docker")
+            .args(["volume", "rm", "-f", &self.0])
+            .output();
+    }
+}
+
 /// `age-keygen -o FILE`: a new identity file; its public key (recipient).
 fn age_keygen(file: &Path) -> String {
     run_ok(Command::new("age-keygen").arg("-o").arg(file));
@@ -1329,6 +1359,24 @@ fn age_encrypted_backup_verifies_and_restores_only_with_the_identity() {
         "--identity-file",
         key,
     ]));
+
+    // A volume: the tar stream is read whole (entries counted) while it is encrypted.
+    let vol = Volume::new(&format!("{}-age", s.project));
+    let o = ok(run(&[
+        "volume",
+        &vol.0,
+        "--helper-image",
+        HELPER,
+        "--encrypt-to",
+        &recipient,
+    ]));
+    let file = stage_detail(&doc(&o))["file"].as_str().unwrap().to_string();
+    assert!(file.ends_with(".tar.gz.age"), "{file}");
+    let m = manifest(Path::new(&file));
+    assert_eq!(m["encryption"], "age");
+    assert_eq!(m["verification"], "read");
+    assert_eq!(m["entries"], 1);
+    ok(run(&["verify", &file, "--identity-file", key]));
     assert!(
         !said.borrow().contains(&secret),
         "the private key was printed"
