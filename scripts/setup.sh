@@ -18,7 +18,7 @@ Idempotent machine setup for berth (Debian 12, run as root; CI-safe). Steps, in 
   images    fixture images berth-fixture/{base:12,nginx:1,postgres:15,redis:7}, built
             from a debootstrapped Debian bookworm rootfs; rebuilt only when missing or
             when their label berth.fixture.rev differs from this recipe's revision
-  offsite   off-site backup tools on the host (restic, rclone, openssh-client) and the
+  offsite   off-site backup tools on the host (restic, rclone, age, openssh-client) and the
             SFTP server image berth-fixture/sftp:1 (openssh-server, from the same rootfs)
   demo      examples/demo/build-images.sh, if present (berth-demo/app:* images)
   build     cargo build --release --workspace --bins
@@ -510,6 +510,8 @@ step_offsite() {
 	t0=$(now_ms)
 	command -v restic >/dev/null 2>&1 || missing+=(restic)
 	command -v rclone >/dev/null 2>&1 || missing+=(rclone)
+	command -v age >/dev/null 2>&1 || missing+=(age)
+	command -v age-keygen >/dev/null 2>&1 || missing+=(age)
 	command -v ssh >/dev/null 2>&1 || missing+=(openssh-client)
 	command -v ssh-keygen >/dev/null 2>&1 || missing+=(openssh-client)
 	if [ "${#missing[@]}" -gt 0 ]; then

@@ -37,6 +37,9 @@ pub struct DrillCmd {
     pub server: Server,
 
     #[command(flatten)]
+    pub identity: crate::crypt::Identity,
+
+    #[command(flatten)]
     pub monitor: Monitor,
 
     #[command(flatten)]
@@ -77,6 +80,7 @@ pub fn run(c: DrillCmd) -> Result<ExitCode> {
             restic_password_file: None,
         },
         level: CheckLevel::Restore,
+        identity: c.identity.clone(),
         server: c.server.clone(),
         helper_image: String::new(),
         storage: c.storage.clone(),

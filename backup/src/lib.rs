@@ -2,6 +2,7 @@
 //! `.partial`, fsynced, renamed, verified, described by a manifest written last — GFS
 //! rotation that never deletes the backup a release depends on, and restore.
 
+pub mod crypt;
 pub mod drill;
 pub mod offsite;
 pub mod pg;
@@ -19,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use berth_core::cli::{parse_duration, CommonArgs, Context};
-use berth_core::process::{quote, Cmd, ProcessError};
+use berth_core::process::{quote, Cmd};
 use berth_core::stage::{self, Completed, Spec};
 use berth_core::{fail, ledger, lock, msg, time, ExitCode, Failure};
 use clap::{Args, Parser, Subcommand};
@@ -77,6 +78,11 @@ Examples:
   # A volume, with the service that writes it stopped meanwhile (and started again)
   berth-backup volume redis-data --stop redis --helper-image berth-fixture/base:12
 
+  # Encrypted at rest with age (file .dump.age); restore, verify and drill need the key
+  berth-backup pg --service db --encrypt-to age1ql3z7hjy54pw3hyww5ayyfg7zqgvc7w3j2elw8zmrj2kg5sfn9aqmcac8p
+  berth-backup restore .berth/backups/shop-shop-20261122T031500Z.dump.age --service db \
+      --identity-file /root/berth-backup.key
+
   # Nightly from cron: no progress, the deploy document appended to a log
   berth-backup pg --service db --quiet --keep-daily 7 >>/var/log/berth-backup.jsonl
 
@@ -94,7 +100,7 @@ compares its row counts with the manifest, and only then swaps the names; the re
 database stays as <db>_before_<UTC time> (--keep-previous, default 1). A failed check
 drops the copy and leaves the live database as it was (exit 5). Volumes alike.
 
-Files: <dir>/<project>-<database|volume>-<UTC time>[-<tag>].dump|.tar.gz (0600, in a
+Files: <dir>/<project>-<database|volume>-<UTC time>[-<tag>].dump|.tar.gz[.age] (0600, in a
 0700 directory), each with a manifest <file>.json written last; a file without its
 manifest is not a backup.
 
@@ -364,6 +370,9 @@ pub struct PgCmd {
     pub allow_shrink: bool,
 
     #[command(flatten)]
+    pub encrypt: crypt::Encrypt,
+
+    #[command(flatten)]
     pub keep: Keep,
 
     #[command(flatten)]
@@ -411,6 +420,9 @@ pub struct VolumeCmd {
     /// Accept an archive under half the size of the last verified one
     #[arg(long, env = "BERTH_ALLOW_SHRINK", help_heading = "Backup")]
     pub allow_shrink: bool,
+
+    #[command(flatten)]
+    pub encrypt: crypt::Encrypt,
 
     #[command(flatten)]
     pub keep: Keep,
@@ -483,6 +495,9 @@ pub struct VerifyCmd {
     pub level: CheckLevel,
 
     #[command(flatten)]
+    pub identity: crypt::Identity,
+
+    #[command(flatten)]
     pub server: Server,
 
     /// The local image for the helper container (volume backups, --level restore)
@@ -522,6 +537,9 @@ pub struct RestoreCmd {
 
     #[command(flatten)]
     pub server: Server,
+
+    #[command(flatten)]
+    pub identity: crypt::Identity,
 
     /// Volume backups: the docker volume to restore into [default: the one backed up]
     #[arg(long, value_name = "NAME")]
@@ -600,11 +618,13 @@ impl Command {
                 if !c.server.given() {
                     return Err(Failure::usage("give --service SERVICE or --url URL"));
                 }
+                check_encrypt(&c.encrypt, c.verify)?;
             }
             Command::Volume(c) => {
                 if c.name.trim().is_empty() {
                     return Err(Failure::usage("volume NAME is empty"));
                 }
+                check_encrypt(&c.encrypt, c.verify)?;
             }
             Command::List(_) => {}
             Command::Verify(c) => {
@@ -616,7 +636,10 @@ impl Command {
                                 "give the backup FILE to verify (or --remote DEST)",
                             ))
                         }
-                        Some(f) => must_exist(f)?,
+                        Some(f) => {
+                            must_exist(f)?;
+                            crypt::check_identity(f, &c.identity)?;
+                        }
                     }
                 }
             }
@@ -624,6 +647,7 @@ impl Command {
                 c.server.check()?;
                 if c.from.is_none() {
                     must_exist(&c.file)?;
+                    crypt::check_identity(&c.file, &c.identity)?;
                 }
             }
             Command::Copy(c) => must_exist(&c.file)?,
@@ -631,6 +655,7 @@ impl Command {
                 c.server.check()?;
                 if let Some(f) = &c.file {
                     must_exist(f)?;
+                    crypt::check_identity(f, &c.identity)?;
                 }
             }
             Command::Prune(c) => {
@@ -708,6 +733,85 @@ struct Job {
     allow_shrink: bool,
     tag: Option<String>,
     deploy_id: Option<String>,
+    /// Encrypt with age (None: a plain archive).
+    encrypt: Option<crypt::Encrypt>,
+}
+
+impl Job {
+    /// The plaintext of the archive being written, for verification after the write:
+    /// the file itself, or (encrypted) decrypted with the identity in a stream.
+    fn source(&self, path: &Path) -> crypt::Source {
+        match &self.encrypt {
+            Some(e) => crypt::Source::Age {
+                file: path.to_path_buf(),
+                identity: e.identity.identity_file.clone().unwrap_or_default(),
+            },
+            None => crypt::Source::Plain(path.to_path_buf()),
+        }
+    }
+
+    /// ` --identity-file FILE` for printed restore commands of an encrypted backup.
+    fn identity_flag(&self) -> String {
+        match &self.encrypt {
+            None => String::new(),
+            Some(e) => match &e.identity.identity_file {
+                Some(i) => format!(" --identity-file {}", quote(&i.to_string_lossy())),
+                None => " --identity-file KEY_FILE".into(),
+            },
+        }
+    }
+
+    /// `encryption` and `recipients` when encrypted.
+    fn manifest_extra(&self) -> Map<String, Value> {
+        self.encrypt
+            .as_ref()
+            .map(crypt::Encrypt::manifest_fields)
+            .unwrap_or_default()
+    }
+
+    /// Read verification rides on the stream (encrypted, and no identity to decrypt).
+    fn tee_read(&self) -> bool {
+        self.verify == Verification::Read
+            && self
+                .encrypt
+                .as_ref()
+                .is_some_and(|e| e.identity.identity_file.is_none())
+    }
+
+    /// Produce the archive: plain, or through age (with the read verifier on the stream
+    /// when [`Job::tee_read`]); the verifier's result when it ran.
+    fn produce<T: Send>(
+        &self,
+        cmd: &Cmd,
+        partial: &mut Partial,
+        label: &str,
+        verifier: &(dyn Fn(&crypt::Source) -> Result<T> + Sync),
+    ) -> Result<(store::Streamed, Option<T>)> {
+        match &self.encrypt {
+            Some(e) => {
+                stream_encrypted(cmd, e, partial, label, self.tee_read().then_some(verifier))
+            }
+            None => Ok((stream_cmd(cmd, partial, label)?, None)),
+        }
+    }
+}
+
+/// Check the encryption flags of a backup command before anything runs.
+fn check_encrypt(enc: &crypt::Encrypt, verify: Verification) -> Result<(), Failure> {
+    if !enc.enabled() {
+        return Ok(());
+    }
+    enc.check()?;
+    match &enc.identity.identity_file {
+        Some(i) if !i.is_file() => Err(Failure::usage(format!(
+            "--identity-file {}: no such file",
+            i.display()
+        ))),
+        None if verify == Verification::Restore => Err(Failure::usage(
+            "--verify restore of an encrypted backup needs --identity-file FILE to decrypt it",
+        )),
+        _ => Ok(()),
+    }
 }
 
 /// The newest verified backup of the target, for the anomaly guard.
@@ -775,8 +879,116 @@ fn stream_cmd(cmd: &Cmd, partial: &mut Partial, label: &str) -> Result<store::St
     watch
         .finished()
         .map_err(|e| fail!(Backup, "{label}: {e}"))?;
+    producer_done(&handle, label).map(|_| streamed)
+}
+
+/// A read verifier fed the plaintext stream while it is encrypted.
+type Tee<'a, T> = Option<&'a (dyn Fn(&crypt::Source) -> Result<T> + Sync)>;
+
+/// Run `cmd`, its stdout through `age` into the partial file, and at the same time into
+/// `tee` (a verifier on its own thread). `head` is the plaintext's; bytes and sha256 are
+/// the encrypted file's.
+fn stream_encrypted<T: Send>(
+    cmd: &Cmd,
+    enc: &crypt::Encrypt,
+    partial: &mut Partial,
+    label: &str,
+    tee: Tee<'_, T>,
+) -> Result<(store::Streamed, Option<T>)> {
+    use std::io::{Read, Write};
+    let (age_in, mut to_age) = std::io::pipe()?;
+    let file = partial.file()?;
+    let age_cmd = enc.cmd();
+    let (age, age_watch) = age_cmd
+        .start(|e| {
+            e.stdin_file(age_in)
+                .stdout_file(file)
+                .stderr_capture()
+                .unchecked()
+        })
+        .map_err(|e| fail!(Backup, "{e}"))?;
+    let (handle, watch) = match cmd.reader(|e| e.stderr_capture()) {
+        Ok(h) => h,
+        Err(e) => {
+            age_watch.terminate();
+            let _ = age.kill();
+            return Err(fail!(Backup, "{label}: {e}"));
+        }
+    };
+    let mut progress = Progress::auto(label);
+    let (res, teed) = std::thread::scope(|scope| {
+        let (mut to_tee, verifier) = match tee {
+            Some(f) => {
+                let (r, w) = std::io::pipe()?;
+                let src = crypt::Source::Pipe(std::sync::Mutex::new(Some(r)));
+                (Some(w), Some(scope.spawn(move || f(&src))))
+            }
+            None => (None, None),
+        };
+        let mut buf = vec![0u8; 256 * 1024];
+        let mut head = Vec::new();
+        let mut bytes = 0u64;
+        let res = (|| -> Result<Vec<u8>> {
+            loop {
+                check_interrupted()?;
+                let n = match (&handle).read(&mut buf) {
+                    Ok(0) => return Ok(head),
+                    Ok(n) => n,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                    Err(e) => return Err(anyhow::Error::new(e).context("reading the stream")),
+                };
+                if head.len() < 16 {
+                    head.extend_from_slice(&buf[..n.min(16 - head.len())]);
+                }
+                to_age
+                    .write_all(&buf[..n])
+                    .map_err(|e| fail!(Backup, "writing to age failed: {e}"))?;
+                // A verifier that stopped reading has failed: its own error tells why.
+                if to_tee
+                    .as_mut()
+                    .is_some_and(|w| w.write_all(&buf[..n]).is_err())
+                {
+                    to_tee = None;
+                }
+                bytes += n as u64;
+                progress.update(bytes);
+            }
+        })();
+        drop(to_age);
+        drop(to_tee);
+        if res.is_err() {
+            watch.terminate();
+            let _ = handle.kill();
+        }
+        let teed = verifier.map(|v| {
+            v.join()
+                .unwrap_or_else(|_| Err(fail!(Backup, "the verifier panicked")))
+        });
+        Ok::<_, anyhow::Error>((res, teed))
+    })?;
+    let timed_out = watch.finished();
+    let head = res?;
+    timed_out.map_err(|e| fail!(Backup, "{label}: {e}"))?;
+    producer_done(&handle, label)?;
+    let out = age.wait().map_err(|e| fail!(Backup, "age: {e}"))?;
+    age_watch.finished().map_err(|e| fail!(Backup, "{e}"))?;
+    if !out.status.success() {
+        return Err(fail!(
+            Backup,
+            "age failed: {}",
+            crypt::age_error(&String::from_utf8_lossy(&out.stderr))
+        ));
+    }
+    let teed = teed.transpose()?;
+    let streamed = partial.seal(head)?;
+    progress.finish(streamed.bytes);
+    Ok((streamed, teed))
+}
+
+/// The producer's exit status, as an error that says why.
+fn producer_done(handle: &duct::ReaderHandle, label: &str) -> Result<()> {
     match handle.try_wait() {
-        Ok(Some(out)) if out.status.success() => Ok(streamed),
+        Ok(Some(out)) if out.status.success() => Ok(()),
         Ok(Some(out)) => {
             use std::os::unix::process::ExitStatusExt;
             let how = match (out.status.code(), out.status.signal()) {
@@ -799,7 +1011,10 @@ fn stream_cmd(cmd: &Cmd, partial: &mut Partial, label: &str) -> Result<store::St
 fn new_partial(job: &Job) -> Result<(Partial, jiff::Timestamp)> {
     for attempt in 0..3 {
         let at = time::now();
-        let name = job.target.file_name(at, job.tag.as_deref());
+        let mut name = job.target.file_name(at, job.tag.as_deref());
+        if job.encrypt.is_some() {
+            name.push_str(crypt::SUFFIX);
+        }
         if !job.dir.join(&name).exists() && !job.dir.join(format!("{name}.partial")).exists() {
             return Ok((Partial::create(&job.dir, &name)?, at));
         }
@@ -838,7 +1053,8 @@ fn backup_pg(conn: &Conn, db: &str, job: &Job) -> Result<Entry> {
     let mut snap = pg::Snapshot::open(conn, db)?;
     let facts = snap.facts(job.verify == Verification::Restore)?;
     let dump = pg::dump_cmd(conn, db, &snap.id);
-    let streamed = stream_cmd(&dump, &mut partial, &format!("pg_dump of {db}"))?;
+    let read = |src: &crypt::Source| conn.verify_read(src);
+    let (streamed, teed) = job.produce(&dump, &mut partial, &format!("pg_dump of {db}"), &read)?;
     snap.close()?;
     if streamed.bytes == 0 {
         return Err(fail!(Backup, "pg_dump of {db} wrote nothing"));
@@ -856,12 +1072,14 @@ fn backup_pg(conn: &Conn, db: &str, job: &Job) -> Result<Entry> {
         Verification::None | Verification::Failed => {}
         Verification::Read => {
             say("verifying: reading the whole archive (pg_restore -f /dev/null)");
-            conn.verify_read(&partial.path)?;
+            if teed.is_none() {
+                conn.verify_read(&job.source(&partial.path))?;
+            }
             verified_at = Some(time::now_rfc3339());
         }
         Verification::Restore => {
             say("verifying: restoring into a scratch database and comparing row counts");
-            let got = conn.restore_counts(&partial.path)?;
+            let got = conn.restore_counts(&job.source(&partial.path))?;
             let want = facts.counts.clone().unwrap_or_default();
             let diff = pg::compare_counts(&want, &got);
             if !diff.is_empty() {
@@ -896,7 +1114,7 @@ fn backup_pg(conn: &Conn, db: &str, job: &Job) -> Result<Entry> {
         deploy_id: job.deploy_id.clone(),
         tag: job.tag.clone(),
         duration_ms: time::millis(clock.elapsed()),
-        extra: Map::new(),
+        extra: job.manifest_extra(),
     };
     if let Err(e) = manifest.write(&job.dir) {
         let _ = std::fs::remove_file(&path);
@@ -939,7 +1157,12 @@ fn backup_volume(
         let mut stopped = volume::Stopped::stop(&compose, stop)?;
         let helper = volume::helper_name("tar");
         let cmd = volume::tar_cmd(&ctx.project, &helper, image, real);
-        let res = stream_cmd(&cmd, &mut partial, &format!("tar of volume {real}"));
+        let res = job.produce(
+            &cmd,
+            &mut partial,
+            &format!("tar of volume {real}"),
+            &volume::read_archive,
+        );
         if res.is_err() {
             volume::remove_helper(&helper);
         }
@@ -948,6 +1171,7 @@ fn backup_volume(
         restarted?;
         s
     };
+    let (streamed, teed) = streamed;
     if streamed.bytes == 0 || !streamed.head.starts_with(&[0x1f, 0x8b]) {
         return Err(fail!(
             Backup,
@@ -961,13 +1185,17 @@ fn backup_volume(
         Verification::None | Verification::Failed => {}
         Verification::Read => {
             say("verifying: reading the whole archive");
-            entries = Some(volume::read_archive(&partial.path)?);
+            entries = match teed {
+                Some(n) => Some(n),
+                None => Some(volume::read_archive(&job.source(&partial.path))?),
+            };
             verified_at = Some(time::now_rfc3339());
         }
         Verification::Restore => {
             say("verifying: reading the archive, then extracting it into a scratch volume");
-            let n = volume::read_archive(&partial.path)?;
-            let got = volume::restore_count(&ctx.project, image, &partial.path)?;
+            let src = job.source(&partial.path);
+            let n = volume::read_archive(&src)?;
+            let got = volume::restore_count(&ctx.project, image, &src)?;
             if got != n {
                 return Err(fail!(
                     Backup,
@@ -1000,7 +1228,7 @@ fn backup_volume(
         deploy_id: job.deploy_id.clone(),
         tag: job.tag.clone(),
         duration_ms: time::millis(clock.elapsed()),
-        extra: Map::new(),
+        extra: job.manifest_extra(),
     };
     if let Err(e) = manifest.write(&job.dir) {
         let _ = std::fs::remove_file(&path);
@@ -1182,6 +1410,7 @@ fn run_pg(c: PgCmd) -> Result<ExitCode> {
             allow_shrink: c.allow_shrink,
             tag: ctx.tag.clone(),
             deploy_id: deploy_id.clone(),
+            encrypt: c.encrypt.enabled().then(|| c.encrypt.clone()),
         };
         if ctx.dry_run {
             msg::info(format!(
@@ -1202,10 +1431,11 @@ fn run_pg(c: PgCmd) -> Result<ExitCode> {
         catch_signals();
         let entry = backup_pg(&conn, &db, &job)?;
         let restore = format!(
-            "berth-backup restore {}{}{} --database {}",
+            "berth-backup restore {}{}{}{} --database {}",
             quote(&entry.path.to_string_lossy()),
             c.server.flags(),
             project_flags(ctx),
+            job.identity_flag(),
             quote(&db)
         );
         fill_detail(detail, &entry, restore);
@@ -1236,6 +1466,7 @@ fn run_volume(c: VolumeCmd) -> Result<ExitCode> {
             allow_shrink: c.allow_shrink,
             tag: ctx.tag.clone(),
             deploy_id: deploy_id.clone(),
+            encrypt: c.encrypt.enabled().then(|| c.encrypt.clone()),
         };
         if ctx.dry_run {
             msg::info(format!(
@@ -1261,6 +1492,7 @@ fn run_volume(c: VolumeCmd) -> Result<ExitCode> {
             restore.push_str(&format!(" --stop {}", quote(s)));
         }
         restore.push_str(&project_flags(ctx));
+        restore.push_str(&job.identity_flag());
         fill_detail(detail, &entry, restore);
         detail.insert("volume".into(), json!(real));
         after_backup(ctx, &job, &c.keep.policy(), detail);
@@ -1378,6 +1610,7 @@ fn kind_of_file(file: &Path, m: Option<&Manifest>) -> Result<Kind> {
         return Ok(m.kind);
     }
     let n = file_name(file);
+    let n = n.strip_suffix(crypt::SUFFIX).unwrap_or(&n);
     if n.ends_with(".tar.gz") || n.ends_with(".tgz") {
         Ok(Kind::Volume)
     } else {
@@ -1401,6 +1634,7 @@ pub(crate) fn run_verify(c: VerifyCmd) -> Result<ExitCode> {
     }
     let manifest = Manifest::read_for(&file)?;
     let kind = kind_of_file(&file, manifest.as_ref())?;
+    let src = crypt::Source::for_file(&file, manifest.as_ref(), &c.identity)?;
     if kind == Kind::Pg && c.level == CheckLevel::Restore && !c.server.given() {
         return Err(Failure::usage("--level restore needs a server: --service or --url").into());
     }
@@ -1419,33 +1653,17 @@ pub(crate) fn run_verify(c: VerifyCmd) -> Result<ExitCode> {
             (Kind::Pg, CheckLevel::Read) => {
                 if c.server.given() {
                     let (conn, _) = c.server.connect_named(&ctx)?;
-                    conn.verify_read(&file)?;
+                    conn.verify_read(&src)?;
                 } else {
                     let cmd = Cmd::new("pg_restore").args(["--exit-on-error", "-f", "/dev/null"]);
-                    let out = cmd
-                        .stage_timeout()
-                        .run_shaped(|e| e.stdin_path(&file).stdout_null().stderr_capture())
-                        .map_err(|e| match e {
-                            ProcessError::NotStarted { .. } => fail!(Backup, "could not run pg_restore on this host ({e}); pass --service or --url"),
-                            _ => fail!(Backup, "read verification failed: {e}"),
-                        })?;
-                    if !out.status.success() {
-                        return Err(fail!(
-                            Backup,
-                            "read verification failed: {}",
-                            pg::pg_error(
-                                "pg_restore failed",
-                                &String::from_utf8_lossy(&out.stderr)
-                            )
-                        ));
-                    }
+                    pg::feed(cmd.stage_timeout(), &src, "read verification failed (pg_restore on this host; else pass --service or --url)")?;
                 }
                 say("read verification ok: the whole archive reads");
                 Ok(None)
             }
             (Kind::Pg, CheckLevel::Restore) => {
                 let (conn, _) = c.server.connect_named(&ctx)?;
-                let got = conn.restore_counts(&file)?;
+                let got = conn.restore_counts(&src)?;
                 if let Some(want) = manifest.as_ref().and_then(|m| m.row_counts.as_ref()) {
                     let diff = pg::compare_counts(want, &got);
                     if !diff.is_empty() {
@@ -1472,9 +1690,9 @@ pub(crate) fn run_verify(c: VerifyCmd) -> Result<ExitCode> {
                 Ok(None)
             }
             (Kind::Volume, level) => {
-                let n = volume::read_archive(&file)?;
+                let n = volume::read_archive(&src)?;
                 if level == CheckLevel::Restore {
-                    let got = volume::restore_count(&ctx.project, &c.helper_image, &file)?;
+                    let got = volume::restore_count(&ctx.project, &c.helper_image, &src)?;
                     if got != n {
                         return Err(fail!(
                             Backup,

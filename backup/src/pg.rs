@@ -4,9 +4,10 @@
 //! container (`docker compose exec -T`), so client and server versions always match.
 //! Passwords travel in `PGPASSWORD` in the child's environment, never in argv, never printed.
 
+use crate::crypt::Source;
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::{Context as _, Result};
 use berth_core::compose::Compose;
@@ -318,24 +319,13 @@ impl Conn {
 
     /// Feed a file to a client's stdin (pg_restore reads archives from stdin), so it
     /// runs wherever the client is: in the container or on the host.
-    pub fn feed(&self, cmd: Cmd, file: &Path, what: &str) -> Result<()> {
-        let out = cmd
-            .run_shaped(|e| e.stdin_path(file).stdout_null().stderr_capture())
-            .map_err(|e| fail!(Backup, "{what}: {e}"))?;
-        if out.status.success() {
-            return Ok(());
-        }
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        Err(fail!(
-            Backup,
-            "{what}: {}",
-            pg_error(&status_text(&out.status), &stderr)
-        ))
+    pub fn feed(&self, cmd: Cmd, src: &Source, what: &str) -> Result<()> {
+        feed(cmd, src, what)
     }
 
     /// Read the whole archive: `pg_restore -f /dev/null` (`--list` alone passes
     /// truncated files).
-    pub fn verify_read(&self, file: &Path) -> Result<()> {
+    pub fn verify_read(&self, file: &Source) -> Result<()> {
         let cmd = self
             .client("pg_restore", None)
             .args(["--exit-on-error", "-f", "/dev/null"]);
@@ -343,7 +333,7 @@ impl Conn {
     }
 
     /// Restore into a scratch database, count rows per table, drop it.
-    pub fn restore_counts(&self, file: &Path) -> Result<BTreeMap<String, u64>> {
+    pub fn restore_counts(&self, file: &Source) -> Result<BTreeMap<String, u64>> {
         let scratch = scratch_name("berth_verify");
         self.psql(
             MAINTENANCE_DB,
@@ -398,7 +388,7 @@ impl Conn {
     }
 
     /// `pg_restore` the archive into the existing database `db`, owners kept.
-    pub fn restore_into(&self, file: &Path, db: &str) -> Result<()> {
+    pub fn restore_into(&self, file: &Source, db: &str) -> Result<()> {
         let cmd = self
             .client("pg_restore", Some(db))
             .args(["--exit-on-error"]);
@@ -633,6 +623,23 @@ impl Drop for Snapshot {
             let _ = self.reader.get_ref().kill();
         }
     }
+}
+
+/// Feed an archive's plaintext to a client's stdin (pg_restore reads archives from
+/// stdin), so it runs wherever the client is: in the container or on the host.
+pub fn feed(cmd: Cmd, src: &Source, what: &str) -> Result<()> {
+    src.feed(&cmd, |out| {
+        let out = out.map_err(|e| fail!(Backup, "{what}: {e}"))?;
+        if out.status.success() {
+            return Ok(());
+        }
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        Err(fail!(
+            Backup,
+            "{what}: {}",
+            pg_error(&status_text(&out.status), &stderr)
+        ))
+    })
 }
 
 /// `pg_dump -Fc --snapshot ID` for `db`.

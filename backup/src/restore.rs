@@ -18,6 +18,7 @@ use berth_core::process::quote;
 use berth_core::{fail, lock, msg, time, ExitCode, Failure};
 use serde_json::json;
 
+use crate::crypt::Source;
 use crate::offsite;
 use crate::pg::{self, ident};
 use crate::store::{self, Kind, Manifest, Target, Verification};
@@ -142,6 +143,7 @@ fn safety_job(c: &RestoreCmd, ctx: &Context, target: &Target) -> Job {
         allow_shrink: true,
         tag: Some("pre-restore".into()),
         deploy_id: None,
+        encrypt: None,
     }
 }
 
@@ -171,9 +173,10 @@ pub fn run(mut c: RestoreCmd) -> Result<ExitCode> {
             m.verification_error.as_deref().unwrap_or("no detail")
         ));
     }
+    let src = Source::for_file(&c.file, Some(&m), &c.identity)?;
     match m.kind {
-        Kind::Pg => restore_pg(&c, &ctx, &m),
-        Kind::Volume => restore_volume(&c, &ctx, &m),
+        Kind::Pg => restore_pg(&c, &ctx, &m, &src),
+        Kind::Volume => restore_volume(&c, &ctx, &m, &src),
     }
 }
 
@@ -256,7 +259,7 @@ fn check_counts(m: &Manifest, got: &std::collections::BTreeMap<String, u64>) -> 
     ))
 }
 
-fn restore_pg(c: &RestoreCmd, ctx: &Context, m: &Manifest) -> Result<ExitCode> {
+fn restore_pg(c: &RestoreCmd, ctx: &Context, m: &Manifest, src: &Source) -> Result<ExitCode> {
     if !c.server.given() {
         return Err(
             Failure::usage("restoring a database needs --service SERVICE or --url URL").into(),
@@ -340,7 +343,7 @@ fn restore_pg(c: &RestoreCmd, ctx: &Context, m: &Manifest) -> Result<ExitCode> {
         .map_err(|e| e.context(format!("nothing was changed: database {db} is as it was")))?;
     let built = (|| {
         check_interrupted()?;
-        conn.restore_into(&c.file, &scratch)?;
+        conn.restore_into(src, &scratch)?;
         check_interrupted()?;
         let counts = conn.counts(&scratch)?;
         check_counts(m, &counts)?;
@@ -459,7 +462,7 @@ fn prune_previous(
     (kept, dropped)
 }
 
-fn restore_volume(c: &RestoreCmd, ctx: &Context, m: &Manifest) -> Result<ExitCode> {
+fn restore_volume(c: &RestoreCmd, ctx: &Context, m: &Manifest, src: &Source) -> Result<ExitCode> {
     let (real, by) = match (&c.volume, &m.volume) {
         (Some(v), _) => (v.clone(), "--volume"),
         (None, Some(v)) => (v.clone(), FROM_MANIFEST),
@@ -483,7 +486,7 @@ fn restore_volume(c: &RestoreCmd, ctx: &Context, m: &Manifest) -> Result<ExitCod
     );
     check_checksum(&c.file, m)?;
     msg::info("checksum ok");
-    let entries = volume::read_archive(&c.file)?;
+    let entries = volume::read_archive(src)?;
     if let Some(want) = m.entries.filter(|w| *w != entries) {
         return Err(fail!(
             Backup,
@@ -532,7 +535,7 @@ fn restore_volume(c: &RestoreCmd, ctx: &Context, m: &Manifest) -> Result<ExitCod
     volume::create(project, &staging, &[(volume::LABEL_HELPER, "1")])?;
     let built = (|| {
         check_interrupted()?;
-        volume::extract(project, image, &c.file, &staging, false)?;
+        volume::extract(project, image, src, &staging, false)?;
         let got = volume::count(project, image, &staging)?;
         if got != entries {
             return Err(fail!(
@@ -570,7 +573,7 @@ fn restore_volume(c: &RestoreCmd, ctx: &Context, m: &Manifest) -> Result<ExitCod
             volume::create(project, &real, &[])
                 .map_err(|e| SwitchFailed::Untouched(format!("{e:#}")))
                 .and_then(|_| {
-                    volume::extract(project, image, &c.file, &real, false)
+                    volume::extract(project, image, src, &real, false)
                         .map_err(|e| SwitchFailed::HalfWay(format!("{e:#}")))
                 })
         };

@@ -270,6 +270,7 @@ impl Scan {
 }
 
 fn is_archive(name: &str) -> bool {
+    let name = name.strip_suffix(crate::crypt::SUFFIX).unwrap_or(name);
     name.ends_with(".dump") || name.ends_with(".tar.gz")
 }
 
@@ -422,6 +423,27 @@ impl Partial {
         Ok(Streamed {
             bytes,
             sha256: hex(&hasher.finalize()),
+            head,
+        })
+    }
+
+    /// Another handle on the file, for a child process to write it (age).
+    pub fn file(&self) -> Result<File> {
+        let f = self.file.as_ref().expect("file after commit");
+        f.try_clone()
+            .map_err(|e| fail!(Backup, "{}: {e}", self.path.display()))
+    }
+
+    /// After a child wrote the file: fsync it, then hash what landed. `head` is what the
+    /// caller saw of the stream (the plaintext's first bytes).
+    pub fn seal(&mut self, head: Vec<u8>) -> Result<Streamed> {
+        let file = self.file.as_ref().expect("seal after commit");
+        file.sync_all()
+            .map_err(|e| fail!(Backup, "syncing {}: {e}", self.path.display()))?;
+        let (bytes, sha256) = sha256_file(&self.path)?;
+        Ok(Streamed {
+            bytes,
+            sha256,
             head,
         })
     }

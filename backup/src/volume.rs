@@ -3,9 +3,9 @@
 //! archive to its end in-process, and restore through the same helper.
 
 use std::io::Read;
-use std::path::Path;
 
-use anyhow::{Context as _, Result};
+use crate::crypt::Source;
+use anyhow::Result;
 use berth_core::compose::{Compose, LABEL_PROJECT};
 use berth_core::process::{last_lines, Cmd, ProcessError};
 use berth_core::{docker, fail, msg};
@@ -84,8 +84,13 @@ pub fn tar_cmd(project: &str, container: &str, image: &str, volume: &str) -> Cmd
 
 /// Read the whole archive (gunzip + tar, every entry's data, the gzip trailer): the
 /// number of entries other than the root directory.
-pub fn read_archive(file: &Path) -> Result<u64> {
-    let f = std::fs::File::open(file).with_context(|| format!("opening {}", file.display()))?;
+pub fn read_archive(src: &Source) -> Result<u64> {
+    let mut input = src.open()?;
+    let res = read_stream(input.reader());
+    input.finish(res)
+}
+
+fn read_stream(f: std::fs::File) -> Result<u64> {
     let gz = flate2::read::GzDecoder::new(std::io::BufReader::new(f));
     let mut ar = tar::Archive::new(gz);
     let mut n = 0u64;
@@ -109,7 +114,7 @@ pub fn read_archive(file: &Path) -> Result<u64> {
         }
     }
     if n == 0 {
-        msg::warn(format!("{}: the archive holds no files", file.display()));
+        msg::warn("the archive holds no files");
     }
     Ok(n)
 }
@@ -178,7 +183,7 @@ pub fn count(project: &str, image: &str, volume: &str) -> Result<u64> {
 }
 
 /// Extract the archive into a scratch volume, count what landed, remove the volume.
-pub fn restore_count(project: &str, image: &str, file: &Path) -> Result<u64> {
+pub fn restore_count(project: &str, image: &str, file: &Source) -> Result<u64> {
     let scratch = helper_name("verify");
     create(project, &scratch, &[(LABEL_HELPER, "1")])?;
     let res = extract(project, image, file, &scratch, false)
@@ -252,7 +257,13 @@ exit 5"#;
 }
 
 /// Unpack `file` into `volume`; with `replace`, delete what the volume held first.
-pub fn extract(project: &str, image: &str, file: &Path, volume: &str, replace: bool) -> Result<()> {
+pub fn extract(
+    project: &str,
+    image: &str,
+    src: &Source,
+    volume: &str,
+    replace: bool,
+) -> Result<()> {
     let name = helper_name("restore");
     let script = if replace {
         "find /volume -mindepth 1 -delete && exec tar -xzpf - -C /volume --numeric-owner"
@@ -261,22 +272,21 @@ pub fn extract(project: &str, image: &str, file: &Path, volume: &str, replace: b
     };
     let cmd = helper(project, &name, image, &[format!("{volume}:/volume")], true)
         .args(["sh", "-c", script]);
-    let out = cmd
-        .stage_timeout()
-        .run_shaped(|e| e.stdin_path(file).stdout_null().stderr_capture())
-        .map_err(|e| {
+    src.feed(&cmd.stage_timeout(), |out| {
+        let out = out.map_err(|e| {
             remove_helper(&name);
             fail!(Backup, "extracting into volume {volume}: {e}")
         })?;
-    if !out.status.success() {
+        if out.status.success() {
+            return Ok(());
+        }
         remove_helper(&name);
-        return Err(fail!(
+        Err(fail!(
             Backup,
             "extracting into volume {volume} failed: {}",
             last_lines(&String::from_utf8_lossy(&out.stderr), 2)
-        ));
-    }
-    Ok(())
+        ))
+    })
 }
 
 /// Services stopped for a consistent copy; started again when dropped, whatever happened.

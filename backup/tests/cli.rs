@@ -26,6 +26,8 @@ fn check(dir: &std::path::Path, args: &[&str]) -> (i32, String) {
 fn check_args_parses_like_the_run_and_touches_nothing() {
     let d = tempfile::tempdir().unwrap();
     std::fs::write(d.path().join("x.dump"), b"PGDMP").unwrap();
+    std::fs::write(d.path().join("x.dump.age"), b"age-encryption.org/v1").unwrap();
+    std::fs::write(d.path().join("key.txt"), b"AGE-SECRET-KEY-1").unwrap();
     for ok in [
         &[
             "pg",
@@ -38,6 +40,8 @@ fn check_args_parses_like_the_run_and_touches_nothing() {
         ][..],
         &["volume", "redis-data", "--stop", "redis"],
         &["verify", "x.dump", "--level", "read"],
+        &["pg", "--service", "db", "--encrypt-to", "age1abc,age1def"],
+        &["verify", "x.dump.age", "--identity-file", "key.txt"],
         &["prune", "--keep-last", "3"],
         &["list"],
     ] {
@@ -63,6 +67,35 @@ fn check_args_parses_like_the_run_and_touches_nothing() {
             "missing.dump",
         ),
         (&["prune"], "--keep-last"),
+        (
+            &["pg", "--service", "db", "--encrypt-to", "ssh-rsa"],
+            "--encrypt-to",
+        ),
+        (
+            &["pg", "--service", "db", "--encrypt-to-file", "nope"],
+            "--encrypt-to-file",
+        ),
+        (
+            &[
+                "pg",
+                "--service",
+                "db",
+                "--encrypt-to",
+                "age1abc",
+                "--verify",
+                "restore",
+            ],
+            "--identity-file",
+        ),
+        (&["verify", "x.dump.age"], "--identity-file"),
+        (
+            &["restore", "x.dump.age", "--service", "db"],
+            "--identity-file",
+        ),
+        (
+            &["drill", "x.dump.age", "--service", "db"],
+            "--identity-file",
+        ),
     ] {
         let (code, err) = check(d.path(), bad);
         assert_eq!(code, 64, "{bad:?}: {err}");

@@ -36,6 +36,7 @@ pub const DEPLOY_KEYS: &[&str] = &[
 /// Every `BERTH_*` setting a berth command reads (the `env =` fallbacks of their flags,
 /// and the notification settings). Each crate's CLI test checks its flags against this.
 pub const BERTH_KEYS: &[&str] = &[
+    "BERTH_AGE_IDENTITY_FILE",
     "BERTH_ALLOW_SHRINK",
     "BERTH_APP_PORT",
     "BERTH_BACKUP_DATABASE",
@@ -50,6 +51,8 @@ pub const BERTH_KEYS: &[&str] = &[
     "BERTH_COPY_TO",
     "BERTH_DRAIN",
     "BERTH_DRY_RUN",
+    "BERTH_ENCRYPT_TO",
+    "BERTH_ENCRYPT_TO_FILE",
     "BERTH_ENV_FILE",
     "BERTH_HELPER_IMAGE",
     "BERTH_KEEP_DAILY",
