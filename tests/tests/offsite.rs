@@ -178,20 +178,17 @@ fn copies_to_restic_and_rclone_over_sftp_list_check_rotate_and_restore_from_a_sn
     );
 
     // A backup copied to both; the document records the snapshot; nothing secret shows.
-    let backup = |extra: &[&str]| {
-        let mut a = vec![
-            "pg",
-            "--service",
-            "db",
-            "--copy-to",
-            RESTIC,
-            "--copy-to",
-            RCLONE,
-            "--restic-password-file",
-            pw,
-        ];
-        a.extend_from_slice(extra);
+    // `pg --service db` with the restic password file `pw` and `rest` (destinations...).
+    let pg = |pw: &str, rest: &[&str]| {
+        let mut a = vec!["pg", "--service", "db", "--restic-password-file", pw];
+        a.extend_from_slice(rest);
         bb(&s, &sftp, &a)
+    };
+    let backup = |extra: &[&str]| {
+        pg(
+            pw,
+            &[&["--copy-to", RESTIC, "--copy-to", RCLONE], extra].concat(),
+        )
     };
     let o = backup(&[]);
     assert_eq!(code(&o), 0, "{}", err(&o));
@@ -324,19 +321,7 @@ fn copies_to_restic_and_rclone_over_sftp_list_check_rotate_and_restore_from_a_sn
     // A wrong password: a warning, the local backup is good (0); with --require-copy 5.
     let wrong = sftp.path("wrong-pw");
     let wrong = wrong.to_str().unwrap();
-    let with_wrong = |extra: &[&str]| {
-        let mut a = vec![
-            "pg",
-            "--service",
-            "db",
-            "--copy-to",
-            RESTIC,
-            "--restic-password-file",
-            wrong,
-        ];
-        a.extend_from_slice(extra);
-        bb(&s, &sftp, &a)
-    };
+    let with_wrong = |extra: &[&str]| pg(wrong, &[&["--copy-to", RESTIC], extra].concat());
     let o = with_wrong(&[]);
     assert_eq!(code(&o), 0, "{}", err(&o));
     let d = detail(&o);
