@@ -193,6 +193,20 @@ pub fn restore_count(project: &str, image: &str, file: &Source) -> Result<u64> {
     res
 }
 
+/// Restore verification of an archive: read it whole, extract it into a scratch volume,
+/// and check as many entries landed as it holds; that number.
+pub fn verify_restore(project: &str, image: &str, src: &Source) -> Result<u64> {
+    let n = read_archive(src)?;
+    let got = restore_count(project, image, src)?;
+    if got != n {
+        return Err(fail!(
+            Backup,
+            "restore verification failed: the archive holds {n} entries, {got} landed"
+        ));
+    }
+    Ok(n)
+}
+
 /// How a [`switch`] ended badly.
 #[derive(Debug, PartialEq, Eq)]
 pub enum SwitchFailed {
