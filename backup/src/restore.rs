@@ -8,6 +8,7 @@
 //! The target is what the command line names (`--database`, the URL's database, the
 //! service's `POSTGRES_DB`, `--volume`); the backup's own source only when nothing does.
 
+use std::collections::BTreeMap;
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -324,10 +325,7 @@ fn restore_pg(c: &RestoreCmd, ctx: &Context, m: &Manifest, src: &Source) -> Resu
         clock.elapsed().as_secs_f64(),
         counts.len()
     ));
-    let previous = swap_pg(c, &conn, &db, &scratch, &at, home.is_some())?;
-    for (t, n) in &counts {
-        say(format!("  {t}: {n} rows"));
-    }
+    let previous = swap_pg(c, &conn, &db, &scratch, &at, home.is_some(), &counts)?;
     let mut report = json!({
         "restored": c.file.display().to_string(),
         "kind": "pg",
@@ -352,8 +350,8 @@ fn drop_scratch(conn: &Conn, scratch: &str, db: &str, e: anyhow::Error) -> anyho
     ))
 }
 
-/// Put the verified copy in the live database's place (the live one, if any, renamed
-/// to `<db>_before_<at>`), then keep the newest `--keep-previous` of those.
+/// Put the verified copy `scratch` in the live database `db`'s place (the live one, if
+/// any, renamed to `<db>_before_<at>`), then keep the newest `--keep-previous` of those.
 fn swap_pg(
     c: &RestoreCmd,
     conn: &Conn,
@@ -361,6 +359,7 @@ fn swap_pg(
     scratch: &str,
     at: &str,
     exists: bool,
+    counts: &BTreeMap<String, u64>,
 ) -> Result<Previous> {
     let unchanged = |e: anyhow::Error| drop_scratch(conn, scratch, db, e);
     let before_prefix = tag_prefix(db, BEFORE_TAG, DB_NAME_MAX);
@@ -379,6 +378,9 @@ fn swap_pg(
             "swapped: {db} now holds the backup; the replaced database is {b}"
         )),
         None => msg::info(format!("created database {db} from the backup")),
+    }
+    for (t, n) in counts {
+        say(format!("  {t}: {n} rows"));
     }
     let previous = prune_previous(
         "database",
