@@ -14,7 +14,8 @@ use clap::Args;
 use serde_json::{json, Map};
 
 use crate::store::{self, Kind, Manifest, Target};
-use crate::{run_verify, say, set_quiet, CheckLevel, Monitor, Server, Storage, VerifyCmd};
+use crate::verify::run as run_verify;
+use crate::{say, set_quiet, CheckLevel, Helper, Monitor, Server, Storage, VerifyCmd};
 use berth_core::cli::CommonArgs;
 
 /// The name of a drill's stage in its ledger record.
@@ -82,7 +83,9 @@ pub fn run(c: DrillCmd) -> Result<ExitCode> {
         level: CheckLevel::Restore,
         identity: c.identity.clone(),
         server: c.server.clone(),
-        helper_image: String::new(),
+        helper: Helper {
+            image: String::new(),
+        },
         storage: c.storage.clone(),
         common: c.common.clone(),
     });

@@ -341,7 +341,7 @@ pub fn run_copy(c: CopyCmd) -> Result<berth_core::ExitCode> {
         path: c.file.clone(),
         manifest,
     };
-    let pins = crate::pinned(&ctx.state_dir).unwrap_or_default();
+    let pins = crate::prune::pinned(&ctx.state_dir).unwrap_or_default();
     let mut off = c.offsite.clone();
     off.require_copy = true;
     let mut detail = Map::new();
@@ -492,57 +492,8 @@ pub fn fetch(dest: &Dest, restic: &Restic, what: &str, dir: &Path) -> Result<Pat
     store::prepare_dir(dir)?;
     let tmp = tempfile::Builder::new().prefix(".fetch-").tempdir_in(dir)?;
     let archive_name = match dest {
-        Dest::Restic(repo) => {
-            let snaps = snapshots(restic, repo, None).map_err(|e| fail!(Backup, "{e}"))?;
-            let snap = snaps
-                .iter()
-                .find(|s| s.id.starts_with(what) || s.short_id == what)
-                .ok_or_else(|| {
-                    fail!(
-                        Backup,
-                        "no berth snapshot {what:?} in {dest} (see berth-backup list --remote)"
-                    )
-                })?;
-            let file = snap
-                .file
-                .clone()
-                .ok_or_else(|| fail!(Backup, "snapshot {what} holds no archive"))?;
-            for p in &snap.paths {
-                let name = Path::new(p).file_name().unwrap_or_default();
-                let out = std::fs::File::create(tmp.path().join(name))?;
-                let dumped = restic
-                    .cmd(repo)
-                    .args(["dump", &snap.id, p])
-                    .stage_timeout()
-                    .run_shaped(|e| e.stdout_file(out).stderr_capture())
-                    .map_err(|e| fail!(Backup, "restic dump {p}: {e}"))?;
-                if !dumped.status.success() {
-                    let why = berth_core::process::last_lines(
-                        &String::from_utf8_lossy(&dumped.stderr),
-                        1,
-                    );
-                    return Err(fail!(
-                        Backup,
-                        "{}",
-                        scrub::scrub(&format!("restic dump {p}: {why}"), &[])
-                    ));
-                }
-            }
-            file
-        }
-        Dest::Rclone(remote) => {
-            for name in [what.to_string(), format!("{what}.json")] {
-                run(
-                    &Cmd::new("rclone")
-                        .arg("copyto")
-                        .arg(format!("{remote}/{name}"))
-                        .arg(tmp.path().join(&name)),
-                    "rclone copyto",
-                )
-                .map_err(|e| fail!(Backup, "{e}"))?;
-            }
-            what.to_string()
-        }
+        Dest::Restic(repo) => fetch_restic(restic, repo, dest, what, tmp.path())?,
+        Dest::Rclone(remote) => fetch_rclone(remote, what, tmp.path())?,
     };
     let local_tmp = tmp.path().join(&archive_name);
     let manifest = Manifest::read_for(&local_tmp)?
@@ -568,6 +519,64 @@ pub fn fetch(dest: &Dest, restic: &Restic, what: &str, dir: &Path) -> Result<Pat
     berth_core::fsutil::sync_dir(dir);
     say(format!("fetched {archive_name} from {dest} (checksum ok)"));
     Ok(dest_path)
+}
+
+/// Dump the files of restic snapshot `what` into `into`; the archive's name.
+fn fetch_restic(
+    restic: &Restic,
+    repo: &str,
+    dest: &Dest,
+    what: &str,
+    into: &Path,
+) -> Result<String> {
+    let snaps = snapshots(restic, repo, None).map_err(|e| fail!(Backup, "{e}"))?;
+    let snap = snaps
+        .iter()
+        .find(|s| s.id.starts_with(what) || s.short_id == what)
+        .ok_or_else(|| {
+            fail!(
+                Backup,
+                "no berth snapshot {what:?} in {dest} (see berth-backup list --remote)"
+            )
+        })?;
+    let file = snap
+        .file
+        .clone()
+        .ok_or_else(|| fail!(Backup, "snapshot {what} holds no archive"))?;
+    for p in &snap.paths {
+        let name = Path::new(p).file_name().unwrap_or_default();
+        let out = std::fs::File::create(into.join(name))?;
+        let dumped = restic
+            .cmd(repo)
+            .args(["dump", &snap.id, p])
+            .stage_timeout()
+            .run_shaped(|e| e.stdout_file(out).stderr_capture())
+            .map_err(|e| fail!(Backup, "restic dump {p}: {e}"))?;
+        if !dumped.status.success() {
+            let why = berth_core::process::last_lines(&String::from_utf8_lossy(&dumped.stderr), 1);
+            return Err(fail!(
+                Backup,
+                "{}",
+                scrub::scrub(&format!("restic dump {p}: {why}"), &[])
+            ));
+        }
+    }
+    Ok(file)
+}
+
+/// Copy `what` and its manifest from the rclone remote into `into`; the archive's name.
+fn fetch_rclone(remote: &str, what: &str, into: &Path) -> Result<String> {
+    for name in [what.to_string(), format!("{what}.json")] {
+        run(
+            &Cmd::new("rclone")
+                .arg("copyto")
+                .arg(format!("{remote}/{name}"))
+                .arg(into.join(&name)),
+            "rclone copyto",
+        )
+        .map_err(|e| fail!(Backup, "{e}"))?;
+    }
+    Ok(what.to_string())
 }
 
 #[cfg(test)]

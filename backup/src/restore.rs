@@ -8,25 +8,27 @@
 //! The target is what the command line names (`--database`, the URL's database, the
 //! service's `POSTGRES_DB`, `--volume`); the backup's own source only when nothing does.
 
+use std::collections::BTreeMap;
 use std::io::IsTerminal;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::Result;
 use berth_core::cli::Context;
 use berth_core::process::quote;
-use berth_core::{fail, lock, msg, time, ExitCode, Failure};
+use berth_core::{fail, msg, time, ExitCode, Failure};
 use serde_json::json;
 
 use crate::crypt::Source;
+use crate::job::{backup_pg, backup_volume, lock_target, Job};
+use crate::list::age;
 use crate::offsite;
-use crate::pg::{self, ident};
-use crate::store::{self, Kind, Manifest, Target, Verification};
+use crate::pg::ident;
+use crate::pg::Conn;
+use crate::store::{self, Entry, Kind, Manifest, Target, Verification};
+use crate::verify::{check_checksum, check_counts};
 use crate::volume::{self, SwitchFailed};
-use crate::{
-    age, backup_pg, backup_volume, catch_signals, check_checksum, check_interrupted, say,
-    set_quiet, Job, RestoreCmd,
-};
+use crate::{check_interrupted, say, set_quiet, RestoreCmd};
 
 /// The tag of the copy a restore builds beside the live database or volume.
 pub const SCRATCH_TAG: &str = "berth_restore";
@@ -120,18 +122,6 @@ fn confirm(yes: bool, what: &str, expected: &str) -> Result<()> {
         return Err(Failure::usage("not confirmed; nothing was changed").into());
     }
     Ok(())
-}
-
-/// Hold the target's lock for the rest of the restore; catch signals from then on.
-fn lock_target(c: &RestoreCmd, ctx: &Context, target: &Target) -> Result<lock::Lock> {
-    let lock = lock::acquire(
-        &ctx.state_dir,
-        &target.lock_name(),
-        c.storage.lock_wait,
-        None,
-    )?;
-    catch_signals();
-    Ok(lock)
 }
 
 /// The backup of the current data taken before it is replaced.
@@ -234,32 +224,8 @@ fn previous_line(what: &str, name: &str, exists: bool, keep: u32) -> String {
     }
 }
 
-/// The rows counted in the restored copy against the manifest's: one line naming what differs.
-fn check_counts(m: &Manifest, got: &std::collections::BTreeMap<String, u64>) -> Result<()> {
-    let problems = match (&m.row_counts, m.tables) {
-        (Some(want), _) => pg::compare_counts(want, got)
-            .into_iter()
-            .map(|p| p.replace(", expected ", ", the manifest says "))
-            .collect(),
-        (None, Some(t)) if got.len() as u64 != t => {
-            vec![format!(
-                "{} tables restored, the manifest says {t}",
-                got.len()
-            )]
-        }
-        _ => Vec::new(),
-    };
-    if problems.is_empty() {
-        return Ok(());
-    }
-    Err(fail!(
-        Backup,
-        "restore verification failed: {}",
-        problems.join("; ")
-    ))
-}
-
-fn restore_pg(c: &RestoreCmd, ctx: &Context, m: &Manifest, src: &Source) -> Result<ExitCode> {
+/// The database to restore into, and what named it.
+fn pg_target(c: &RestoreCmd, ctx: &Context, m: &Manifest) -> Result<(Conn, String, String)> {
     if !c.server.given() {
         return Err(
             Failure::usage("restoring a database needs --service SERVICE or --url URL").into(),
@@ -273,6 +239,11 @@ fn restore_pg(c: &RestoreCmd, ctx: &Context, m: &Manifest, src: &Source) -> Resu
             return Err(Failure::usage("name the database to restore into: --database NAME").into())
         }
     };
+    Ok((conn, db, by))
+}
+
+/// The plan of a database restore, on stderr.
+fn pg_plan(c: &RestoreCmd, m: &Manifest, conn: &Conn, db: &str, by: &str) -> Result<()> {
     let source = if m.target == db {
         "the database the backup was taken from".to_string()
     } else {
@@ -283,10 +254,10 @@ fn restore_pg(c: &RestoreCmd, ctx: &Context, m: &Manifest, src: &Source) -> Resu
     };
     let into = format!(
         "database {db} on {} (named by {by}; {source})",
-        conn.source(&db)
+        conn.source(db)
     );
-    let exists = conn.home_of(&db)?.is_some();
-    let scratch_prefix = tag_prefix(&db, SCRATCH_TAG, DB_NAME_MAX);
+    let exists = conn.home_of(db)?.is_some();
+    let scratch_prefix = tag_prefix(db, SCRATCH_TAG, DB_NAME_MAX);
     let check = match (&m.row_counts, m.tables) {
         (Some(r), _) => format!(
             "the row counts of its {} tables against the manifest",
@@ -299,12 +270,18 @@ fn restore_pg(c: &RestoreCmd, ctx: &Context, m: &Manifest, src: &Source) -> Resu
         m,
         &c.file,
         &[
-            ("into", into.clone()),
+            ("into", into),
             ("method", format!("restored into {scratch_prefix}<UTC time> beside it; {check} checked; only then the names swapped")),
-            ("previous", previous_line("database", &db, exists, c.keep_previous)),
+            ("previous", previous_line("database", db, exists, c.keep_previous)),
         ],
         !c.no_safety_backup,
     );
+    Ok(())
+}
+
+fn restore_pg(c: &RestoreCmd, ctx: &Context, m: &Manifest, src: &Source) -> Result<ExitCode> {
+    let (conn, db, by) = pg_target(c, ctx, m)?;
+    pg_plan(c, m, &conn, &db, &by)?;
     check_checksum(&c.file, m)?;
     msg::info("checksum ok");
     confirm(c.yes, &format!("database {db}"), &db)?;
@@ -313,28 +290,19 @@ fn restore_pg(c: &RestoreCmd, ctx: &Context, m: &Manifest, src: &Source) -> Resu
         project: ctx.project.clone(),
         name: db.clone(),
     };
-    let _lock = lock_target(c, ctx, &target)?;
-    let is_scratch = |n: &String| tagged_order(n, &scratch_prefix).is_some();
-    let mut leftovers = Vec::new();
-    for l in conn
-        .databases_starting(&scratch_prefix)?
-        .into_iter()
-        .filter(is_scratch)
-    {
-        conn.drop_database(&l)?;
-        msg::info(format!(
-            "dropped database {l}, left by an interrupted restore"
-        ));
-        leftovers.push(l);
-    }
+    let _lock = lock_target(ctx, &target, c.storage.lock_wait, None)?;
+    let scratch_prefix = tag_prefix(&db, SCRATCH_TAG, DB_NAME_MAX);
+    let leftovers = drop_leftovers(
+        "dropped database",
+        &scratch_prefix,
+        conn.databases_starting(&scratch_prefix),
+        |l| conn.drop_database(l),
+    )?;
     let home = conn.home_of(&db)?;
-    let mut safety = None;
-    if home.is_some() && !c.no_safety_backup {
-        let e = backup_pg(&conn, &db, &safety_job(c, ctx, &target))
-            .map_err(|e| e.context("the safety backup failed; nothing was restored"))?;
-        msg::info(format!("safety backup: {}", e.path.display()));
-        safety = Some(e.path);
-    }
+    let safety = match home.is_some() && !c.no_safety_backup {
+        true => safety_backup(|| backup_pg(&conn, &db, &safety_job(c, ctx, &target)))?,
+        false => None,
+    };
     let at = stamp();
     let scratch = fresh_name(&scratch_prefix, &at, &[]);
     say(format!("restoring {} into {scratch}", c.file.display()));
@@ -346,37 +314,64 @@ fn restore_pg(c: &RestoreCmd, ctx: &Context, m: &Manifest, src: &Source) -> Resu
         conn.restore_into(src, &scratch)?;
         check_interrupted()?;
         let counts = conn.counts(&scratch)?;
-        check_counts(m, &counts)?;
+        check_counts(m, &counts, "the manifest says")?;
         check_interrupted()?;
         Ok(counts)
     })();
-    let unchanged = |e: anyhow::Error| {
-        if let Err(d) = conn.drop_database(&scratch) {
-            msg::warn(format!(
-                "could not drop {scratch} ({d:#}); the next restore drops it"
-            ));
-        }
-        e.context(format!(
-            "nothing was changed: database {db} is as it was, the restored copy dropped"
-        ))
-    };
-    let counts = built.map_err(unchanged)?;
+    let counts = built.map_err(|e| drop_scratch(&conn, &scratch, &db, e))?;
     let rows: u64 = counts.values().sum();
     msg::info(format!(
         "restored and verified in {:.1}s: {} tables, {rows} rows, as the manifest says",
         clock.elapsed().as_secs_f64(),
         counts.len()
     ));
-    let before_prefix = tag_prefix(&db, BEFORE_TAG, DB_NAME_MAX);
-    let before = match home {
-        Some(_) => Some(fresh_name(
+    let previous = swap_pg(c, &conn, &db, &scratch, &at, home.is_some(), &counts)?;
+    let mut report = json!({
+        "restored": c.file.display().to_string(),
+        "kind": "pg",
+        "database": db,
+        "source_database": m.target,
+    });
+    previous.fill(&mut report, safety, leftovers);
+    report["tables"] = json!(counts);
+    println!("{report}");
+    Ok(ExitCode::Success)
+}
+
+/// A failed restore into `scratch`: the copy dropped, the error saying nothing changed.
+fn drop_scratch(conn: &Conn, scratch: &str, db: &str, e: anyhow::Error) -> anyhow::Error {
+    if let Err(d) = conn.drop_database(scratch) {
+        msg::warn(format!(
+            "could not drop {scratch} ({d:#}); the next restore drops it"
+        ));
+    }
+    e.context(format!(
+        "nothing was changed: database {db} is as it was, the restored copy dropped"
+    ))
+}
+
+/// Put the verified copy `scratch` in the live database `db`'s place (the live one, if
+/// any, renamed to `<db>_before_<at>`), then keep the newest `--keep-previous` of those.
+fn swap_pg(
+    c: &RestoreCmd,
+    conn: &Conn,
+    db: &str,
+    scratch: &str,
+    at: &str,
+    exists: bool,
+    counts: &BTreeMap<String, u64>,
+) -> Result<Previous> {
+    let unchanged = |e: anyhow::Error| drop_scratch(conn, scratch, db, e);
+    let before_prefix = tag_prefix(db, BEFORE_TAG, DB_NAME_MAX);
+    let before = match exists {
+        true => Some(fresh_name(
             &before_prefix,
-            &at,
+            at,
             &conn.databases_starting(&before_prefix).map_err(unchanged)?,
         )),
-        None => None,
+        false => None,
     };
-    conn.swap_in(&scratch, &db, before.as_deref())
+    conn.swap_in(scratch, db, before.as_deref())
         .map_err(|e| unchanged(e.context(format!("swapping {scratch} in for {db}"))))?;
     match &before {
         Some(b) => msg::info(format!(
@@ -384,26 +379,24 @@ fn restore_pg(c: &RestoreCmd, ctx: &Context, m: &Manifest, src: &Source) -> Resu
         )),
         None => msg::info(format!("created database {db} from the backup")),
     }
-    for (t, n) in &counts {
+    for (t, n) in counts {
         say(format!("  {t}: {n} rows"));
     }
-    let (kept, dropped) = prune_previous(
+    let previous = prune_previous(
         "database",
         &before_prefix,
         c.keep_previous,
+        before,
         conn.databases_starting(&before_prefix),
         |d| conn.drop_database(d),
     );
-    if let Some(b) = before.as_ref().filter(|b| kept.contains(b)) {
+    if let Some(b) = &previous.kept_before {
         let back = format!(
             "ALTER DATABASE {} RENAME TO {}; ALTER DATABASE {} RENAME TO {}",
-            ident(&db),
-            ident(&format!(
-                "{}{at}",
-                tag_prefix(&db, "discarded", DB_NAME_MAX)
-            )),
+            ident(db),
+            ident(&format!("{}{at}", tag_prefix(db, "discarded", DB_NAME_MAX))),
             ident(b),
-            ident(&db)
+            ident(db)
         );
         msg::info(format!(
             "kept the replaced database as {b} (--keep-previous {}); to go back, stop the app and run: {} -c {}",
@@ -412,20 +405,53 @@ fn restore_pg(c: &RestoreCmd, ctx: &Context, m: &Manifest, src: &Source) -> Resu
             quote(&back)
         ));
     }
-    let report = json!({
-        "restored": c.file.display().to_string(),
-        "kind": "pg",
-        "database": db,
-        "source_database": m.target,
-        "safety_backup": safety.as_ref().map(|p| p.display().to_string()),
-        "previous": before.filter(|b| kept.contains(b)),
-        "previous_kept": kept,
-        "previous_dropped": dropped,
-        "leftovers_dropped": leftovers,
-        "tables": counts,
-    });
-    println!("{report}");
-    Ok(ExitCode::Success)
+    Ok(previous)
+}
+
+/// Drop what an interrupted restore left (names `<prefix><UTC time>`): `done` says how
+/// (`dropped database`, `removed volume`); the names.
+fn drop_leftovers(
+    done: &str,
+    prefix: &str,
+    listed: Result<Vec<String>>,
+    drop: impl Fn(&str) -> Result<()>,
+) -> Result<Vec<String>> {
+    let mut out = Vec::new();
+    for l in listed?
+        .into_iter()
+        .filter(|n| tagged_order(n, prefix).is_some())
+    {
+        drop(&l)?;
+        msg::info(format!("{done} {l}, left by an interrupted restore"));
+        out.push(l);
+    }
+    Ok(out)
+}
+
+/// The backup of the current data, taken before it is replaced; its path.
+fn safety_backup(take: impl FnOnce() -> Result<Entry>) -> Result<Option<PathBuf>> {
+    let e = take().map_err(|e| e.context("the safety backup failed; nothing was restored"))?;
+    msg::info(format!("safety backup: {}", e.path.display()));
+    Ok(Some(e.path))
+}
+
+/// The replaced databases or volumes after a restore.
+struct Previous {
+    /// The one this restore replaced, when it is kept.
+    kept_before: Option<String>,
+    kept: Vec<String>,
+    dropped: Vec<String>,
+}
+
+impl Previous {
+    /// The report's fields on what was replaced, kept, dropped and cleaned up.
+    fn fill(self, report: &mut serde_json::Value, safety: Option<PathBuf>, leftovers: Vec<String>) {
+        report["safety_backup"] = json!(safety.as_ref().map(|p| p.display().to_string()));
+        report["previous"] = json!(self.kept_before);
+        report["previous_kept"] = json!(self.kept);
+        report["previous_dropped"] = json!(self.dropped);
+        report["leftovers_dropped"] = json!(leftovers);
+    }
 }
 
 /// Keep the newest `keep` replaced databases or volumes, drop the others (a failure to
@@ -434,16 +460,17 @@ fn prune_previous(
     what: &str,
     prefix: &str,
     keep: u32,
+    before: Option<String>,
     listed: Result<Vec<String>>,
     drop: impl Fn(&str) -> Result<()>,
-) -> (Vec<String>, Vec<String>) {
+) -> Previous {
     let names = match listed {
         Ok(n) => n,
         Err(e) => {
             msg::warn(format!(
                 "could not list the replaced {what}s ({e:#}); none dropped"
             ));
-            return (Vec::new(), Vec::new());
+            Vec::new()
         }
     };
     let (kept, old) = keep_newest(&names, prefix, keep);
@@ -459,10 +486,15 @@ fn prune_previous(
             Err(e) => msg::warn(format!("could not drop the replaced {what} {d}: {e:#}")),
         }
     }
-    (kept, dropped)
+    Previous {
+        kept_before: before.filter(|b| kept.contains(b)),
+        kept,
+        dropped,
+    }
 }
 
-fn restore_volume(c: &RestoreCmd, ctx: &Context, m: &Manifest, src: &Source) -> Result<ExitCode> {
+/// The volume to restore into, and what named it; the plan of its restore, on stderr.
+fn volume_plan(c: &RestoreCmd, m: &Manifest) -> String {
     let (real, by) = match (&c.volume, &m.volume) {
         (Some(v), _) => (v.clone(), "--volume"),
         (None, Some(v)) => (v.clone(), FROM_MANIFEST),
@@ -484,6 +516,11 @@ fn restore_volume(c: &RestoreCmd, ctx: &Context, m: &Manifest, src: &Source) -> 
         ],
         !c.no_safety_backup,
     );
+    real
+}
+
+fn restore_volume(c: &RestoreCmd, ctx: &Context, m: &Manifest, src: &Source) -> Result<ExitCode> {
+    let real = volume_plan(c, m);
     check_checksum(&c.file, m)?;
     msg::info("checksum ok");
     let entries = volume::read_archive(src)?;
@@ -499,35 +536,25 @@ fn restore_volume(c: &RestoreCmd, ctx: &Context, m: &Manifest, src: &Source) -> 
         project: ctx.project.clone(),
         name: m.target.clone(),
     };
-    let _lock = lock_target(c, ctx, &target)?;
-    let mut leftovers = Vec::new();
-    for l in volume::starting(&staging_prefix)? {
-        if tagged_order(&l, &staging_prefix).is_some() {
-            volume::remove(&l)?;
-            msg::info(format!(
-                "removed volume {l}, left by an interrupted restore"
-            ));
-            leftovers.push(l);
-        }
-    }
+    let _lock = lock_target(ctx, &target, c.storage.lock_wait, None)?;
+    let staging_prefix = tag_prefix(&real, SCRATCH_TAG, VOLUME_NAME_MAX);
+    let leftovers = drop_leftovers(
+        "removed volume",
+        &staging_prefix,
+        volume::starting(&staging_prefix),
+        volume::remove,
+    )?;
     let exists = volume::exists(&real);
-    let mut safety = None;
-    if !c.no_safety_backup && exists {
-        let e = backup_volume(
-            ctx,
-            &real,
-            &c.stop,
-            &c.helper_image,
-            &safety_job(c, ctx, &target),
-        )
-        .map_err(|e| e.context("the safety backup failed; nothing was restored"))?;
-        msg::info(format!("safety backup: {}", e.path.display()));
-        safety = Some(e.path);
-    }
+    let safety = match exists && !c.no_safety_backup {
+        true => safety_backup(|| {
+            let job = safety_job(c, ctx, &target);
+            backup_volume(ctx, &real, &c.stop, &c.helper.image, &job)
+        })?,
+        false => None,
+    };
     let at = stamp();
     let staging = fresh_name(&staging_prefix, &at, &[]);
-    let project = ctx.project.as_str();
-    let image = c.helper_image.as_str();
+    let (project, image) = (ctx.project.as_str(), c.helper.image.as_str());
     say(format!(
         "restoring {} into volume {staging}",
         c.file.display()
@@ -545,65 +572,107 @@ fn restore_volume(c: &RestoreCmd, ctx: &Context, m: &Manifest, src: &Source) -> 
         }
         check_interrupted()
     })();
-    let unchanged = |e: anyhow::Error| {
-        if let Err(d) = volume::remove(&staging) {
-            msg::warn(format!(
-                "could not remove volume {staging} ({d:#}); the next restore removes it"
-            ));
-        }
-        e.context(format!("nothing was changed: volume {real} is as it was"))
-    };
-    built.map_err(unchanged)?;
+    built.map_err(|e| remove_staging(&staging, &real, e))?;
     say(format!(
         "verified: {entries} entries in {staging}, as in the archive"
     ));
-    let before_prefix = tag_prefix(&real, BEFORE_TAG, VOLUME_NAME_MAX);
-    let mut before = None;
-    {
-        let compose = ctx.compose();
-        let mut stopped = volume::Stopped::stop(&compose, &c.stop).map_err(unchanged)?;
-        let switched = if exists {
-            let taken = volume::starting(&before_prefix).map_err(unchanged)?;
-            let b = fresh_name(&before_prefix, &at, &taken);
-            volume::create(project, &b, &[("berth.backup.before", &real)]).map_err(unchanged)?;
-            let res = volume::switch(project, image, &real, &b, &staging);
-            before = Some(b);
-            res
-        } else {
-            volume::create(project, &real, &[])
-                .map_err(|e| SwitchFailed::Untouched(format!("{e:#}")))
-                .and_then(|_| {
-                    volume::extract(project, image, src, &real, false)
-                        .map_err(|e| SwitchFailed::HalfWay(format!("{e:#}")))
-                })
-        };
-        let restarted = stopped.restart();
-        if let Err(f) = switched {
-            let b = before.clone().unwrap_or_default();
-            return Err(match f {
-                SwitchFailed::Untouched(why) => {
-                    if !b.is_empty() {
-                        let _ = volume::remove(&b);
-                    }
-                    unchanged(fail!(Backup, "copying the old content aside failed: {why}"))
-                }
-                SwitchFailed::PutBack(why) => unchanged(fail!(
-                    Backup,
-                    "copying the restored content in failed, the old content was put back (a copy is in volume {b}): {why}"
-                )),
-                SwitchFailed::HalfWay(why) if b.is_empty() => {
-                    fail!(Backup, "restoring into the new volume {real} failed: {why}")
-                }
-                SwitchFailed::HalfWay(why) => fail!(
-                    Backup,
-                    "the switch failed half-way: volume {real} may be incomplete; the old content is in volume {b}, the verified new content in {staging}: {why}"
-                ),
-            });
-        }
-        restarted?;
+    let before = switch_volume(c, ctx, src, &real, &staging, &at, exists)?;
+    let previous = after_switch(c, ctx, &real, &staging, before, entries)?;
+    let mut report = json!({
+        "restored": c.file.display().to_string(),
+        "kind": "volume",
+        "volume": real,
+        "entries": entries,
+    });
+    previous.fill(&mut report, safety, leftovers);
+    println!("{report}");
+    Ok(ExitCode::Success)
+}
+
+/// A failed restore into `staging`: the volume removed, the error saying nothing changed.
+fn remove_staging(staging: &str, real: &str, e: anyhow::Error) -> anyhow::Error {
+    if let Err(d) = volume::remove(staging) {
+        msg::warn(format!(
+            "could not remove volume {staging} ({d:#}); the next restore removes it"
+        ));
     }
-    let _ = volume::remove(&staging);
-    let got = volume::count(project, image, &real)?;
+    e.context(format!("nothing was changed: volume {real} is as it was"))
+}
+
+/// With the services in `--stop` stopped: the live content copied aside into a new
+/// `<volume>_before_<at>` and the verified content copied in (or, no live volume, the
+/// archive extracted into a new one); the services started again whatever happened.
+/// The `before` volume.
+fn switch_volume(
+    c: &RestoreCmd,
+    ctx: &Context,
+    src: &Source,
+    real: &str,
+    staging: &str,
+    at: &str,
+    exists: bool,
+) -> Result<Option<String>> {
+    let unchanged = |e: anyhow::Error| remove_staging(staging, real, e);
+    let (project, image) = (ctx.project.as_str(), c.helper.image.as_str());
+    let before_prefix = tag_prefix(real, BEFORE_TAG, VOLUME_NAME_MAX);
+    let mut before = None;
+    let compose = ctx.compose();
+    let mut stopped = volume::Stopped::stop(&compose, &c.stop).map_err(unchanged)?;
+    let switched = if exists {
+        let taken = volume::starting(&before_prefix).map_err(unchanged)?;
+        let b = fresh_name(&before_prefix, at, &taken);
+        volume::create(project, &b, &[("berth.backup.before", real)]).map_err(unchanged)?;
+        let res = volume::switch(project, image, real, &b, staging);
+        before = Some(b);
+        res
+    } else {
+        volume::create(project, real, &[])
+            .map_err(|e| SwitchFailed::Untouched(format!("{e:#}")))
+            .and_then(|_| {
+                volume::extract(project, image, src, real, false)
+                    .map_err(|e| SwitchFailed::HalfWay(format!("{e:#}")))
+            })
+    };
+    let restarted = stopped.restart();
+    if let Err(f) = switched {
+        let b = before.clone().unwrap_or_default();
+        return Err(match f {
+            SwitchFailed::Untouched(why) => {
+                if !b.is_empty() {
+                    let _ = volume::remove(&b);
+                }
+                unchanged(fail!(Backup, "copying the old content aside failed: {why}"))
+            }
+            SwitchFailed::PutBack(why) => unchanged(fail!(
+                Backup,
+                "copying the restored content in failed, the old content was put back (a copy is in volume {b}): {why}"
+            )),
+            SwitchFailed::HalfWay(why) if b.is_empty() => {
+                fail!(Backup, "restoring into the new volume {real} failed: {why}")
+            }
+            SwitchFailed::HalfWay(why) => fail!(
+                Backup,
+                "the switch failed half-way: volume {real} may be incomplete; the old content is in volume {b}, the verified new content in {staging}: {why}"
+            ),
+        });
+    }
+    restarted?;
+    Ok(before)
+}
+
+/// After the switch: the staging volume removed, the live one's entries counted, the
+/// newest `--keep-previous` replaced volumes kept.
+fn after_switch(
+    c: &RestoreCmd,
+    ctx: &Context,
+    real: &str,
+    staging: &str,
+    before: Option<String>,
+    entries: u64,
+) -> Result<Previous> {
+    let image = c.helper.image.as_str();
+    let _ = volume::remove(staging);
+    let got = volume::count(&ctx.project, image, real)?;
     if got != entries {
         return Err(fail!(
             Backup,
@@ -612,34 +681,22 @@ fn restore_volume(c: &RestoreCmd, ctx: &Context, m: &Manifest, src: &Source) -> 
         ));
     }
     msg::info(format!("restored {entries} entries into volume {real}"));
-    let (kept, dropped) = prune_previous(
+    let before_prefix = tag_prefix(real, BEFORE_TAG, VOLUME_NAME_MAX);
+    let previous = prune_previous(
         "volume",
         &before_prefix,
         c.keep_previous,
+        before,
         volume::starting(&before_prefix),
         volume::remove,
     );
-    if let Some(b) = before.as_ref().filter(|b| kept.contains(b)) {
+    if let Some(b) = &previous.kept_before {
         msg::info(format!(
             "kept the old content as volume {b} (--keep-previous {}); to go back: docker run --rm -v {b}:/from:ro -v {real}:/to {image} sh -c 'find /to -mindepth 1 -delete && cp -a /from/. /to/'",
             c.keep_previous
         ));
     }
-    println!(
-        "{}",
-        json!({
-            "restored": c.file.display().to_string(),
-            "kind": "volume",
-            "volume": real,
-            "entries": entries,
-            "safety_backup": safety.as_ref().map(|p| p.display().to_string()),
-            "previous": before.filter(|b| kept.contains(b)),
-            "previous_kept": kept,
-            "previous_dropped": dropped,
-            "leftovers_dropped": leftovers,
-        })
-    );
-    Ok(ExitCode::Success)
+    Ok(previous)
 }
 
 #[cfg(test)]

@@ -236,6 +236,14 @@ impl Manifest {
     }
 }
 
+/// A path's last component, as text.
+pub fn file_name(p: &Path) -> String {
+    p.file_name()
+        .unwrap_or_default()
+        .to_string_lossy()
+        .to_string()
+}
+
 pub fn manifest_path(archive: &Path) -> PathBuf {
     let mut s = archive.as_os_str().to_os_string();
     s.push(".json");

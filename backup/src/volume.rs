@@ -22,10 +22,7 @@ pub fn resolve(compose: &Compose, name: &str) -> Result<String> {
         .and_then(|v| v.as_str())
         .map(str::to_string)
         .unwrap_or_else(|| name.to_string());
-    match docker::docker()
-        .args(["volume", "inspect", "--format", "{{.Name}}", &real])
-        .read()
-    {
+    match docker::volume_inspect(&real).read() {
         Ok(_) => Ok(real),
         Err(ProcessError::Failed { stderr, .. }) => Err(fail!(
             Backup,
@@ -50,23 +47,13 @@ pub fn helper_name(what: &str) -> String {
 
 /// `docker run --rm` of the helper image with our labels, no network, never pulling.
 pub fn helper(project: &str, name: &str, image: &str, mounts: &[String], interactive: bool) -> Cmd {
-    let mut c = docker::docker().args(["run", "--rm", "--pull", "never", "--network", "none"]);
-    if interactive {
-        c = c.arg("-i");
-    }
-    c = c
-        .args(["--name", name])
-        .args(["--label", &format!("{LABEL_PROJECT}={project}")])
-        .args(["--label", &format!("{LABEL_HELPER}=1")]);
-    for m in mounts {
-        c = c.args(["-v", m]);
-    }
-    c.arg(image)
+    let labels = [(LABEL_PROJECT, project), (LABEL_HELPER, "1")];
+    docker::run_helper(name, image, &labels, mounts, interactive)
 }
 
 /// Remove a helper container if it is still there (after a failure or an interrupt).
 pub fn remove_helper(name: &str) {
-    let _ = docker::docker().args(["rm", "-f", name]).output();
+    let _ = docker::remove_force(&[name], false).output();
 }
 
 /// `tar -czf -` of the volume, mounted read-only.
@@ -121,13 +108,11 @@ fn read_stream(f: std::fs::File) -> Result<u64> {
 
 /// Create a volume with berth's project label and `labels`.
 pub fn create(project: &str, name: &str, labels: &[(&str, &str)]) -> Result<()> {
-    let mut c = docker::docker()
-        .args(["volume", "create", "--label"])
-        .arg(format!("{LABEL_PROJECT}={project}"));
-    for (k, v) in labels {
-        c = c.args(["--label", &format!("{k}={v}")]);
-    }
-    c.arg(name)
+    let all: Vec<(&str, &str)> = [(LABEL_PROJECT, project)]
+        .into_iter()
+        .chain(labels.iter().copied())
+        .collect();
+    docker::volume_create(name, &all)
         .run()
         .map_err(|e| fail!(Backup, "creating volume {name}: {e}"))?;
     Ok(())
@@ -135,8 +120,7 @@ pub fn create(project: &str, name: &str, labels: &[(&str, &str)]) -> Result<()> 
 
 /// Remove a volume, if it is there.
 pub fn remove(name: &str) -> Result<()> {
-    docker::docker()
-        .args(["volume", "rm", "-f", name])
+    docker::volume_remove(name)
         .run()
         .map_err(|e| fail!(Backup, "removing volume {name}: {e}"))?;
     Ok(())
@@ -144,16 +128,12 @@ pub fn remove(name: &str) -> Result<()> {
 
 /// Whether a docker volume of that name exists.
 pub fn exists(name: &str) -> bool {
-    docker::docker()
-        .args(["volume", "inspect", name])
-        .run()
-        .is_ok()
+    docker::volume_inspect(name).run().is_ok()
 }
 
 /// The volumes whose names start with `prefix`.
 pub fn starting(prefix: &str) -> Result<Vec<String>> {
-    let out = docker::docker()
-        .args(["volume", "ls", "-q"])
+    let out = docker::volume_list()
         .read()
         .map_err(|e| fail!(Backup, "listing volumes: {e}"))?;
     Ok(out
@@ -191,6 +171,20 @@ pub fn restore_count(project: &str, image: &str, file: &Source) -> Result<u64> {
         .map_err(|e| fail!(Backup, "restore verification failed: {e:#}"));
     let _ = remove(&scratch);
     res
+}
+
+/// Restore verification of an archive: read it whole, extract it into a scratch volume,
+/// and check as many entries landed as it holds; that number.
+pub fn verify_restore(project: &str, image: &str, src: &Source) -> Result<u64> {
+    let n = read_archive(src)?;
+    let got = restore_count(project, image, src)?;
+    if got != n {
+        return Err(fail!(
+            Backup,
+            "restore verification failed: the archive holds {n} entries, {got} landed"
+        ));
+    }
+    Ok(n)
 }
 
 /// How a [`switch`] ended badly.
@@ -346,5 +340,35 @@ impl Stopped {
 impl Drop for Stopped {
     fn drop(&mut self) {
         let _ = self.restart();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn argv(c: &Cmd) -> String {
+        c.arg_list()
+            .iter()
+            .map(|a| a.to_string_lossy().to_string())
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+
+    #[test]
+    fn helper_containers_are_labelled_offline_and_never_pulled() {
+        let mounts = ["v:/volume:ro".to_string()];
+        assert_eq!(
+            argv(&tar_cmd("shop", "h1", "img:1", "v")),
+            "run --rm --pull never --network none --name h1 \
+             --label com.docker.compose.project=shop --label berth.backup.helper=1 \
+             -v v:/volume:ro img:1 tar -C /volume -czf - ."
+        );
+        assert_eq!(
+            argv(&helper("shop", "h2", "img:1", &mounts, true)),
+            "run --rm --pull never --network none -i --name h2 \
+             --label com.docker.compose.project=shop --label berth.backup.helper=1 \
+             -v v:/volume:ro img:1"
+        );
     }
 }

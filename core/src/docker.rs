@@ -214,6 +214,65 @@ pub fn image_id(reference: &str) -> Result<Option<String>> {
     }
 }
 
+// verbs used by backup
+
+/// `docker rm -f [-v] ID...`: containers in any state (`volumes`: with their anonymous
+/// volumes).
+pub fn remove_force<S: AsRef<std::ffi::OsStr>>(ids: &[S], volumes: bool) -> Cmd {
+    let c = docker().args(["rm", "-f"]);
+    let c = if volumes { c.arg("-v") } else { c };
+    c.args(ids)
+}
+
+/// `docker volume create [--label KEY=VALUE]... NAME`.
+pub fn volume_create(name: &str, labels: &[(&str, &str)]) -> Cmd {
+    let mut c = docker().args(["volume", "create"]);
+    for (k, v) in labels {
+        c = c.args(["--label", &format!("{k}={v}")]);
+    }
+    c.arg(name)
+}
+
+/// `docker volume rm -f NAME`.
+pub fn volume_remove(name: &str) -> Cmd {
+    docker().args(["volume", "rm", "-f", name])
+}
+
+/// `docker volume inspect --format {{.Name}} NAME`: prints the name; fails when there
+/// is no such volume.
+pub fn volume_inspect(name: &str) -> Cmd {
+    docker().args(["volume", "inspect", "--format", "{{.Name}}", name])
+}
+
+/// `docker volume ls -q`: every volume's name, one a line.
+pub fn volume_list() -> Cmd {
+    docker().args(["volume", "ls", "-q"])
+}
+
+/// `docker run --rm --pull never --network none [-i] --name NAME [--label KEY=VALUE]...
+/// [-v MOUNT]... IMAGE`: a short-lived helper container from a local image, without a
+/// network; its command goes after (more args).
+pub fn run_helper(
+    name: &str,
+    image: &str,
+    labels: &[(&str, &str)],
+    mounts: &[String],
+    interactive: bool,
+) -> Cmd {
+    let mut c = docker().args(["run", "--rm", "--pull", "never", "--network", "none"]);
+    if interactive {
+        c = c.arg("-i");
+    }
+    c = c.args(["--name", name]);
+    for (k, v) in labels {
+        c = c.args(["--label", &format!("{k}={v}")]);
+    }
+    for m in mounts {
+        c = c.args(["-v", m]);
+    }
+    c.arg(image)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

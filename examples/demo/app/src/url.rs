@@ -98,25 +98,19 @@ fn parse_port(p: &str) -> Result<u16> {
         .with_context(|| format!("invalid port {p:?}"))
 }
 
-/// Decodes `%XX` escapes; the result must be UTF-8.
+/// Decodes `%XX` escapes (the `percent-encoding` crate); a `%` without two hex digits
+/// after it is an error, and so is a result that is not UTF-8.
 pub fn percent_decode(s: &str) -> Result<String> {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            let hex = bytes.get(i + 1..i + 3).context("truncated %-escape")?;
-            let hex = std::str::from_utf8(hex).context("invalid %-escape")?;
-            out.push(
-                u8::from_str_radix(hex, 16).with_context(|| format!("invalid %-escape %{hex}"))?,
-            );
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
+    let b = s.as_bytes();
+    let escape_ok = |i: usize| {
+        b.get(i + 1..i + 3)
+            .is_some_and(|h| h.iter().all(u8::is_ascii_hexdigit))
+    };
+    if let Some(i) = (0..b.len()).find(|&i| b[i] == b'%' && !escape_ok(i)) {
+        bail!("invalid %-escape at byte {i}");
     }
-    String::from_utf8(out).context("%-decoded text is not UTF-8")
+    let decoded = percent_encoding::percent_decode_str(s).decode_utf8();
+    Ok(decoded.context("%-decoded text is not UTF-8")?.into_owned())
 }
 
 /// The URL with any password replaced, for error messages and logs.
@@ -202,6 +196,15 @@ mod tests {
         assert!(Url::parse("postgres:///demo").is_err());
         assert!(Url::parse("postgres://u:p%zz@db/x").is_err());
         assert!(Url::parse("redis://[::1").is_err());
+    }
+
+    #[test]
+    fn percent_escapes_must_be_whole_and_utf8() {
+        assert_eq!(percent_decode("50%25%20off").unwrap(), "50% off");
+        assert_eq!(percent_decode("m%C3%BCller").unwrap(), "müller");
+        assert!(percent_decode("p%4").is_err(), "truncated");
+        assert!(percent_decode("p%").is_err(), "truncated");
+        assert!(percent_decode("p%ff").is_err(), "not UTF-8");
     }
 
     #[test]
