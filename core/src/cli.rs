@@ -74,8 +74,8 @@ pub struct CommonArgs {
     pub check_args: bool,
 
     /// The engine that runs the project: compose (this host) or swarm (berth runs on a
-    /// Swarm manager; so far only `berth-swap preflight` supports it, the other commands
-    /// refuse it with exit 64)
+    /// Swarm manager; so far only `berth-swap preflight` and `pull` support it, the other
+    /// commands refuse it with exit 64)
     #[arg(long, value_enum, env = "BERTH_ENGINE", default_value = "compose")]
     pub engine: crate::swarm::Engine,
 

@@ -1,8 +1,9 @@
 //! Docker Swarm as berth's engine (`--engine swarm`, `BERTH_ENGINE=swarm`): berth runs on a
 //! Swarm manager and talks to the stack by its name (the project name).
 //!
-//! So far only `berth-swap preflight` supports Swarm; every other command refuses
-//! `--engine swarm` with one line and exit 64 ([`refuse`]) rather than act on Compose.
+//! So far only `berth-swap preflight` and `berth-swap pull` support Swarm; every other
+//! command refuses `--engine swarm` with one line and exit 64 ([`refuse`]) rather than
+//! act on Compose.
 
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
@@ -24,7 +25,7 @@ pub enum Engine {
 }
 
 /// The commands that work with `--engine swarm` so far.
-pub const SUPPORTED: &str = "berth-swap preflight";
+pub const SUPPORTED: &str = "berth-swap preflight and pull";
 
 static COMMAND: OnceLock<String> = OnceLock::new();
 
@@ -44,7 +45,7 @@ pub fn refuse(engine: Engine) -> Result<(), Failure> {
                 .map(String::as_str)
                 .unwrap_or_else(|| crate::msg::program());
             Err(Failure::usage(format!(
-                "--engine swarm: {name} does not support Docker Swarm yet (so far only {SUPPORTED} does); use --engine compose"
+                "--engine swarm: {name} does not support Docker Swarm yet (so far only {SUPPORTED} do); use --engine compose"
             )))
         }
     }

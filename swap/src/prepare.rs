@@ -234,6 +234,9 @@ fn tempfile_in(dir: &std::path::Path) -> std::io::Result<()> {
 }
 
 pub fn pull(args: PullArgs) -> Result<ExitCode> {
+    if args.common.engine == berth_core::swarm::Engine::Swarm {
+        return crate::swarm::pull(args);
+    }
     if args.common.check_args {
         return check_only(&args.services, &args.common);
     }

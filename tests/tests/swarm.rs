@@ -72,14 +72,17 @@ fn project(dir: &Path, name: &str, compose: &str, registry: &str) -> std::path::
     p
 }
 
-const SWARM_PREFLIGHT: &[&str] = &["preflight", "--engine", "swarm", "--tag", "v1"];
-
 /// `berth-swap preflight --engine swarm` on `node`, for the project in `dir`.
 fn preflight(node: &Node, dir: &Path, project: &str) -> (i32, Value, String) {
+    swap_stage(node, dir, project, &["preflight", "--tag", "v1"])
+}
+
+/// `berth-swap ARGS --engine swarm` on `node`: (exit code, document, stderr).
+fn swap_stage(node: &Node, dir: &Path, project: &str, args: &[&str]) -> (i32, Value, String) {
     let out: Output = berth("berth-swap")
         .env("DOCKER_HOST", node.docker_host())
-        .args(SWARM_PREFLIGHT)
-        .args(["-p", project])
+        .args(args)
+        .args(["--engine", "swarm", "-p", project])
         .arg("--project-dir")
         .arg(dir)
         .stdin(Stdio::null())
@@ -172,6 +175,28 @@ fn swarm_preflight_and_lint_on_a_real_three_node_swarm() {
         "a Swarm-ready file has no findings: {stderr}"
     );
 
+    // pull: the tag is in the registry (ID and digest recorded); a tag that is not: exit 2.
+    let (code, doc, stderr) = swap_stage(&tb.manager, &good, stack, &["pull", "--tag", "v1"]);
+    assert_eq!(code, 0, "{stderr}");
+    let pulled = &doc["stages"][0]["detail"]["services"][0];
+    assert_eq!(pulled["image"], image.as_str());
+    let digest = pulled["digest"].as_str().unwrap_or_default();
+    assert!(
+        digest.starts_with(&format!("{}/app@sha256:", tb.registry)),
+        "{pulled}"
+    );
+    let (code, doc, stderr) = swap_stage(&tb.manager, &good, stack, &["pull", "--tag", "v9"]);
+    assert_eq!(code, 2, "{stderr}");
+    assert_eq!(doc["stages"][0]["status"], "failed");
+    let error = doc["stages"][0]["error"].as_str().unwrap_or_default();
+    assert!(
+        error.starts_with(&format!(
+            "web: image {}/app:v9 cannot be pulled from its registry, so no Swarm node could run it: ",
+            tb.registry
+        )),
+        "{error}"
+    );
+
     // The same on a worker: refused, exit 1.
     let (code, doc, stderr) = preflight(&tb.workers[0], &good, stack);
     assert_eq!(code, 1, "{stderr}");
@@ -222,7 +247,7 @@ fn swarm_preflight_and_lint_on_a_real_three_node_swarm() {
     eprintln!("done at {:?}", t0.elapsed());
 }
 
-/// Every command but `berth-swap preflight` refuses Swarm with one line and exit 64,
+/// Every command but `berth-swap preflight` and `pull` refuses Swarm with one line and exit 64,
 /// from the flag and from BERTH_ENGINE alike (as `--check-args`, which scripts/deploy.sh
 /// runs first: nothing runs, nothing changes).
 #[test]
@@ -230,14 +255,25 @@ fn other_commands_refuse_the_swarm_engine() {
     let tmp = tempfile::tempdir().unwrap();
     let cases: &[(&str, &[&str], &str)] = &[
         ("berth-swap", &["--tag", "v1", "web"], "berth-swap"),
-        ("berth-swap", &["pull", "--tag", "v1"], "berth-swap pull"),
+        (
+            "berth-swap",
+            &["maintenance", "on"],
+            "berth-swap maintenance",
+        ),
+        (
+            "berth-migrate",
+            &["--tag", "v1", "web", "--", "true"],
+            "berth-migrate",
+        ),
         ("berth-rollback", &[], "berth-rollback"),
         ("berth-report", &[], "berth-report"),
     ];
     for (bin, args, name) in cases {
         for from_env in [false, true] {
+            // The options go before a `-- CMD`, after the subcommand.
+            let cut = args.iter().position(|a| *a == "--").unwrap_or(args.len());
             let mut c = berth(bin);
-            c.args(*args)
+            c.args(&args[..cut])
                 .arg("--check-args")
                 .arg("--project-dir")
                 .arg(tmp.path())
@@ -247,23 +283,25 @@ fn other_commands_refuse_the_swarm_engine() {
             } else {
                 c.args(["--engine", "swarm"]);
             }
+            c.args(&args[cut..]);
             let out = c.output().unwrap();
             let stderr = String::from_utf8_lossy(&out.stderr);
             assert_eq!(out.status.code(), Some(64), "{bin} {args:?}: {stderr}");
             let want = format!(
-                "error: --engine swarm: {name} does not support Docker Swarm yet (so far only berth-swap preflight does); use --engine compose"
+                "error: --engine swarm: {name} does not support Docker Swarm yet (so far only berth-swap preflight and pull do); use --engine compose"
             );
             assert!(stderr.contains(&want), "{bin} {args:?}: {stderr}");
             assert_eq!(stderr.lines().count(), 1, "{stderr}");
         }
     }
-    // preflight itself takes it (a check of the arguments only here).
-    let out = berth("berth-swap")
-        .args(SWARM_PREFLIGHT)
-        .arg("--check-args")
-        .arg("--project-dir")
-        .arg(tmp.path())
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(0), "{:?}", out);
+    // preflight and pull take it (a check of the arguments only here).
+    for stage in ["preflight", "pull"] {
+        let out = berth("berth-swap")
+            .args([stage, "--engine", "swarm", "--tag", "v1", "--check-args"])
+            .arg("--project-dir")
+            .arg(tmp.path())
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(0), "{stage}: {out:?}");
+    }
 }

@@ -5,14 +5,18 @@
 //! config` accepts the stack file; and the [`lint`] lists every key Swarm ignores or
 //! rejects, one line each on stderr (`berth-swap: lint: service web: build: ignored by
 //! docker stack deploy; ...`) and in the stage's `detail.lint`. A rejected key, a worker
-//! node, or a file `docker stack config` refuses: exit 1.
+//! node, or a file `docker stack config` refuses: exit 1. `berth-swap pull --engine swarm`:
+//! see [`pull`].
 
 pub mod lint;
+pub mod pull;
+
+pub use pull::pull;
 
 use std::path::{Path, PathBuf};
 
 use anyhow::Result;
-use berth_core::cli::checked;
+use berth_core::cli::{checked, CommonArgs, Context};
 use berth_core::stage::{self, Completed};
 use berth_core::swarm::{self, NodeState};
 use berth_core::{doc, docker, fail, msg, ExitCode, Failure};
@@ -35,32 +39,33 @@ fn refuse_unsupported(args: &PreflightArgs) -> Result<(), Failure> {
     )))
 }
 
-pub fn preflight(args: PreflightArgs) -> Result<ExitCode> {
-    if args.common.check_args {
-        return checked(|| {
-            refuse_unsupported(&args)?;
-            crate::check_services(&args.services)?;
-            args.common.resolve_any_engine(None, false)?;
-            Ok(())
-        });
-    }
-    refuse_unsupported(&args)?;
-    crate::check_services(&args.services)?;
+/// `--check-args` of a Swarm stage: its services and the common settings.
+fn check_only(services: &[String], common: &CommonArgs) -> Result<ExitCode> {
+    checked(|| {
+        crate::check_services(services)?;
+        common.resolve_any_engine(None, false)?;
+        Ok(())
+    })
+}
+
+/// [`stage::load`] for a command that runs on Swarm.
+fn load(common: &CommonArgs) -> Result<stage::Input, Failure> {
     let read = doc::read_stdin()?;
     let known = read.as_ref().map(|d| d.project.as_str());
-    let mut ctx = args.common.resolve_any_engine(known, true)?;
-    let input = stage::reconcile(&args.common, &mut ctx, read)?;
+    let mut ctx = common.resolve_any_engine(known, true)?;
+    stage::reconcile(common, &mut ctx, read)
+}
+
+pub fn preflight(args: PreflightArgs) -> Result<ExitCode> {
+    refuse_unsupported(&args)?;
+    if args.common.check_args {
+        return check_only(&args.services, &args.common);
+    }
+    crate::check_services(&args.services)?;
+    let input = load(&args.common)?;
     stage::run(crate::prepare::PREFLIGHT, input, |ctx, doc, detail| {
         let tag = ctx.require_tag()?.to_string();
-        detail.insert("engine".into(), json!("swarm"));
-        let node = swarm::node_state()?;
-        detail.insert("node".into(), node_json(&node));
-        swarm::ensure_manager(&node)?;
-        let cfg = ctx
-            .compose()
-            .config()
-            .map_err(|e| fail!(Preflight, "{e:#}"))?;
-        let services = crate::prepare::resolve_services(ctx, &args.services, &cfg)?;
+        let (node, cfg, services) = on_manager(ctx, &args.services, detail)?;
         crate::prepare::record_images(ctx, &services, &cfg, doc, detail)?;
         detail.insert("stack".into(), json!(ctx.project));
         let files = swarm::stack_files(&ctx.project_dir, &ctx.files)?;
@@ -100,6 +105,25 @@ pub fn preflight(args: PreflightArgs) -> Result<ExitCode> {
     })
 }
 
+/// The start of every Swarm stage: this node is an active manager (recorded in
+/// `detail.node`), the compose configuration with the tag, the services to act on.
+fn on_manager(
+    ctx: &Context,
+    named: &[String],
+    detail: &mut serde_json::Map<String, Value>,
+) -> Result<(NodeState, Value, Vec<String>)> {
+    detail.insert("engine".into(), json!("swarm"));
+    let node = swarm::node_state()?;
+    detail.insert("node".into(), node_json(&node));
+    swarm::ensure_manager(&node)?;
+    let cfg = ctx
+        .compose()
+        .config()
+        .map_err(|e| fail!(Preflight, "{e:#}"))?;
+    let services = crate::prepare::resolve_services(ctx, named, &cfg)?;
+    Ok((node, cfg, services))
+}
+
 fn node_json(n: &NodeState) -> Value {
     json!({
         "state": n.local_node_state,
@@ -137,7 +161,7 @@ fn stack_config(
 
 /// Files compose reads and `docker stack deploy` does not: the env file's variables the
 /// stack file uses, and an override file that was not named with -f.
-fn project_findings(ctx: &berth_core::cli::Context, files: &[PathBuf]) -> Result<Vec<Finding>> {
+fn project_findings(ctx: &Context, files: &[PathBuf]) -> Result<Vec<Finding>> {
     let mut out = Vec::new();
     let env_file = ctx.pin_file();
     if env_file.is_file() {
@@ -185,7 +209,7 @@ fn read(path: &Path) -> Result<String> {
 }
 
 /// A path as the user knows it: relative to the project directory when inside it.
-fn shown(ctx: &berth_core::cli::Context, path: &Path) -> String {
+fn shown(ctx: &Context, path: &Path) -> String {
     path.strip_prefix(&ctx.project_dir)
         .unwrap_or(path)
         .display()
