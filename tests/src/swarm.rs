@@ -56,7 +56,7 @@ pub struct Testbed {
     /// Unique per test bed: the prefix of its container and network names.
     pub name: String,
     pub network: String,
-    /// `192.168.N` of the /24 the network has.
+    /// `172.16.N` of the /24 the network has.
     pub subnet: String,
     /// `IP:5000`, plain HTTP, no auth; the nodes trust it (--insecure-registry).
     pub registry: String,
@@ -231,9 +231,11 @@ impl Drop for Testbed {
     }
 }
 
-/// A bridge network on a free /24 of 192.168.200-254 (Swarm's overlays take 10.0.0.0/8,
-/// the nodes' own bridges 172.17+): docker refuses a subnet that overlaps another
-/// network's, so a taken one is skipped and two test beds never share one.
+/// A bridge network on a free /24 of 172.16.0.0/16: outside docker's default address
+/// pools (172.17-31/16, then 192.168/16 in /20s, which compose projects of other tests
+/// get here), so compose never takes it, and clear of what the nodes use inside (their
+/// own bridges 172.17-18, Swarm's overlays 10.0.0.0/8). docker refuses a subnet that
+/// overlaps another network's, so a taken one is skipped: two test beds never share one.
 fn create_network(name: &str) -> (String, String) {
     let network = format!("{name}-net");
     let nanos = std::time::SystemTime::now()
@@ -241,8 +243,8 @@ fn create_network(name: &str) -> (String, String) {
         .map_or(0, |d| d.subsec_nanos() as usize);
     let seed = nanos ^ std::process::id() as usize;
     let mut last = String::new();
-    for i in 0..55 {
-        let subnet = format!("192.168.{}", 200 + (seed + i * 7) % 55);
+    for i in 0..256 {
+        let subnet = format!("172.16.{}", (seed + i * 7) % 256);
         let out = Command::new("docker")
             .args(["network", "create", "--driver", "bridge", "--label"])
             .arg(format!("{LABEL}={name}"))
@@ -259,7 +261,7 @@ fn create_network(name: &str) -> (String, String) {
             break;
         }
     }
-    panic!("no free /24 in 192.168.200-254 for {network}: {last}");
+    panic!("no free /24 in 172.16.0.0/16 for {network}: {last}");
 }
 
 fn wait_for(deadline: Instant, what: &str, mut ok: impl FnMut() -> bool) {
