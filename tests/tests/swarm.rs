@@ -266,6 +266,16 @@ fn other_commands_refuse_the_swarm_engine() {
             "berth-migrate",
         ),
         ("berth-rollback", &[], "berth-rollback"),
+        (
+            "berth-backup",
+            &["pg", "--service", "db"],
+            "berth-backup pg",
+        ),
+        (
+            "berth-healthwait",
+            &["--url", "http://127.0.0.1:1/"],
+            "berth-healthwait",
+        ),
         ("berth-report", &[], "berth-report"),
     ];
     for (bin, args, name) in cases {
