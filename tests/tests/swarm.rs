@@ -6,11 +6,11 @@
 //! `--engine swarm` (exit 64) rather than act on Compose.
 
 use std::path::Path;
-use std::process::{Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use berth_e2e::swarm::{Node, Testbed};
-use berth_e2e::{berth, require_images, run_ok};
+use berth_e2e::{berth, bin, require_images, run_ok};
 use serde_json::Value;
 
 /// A stack that suits Swarm on this kernel (no IPVS): host-mode port, dnsrr.
@@ -98,6 +98,58 @@ fn swap_stage(node: &Node, dir: &Path, project: &str, args: &[&str]) -> (i32, Va
     (out.status.code().unwrap_or(-1), doc, stderr)
 }
 
+/// `berth-swap preflight --engine swarm` run inside the manager's container (the binary,
+/// the host's Compose v2 plugin and the project copied in): (exit code, document, stderr).
+fn on_the_manager(tb: &Testbed, dir: &Path, project: &str) -> (i32, Value, String) {
+    let m = &tb.manager.container;
+    let plugins = "/usr/local/lib/docker/cli-plugins";
+    run_ok(Command::new("docker").args(["exec", m, "mkdir", "-p", plugins, "/srv"]));
+    for (from, to) in [
+        (bin("berth-swap"), "/usr/local/bin/berth-swap".to_string()),
+        (
+            Path::new(plugins).join("docker-compose"),
+            format!("{plugins}/docker-compose"),
+        ),
+        (dir.to_path_buf(), format!("/srv/{project}")),
+    ] {
+        run_ok(
+            Command::new("docker")
+                .arg("cp")
+                .arg(from)
+                .arg(format!("{m}:{to}")),
+        );
+    }
+    let out = run_ok(Command::new("docker").args([
+        "exec",
+        m,
+        "docker",
+        "version",
+        "-f",
+        "{{.Client.Version}}",
+    ]));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).starts_with("20.10."),
+        "{out:?}"
+    );
+    let out = Command::new("docker")
+        .args(["exec", "-w", &format!("/srv/{project}"), m, "berth-swap"])
+        .args([
+            "preflight",
+            "--engine",
+            "swarm",
+            "--tag",
+            "v1",
+            "-p",
+            project,
+        ])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let doc: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    (out.status.code().unwrap_or(-1), doc, stderr)
+}
+
 /// The nodes running the stack's web tasks, once `want` are running (bounded).
 fn running_nodes(manager: &Node, service: &str, want: usize) -> Vec<String> {
     let deadline = Instant::now() + Duration::from_secs(90);
@@ -174,6 +226,17 @@ fn swarm_preflight_and_lint_on_a_real_three_node_swarm() {
         !stderr.contains("lint:"),
         "a Swarm-ready file has no findings: {stderr}"
     );
+
+    // berth on the manager itself, with Debian's docker CLI (20.10, no `docker stack
+    // config`) and Compose v2 beside it: passes, saying what it could not ask.
+    let (code, doc, stderr) = on_the_manager(&tb, &good, stack);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(doc["stages"][0]["detail"]["stack_config"], "unavailable");
+    assert!(
+        stderr.contains("berth-swap: warning: this docker CLI has no `docker stack config`"),
+        "{stderr}"
+    );
+    assert_eq!(rec["detail"]["stack_config"], "ok", "the host's CLI has it");
 
     // pull: the tag is in the registry (ID and digest recorded); a tag that is not: exit 2.
     let (code, doc, stderr) = swap_stage(&tb.manager, &good, stack, &["pull", "--tag", "v1"]);

@@ -80,6 +80,19 @@ pub fn preflight(args: PreflightArgs) -> Result<ExitCode> {
             Value::Array(findings.iter().map(Finding::json).collect()),
         );
         let stack_config = stack_config(ctx, &files, &tag);
+        if let Ok(false) = stack_config {
+            msg::warn(
+                "this docker CLI has no `docker stack config` (docker 23 and later have it): the stack file was checked by compose and the lint only",
+            );
+        }
+        detail.insert(
+            "stack_config".into(),
+            json!(match &stack_config {
+                Ok(true) => "ok",
+                Ok(false) => "unavailable",
+                Err(_) => "refused",
+            }),
+        );
         let rejected = findings
             .iter()
             .filter(|f| f.verdict == Verdict::Rejected)
@@ -135,28 +148,23 @@ fn node_json(n: &NodeState) -> Value {
 }
 
 /// `docker stack config -c FILE...` with the tag set, as `docker stack deploy` will read
-/// the files (no `.env`, no override file): its error line when it refuses them.
-fn stack_config(
-    ctx: &berth_core::cli::Context,
-    files: &[PathBuf],
-    tag: &str,
-) -> Result<(), String> {
+/// the files (no `.env`, no override file): `Ok(false)` when this docker CLI lacks the
+/// command, its error line when it refuses the files.
+fn stack_config(ctx: &Context, files: &[PathBuf], tag: &str) -> Result<bool, String> {
     let mut cmd = docker::docker().args(["stack", "config"]);
     for f in files {
         cmd = cmd.arg("-c").arg(f);
     }
-    cmd.env(&ctx.tag_var, tag)
-        .dir(&ctx.project_dir)
-        .read()
-        .map(|_| ())
-        .map_err(|e| {
+    match cmd.env(&ctx.tag_var, tag).dir(&ctx.project_dir).read() {
+        Ok(_) => Ok(true),
+        // Debian's docker.io 20.10: `docker stack` has no `config` (it reads -c as a flag
+        // of `docker stack` itself).
+        Err(e) if e.stderr().contains("unknown shorthand flag: 'c'") => Ok(false),
+        Err(e) => {
             let why = berth_core::process::last_lines(e.stderr(), 1);
-            if why.is_empty() {
-                e.to_string()
-            } else {
-                why
-            }
-        })
+            Err(if why.is_empty() { e.to_string() } else { why })
+        }
+    }
 }
 
 /// Files compose reads and `docker stack deploy` does not: the env file's variables the
