@@ -72,6 +72,8 @@ fn project(dir: &Path, name: &str, compose: &str, registry: &str) -> std::path::
     p
 }
 
+const SWARM_PREFLIGHT: &[&str] = &["preflight", "--engine", "swarm", "--tag", "v1"];
+
 /// `berth-swap preflight --engine swarm` on `node`, for the project in `dir`.
 fn preflight(node: &Node, dir: &Path, project: &str) -> (i32, Value, String) {
     swap_stage(node, dir, project, &["preflight", "--tag", "v1"])
@@ -133,15 +135,8 @@ fn on_the_manager(tb: &Testbed, dir: &Path, project: &str) -> (i32, Value, Strin
     );
     let out = Command::new("docker")
         .args(["exec", "-w", &format!("/srv/{project}"), m, "berth-swap"])
-        .args([
-            "preflight",
-            "--engine",
-            "swarm",
-            "--tag",
-            "v1",
-            "-p",
-            project,
-        ])
+        .args(SWARM_PREFLIGHT)
+        .args(["-p", project])
         .stdin(Stdio::null())
         .output()
         .unwrap();
@@ -377,4 +372,18 @@ fn other_commands_refuse_the_swarm_engine() {
             .unwrap();
         assert_eq!(out.status.code(), Some(0), "{stage}: {out:?}");
     }
+    // ... but not yet preflight's pre-deploy check: refused, not skipped.
+    let out = berth("berth-swap")
+        .args(SWARM_PREFLIGHT)
+        .arg("--check-args")
+        .arg("--project-dir")
+        .arg(tmp.path())
+        .args(["--", "true"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64), "{out:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        "berth-swap: error: --engine swarm: preflight does not support a pre-deploy check (-- CMD) on Swarm yet\n"
+    );
 }
