@@ -217,6 +217,25 @@ fn swarm_preflight_and_lint_on_a_real_three_node_swarm() {
     assert_eq!(rec["detail"]["node"]["nodes"], 3);
     assert_eq!(rec["detail"]["services"], serde_json::json!(["web"]));
     assert_eq!(rec["detail"]["lint"], serde_json::json!([]));
+    // The running tasks, each on its node at an overlay address, at the pushed image.
+    let tasks = rec["detail"]["tasks"]["web"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let mut on: Vec<&str> = tasks.iter().filter_map(|t| t["node"].as_str()).collect();
+    on.sort_unstable();
+    let mut want: Vec<&str> = nodes.iter().map(String::as_str).collect();
+    want.sort_unstable();
+    assert_eq!(on, want, "{tasks:?}");
+    for t in &tasks {
+        assert_eq!(t["state"], "running", "{t}");
+        assert!(
+            t["image"].as_str().unwrap_or_default().starts_with(&image),
+            "{t}"
+        );
+        let addrs = t["addresses"].as_array().map(Vec::len);
+        assert_eq!(addrs, Some(1), "one address, on appnet: {t}");
+    }
     assert!(
         !stderr.contains("lint:"),
         "a Swarm-ready file has no findings: {stderr}"

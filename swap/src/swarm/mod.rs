@@ -10,6 +10,7 @@
 
 pub mod lint;
 pub mod pull;
+pub mod tasks;
 
 pub use pull::pull;
 
@@ -68,6 +69,13 @@ pub fn preflight(args: PreflightArgs) -> Result<ExitCode> {
         let (node, cfg, services) = on_manager(ctx, &args.services, detail)?;
         crate::prepare::record_images(ctx, &services, &cfg, doc, detail)?;
         detail.insert("stack".into(), json!(ctx.project));
+        // What runs now, per service: the tasks a swap will replace.
+        let mut running = serde_json::Map::new();
+        for s in &services {
+            let tasks = tasks::desired_running(&ctx.project, s)?;
+            running.insert(s.clone(), tasks.iter().map(tasks::Task::json).collect());
+        }
+        detail.insert("tasks".into(), Value::Object(running));
         let files = swarm::stack_files(&ctx.project_dir, &ctx.files)?;
         detail.insert("files".into(), json!(files));
         let mut findings = lint::services(&cfg, swarm::host_has_ipvs());
