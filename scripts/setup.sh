@@ -20,6 +20,9 @@ Idempotent machine setup for berth (Debian 12, run as root; CI-safe). Steps, in 
             when their label berth.fixture.rev differs from this recipe's revision
   offsite   off-site backup tools on the host (restic, rclone, age, openssh-client) and the
             SFTP server image berth-fixture/sftp:1 (openssh-server, from the same rootfs)
+  swarm     the Swarm test bed's image berth-fixture/swarm-node:1 (docker.io, iptables,
+            tini, docker-registry; fixtures/swarm-node/): each node of the e2e tests'
+            3-node Swarm runs it, and so does their registry
   demo      examples/demo/build-images.sh, if present (berth-demo/app:* images)
   build     cargo build --release --workspace --bins
 
@@ -395,10 +398,12 @@ ensure_rootfs_tarball() {
 	log "debootstrapped $DEBIAN_SUITE minbase, cached as $tarball ($(secs "$t0"))"
 }
 
-# import_rootfs DIR IMAGE REV CMD_JSON MESSAGE: a rootfs directory as a docker image with
-# the revision label (no registry: `docker import`, not a build).
+# import_rootfs DIR IMAGE REV CMD_JSON MESSAGE [CHANGE...]: a rootfs directory as a docker
+# image with the revision label and more Dockerfile CHANGEs (no registry: `docker import`).
 import_rootfs() {
-	local root=$1 image=$2 rev=$3 cmd=$4 message=$5
+	local root=$1 image=$2 rev=$3 cmd=$4 message=$5 changes=() c
+	shift 5
+	for c in "$@"; do changes+=(-c "$c"); done
 	tar --numeric-owner -C "$root" \
 		--exclude='./dev/*' --exclude='./proc/*' --exclude='./sys/*' -cf - . |
 		docker import \
@@ -406,6 +411,7 @@ import_rootfs() {
 			-c 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
 			-c 'ENV LANG=C.UTF-8' \
 			-c "CMD $cmd" \
+			"${changes[@]}" \
 			-m "$message" \
 			- "$image" >>"$LOG_DIR/images.log" 2>&1 ||
 		die "docker import of $image failed (see $LOG_DIR/images.log)"
@@ -487,10 +493,11 @@ step_images() {
 # ---------------------------------------------------------------------------------------
 SFTP_IMAGE=berth-fixture/sftp:1
 
-# The SFTP server image: the cached rootfs plus openssh-server, nothing else. Its text is
-# its revision.
-customize_sftp_rootfs() {
+# chroot_apt ROOT PKG...: install Debian packages into a rootfs from the host's network,
+# no service started, apt's lists and caches removed afterwards.
+chroot_apt() {
 	local root=$1
+	shift
 	cp -L /etc/resolv.conf "$root/etc/resolv.conf"
 	printf '#!/bin/sh\nexit 101\n' >"$root/usr/sbin/policy-rc.d"
 	chmod 0755 "$root/usr/sbin/policy-rc.d"
@@ -498,11 +505,36 @@ customize_sftp_rootfs() {
 		DEBIAN_FRONTEND=noninteractive)
 	run_logged images chroot "$root" "${chroot_env[@]}" apt-get update
 	run_logged images chroot "$root" "${chroot_env[@]}" apt-get install -y --no-install-recommends \
-		-o Dpkg::Options::=--force-unsafe-io openssh-server
+		-o Dpkg::Options::=--force-unsafe-io "$@"
 	run_logged images chroot "$root" "${chroot_env[@]}" apt-get clean
-	rm -rf "$root"/var/lib/apt/lists/* "$root"/var/cache/apt/*.bin "$root"/etc/ssh/ssh_host_*
-	mkdir -p "$root/run/sshd"
+	rm -rf "$root"/var/lib/apt/lists/* "$root"/var/cache/apt/*.bin
 	: >"$root/etc/resolv.conf"
+}
+
+# build_rootfs_image IMAGE REV CUSTOMIZE CMD_JSON MESSAGE [CHANGE...]: the cached
+# debootstrap rootfs, changed by the function CUSTOMIZE ROOT, imported as IMAGE.
+build_rootfs_image() {
+	local image=$1 rev=$2 customize=$3 cmd=$4 message=$5
+	shift 5
+	need_root "building $image (chroot)"
+	ensure_rootfs_tarball
+	local work
+	work=$(mktemp -d "$CACHE_DIR/rootfs/build.XXXXXX")
+	CLEANUP_PATHS+=("$work")
+	mkdir "$work/rootfs"
+	tar --numeric-owner -C "$work/rootfs" -xpf "$ROOTFS_TARBALL"
+	"$customize" "$work/rootfs"
+	import_rootfs "$work/rootfs" "$image" "$rev" "$cmd" "$message" "$@"
+	rm -rf --one-file-system "$work"
+}
+
+# The SFTP server image: the cached rootfs plus openssh-server, nothing else. Its text is
+# its revision.
+customize_sftp_rootfs() {
+	local root=$1
+	chroot_apt "$root" openssh-server
+	rm -rf "$root"/etc/ssh/ssh_host_*
+	mkdir -p "$root/run/sshd"
 }
 
 step_offsite() {
@@ -527,19 +559,49 @@ step_offsite() {
 		log "$SFTP_IMAGE rev $rev already built ($(secs "$t0"))"
 		return
 	fi
-	need_root "building $SFTP_IMAGE (chroot)"
-	ensure_rootfs_tarball
-	local work
-	work=$(mktemp -d "$CACHE_DIR/rootfs/sftp.XXXXXX")
-	CLEANUP_PATHS+=("$work")
-	mkdir "$work/rootfs"
-	tar --numeric-owner -C "$work/rootfs" -xpf "$ROOTFS_TARBALL"
-	customize_sftp_rootfs "$work/rootfs"
-	import_rootfs "$work/rootfs" "$SFTP_IMAGE" "$rev" \
+	build_rootfs_image "$SFTP_IMAGE" "$rev" customize_sftp_rootfs \
 		'["/bin/sh", "-c", "ssh-keygen -A >/dev/null && exec /usr/sbin/sshd -D -e"]' \
 		"berth fixture: openssh-server for off-site backup tests"
-	rm -rf --one-file-system "$work"
 	log "built $SFTP_IMAGE rev $rev, $(image_size "$SFTP_IMAGE") ($(secs "$t0"))"
+}
+
+# ---------------------------------------------------------------------------------------
+# Step: swarm
+# ---------------------------------------------------------------------------------------
+SWARM_IMAGE=berth-fixture/swarm-node:1
+SWARM_PACKAGES=(docker.io iptables tini procps iproute2 ca-certificates docker-registry)
+
+# A Swarm node (Docker Engine from Debian, started by fixtures/swarm-node/entrypoint) that
+# is also the test bed's registry when run as `docker-registry serve` (auth off).
+customize_swarm_rootfs() {
+	local root=$1
+	chroot_apt "$root" "${SWARM_PACKAGES[@]}"
+	install -m 0755 "$REPO_ROOT/fixtures/swarm-node/entrypoint" "$root/usr/local/bin/swarm-node"
+	install -m 0644 "$REPO_ROOT/fixtures/swarm-node/registry.yml" "$root/etc/docker/registry/config.yml"
+}
+
+step_swarm() {
+	local t0 force=$1 rev
+	t0=$(now_ms)
+	rev=$( {
+		echo "swarm suite=$DEBIAN_SUITE packages=${SWARM_PACKAGES[*]}"
+		declare -f customize_swarm_rootfs
+		cd "$REPO_ROOT/fixtures/swarm-node" && find . -type f -print0 | LC_ALL=C sort -z | xargs -0 sha256sum
+	} | short_sha)
+	if [ "$force" = 0 ] && image_current "$SWARM_IMAGE" "$rev"; then
+		log "$SWARM_IMAGE rev $rev already built ($(secs "$t0"))"
+		return
+	fi
+	local old
+	old=$(image_id "$SWARM_IMAGE")
+	build_rootfs_image "$SWARM_IMAGE" "$rev" customize_swarm_rootfs '[]' \
+		"berth fixture: Docker-in-Docker Swarm node and registry" \
+		'ENTRYPOINT ["/usr/bin/tini", "--", "/usr/local/bin/swarm-node"]' \
+		'VOLUME /var/lib/docker' 'ENV container=docker'
+	if [ -n "$old" ] && [ "$old" != "$(image_id "$SWARM_IMAGE")" ]; then
+		docker rmi "$old" >/dev/null 2>&1 || true
+	fi
+	log "built $SWARM_IMAGE rev $rev, $(image_size "$SWARM_IMAGE") ($(secs "$t0"))"
 }
 
 # ---------------------------------------------------------------------------------------
@@ -581,7 +643,7 @@ step_build() {
 # ---------------------------------------------------------------------------------------
 # Main
 # ---------------------------------------------------------------------------------------
-ALL_STEPS=(docker compose packages images offsite demo build)
+ALL_STEPS=(docker compose packages images offsite swarm demo build)
 
 main() {
 	local only="" no_build=0 force_images=0
@@ -635,6 +697,7 @@ main() {
 		packages) step_packages ;;
 		images) step_images "$force_images" ;;
 		offsite) step_offsite "$force_images" ;;
+		swarm) step_swarm "$force_images" ;;
 		demo) step_demo ;;
 		build)
 			if [ "$no_build" = 1 ]; then

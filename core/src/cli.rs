@@ -73,6 +73,12 @@ pub struct CommonArgs {
     #[arg(long)]
     pub check_args: bool,
 
+    /// The engine that runs the project: compose (this host) or swarm (berth runs on a
+    /// Swarm manager; so far only `berth-swap preflight` and `pull` support it, the other
+    /// commands refuse it with exit 64)
+    #[arg(long, value_enum, env = "BERTH_ENGINE", default_value = "compose")]
+    pub engine: crate::swarm::Engine,
+
     /// Bound on each docker/compose/nginx call that has no bound of its own: past it the
     /// call's process group is killed and the stage fails naming the call
     #[arg(long, env = "BERTH_COMMAND_TIMEOUT", default_value = "60s", value_parser = parse_duration, value_name = "DURATION")]
@@ -120,6 +126,18 @@ impl CommonArgs {
     }
 
     fn resolve_with(&self, known: Option<&str>, ask: bool) -> Result<Context, Failure> {
+        crate::swarm::refuse(self.engine)?;
+        self.resolve_settings(known, ask)
+    }
+
+    /// For a command that supports `--engine swarm`: the same settings whatever the
+    /// engine; the project name is the stack's.
+    /// `ask: false` asks compose nothing (as [`CommonArgs::resolve_offline`]).
+    pub fn resolve_any_engine(&self, known: Option<&str>, ask: bool) -> Result<Context, Failure> {
+        self.resolve_settings(known, ask)
+    }
+
+    fn resolve_settings(&self, known: Option<&str>, ask: bool) -> Result<Context, Failure> {
         if self.command_timeout.is_zero() {
             return Err(Failure::usage("--command-timeout must be more than 0"));
         }
@@ -359,7 +377,10 @@ where
     msg::set_program(prog);
     let argv: Vec<std::ffi::OsString> = argv.into_iter().map(Into::into).collect();
     let args = match A::try_parse_from(&argv) {
-        Ok(a) => a,
+        Ok(a) => {
+            crate::swarm::set_command(command_name::<A>(prog, &argv));
+            a
+        }
         Err(e) => {
             let from = env_source::<A>(&e, &argv);
             return clap_exit_from(e, from.as_deref());
@@ -373,6 +394,17 @@ where
             code.into()
         }
     }
+}
+
+/// The program and its subcommands as given, e.g. `berth-swap pull`.
+fn command_name<A: clap::CommandFactory>(prog: &str, argv: &[std::ffi::OsString]) -> String {
+    let mut name = prog.to_string();
+    let mut m = A::command().try_get_matches_from(argv).ok();
+    while let Some((sub, next)) = m.as_ref().and_then(|m| m.subcommand()) {
+        name = format!("{name} {sub}");
+        m = Some(next.clone());
+    }
+    name
 }
 
 /// The environment variable a bad value came from, when it did not come from argv: so

@@ -11,6 +11,7 @@
 //! - [`http`] and [`health`]: HTTP probing and waiting until targets are ready.
 //! - [`fsutil`]: atomic file writes.
 //! - [`fault`]: a test hook that kills the program after a named step.
+//! - [`swarm`]: Docker Swarm as the engine (`--engine swarm`).
 //! - [`settings`]: the env file of an environment (data, never code) and the known settings.
 
 pub mod backups;
@@ -31,6 +32,7 @@ pub mod process;
 pub mod scrub;
 pub mod settings;
 pub mod stage;
+pub mod swarm;
 pub mod time;
 
 pub use exit::{ExitCode, Failure};

@@ -53,6 +53,7 @@ pub const BERTH_KEYS: &[&str] = &[
     "BERTH_DRY_RUN",
     "BERTH_ENCRYPT_TO",
     "BERTH_ENCRYPT_TO_FILE",
+    "BERTH_ENGINE",
     "BERTH_ENV_FILE",
     "BERTH_HELPER_IMAGE",
     "BERTH_KEEP_DAILY",

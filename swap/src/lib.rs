@@ -14,6 +14,7 @@ pub mod maintenance;
 pub mod nginx;
 pub mod owner;
 pub mod prepare;
+pub mod swarm;
 
 use std::cell::RefCell;
 use std::time::Duration;

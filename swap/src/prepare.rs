@@ -100,6 +100,34 @@ pub fn resolve_services(ctx: &Context, named: &[String], cfg: &Value) -> Result<
     Ok(services)
 }
 
+/// Check that each service's image uses the tag; record the services and their images
+/// in the stage's detail and in the document (preflight, on either engine).
+pub fn record_images(
+    ctx: &Context,
+    services: &[String],
+    cfg: &Value,
+    doc: &mut berth_core::doc::Document,
+    detail: &mut serde_json::Map<String, Value>,
+) -> Result<()> {
+    let tag = ctx.require_tag()?;
+    let mut images = Vec::new();
+    for s in services {
+        let image = compose::service_image_in(cfg, s)?;
+        if !image.contains(tag) {
+            return Err(fail!(
+                Preflight,
+                "service {s}'s image {image} does not use the tag {tag}: write image: NAME:${{{}}} in the compose file",
+                ctx.tag_var
+            ));
+        }
+        images.push(json!({"name": s, "image": image}));
+        doc.set_service_image(s, &image);
+    }
+    detail.insert("services".into(), json!(services));
+    detail.insert("images".into(), Value::Array(images));
+    Ok(())
+}
+
 /// `--check-args` of `preflight` and `pull`: their services and the common settings.
 fn check_only(services: &[String], common: &CommonArgs) -> Result<ExitCode> {
     berth_core::cli::checked(|| {
@@ -109,18 +137,23 @@ fn check_only(services: &[String], common: &CommonArgs) -> Result<ExitCode> {
     })
 }
 
+/// The preflight stage (on either engine).
+pub const PREFLIGHT: Spec<'static> = Spec {
+    name: "preflight",
+    default_code: ExitCode::Preflight,
+    acts_on_failure: false,
+};
+
 pub fn preflight(args: PreflightArgs) -> Result<ExitCode> {
+    if args.common.engine == berth_core::swarm::Engine::Swarm {
+        return crate::swarm::preflight(args);
+    }
     if args.common.check_args {
         return check_only(&args.services, &args.common);
     }
     crate::check_services(&args.services)?;
     let input = stage::load(&args.common)?;
-    let spec = Spec {
-        name: "preflight",
-        default_code: ExitCode::Preflight,
-        acts_on_failure: false,
-    };
-    stage::run(spec, input, |ctx, doc, detail| {
+    stage::run(PREFLIGHT, input, |ctx, doc, detail| {
         let tag = ctx.require_tag()?.to_string();
         let version = docker::ensure_reachable()?;
         detail.insert("docker_version".into(), json!(version));
@@ -134,21 +167,7 @@ pub fn preflight(args: PreflightArgs) -> Result<ExitCode> {
             .config()
             .map_err(|e| fail!(Preflight, "{e:#}"))?;
         let services = resolve_services(ctx, &args.services, &cfg)?;
-        let mut images = Vec::new();
-        for s in &services {
-            let image = compose::service_image_in(&cfg, s)?;
-            if !image.contains(&tag) {
-                return Err(fail!(
-                    Preflight,
-                    "service {s}'s image {image} does not use the tag {tag}: write image: NAME:${{{}}} in the compose file",
-                    ctx.tag_var
-                ));
-            }
-            images.push(json!({"name": s, "image": image}));
-            doc.set_service_image(s, &image);
-        }
-        detail.insert("services".into(), json!(services));
-        detail.insert("images".into(), Value::Array(images));
+        record_images(ctx, &services, &cfg, doc, detail)?;
         // Another environment's pin file or nginx files are not ours to write.
         let pin = ctx.pin_file();
         let upstreams: Vec<_> = services
@@ -215,6 +234,9 @@ fn tempfile_in(dir: &std::path::Path) -> std::io::Result<()> {
 }
 
 pub fn pull(args: PullArgs) -> Result<ExitCode> {
+    if args.common.engine == berth_core::swarm::Engine::Swarm {
+        return crate::swarm::pull(args);
+    }
     if args.common.check_args {
         return check_only(&args.services, &args.common);
     }
