@@ -719,11 +719,7 @@ pub(crate) fn set_quiet(storage: &Storage) {
     }
 }
 
-const SPEC: Spec<'static> = Spec {
-    name: "backup",
-    default_code: ExitCode::Backup,
-    acts_on_failure: false,
-};
+const SPEC: Spec<'static> = Spec::new("backup", ExitCode::Backup);
 
 /// What a backup run needs besides its source.
 struct Job {

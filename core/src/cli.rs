@@ -8,13 +8,15 @@ use crate::compose::Compose;
 use crate::exit::{self, ExitCode, Failure};
 use crate::msg;
 
-/// Where the project is and which release is meant. Every berth command flattens this.
+/// Where the project is and which release is meant. Every berth command flattens this;
+/// the options are global, so they may stand before or after a subcommand's word.
 #[derive(Debug, Clone, clap::Args)]
 #[command(next_help_heading = "Project")]
 pub struct CommonArgs {
     /// The compose project's directory (holds the compose file and `.env`)
     #[arg(
         long,
+        global = true,
         env = "BERTH_PROJECT_DIR",
         default_value = ".",
         value_name = "DIR"
@@ -23,6 +25,7 @@ pub struct CommonArgs {
 
     /// Compose file(s), repeatable; default: compose finds compose.yaml etc. in the project dir
     #[arg(
+        global = true,
         short = 'f',
         long = "file",
         env = "BERTH_COMPOSE_FILE",
@@ -34,6 +37,7 @@ pub struct CommonArgs {
     /// Compose project name [default: what compose resolves: COMPOSE_PROJECT_NAME (environment,
     /// then the env file), the compose file's top-level name:, the directory's name]
     #[arg(
+        global = true,
         short = 'p',
         long = "project-name",
         env = "BERTH_PROJECT_NAME",
@@ -43,20 +47,21 @@ pub struct CommonArgs {
 
     /// The env file compose reads instead of <project dir>/.env (relative to the project
     /// dir); berth records the deployed tag in it
-    #[arg(long, env = "BERTH_ENV_FILE", value_name = "FILE")]
+    #[arg(long, global = true, env = "BERTH_ENV_FILE", value_name = "FILE")]
     pub env_file: Option<PathBuf>,
 
     /// Where berth keeps locks, the ledger, logs and backups [default: <project dir>/.berth]
-    #[arg(long, env = "BERTH_STATE_DIR", value_name = "DIR")]
+    #[arg(long, global = true, env = "BERTH_STATE_DIR", value_name = "DIR")]
     pub state_dir: Option<PathBuf>,
 
     /// The immutable image tag being deployed (usually the git SHA)
-    #[arg(long, env = "BERTH_TAG", value_name = "TAG")]
+    #[arg(long, global = true, env = "BERTH_TAG", value_name = "TAG")]
     pub tag: Option<String>,
 
     /// The variable the compose file uses for the tag, e.g. image: shop-web:${BERTH_TAG}
     #[arg(
         long,
+        global = true,
         env = "BERTH_TAG_VAR",
         default_value = "BERTH_TAG",
         value_name = "NAME"
@@ -64,18 +69,18 @@ pub struct CommonArgs {
     pub tag_var: String,
 
     /// Print the docker commands this would run, and change nothing
-    #[arg(long, env = "BERTH_DRY_RUN")]
+    #[arg(long, global = true, env = "BERTH_DRY_RUN")]
     pub dry_run: bool,
 
     /// Only check the arguments and settings, exactly as a real run parses them: nothing
     /// printed and exit 0 when they are valid, one line and exit 64 when not. Reads no
     /// stdin, runs no docker, changes nothing (scripts/deploy.sh checks every stage so)
-    #[arg(long)]
+    #[arg(long, global = true)]
     pub check_args: bool,
 
     /// Bound on each docker/compose/nginx call that has no bound of its own: past it the
     /// call's process group is killed and the stage fails naming the call
-    #[arg(long, env = "BERTH_COMMAND_TIMEOUT", default_value = "60s", value_parser = parse_duration, value_name = "DURATION")]
+    #[arg(long, global = true, env = "BERTH_COMMAND_TIMEOUT", default_value = "60s", value_parser = parse_duration, value_name = "DURATION")]
     pub command_timeout: std::time::Duration,
 }
 

@@ -9,7 +9,6 @@
 pub mod backup;
 pub mod oneoff;
 
-use std::cell::RefCell;
 use std::ffi::OsString;
 use std::sync::atomic::{AtomicBool, AtomicUsize};
 use std::sync::Arc;
@@ -20,7 +19,7 @@ use berth_core::cli::{parse_duration, CommonArgs, Context};
 use berth_core::compose::{self, Compose};
 use berth_core::doc::Document;
 use berth_core::health::{self, HttpCheck, Target};
-use berth_core::lock::{self, Lock};
+use berth_core::lock;
 use berth_core::stage::{self, Completed, Spec};
 use berth_core::time::millis;
 use berth_core::{docker, fail, msg, ExitCode, Failure};
@@ -32,8 +31,6 @@ use crate::oneoff::{Ended, Plan};
 
 /// The stage's name in the deploy document.
 pub const STAGE: &str = "migrate";
-/// The lock every stage that changes the deploy takes (berth-swap, berth-rollback).
-pub const LOCK: &str = "deploy";
 /// Lines of the log that go into the document and on stderr when the migration fails.
 pub const TAIL_LINES: usize = 50;
 
@@ -154,35 +151,21 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
     }
     cli.check()?;
     let input = stage::load(&cli.common)?;
-    let spec = Spec {
-        name: STAGE,
-        default_code: ExitCode::Migration,
-        acts_on_failure: false,
-    };
+    let spec = Spec::new(STAGE, ExitCode::Migration).locked(lock::DEPLOY, cli.lock_wait);
     if !input.doc.has_failed() {
         input.ctx.require_tag()?;
     }
-    // Released after the record is in the document and before it is written, so the
-    // next stage of a pipe can take it as soon as it reads the document.
-    let held: RefCell<Option<Lock>> = RefCell::new(None);
-    stage::run_then(
-        spec,
-        input,
-        |ctx, doc, detail| migrate(&cli, ctx, doc, detail, &held),
-        |_, _| {
-            if let Some(l) = held.borrow_mut().take() {
-                l.release();
-            }
-        },
-    )
+    stage::run(spec, input, |ctx, doc, detail| {
+        migrate(&cli, ctx, doc, detail)
+    })
 }
 
+/// The stage's body, under the deploy lock (see [`run`]).
 fn migrate(
     cli: &Cli,
     ctx: &Context,
     doc: &mut Document,
     detail: &mut Map<String, Value>,
-    held: &RefCell<Option<Lock>>,
 ) -> Result<Completed> {
     let tag = ctx.require_tag()?.to_string();
     let compose = ctx.compose_at(&tag);
@@ -239,8 +222,6 @@ fn migrate(
     }
 
     docker::ensure_reachable()?;
-    let lock = lock::acquire(&ctx.state_dir, LOCK, cli.lock_wait, Some(&doc.deploy_id))?;
-    *held.borrow_mut() = Some(lock);
 
     let config = compose.config().map_err(|e| fail!(Preflight, "{e:#}"))?;
     let image =

@@ -148,7 +148,6 @@ fn check_args_parses_like_the_run_and_touches_neither_stdin_nor_docker() {
     }
     use clap::CommandFactory;
     berth_core::settings::assert_known_envs(&berth_swap::Cli::command());
-    berth_core::settings::assert_known_envs(&berth_swap::maintenance::Reparse::command());
 }
 
 /// Without -p, the project is the name compose resolves (asked once, without -p, with
