@@ -351,6 +351,38 @@ pub fn main<A: Parser>(
     main_from(prog, std::env::args_os(), run)
 }
 
+/// Settings renamed, (old, new): the old name still works (for a command that reads the
+/// new one), with a warning.
+pub const RENAMED_ENVS: &[(&str, &str)] = &[("BERTH_PORT", "BERTH_APP_PORT")];
+
+/// Read each old name of [`RENAMED_ENVS`] as its new one, when this command reads the
+/// new one. Called first thing in `main`, before any thread starts.
+fn rename_envs(cmd: &clap::Command) {
+    for (old, new) in RENAMED_ENVS {
+        let Some(value) = std::env::var_os(old) else {
+            continue;
+        };
+        if !reads_env(cmd, new) {
+            continue;
+        }
+        if std::env::var_os(new).is_some() {
+            msg::warn(format!(
+                "{old} is ignored: {new} is set (it replaces {old})"
+            ));
+        } else {
+            msg::warn(format!("{old} is deprecated: set {new} instead"));
+            std::env::set_var(new, value);
+        }
+    }
+}
+
+/// Whether `cmd` or one of its subcommands has a flag read from the variable `env`.
+fn reads_env(cmd: &clap::Command, env: &str) -> bool {
+    cmd.get_arguments()
+        .any(|a| a.get_env().is_some_and(|e| e == env))
+        || cmd.get_subcommands().any(|s| reads_env(s, env))
+}
+
 /// [`main`] with the argument vector given (for a binary that rearranges it first).
 pub fn main_from<A: Parser, I, T>(
     prog: &str,
@@ -362,6 +394,7 @@ where
     T: Into<std::ffi::OsString> + Clone,
 {
     msg::set_program(prog);
+    rename_envs(&<A as clap::CommandFactory>::command());
     let argv: Vec<std::ffi::OsString> = argv.into_iter().map(Into::into).collect();
     let args = match A::try_parse_from(&argv) {
         Ok(a) => a,

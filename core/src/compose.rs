@@ -255,6 +255,21 @@ mod tests {
     }
 
     #[test]
+    fn a_config_is_kept_per_project_files_and_environment() {
+        let c = Compose::new("shop", Path::new("/srv/shop"), &[]);
+        let at = |t: &str| c.clone().with_env("BERTH_TAG", t).config_key();
+        assert_eq!(at("v1"), at("v1"));
+        assert_ne!(at("v1"), at("v2"));
+        let other = Compose::new("shop-staging", Path::new("/srv/shop"), &[]);
+        assert_ne!(c.config_key(), other.config_key());
+        let cfg = serde_json::json!({"name": "shop-cache-test", "services": {}});
+        let k = Compose::new("shop-cache-test", Path::new("/nonexistent"), &[]);
+        remember(k.config_key(), cfg.clone());
+        // Kept: no compose is run (there is none at /nonexistent).
+        assert_eq!(k.config().unwrap(), cfg);
+    }
+
+    #[test]
     fn services_using_the_tag() {
         let cfg = serde_json::json!({"services": {
             "web": {"image": "r/web:PROBE"}, "worker": {"image": "r/web:PROBE"},

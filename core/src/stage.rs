@@ -356,6 +356,50 @@ mod tests {
     }
 
     #[test]
+    fn the_spec_holds_its_lock_over_the_body_and_writes_its_ledger_line() {
+        let state = tempfile::tempdir().unwrap();
+        let input = |dry_run: bool| {
+            let (_, mut c) = ctx(&[]);
+            c.state_dir = state.path().to_path_buf();
+            c.dry_run = dry_run;
+            Input {
+                ctx: c,
+                doc: Document::new("shop", Some("abc")),
+                piped: false,
+            }
+        };
+        let spec = Spec::new("swap", ExitCode::Swap)
+            .locked(lock::DEPLOY, Duration::ZERO)
+            .ledger(Ledger::Provisional);
+        let locked = |e: &anyhow::Error| exit::code_of(e, ExitCode::Preflight) == ExitCode::Locked;
+        let code = run(spec, input(false), |ctx, _, _| {
+            let other = lock::acquire(&ctx.state_dir, lock::DEPLOY, Duration::ZERO, None);
+            assert!(locked(&other.unwrap_err()), "the body runs under the lock");
+            Ok(Completed::Ok)
+        })
+        .unwrap();
+        assert_eq!(code, ExitCode::Success);
+        let lines = ledger::read(state.path()).unwrap();
+        assert_eq!(lines.len(), 1);
+        assert!(ledger::is_provisional(&lines[0]));
+        // Released: another holder now keeps the next stage out, body unrun, 75 recorded.
+        let other = lock::acquire(state.path(), lock::DEPLOY, Duration::ZERO, None).unwrap();
+        let e = run(spec, input(false), |_, _, _| panic!("ran without the lock")).unwrap_err();
+        assert!(locked(&e), "{e}");
+        // A failed stage writes no provisional line; a dry run takes no lock and writes none.
+        drop(other);
+        let e = run(spec, input(false), |_, _, _| anyhow::bail!("no")).unwrap_err();
+        assert_eq!(exit::code_of(&e, ExitCode::Preflight), ExitCode::Swap);
+        let _held = lock::acquire(state.path(), lock::DEPLOY, Duration::ZERO, None).unwrap();
+        let dry = spec.ledger(Ledger::Document);
+        assert_eq!(
+            run(dry, input(true), |_, _, _| Ok(Completed::Ok)).unwrap(),
+            ExitCode::Success
+        );
+        assert_eq!(ledger::read(state.path()).unwrap().len(), 1);
+    }
+
+    #[test]
     fn failures_pass_through_except_for_stages_that_act_on_them() {
         let mut d = Document::new("shop", Some("abc"));
         d.stages.push(StageRecord {

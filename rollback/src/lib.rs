@@ -133,22 +133,33 @@ pub fn failed_after_switch(d: &Document) -> bool {
     d.stages[..=i].iter().any(StageRecord::moved_traffic)
 }
 
-fn piped(cli: Cli, input: stage::Input) -> Result<ExitCode> {
-    let d = &input.doc;
-    if !d.has_failed() {
+/// A document with nothing to undo (nothing failed, or before traffic moved) passes
+/// through with its own code.
+fn pass_through(d: &Document) -> Result<Option<ExitCode>> {
+    let Some(failed) = d.first_failure() else {
         msg::info("nothing failed; passing the document through");
         write(d)?;
-        return Ok(ExitCode::Success);
+        return Ok(Some(ExitCode::Success));
+    };
+    if failed_after_switch(d) {
+        return Ok(None);
+    }
+    msg::info(format!(
+        "stage {:?} failed before traffic moved (exit {}); nothing to roll back",
+        failed.stage, failed.exit_code
+    ));
+    write(d)?;
+    Ok(Some(
+        ExitCode::from_code(d.outcome()).unwrap_or(ExitCode::Preflight),
+    ))
+}
+
+fn piped(cli: Cli, input: stage::Input) -> Result<ExitCode> {
+    let d = &input.doc;
+    if let Some(code) = pass_through(d)? {
+        return Ok(code);
     }
     let failed = d.first_failure().expect("has failed").clone();
-    if !failed_after_switch(d) {
-        msg::info(format!(
-            "stage {:?} failed before traffic moved (exit {}); nothing to roll back",
-            failed.stage, failed.exit_code
-        ));
-        write(d)?;
-        return Ok(ExitCode::from_code(d.outcome()).unwrap_or(ExitCode::Preflight));
-    }
     let spec = spec(ExitCode::RollbackFailed);
     let (Some(to), Some(from)) = (d.previous_tag.clone(), d.tag.clone()) else {
         let e = "the document records no previous_tag to return to";
@@ -360,7 +371,7 @@ fn write(d: &Document) -> Result<()> {
 
 /// The release to return to: `--to`, else the newest good release in the ledger, other
 /// than the one running now, that deployed every named service.
-pub fn target(
+pub fn release_to(
     releases: &[Document],
     current: Option<&str>,
     services: &[String],
@@ -402,7 +413,7 @@ fn standalone(cli: Cli, mut input: stage::Input) -> Result<ExitCode> {
     let ctx = input.ctx.clone();
     let current = engine::current_tag(&ctx);
     let releases = ledger::releases(ledger::read(&ctx.state_dir)?);
-    let to = target(
+    let to = release_to(
         &releases,
         current.as_deref(),
         &cli.services,
@@ -543,10 +554,13 @@ mod tests {
         ];
         let web = vec!["web".to_string()];
         // v3 was rolled back; "bad" failed: v2 is the last good, and it is running.
-        assert_eq!(target(&rels, Some("v2"), &web, None).unwrap(), "v1");
-        assert_eq!(target(&rels, Some("v3"), &web, None).unwrap(), "v2");
-        assert_eq!(target(&rels, Some("v3"), &web, Some("v1")).unwrap(), "v1");
-        let e = target(&rels, Some("v2"), &["worker".to_string()], None).unwrap_err();
+        assert_eq!(release_to(&rels, Some("v2"), &web, None).unwrap(), "v1");
+        assert_eq!(release_to(&rels, Some("v3"), &web, None).unwrap(), "v2");
+        assert_eq!(
+            release_to(&rels, Some("v3"), &web, Some("v1")).unwrap(),
+            "v1"
+        );
+        let e = release_to(&rels, Some("v2"), &["worker".to_string()], None).unwrap_err();
         assert!(e.message.contains("pass --to"), "{}", e.message);
     }
 }

@@ -29,6 +29,7 @@ use clap::{Parser, Subcommand};
 use serde_json::Value;
 
 pub use nginx::ProxyMode;
+pub use prepare::check_services;
 
 const EXAMPLES: &str = "\
 Examples:
@@ -149,8 +150,9 @@ pub struct SwapArgs {
     #[arg(long = "worker", value_name = "SERVICE")]
     pub workers: Vec<String>,
 
-    /// The port the services listen on inside their containers
-    #[arg(long, env = "BERTH_PORT", default_value_t = 8080)]
+    /// The port the services listen on inside their containers (BERTH_PORT, its old
+    /// name, still works with a warning)
+    #[arg(long, env = "BERTH_APP_PORT", default_value_t = 8080)]
     pub port: u16,
 
     /// The path probed on each new container (GET http://ADDRESS:PORT/PATH, 2xx = ready)
@@ -252,22 +254,6 @@ impl SwapArgs {
     }
 }
 
-/// Check service names: known shape, no repeats.
-pub fn check_services(services: &[String]) -> Result<(), Failure> {
-    for (i, s) in services.iter().enumerate() {
-        let ok = !s.is_empty()
-            && s.chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.');
-        if !ok {
-            return Err(Failure::usage(format!("SERVICE {s:?}: not a service name")));
-        }
-        if services[..i].contains(s) {
-            return Err(Failure::usage(format!("SERVICE {s} named twice")));
-        }
-    }
-    Ok(())
-}
-
 /// The binary's `main`.
 pub fn main() -> std::process::ExitCode {
     berth_core::cli::main("berth-swap", run)
@@ -275,9 +261,14 @@ pub fn main() -> std::process::ExitCode {
 
 pub fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
-        Some(Command::Maintenance(m)) => return maintenance::run(m, &cli.swap, &cli.common),
-        Some(Command::Preflight(a)) => return prepare::preflight(a, &cli.swap, &cli.common),
-        Some(Command::Pull(a)) => return prepare::pull(a, &cli.swap, &cli.common),
+        Some(Command::Maintenance(m)) => {
+            let nginx = cli.swap.options();
+            return maintenance::run(m, &nginx, cli.swap.lock_wait, &cli.common);
+        }
+        Some(Command::Preflight(a)) => {
+            return prepare::preflight(a, cli.swap.upstream_file.as_deref(), &cli.common)
+        }
+        Some(Command::Pull(a)) => return prepare::pull(a, cli.swap.pull.pull_timeout, &cli.common),
         None => {}
     }
     let check = || -> Result<(), Failure> {

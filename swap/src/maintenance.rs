@@ -9,14 +9,15 @@ use std::time::Duration;
 
 use anyhow::Result;
 use berth_core::cli::{parse_duration, CommonArgs, Context};
+use berth_core::lock;
 use berth_core::process::Runner;
 use berth_core::stage::{self, Completed, Spec};
 use berth_core::{fsutil, msg, time, ExitCode};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
+use crate::engine::Options;
 use crate::nginx::{self, Proxy, ProxyMode};
-use crate::SwapArgs;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum OnOff {
@@ -60,8 +61,8 @@ struct Window {
     message: String,
 }
 
-fn check(args: &Args, swap: &SwapArgs) -> Result<(), berth_core::Failure> {
-    if swap.proxy == ProxyMode::None {
+fn check(args: &Args, nginx: &Options) -> Result<(), berth_core::Failure> {
+    if nginx.proxy == ProxyMode::None {
         return Err(berth_core::Failure::usage(
             "maintenance mode needs nginx: --proxy compose or host",
         ));
@@ -76,21 +77,27 @@ fn check(args: &Args, swap: &SwapArgs) -> Result<(), berth_core::Failure> {
     Ok(())
 }
 
-/// `berth-swap maintenance on|off`, with the global settings (nginx, the lock, the project).
-pub fn run(args: Args, swap: &SwapArgs, common: &CommonArgs) -> Result<ExitCode> {
+/// `berth-swap maintenance on|off`, with the swap's global settings: how nginx is reached
+/// (`nginx`: its proxy, proxy service and binary), the lock wait, the project.
+pub fn run(
+    args: Args,
+    nginx: &Options,
+    lock_wait: Duration,
+    common: &CommonArgs,
+) -> Result<ExitCode> {
     if common.check_args {
         return berth_core::cli::checked(|| {
-            check(&args, swap)?;
+            check(&args, nginx)?;
             Ok(common.check()?)
         });
     }
-    check(&args, swap)?;
+    check(&args, nginx)?;
     let input = stage::load(common)?;
     // Turning maintenance off must happen even when an earlier stage failed.
     let prior = input.doc.outcome();
-    let spec = swap.locked(
-        Spec::new("maintenance", ExitCode::Swap).acting_on_failure(args.state == OnOff::Off),
-    );
+    let spec = Spec::new("maintenance", ExitCode::Swap)
+        .acting_on_failure(args.state == OnOff::Off)
+        .locked(lock::DEPLOY, lock_wait);
     stage::run(spec, input, |ctx, _doc, detail| {
         let file = match &args.maintenance_file {
             Some(f) if f.is_absolute() => f.clone(),
@@ -101,12 +108,17 @@ pub fn run(args: Args, swap: &SwapArgs, common: &CommonArgs) -> Result<ExitCode>
                 .join("berth")
                 .join("server-maintenance.conf"),
         };
-        let mut proxy = Proxy::new(swap.proxy, ctx.compose(), &swap.proxy_service, &swap.nginx);
+        let mut proxy = Proxy::new(
+            nginx.proxy,
+            ctx.compose(),
+            &nginx.proxy_service,
+            &nginx.nginx,
+        );
         if !ctx.dry_run && !proxy.locate()? {
             return Err(berth_core::fail!(
                 Preflight,
                 "the nginx service {:?} is not running",
-                swap.proxy_service
+                nginx.proxy_service
             ));
         }
         detail.insert("file".into(), json!(file.display().to_string()));

@@ -11,15 +11,15 @@
 //! Without services, both take every service whose image uses the tag variable.
 
 use std::ffi::OsString;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result};
 use berth_core::cli::{CommonArgs, Context};
 use berth_core::process::{self, Runner};
 use berth_core::stage::{self, Completed, Spec};
-use berth_core::{compose, docker, fail, msg, time, ExitCode};
+use berth_core::{compose, docker, fail, msg, time, ExitCode, Failure};
 
-use crate::{owner, upstream, SwapArgs};
+use crate::{owner, upstream};
 use berth_core::doc::Document;
 use serde_json::{json, Map, Value};
 
@@ -64,22 +64,42 @@ pub fn resolve_services(ctx: &Context, named: &[String], cfg: &Value) -> Result<
     Ok(services)
 }
 
+/// Check service names: known shape, no repeats.
+pub fn check_services(services: &[String]) -> Result<(), Failure> {
+    for (i, s) in services.iter().enumerate() {
+        let ok = !s.is_empty()
+            && s.chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.');
+        if !ok {
+            return Err(Failure::usage(format!("SERVICE {s:?}: not a service name")));
+        }
+        if services[..i].contains(s) {
+            return Err(Failure::usage(format!("SERVICE {s} named twice")));
+        }
+    }
+    Ok(())
+}
+
 /// `--check-args` of `preflight` and `pull`: their services and the common settings.
 fn check_only(services: &[String], common: &CommonArgs) -> Result<ExitCode> {
     berth_core::cli::checked(|| {
-        crate::check_services(services)?;
+        check_services(services)?;
         common.check()?;
         Ok(())
     })
 }
 
-/// `berth-swap preflight`; the upstream file template is the swap's (global) one, so
-/// that the files checked are the ones the swap will write.
-pub fn preflight(args: PreflightArgs, swap: &SwapArgs, common: &CommonArgs) -> Result<ExitCode> {
+/// `berth-swap preflight`; `upstream_file` is the swap's (global) template, so that the
+/// files checked are the ones the swap will write.
+pub fn preflight(
+    args: PreflightArgs,
+    upstream_file: Option<&str>,
+    common: &CommonArgs,
+) -> Result<ExitCode> {
     if common.check_args {
         return check_only(&args.services, common);
     }
-    crate::check_services(&args.services)?;
+    check_services(&args.services)?;
     let input = stage::load(common)?;
     let spec = Spec::new("preflight", ExitCode::Preflight);
     stage::run(spec, input, |ctx, doc, detail| {
@@ -97,7 +117,7 @@ pub fn preflight(args: PreflightArgs, swap: &SwapArgs, common: &CommonArgs) -> R
             .map_err(|e| fail!(Preflight, "{e:#}"))?;
         let services = resolve_services(ctx, &args.services, &cfg)?;
         check_images(ctx, doc, detail, &cfg, &services, &tag)?;
-        check_owned(ctx, detail, &services, swap.upstream_file.as_deref())?;
+        check_owned(ctx, detail, &services, upstream_file)?;
         if !ctx.dry_run {
             berth_core::ledger::ensure_state_dir(&ctx.state_dir)
                 .and_then(|_| Ok(tempfile_in(&ctx.state_dir)?))
@@ -209,12 +229,12 @@ fn tempfile_in(dir: &std::path::Path) -> std::io::Result<()> {
     std::fs::remove_file(&p)
 }
 
-/// `berth-swap pull`, bounded by the (global) `--pull-timeout`.
-pub fn pull(args: PullArgs, swap: &SwapArgs, common: &CommonArgs) -> Result<ExitCode> {
+/// `berth-swap pull`, each pull bounded by the (global) `--pull-timeout`.
+pub fn pull(args: PullArgs, pull_timeout: Duration, common: &CommonArgs) -> Result<ExitCode> {
     if common.check_args {
         return check_only(&args.services, common);
     }
-    crate::check_services(&args.services)?;
+    check_services(&args.services)?;
     let input = stage::load(common)?;
     let spec = Spec::new("pull", ExitCode::Image);
     stage::run(spec, input, |ctx, doc, detail| {
@@ -231,7 +251,7 @@ pub fn pull(args: PullArgs, swap: &SwapArgs, common: &CommonArgs) -> Result<Exit
             let image = compose::service_image_in(&cfg, s)?;
             let t = Instant::now();
             let (id, pulled) =
-                crate::engine::ensure_image(&compose, runner, s, &image, swap.pull.pull_timeout)?;
+                crate::engine::ensure_image(&compose, runner, s, &image, pull_timeout)?;
             doc.set_service_image(s, &image);
             out.push(json!({
                 "name": s, "image": image, "image_id": id, "pulled": pulled,

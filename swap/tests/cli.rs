@@ -202,3 +202,32 @@ fn the_project_is_the_name_compose_resolves() {
     assert_eq!(code, 64, "{err}");
     assert!(err.contains("--env-file"), "{err}");
 }
+
+/// BERTH_APP_PORT is the port's one name (berth-migrate reads it too); BERTH_PORT, the old
+/// one, still works with a warning, and loses to the new one.
+#[test]
+fn the_app_port_has_one_name_and_the_old_one_still_works() {
+    let d = tempfile::tempdir().unwrap();
+    let run = |env: &[(&str, &str)]| {
+        let mut c = cmd(d.path());
+        for (k, v) in env {
+            c.env(k, v);
+        }
+        c.args(["--check-args", "--tag", "v2", "web"]);
+        let (code, _, err) = code(&mut c, "");
+        (code, err)
+    };
+    let (c, err) = run(&[("BERTH_APP_PORT", "0")]);
+    assert_eq!(c, 64, "{err}");
+    assert!(err.contains("--port 0"), "{err}");
+    let (c, err) = run(&[("BERTH_PORT", "0")]);
+    assert_eq!(c, 64, "{err}");
+    assert!(
+        err.contains("BERTH_PORT is deprecated: set BERTH_APP_PORT"),
+        "{err}"
+    );
+    assert!(err.contains("--port 0"), "{err}");
+    let (c, err) = run(&[("BERTH_PORT", "0"), ("BERTH_APP_PORT", "8080")]);
+    assert_eq!(c, 0, "{err}");
+    assert!(err.contains("BERTH_PORT is ignored"), "{err}");
+}
