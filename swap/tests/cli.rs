@@ -197,6 +197,30 @@ fn the_project_is_the_name_compose_resolves() {
             env_file.display()
         )
     );
+    // Without services: the configuration that named the project is the one the swap
+    // reads its services from (compose is asked once more only for the services that
+    // use the tag variable, with a probe value for it).
+    std::fs::remove_file(&log).unwrap();
+    let mut all = Command::cargo_bin("berth-swap").unwrap();
+    for (k, _) in std::env::vars() {
+        if k.starts_with("BERTH_") {
+            all.env_remove(k);
+        }
+    }
+    all.env("HOME", "/nonexistent")
+        .env("BERTH_DOCKER", &stub)
+        .current_dir(d.path())
+        .arg("--project-dir")
+        .arg(d.path())
+        .args(["--tag", "v2"]);
+    let (code, _, err) = self::code(&mut all, "");
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("no service's image uses"), "{err}");
+    let calls = std::fs::read_to_string(&log).unwrap();
+    let configs = calls
+        .lines()
+        .filter(|l| l.ends_with(" config --format json"));
+    assert_eq!(configs.count(), 2, "{calls}");
     // A missing env file is a usage error, before anything runs.
     let (code, _, err) = self::code(c.env("BERTH_ENV_FILE", "nope.env"), "");
     assert_eq!(code, 64, "{err}");
