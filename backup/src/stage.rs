@@ -15,11 +15,7 @@ use crate::rotate::{Decision, Policy};
 use crate::store::{self, Entry, Kind, Target};
 use crate::{offsite, pg, say, set_quiet, volume, BackupArgs, PgCmd, VolumeCmd};
 
-const SPEC: Spec<'static> = Spec {
-    name: "backup",
-    default_code: ExitCode::Backup,
-    acts_on_failure: false,
-};
+const SPEC: Spec<'static> = Spec::new("backup", ExitCode::Backup);
 
 /// A backup taken; its target's lock still held (rotation runs under it).
 struct Taken {

@@ -8,13 +8,15 @@ use crate::compose::Compose;
 use crate::exit::{self, ExitCode, Failure};
 use crate::msg;
 
-/// Where the project is and which release is meant. Every berth command flattens this.
+/// Where the project is and which release is meant. Every berth command flattens this;
+/// the options are global, so they may stand before or after a subcommand's word.
 #[derive(Debug, Clone, clap::Args)]
 #[command(next_help_heading = "Project")]
 pub struct CommonArgs {
     /// The compose project's directory (holds the compose file and `.env`)
     #[arg(
         long,
+        global = true,
         env = "BERTH_PROJECT_DIR",
         default_value = ".",
         value_name = "DIR"
@@ -23,6 +25,7 @@ pub struct CommonArgs {
 
     /// Compose file(s), repeatable; default: compose finds compose.yaml etc. in the project dir
     #[arg(
+        global = true,
         short = 'f',
         long = "file",
         env = "BERTH_COMPOSE_FILE",
@@ -34,6 +37,7 @@ pub struct CommonArgs {
     /// Compose project name [default: what compose resolves: COMPOSE_PROJECT_NAME (environment,
     /// then the env file), the compose file's top-level name:, the directory's name]
     #[arg(
+        global = true,
         short = 'p',
         long = "project-name",
         env = "BERTH_PROJECT_NAME",
@@ -43,20 +47,21 @@ pub struct CommonArgs {
 
     /// The env file compose reads instead of <project dir>/.env (relative to the project
     /// dir); berth records the deployed tag in it
-    #[arg(long, env = "BERTH_ENV_FILE", value_name = "FILE")]
+    #[arg(long, global = true, env = "BERTH_ENV_FILE", value_name = "FILE")]
     pub env_file: Option<PathBuf>,
 
     /// Where berth keeps locks, the ledger, logs and backups [default: <project dir>/.berth]
-    #[arg(long, env = "BERTH_STATE_DIR", value_name = "DIR")]
+    #[arg(long, global = true, env = "BERTH_STATE_DIR", value_name = "DIR")]
     pub state_dir: Option<PathBuf>,
 
     /// The immutable image tag being deployed (usually the git SHA)
-    #[arg(long, env = "BERTH_TAG", value_name = "TAG")]
+    #[arg(long, global = true, env = "BERTH_TAG", value_name = "TAG")]
     pub tag: Option<String>,
 
     /// The variable the compose file uses for the tag, e.g. image: shop-web:${BERTH_TAG}
     #[arg(
         long,
+        global = true,
         env = "BERTH_TAG_VAR",
         default_value = "BERTH_TAG",
         value_name = "NAME"
@@ -64,24 +69,30 @@ pub struct CommonArgs {
     pub tag_var: String,
 
     /// Print the docker commands this would run, and change nothing
-    #[arg(long, env = "BERTH_DRY_RUN")]
+    #[arg(long, global = true, env = "BERTH_DRY_RUN")]
     pub dry_run: bool,
 
     /// Only check the arguments and settings, exactly as a real run parses them: nothing
     /// printed and exit 0 when they are valid, one line and exit 64 when not. Reads no
     /// stdin, runs no docker, changes nothing (scripts/deploy.sh checks every stage so)
-    #[arg(long)]
+    #[arg(long, global = true)]
     pub check_args: bool,
 
     /// The engine that runs the project: compose (this host) or swarm (berth runs on a
     /// Swarm manager; so far only `berth-swap preflight` and `pull` support it, the other
     /// commands refuse it with exit 64)
-    #[arg(long, value_enum, env = "BERTH_ENGINE", default_value = "compose")]
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        env = "BERTH_ENGINE",
+        default_value = "compose"
+    )]
     pub engine: crate::swarm::Engine,
 
     /// Bound on each docker/compose/nginx call that has no bound of its own: past it the
     /// call's process group is killed and the stage fails naming the call
-    #[arg(long, env = "BERTH_COMMAND_TIMEOUT", default_value = "60s", value_parser = parse_duration, value_name = "DURATION")]
+    #[arg(long, global = true, env = "BERTH_COMMAND_TIMEOUT", default_value = "60s", value_parser = parse_duration, value_name = "DURATION")]
     pub command_timeout: std::time::Duration,
 }
 
@@ -364,6 +375,38 @@ pub fn main<A: Parser>(
     main_from(prog, std::env::args_os(), run)
 }
 
+/// Settings renamed, (old, new): the old name still works (for a command that reads the
+/// new one), with a warning.
+pub const RENAMED_ENVS: &[(&str, &str)] = &[("BERTH_PORT", "BERTH_APP_PORT")];
+
+/// Read each old name of [`RENAMED_ENVS`] as its new one, when this command reads the
+/// new one. Called first thing in `main`, before any thread starts.
+fn rename_envs(cmd: &clap::Command) {
+    for (old, new) in RENAMED_ENVS {
+        let Some(value) = std::env::var_os(old) else {
+            continue;
+        };
+        if !reads_env(cmd, new) {
+            continue;
+        }
+        if std::env::var_os(new).is_some() {
+            msg::warn(format!(
+                "{old} is ignored: {new} is set (it replaces {old})"
+            ));
+        } else {
+            msg::warn(format!("{old} is deprecated: set {new} instead"));
+            std::env::set_var(new, value);
+        }
+    }
+}
+
+/// Whether `cmd` or one of its subcommands has a flag read from the variable `env`.
+fn reads_env(cmd: &clap::Command, env: &str) -> bool {
+    cmd.get_arguments()
+        .any(|a| a.get_env().is_some_and(|e| e == env))
+        || cmd.get_subcommands().any(|s| reads_env(s, env))
+}
+
 /// [`main`] with the argument vector given (for a binary that rearranges it first).
 pub fn main_from<A: Parser, I, T>(
     prog: &str,
@@ -375,10 +418,20 @@ where
     T: Into<std::ffi::OsString> + Clone,
 {
     msg::set_program(prog);
+    rename_envs(&<A as clap::CommandFactory>::command());
     let argv: Vec<std::ffi::OsString> = argv.into_iter().map(Into::into).collect();
-    let args = match A::try_parse_from(&argv) {
-        Ok(a) => {
-            crate::swarm::set_command(command_name::<A>(prog, &argv));
+    // Parsed once: the matches give both the arguments and the subcommand's name.
+    let parsed = <A as clap::CommandFactory>::command()
+        .try_get_matches_from(&argv)
+        .and_then(|mut m| {
+            let name = command_name(prog, &m);
+            A::from_arg_matches_mut(&mut m)
+                .map(|a| (a, name))
+                .map_err(|e| e.format(&mut <A as clap::CommandFactory>::command()))
+        });
+    let args = match parsed {
+        Ok((a, name)) => {
+            crate::swarm::set_command(name);
             a
         }
         Err(e) => {
@@ -397,12 +450,12 @@ where
 }
 
 /// The program and its subcommands as given, e.g. `berth-swap pull`.
-fn command_name<A: clap::CommandFactory>(prog: &str, argv: &[std::ffi::OsString]) -> String {
+fn command_name(prog: &str, matches: &clap::ArgMatches) -> String {
     let mut name = prog.to_string();
-    let mut m = A::command().try_get_matches_from(argv).ok();
-    while let Some((sub, next)) = m.as_ref().and_then(|m| m.subcommand()) {
+    let mut m = matches;
+    while let Some((sub, next)) = m.subcommand() {
         name = format!("{name} {sub}");
-        m = Some(next.clone());
+        m = next;
     }
     name
 }

@@ -5,7 +5,9 @@
 //! `image: registry.example.com/shop-web:${BERTH_TAG}`; berth passes the tag through that
 //! variable in the child's environment (which compose prefers over `.env`).
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::{Mutex, OnceLock};
 
 use anyhow::{Context as _, Result};
 use serde_json::Value;
@@ -88,27 +90,56 @@ impl Compose {
 
     /// The project name exactly as compose resolves it without `-p` (`COMPOSE_PROJECT_NAME`
     /// from the environment, then the env file; the file's top-level `name:`; the
-    /// directory), asked once, bounded by [`RESOLVE_TIMEOUT`].
+    /// directory), asked once, bounded by [`RESOLVE_TIMEOUT`]. The configuration it
+    /// printed is kept as this project's (see [`Compose::config`]).
     pub fn resolved_name(&self) -> Result<String> {
-        let cmd = self.base_cmd(None).args(["config", "--format", "json"]);
-        let out = read_within(&cmd, RESOLVE_TIMEOUT)?;
+        let out = self
+            .base_cmd(None)
+            .args(["config", "--format", "json"])
+            .timeout(RESOLVE_TIMEOUT)
+            .read()?;
         let cfg: Value =
             serde_json::from_str(&out).context("docker compose config printed no JSON")?;
-        cfg.get("name")
+        let name = cfg
+            .get("name")
             .and_then(Value::as_str)
             .filter(|n| !n.is_empty())
             .map(str::to_string)
-            .context("docker compose config printed no project name")
+            .context("docker compose config printed no project name")?;
+        let named = Compose {
+            project: name.clone(),
+            ..self.clone()
+        };
+        remember(named.config_key(), cfg);
+        Ok(name)
     }
 
-    /// The resolved configuration (`docker compose config --format json`). Fails with
+    /// The resolved configuration (`docker compose config --format json`), asked of
+    /// compose once per process for the same project, files and environment. Fails with
     /// compose's own message when the file is invalid or a variable is missing.
     pub fn config(&self) -> Result<Value> {
+        let key = self.config_key();
+        if let Some(cfg) = remembered(&key) {
+            return Ok(cfg);
+        }
         let out = self
-            .cmd(["config", "--format", "json"])
+            .config_cmd()
             .read()
             .context("compose configuration is invalid")?;
-        serde_json::from_str(&out).context("docker compose config printed no JSON")
+        let cfg: Value =
+            serde_json::from_str(&out).context("docker compose config printed no JSON")?;
+        remember(key, cfg.clone());
+        Ok(cfg)
+    }
+
+    fn config_cmd(&self) -> Cmd {
+        self.cmd(["config", "--format", "json"])
+    }
+
+    /// What makes two `config` calls the same: the argument vector and the environment.
+    fn config_key(&self) -> String {
+        let cmd = self.config_cmd();
+        format!("{:?} {:?}", cmd.arg_list(), self.env)
     }
 
     /// The names of the services in the configuration.
@@ -151,36 +182,21 @@ impl Compose {
     }
 }
 
-/// Run `cmd` and return its stdout; kill it when it takes longer than `limit`.
-fn read_within(cmd: &Cmd, limit: std::time::Duration) -> Result<String> {
-    let handle = cmd
-        .expression()
-        .stdout_capture()
-        .stderr_capture()
-        .unchecked()
-        .start()
-        .with_context(|| format!("could not run {}", cmd.display()))?;
-    let deadline = std::time::Instant::now() + limit;
-    loop {
-        if let Some(out) = handle.try_wait()? {
-            if out.status.success() {
-                return Ok(String::from_utf8_lossy(&out.stdout).to_string());
-            }
-            anyhow::bail!(
-                "{} failed: {}",
-                cmd.display(),
-                crate::process::last_lines(&String::from_utf8_lossy(&out.stderr), 1)
-            );
-        }
-        if std::time::Instant::now() >= deadline {
-            let _ = handle.kill();
-            anyhow::bail!(
-                "{} did not answer within {}",
-                cmd.display(),
-                humantime::format_duration(limit)
-            );
-        }
-        std::thread::sleep(std::time::Duration::from_millis(20));
+/// The configurations already read in this process (compose files and `.env` do not
+/// change under a stage before it reads them; the tag is in the key, as an environment
+/// variable).
+fn configs() -> &'static Mutex<HashMap<String, Value>> {
+    static CONFIGS: OnceLock<Mutex<HashMap<String, Value>>> = OnceLock::new();
+    CONFIGS.get_or_init(Default::default)
+}
+
+fn remembered(key: &str) -> Option<Value> {
+    configs().lock().ok()?.get(key).cloned()
+}
+
+fn remember(key: String, cfg: Value) {
+    if let Ok(mut m) = configs().lock() {
+        m.insert(key, cfg);
     }
 }
 
@@ -236,6 +252,21 @@ mod tests {
             "docker compose --project-directory /srv/shop -p shop -f /srv/shop/prod.yml up -d"
         );
         assert_eq!(c.env, vec![("BERTH_TAG".to_string(), "def".to_string())]);
+    }
+
+    #[test]
+    fn a_config_is_kept_per_project_files_and_environment() {
+        let c = Compose::new("shop", Path::new("/srv/shop"), &[]);
+        let at = |t: &str| c.clone().with_env("BERTH_TAG", t).config_key();
+        assert_eq!(at("v1"), at("v1"));
+        assert_ne!(at("v1"), at("v2"));
+        let other = Compose::new("shop-staging", Path::new("/srv/shop"), &[]);
+        assert_ne!(c.config_key(), other.config_key());
+        let cfg = serde_json::json!({"name": "shop-cache-test", "services": {}});
+        let k = Compose::new("shop-cache-test", Path::new("/nonexistent"), &[]);
+        remember(k.config_key(), cfg.clone());
+        // Kept: no compose is run (there is none at /nonexistent).
+        assert_eq!(k.config().unwrap(), cfg);
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! Plain `docker` commands berth needs: is the daemon there, what state is a container
 //! in, its last log lines, which containers a compose service has.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result};
 use serde::Deserialize;
@@ -198,23 +198,20 @@ pub fn containers_with_labels(labels: &[(&str, &str)], all: bool) -> Result<Vec<
         .collect())
 }
 
-/// Whether an image is present locally; its ID when it is.
-pub fn image_id(reference: &str) -> Result<Option<String>> {
-    match docker()
-        .args(["image", "inspect", "--format", "{{.Id}}", reference])
-        .read()
-    {
-        Ok(id) => Ok(Some(id.trim().to_string())),
-        Err(ProcessError::Failed { stderr, .. })
-            if stderr.contains("No such image") || stderr.contains("no such image") =>
-        {
-            Ok(None)
-        }
-        Err(e) => Err(e.into()),
-    }
+/// `docker stop --time SECS ID...`: SIGTERM, then SIGKILL after `grace` (rounded up to
+/// whole seconds), bounded by the grace plus `--command-timeout`.
+pub fn stop(ids: &[String], grace: Duration) -> Cmd {
+    let secs = grace.as_secs() + u64::from(grace.subsec_nanos() > 0);
+    docker()
+        .args(["stop", "--time", &secs.to_string()])
+        .args(ids)
+        .timeout(grace + crate::process::command_timeout())
 }
 
-// verbs used by backup
+/// `docker rm -v ID...`: stopped containers, with their anonymous volumes.
+pub fn remove(ids: &[String]) -> Cmd {
+    docker().args(["rm", "-v"]).args(ids)
+}
 
 /// `docker rm -f [-v] ID...`: containers in any state (`volumes`: with their anonymous
 /// volumes).
@@ -237,6 +234,24 @@ pub fn volume_create(name: &str, labels: &[(&str, &str)]) -> Cmd {
 pub fn volume_remove(name: &str) -> Cmd {
     docker().args(["volume", "rm", "-f", name])
 }
+
+/// Whether an image is present locally; its ID when it is.
+pub fn image_id(reference: &str) -> Result<Option<String>> {
+    match docker()
+        .args(["image", "inspect", "--format", "{{.Id}}", reference])
+        .read()
+    {
+        Ok(id) => Ok(Some(id.trim().to_string())),
+        Err(ProcessError::Failed { stderr, .. })
+            if stderr.contains("No such image") || stderr.contains("no such image") =>
+        {
+            Ok(None)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+// verbs used by backup
 
 /// `docker volume inspect --format {{.Name}} NAME`: prints the name; fails when there
 /// is no such volume.
@@ -276,6 +291,34 @@ pub fn run_helper(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn verbs() {
+        let ids = vec!["a1".to_string(), "b2".to_string()];
+        let shown = |c: Cmd| {
+            c.arg_list()
+                .iter()
+                .map(|a| a.to_string_lossy().to_string())
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+        assert_eq!(
+            shown(stop(&ids, Duration::from_millis(1500))),
+            "stop --time 2 a1 b2"
+        );
+        assert_eq!(
+            shown(stop(&ids, Duration::from_secs(10))),
+            "stop --time 10 a1 b2"
+        );
+        assert_eq!(shown(remove(&ids)), "rm -v a1 b2");
+        assert_eq!(shown(remove_force(&ids, true)), "rm -f -v a1 b2");
+        assert_eq!(shown(remove_force(&["m"], false)), "rm -f m");
+        assert_eq!(
+            shown(volume_create("v", &[("k", "x")])),
+            "volume create --label k=x v"
+        );
+        assert_eq!(shown(volume_remove("v")), "volume rm -f v");
+    }
 
     #[test]
     fn parses_inspect_output() {

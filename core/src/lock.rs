@@ -33,6 +33,10 @@ pub struct Lock {
     pub path: PathBuf,
 }
 
+/// The lock every stage that changes the deploy takes (swap, rollback, migrate,
+/// maintenance, converge).
+pub const DEPLOY: &str = "deploy";
+
 /// The path of lock `name` in a state directory.
 pub fn path(state_dir: &Path, name: &str) -> PathBuf {
     state_dir.join("locks").join(format!("{name}.lock"))
@@ -60,30 +64,7 @@ pub fn acquire(
             .with_context(|| format!("opening lock file {}", path.display()))?;
         match file.try_lock() {
             Ok(()) => {
-                if let Some(old) = read_holder(&mut file) {
-                    if old.pid != std::process::id() && !pid_alive(old.pid) {
-                        msg::warn(format!(
-                            "reclaimed the {name} lock left by {} (pid {}, {}since {}), which is gone",
-                            old.program,
-                            old.pid,
-                            old.deploy_id
-                                .as_deref()
-                                .map(|d| format!("deploy {d}, "))
-                                .unwrap_or_default(),
-                            old.since
-                        ));
-                    }
-                }
-                let me = Holder {
-                    pid: std::process::id(),
-                    program: msg::program().to_string(),
-                    deploy_id: deploy_id.map(str::to_string),
-                    since: time::now_rfc3339(),
-                };
-                file.set_len(0)?;
-                file.seek(SeekFrom::Start(0))?;
-                file.write_all(serde_json::to_string(&me)?.as_bytes())?;
-                file.sync_all()?;
+                claim(&mut file, name, deploy_id)?;
                 return Ok(Lock {
                     file: Some(file),
                     path,
@@ -93,35 +74,9 @@ pub fn acquire(
                 if inherited(&path) {
                     return Ok(Lock { file: None, path });
                 }
-                let holder = read_holder(&mut file);
-                let who = holder
-                    .as_ref()
-                    .map(|h| {
-                        format!(
-                            "{} (pid {}{}, since {})",
-                            h.program,
-                            h.pid,
-                            h.deploy_id
-                                .as_deref()
-                                .map(|d| format!(", deploy {d}"))
-                                .unwrap_or_default(),
-                            h.since
-                        )
-                    })
-                    .unwrap_or_else(|| "another process".to_string());
+                let who = who(read_holder(&mut file).as_ref());
                 if started.elapsed() >= wait {
-                    let hint = if wait.is_zero() {
-                        "; pass --lock-wait DURATION to wait for it"
-                    } else {
-                        ""
-                    };
-                    return Err(fail!(
-                        Locked,
-                        "another deploy holds the {name} lock: {who}; waited {}{hint}",
-                        humantime::format_duration(Duration::from_secs(
-                            started.elapsed().as_secs()
-                        ))
-                    ));
+                    return Err(busy(name, &who, wait, started.elapsed()));
                 }
                 if !announced {
                     msg::info(format!("waiting for the {name} lock held by {who}"));
@@ -135,6 +90,67 @@ pub fn acquire(
             }
         }
     }
+}
+
+/// The lock is ours: say when it reclaims a dead holder's record, then write ours.
+fn claim(file: &mut File, name: &str, deploy_id: Option<&str>) -> Result<()> {
+    if let Some(old) = read_holder(file) {
+        if old.pid != std::process::id() && !pid_alive(old.pid) {
+            msg::warn(format!(
+                "reclaimed the {name} lock left by {} (pid {}, {}since {}), which is gone",
+                old.program,
+                old.pid,
+                old.deploy_id
+                    .as_deref()
+                    .map(|d| format!("deploy {d}, "))
+                    .unwrap_or_default(),
+                old.since
+            ));
+        }
+    }
+    let me = Holder {
+        pid: std::process::id(),
+        program: msg::program().to_string(),
+        deploy_id: deploy_id.map(str::to_string),
+        since: time::now_rfc3339(),
+    };
+    file.set_len(0)?;
+    file.seek(SeekFrom::Start(0))?;
+    file.write_all(serde_json::to_string(&me)?.as_bytes())?;
+    file.sync_all()?;
+    Ok(())
+}
+
+/// Who holds a lock, for a person.
+fn who(holder: Option<&Holder>) -> String {
+    holder
+        .map(|h| {
+            format!(
+                "{} (pid {}{}, since {})",
+                h.program,
+                h.pid,
+                h.deploy_id
+                    .as_deref()
+                    .map(|d| format!(", deploy {d}"))
+                    .unwrap_or_default(),
+                h.since
+            )
+        })
+        .unwrap_or_else(|| "another process".to_string())
+}
+
+/// Exit 75: another deploy holds the lock (and held it for all of `wait`).
+fn busy(name: &str, who: &str, wait: Duration, waited: Duration) -> anyhow::Error {
+    let hint = if wait.is_zero() {
+        "; pass --lock-wait DURATION to wait for it"
+    } else {
+        ""
+    };
+    fail!(
+        Locked,
+        "another deploy holds the {name} lock: {who}; waited {}{hint}",
+        humantime::format_duration(Duration::from_secs(waited.as_secs()))
+    )
 }
 
 fn inherited(path: &Path) -> bool {

@@ -72,6 +72,7 @@ pub const BERTH_KEYS: &[&str] = &[
     "BERTH_NO_LEDGER",
     "BERTH_PASSWORD_FILE",
     "BERTH_PING_URL",
+    // The old name of BERTH_APP_PORT (see `cli::RENAMED_ENVS`).
     "BERTH_PORT",
     "BERTH_PROJECT_NAME",
     "BERTH_PROXY",

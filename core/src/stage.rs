@@ -2,7 +2,7 @@
 //! through untouched, run, record `{stage, status, started_at, duration_ms, exit_code,
 //! detail, error}`, write the whole document to stdout, exit with the stage's code.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use serde_json::{Map, Value};
@@ -10,7 +10,7 @@ use serde_json::{Map, Value};
 use crate::cli::{CommonArgs, Context};
 use crate::doc::{self, Document, StageRecord, Status};
 use crate::exit::{self, ExitCode, Failure};
-use crate::{msg, time};
+use crate::{ledger, lock, msg, time};
 
 /// A stage's input: its resolved settings and the document it works on.
 #[derive(Debug)]
@@ -99,7 +99,8 @@ pub enum Completed {
     Done(ExitCode),
 }
 
-/// What a stage is called and how it treats earlier failures.
+/// What a stage is called, how it treats earlier failures, the lock it runs under and
+/// what it leaves in the ledger.
 #[derive(Debug, Clone, Copy)]
 pub struct Spec<'a> {
     /// The name in the document's `stages` list.
@@ -108,6 +109,61 @@ pub struct Spec<'a> {
     pub default_code: ExitCode,
     /// rollback and report act on failures; every other stage passes them through.
     pub acts_on_failure: bool,
+    /// The lock the body runs under (not in a dry run): taken before it, released once
+    /// the stage's record is in the document and before the document is written, so the
+    /// next stage of a pipe can take it as soon as it reads the document.
+    pub lock: Option<StageLock<'a>>,
+    /// What the stage appends to the ledger once its record is in (not in a dry run).
+    pub ledger: Ledger,
+}
+
+/// A lock a stage runs under (see [`crate::lock`]).
+#[derive(Debug, Clone, Copy)]
+pub struct StageLock<'a> {
+    pub name: &'a str,
+    /// How long to wait for another holder (zero: exit 75 at once).
+    pub wait: Duration,
+}
+
+/// What a stage leaves in the ledger.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ledger {
+    Nothing,
+    /// The release, marked provisional, when the stage succeeded (the swap: good only
+    /// once the whole deploy says so).
+    Provisional,
+    /// The whole document, however the stage ended (the rollback).
+    Document,
+}
+
+impl<'a> Spec<'a> {
+    /// A stage that passes failures through, takes no lock and writes no ledger line.
+    pub const fn new(name: &'a str, default_code: ExitCode) -> Spec<'a> {
+        Spec {
+            name,
+            default_code,
+            acts_on_failure: false,
+            lock: None,
+            ledger: Ledger::Nothing,
+        }
+    }
+
+    /// The stage acts on an earlier failure (`yes`) instead of passing it through.
+    pub const fn acting_on_failure(mut self, yes: bool) -> Spec<'a> {
+        self.acts_on_failure = yes;
+        self
+    }
+
+    /// The body runs under lock `name`, waiting up to `wait` for it.
+    pub const fn locked(mut self, name: &'a str, wait: Duration) -> Spec<'a> {
+        self.lock = Some(StageLock { name, wait });
+        self
+    }
+
+    pub const fn ledger(mut self, ledger: Ledger) -> Spec<'a> {
+        self.ledger = ledger;
+        self
+    }
 }
 
 /// If the document already records a failure, and this stage does not act on failures,
@@ -135,8 +191,8 @@ pub fn run(
 }
 
 /// [`run`], with `after` called on the document once this stage's record is in it and
-/// before it is written (not when the document is only passed through): e.g. to append
-/// the release to the ledger, or to release a lock before the next stage reads stdin.
+/// before its ledger line, the release of its lock and the write (not when the document
+/// is only passed through).
 pub fn run_then(
     spec: Spec,
     input: Input,
@@ -151,7 +207,10 @@ pub fn run_then(
     let started_at = time::now_rfc3339();
     let clock = Instant::now();
     let mut detail = Map::new();
-    let result = body(&ctx, &mut doc, &mut detail);
+    let (held, result) = match take_lock(&spec, &ctx, &doc) {
+        Ok(held) => (held, body(&ctx, &mut doc, &mut detail)),
+        Err(e) => (None, Err(e)),
+    };
     let duration_ms = time::millis(clock.elapsed());
     let (status, code, error, err) = match result {
         Ok(Completed::Ok) => (Status::Ok, ExitCode::Success, None, None),
@@ -182,10 +241,52 @@ pub fn run_then(
         extra: Map::new(),
     });
     after(&ctx, &doc);
+    append_ledger(&spec, &ctx, &doc);
+    if let Some(lock) = held {
+        lock.release();
+    }
     write(&doc)?;
     match err {
         Some(f) => Err(f.into()),
         None => Ok(code),
+    }
+}
+
+/// The stage's lock, unless it has none or this is a dry run.
+fn take_lock(spec: &Spec, ctx: &Context, doc: &Document) -> Result<Option<lock::Lock>> {
+    match spec.lock {
+        Some(l) if !ctx.dry_run => {
+            lock::acquire(&ctx.state_dir, l.name, l.wait, Some(&doc.deploy_id)).map(Some)
+        }
+        _ => Ok(None),
+    }
+}
+
+/// The stage's ledger line (see [`Ledger`]); a failure to write it is a warning.
+fn append_ledger(spec: &Spec, ctx: &Context, doc: &Document) {
+    if ctx.dry_run {
+        return;
+    }
+    let line = match spec.ledger {
+        Ledger::Nothing => return,
+        Ledger::Provisional => {
+            let ok = doc.stage(spec.name).is_some_and(|s| s.status == Status::Ok);
+            if !ok {
+                return;
+            }
+            ledger::provisional(doc)
+        }
+        Ledger::Document => doc.clone(),
+    };
+    if let Err(e) = ledger::append(&ctx.state_dir, &line) {
+        msg::warn(format!(
+            "could not record the {} in the ledger: {e:#}",
+            if spec.ledger == Ledger::Provisional {
+                "release"
+            } else {
+                spec.name
+            }
+        ));
     }
 }
 
@@ -238,11 +339,7 @@ mod tests {
             doc: Document::new("shop", Some("abc")),
             piped: false,
         };
-        let spec = Spec {
-            name: "rollback",
-            default_code: ExitCode::RollbackFailed,
-            acts_on_failure: true,
-        };
+        let spec = Spec::new("rollback", ExitCode::RollbackFailed).acting_on_failure(true);
         let seen = std::cell::RefCell::new(None);
         let code = run_then(
             spec,
@@ -259,6 +356,50 @@ mod tests {
     }
 
     #[test]
+    fn the_spec_holds_its_lock_over_the_body_and_writes_its_ledger_line() {
+        let state = tempfile::tempdir().unwrap();
+        let input = |dry_run: bool| {
+            let (_, mut c) = ctx(&[]);
+            c.state_dir = state.path().to_path_buf();
+            c.dry_run = dry_run;
+            Input {
+                ctx: c,
+                doc: Document::new("shop", Some("abc")),
+                piped: false,
+            }
+        };
+        let spec = Spec::new("swap", ExitCode::Swap)
+            .locked(lock::DEPLOY, Duration::ZERO)
+            .ledger(Ledger::Provisional);
+        let locked = |e: &anyhow::Error| exit::code_of(e, ExitCode::Preflight) == ExitCode::Locked;
+        let code = run(spec, input(false), |ctx, _, _| {
+            let other = lock::acquire(&ctx.state_dir, lock::DEPLOY, Duration::ZERO, None);
+            assert!(locked(&other.unwrap_err()), "the body runs under the lock");
+            Ok(Completed::Ok)
+        })
+        .unwrap();
+        assert_eq!(code, ExitCode::Success);
+        let lines = ledger::read(state.path()).unwrap();
+        assert_eq!(lines.len(), 1);
+        assert!(ledger::is_provisional(&lines[0]));
+        // Released: another holder now keeps the next stage out, body unrun, 75 recorded.
+        let other = lock::acquire(state.path(), lock::DEPLOY, Duration::ZERO, None).unwrap();
+        let e = run(spec, input(false), |_, _, _| panic!("ran without the lock")).unwrap_err();
+        assert!(locked(&e), "{e}");
+        // A failed stage writes no provisional line; a dry run takes no lock and writes none.
+        drop(other);
+        let e = run(spec, input(false), |_, _, _| anyhow::bail!("no")).unwrap_err();
+        assert_eq!(exit::code_of(&e, ExitCode::Preflight), ExitCode::Swap);
+        let _held = lock::acquire(state.path(), lock::DEPLOY, Duration::ZERO, None).unwrap();
+        let dry = spec.ledger(Ledger::Document);
+        assert_eq!(
+            run(dry, input(true), |_, _, _| Ok(Completed::Ok)).unwrap(),
+            ExitCode::Success
+        );
+        assert_eq!(ledger::read(state.path()).unwrap().len(), 1);
+    }
+
+    #[test]
     fn failures_pass_through_except_for_stages_that_act_on_them() {
         let mut d = Document::new("shop", Some("abc"));
         d.stages.push(StageRecord {
@@ -271,11 +412,7 @@ mod tests {
             error: Some("disk full".into()),
             extra: Map::new(),
         });
-        let swap = Spec {
-            name: "swap",
-            default_code: ExitCode::Swap,
-            acts_on_failure: false,
-        };
+        let swap = Spec::new("swap", ExitCode::Swap);
         assert_eq!(pass_through(&swap, &d), Some(ExitCode::Backup));
         let report = Spec {
             acts_on_failure: true,

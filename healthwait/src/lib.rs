@@ -215,11 +215,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
     }
     // The smoke check talks HTTP and docker, never compose.
     let input = stage::load_with(&cli.common, false)?;
-    let spec = Spec {
-        name: &cli.stage,
-        default_code: ExitCode::Unhealthy,
-        acts_on_failure: false,
-    };
+    let spec = Spec::new(&cli.stage, ExitCode::Unhealthy);
     if stage::pass_through(&spec, &input.doc).is_none() {
         check_docker()?;
     }

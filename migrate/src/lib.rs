@@ -9,7 +9,6 @@
 pub mod backup;
 pub mod oneoff;
 
-use std::cell::RefCell;
 use std::ffi::OsString;
 use std::sync::atomic::{AtomicBool, AtomicUsize};
 use std::sync::Arc;
@@ -19,8 +18,9 @@ use anyhow::{Context as _, Result};
 use berth_core::cli::{parse_duration, CommonArgs, Context};
 use berth_core::compose::{self, Compose};
 use berth_core::doc::Document;
+use berth_core::docker::Container;
 use berth_core::health::{self, HttpCheck, Target};
-use berth_core::lock::{self, Lock};
+use berth_core::lock;
 use berth_core::stage::{self, Completed, Spec};
 use berth_core::time::millis;
 use berth_core::{docker, fail, msg, ExitCode, Failure};
@@ -28,12 +28,10 @@ use clap::Parser;
 use serde_json::{json, Map, Value};
 
 use crate::backup::BackupRef;
-use crate::oneoff::{Ended, Plan};
+use crate::oneoff::{Ended, OneOff};
 
 /// The stage's name in the deploy document.
 pub const STAGE: &str = "migrate";
-/// The lock every stage that changes the deploy takes (berth-swap, berth-rollback).
-pub const LOCK: &str = "deploy";
 /// Lines of the log that go into the document and on stderr when the migration fails.
 pub const TAIL_LINES: usize = 50;
 
@@ -154,39 +152,25 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
     }
     cli.check()?;
     let input = stage::load(&cli.common)?;
-    let spec = Spec {
-        name: STAGE,
-        default_code: ExitCode::Migration,
-        acts_on_failure: false,
-    };
+    let spec = Spec::new(STAGE, ExitCode::Migration).locked(lock::DEPLOY, cli.lock_wait);
     if !input.doc.has_failed() {
         input.ctx.require_tag()?;
     }
-    // Released after the record is in the document and before it is written, so the
-    // next stage of a pipe can take it as soon as it reads the document.
-    let held: RefCell<Option<Lock>> = RefCell::new(None);
-    stage::run_then(
-        spec,
-        input,
-        |ctx, doc, detail| migrate(&cli, ctx, doc, detail, &held),
-        |_, _| {
-            if let Some(l) = held.borrow_mut().take() {
-                l.release();
-            }
-        },
-    )
+    stage::run(spec, input, |ctx, doc, detail| {
+        migrate(&cli, ctx, doc, detail)
+    })
 }
 
+/// The stage's body, under the deploy lock (see [`run`]).
 fn migrate(
     cli: &Cli,
     ctx: &Context,
     doc: &mut Document,
     detail: &mut Map<String, Value>,
-    held: &RefCell<Option<Lock>>,
 ) -> Result<Completed> {
     let tag = ctx.require_tag()?.to_string();
     let compose = ctx.compose_at(&tag);
-    let plan = Plan::new(
+    let job = OneOff::new(
         compose.clone(),
         &cli.service,
         &cli.command,
@@ -195,12 +179,53 @@ fn migrate(
     );
     detail.insert("service".into(), json!(cli.service));
     detail.insert("tag".into(), json!(tag));
-    detail.insert("command".into(), json!(plan.command_display()));
-    detail.insert("container".into(), json!(plan.name));
-    detail.insert("log".into(), json!(plan.log.to_string_lossy()));
+    detail.insert("command".into(), json!(job.command_display()));
+    detail.insert("container".into(), json!(job.name));
+    detail.insert("log".into(), json!(job.log.to_string_lossy()));
     detail.insert("timeout_ms".into(), json!(millis(cli.timeout)));
     detail.insert("backup_required".into(), json!(!cli.no_backup_required));
+    let backup = required_backup(cli, ctx, doc, detail)?;
+    if ctx.dry_run {
+        return dry_run(cli, &job, detail);
+    }
 
+    docker::ensure_reachable()?;
+    let config = compose.config().map_err(|e| fail!(Preflight, "{e:#}"))?;
+    let image =
+        compose::service_image_in(&config, &cli.service).map_err(|e| fail!(Preflight, "{e:#}"))?;
+    detail.insert("image".into(), json!(image));
+
+    let stop = Arc::new(AtomicUsize::new(0));
+    catch_signals(&stop)?;
+
+    oneoff::remove_leftovers(&job)?;
+    msg::info(format!(
+        "migrating with {image}: {} (output: {})",
+        job.command_display().join(" "),
+        job.log.display()
+    ));
+    let out = oneoff::run(&job, cli.timeout, &stop)?;
+    let failure = record_run(cli, &job, &out, detail);
+    // The old version is probed again, unless a person asked us to stop.
+    if !matches!(out.ended, Ended::Interrupted(_)) {
+        probe_old(cli, &compose, detail);
+    }
+    let Some(failure) = failure else {
+        msg::info(format!("migrated in {:.1}s", out.elapsed.as_secs_f64()));
+        return Ok(Completed::Ok);
+    };
+    explain_failure(ctx, &job, &out, backup.as_ref(), detail);
+    Err(fail!(Migration, "{failure} (log: {})", job.log.display()))
+}
+
+/// The verified backup the document records (into the detail either way); without one,
+/// refuse unless --no-backup-required, or the whole pipeline is a dry run.
+fn required_backup(
+    cli: &Cli,
+    ctx: &Context,
+    doc: &Document,
+    detail: &mut Map<String, Value>,
+) -> Result<Option<BackupRef>> {
     let backup = backup::find(doc, ctx);
     detail.insert(
         "backup".into(),
@@ -216,47 +241,30 @@ fn migrate(
             .stages
             .iter()
             .any(|s| s.stage.starts_with("backup") && s.status == berth_core::doc::Status::Skipped);
-    let backup = match backup {
-        Ok(b) => Some(b),
+    match backup {
+        Ok(b) => Ok(Some(b)),
         Err(_) if dry_backup => {
             msg::info(
                 "dry run: the backup stage was a dry run too; a real run needs its verified backup",
             );
-            None
+            Ok(None)
         }
-        Err(missing) if !cli.no_backup_required => {
-            return Err(fail!(
-                Migration,
-                "refusing to migrate: {}",
-                missing.message()
-            ))
-        }
-        Err(_) => None,
-    };
-
-    if ctx.dry_run {
-        return dry_run(cli, &plan, detail);
+        Err(missing) if !cli.no_backup_required => Err(fail!(
+            Migration,
+            "refusing to migrate: {}",
+            missing.message()
+        )),
+        Err(_) => Ok(None),
     }
+}
 
-    docker::ensure_reachable()?;
-    let lock = lock::acquire(&ctx.state_dir, LOCK, cli.lock_wait, Some(&doc.deploy_id))?;
-    *held.borrow_mut() = Some(lock);
-
-    let config = compose.config().map_err(|e| fail!(Preflight, "{e:#}"))?;
-    let image =
-        compose::service_image_in(&config, &cli.service).map_err(|e| fail!(Preflight, "{e:#}"))?;
-    detail.insert("image".into(), json!(image));
-
-    let stop = Arc::new(AtomicUsize::new(0));
-    catch_signals(&stop)?;
-
-    oneoff::remove_leftovers(&plan)?;
-    msg::info(format!(
-        "migrating with {image}: {} (output: {})",
-        plan.command_display().join(" "),
-        plan.log.display()
-    ));
-    let out = oneoff::run(&plan, cli.timeout, &stop)?;
+/// How the run ended, into the detail; the failure's line, if it failed.
+fn record_run(
+    cli: &Cli,
+    job: &OneOff,
+    out: &oneoff::Run,
+    detail: &mut Map<String, Value>,
+) -> Option<String> {
     detail.insert("migration_ms".into(), json!(millis(out.elapsed)));
     detail.insert("containers_left".into(), json!(out.left));
     let (ended, exit_status) = match &out.ended {
@@ -267,63 +275,62 @@ fn migrate(
     };
     detail.insert("ended".into(), json!(ended));
     detail.insert("exit_status".into(), json!(exit_status));
-
-    let failure = match &out.ended {
+    if out.left > 0 {
+        msg::error(format!(
+            "{} migration container(s) still present after removal; remove them: docker rm -f {}",
+            out.left, job.name
+        ));
+    }
+    match &out.ended {
         Ended::Exited(0) => None,
         Ended::Exited(c) => Some(format!("the migration exited with {c}")),
         Ended::Killed(s) => Some(format!("docker compose was killed by signal {s}")),
         Ended::TimedOut => Some(format!(
             "the migration did not finish within {}; its container {} was removed",
             oneoff::humanize(cli.timeout),
-            plan.name
+            job.name
         )),
         Ended::Interrupted(s) => Some(format!(
             "interrupted by {s}; the migration container {} was removed",
-            plan.name
+            job.name
         )),
-    };
-    if out.left > 0 {
-        msg::error(format!(
-            "{} migration container(s) still present after removal; remove them: docker rm -f {}",
-            out.left, plan.name
-        ));
     }
+}
 
-    // The old version is probed again, unless a person asked us to stop.
-    if !matches!(out.ended, Ended::Interrupted(_)) {
-        probe_old(cli, &compose, detail);
-    }
-
-    let Some(failure) = failure else {
-        msg::info(format!("migrated in {:.1}s", out.elapsed.as_secs_f64()));
-        return Ok(Completed::Ok);
-    };
-    let tail = oneoff::tail(&plan.log, out.log_start, TAIL_LINES);
+/// A failed migration: the log's last lines (document and stderr), and how to restore
+/// the backup taken before it.
+fn explain_failure(
+    ctx: &Context,
+    job: &OneOff,
+    out: &oneoff::Run,
+    backup: Option<&BackupRef>,
+    detail: &mut Map<String, Value>,
+) {
+    let tail = oneoff::tail(&job.log, out.log_start, TAIL_LINES);
     detail.insert("log_tail".into(), json!(tail.join("\n")));
     if tail.is_empty() {
         msg::info(format!(
             "the migration wrote nothing ({})",
-            plan.log.display()
+            job.log.display()
         ));
     } else {
         msg::info(format!(
             "last {} line(s) of {}:",
             tail.len(),
-            plan.log.display()
+            job.log.display()
         ));
         for l in &tail {
             msg::info(format!("| {l}"));
         }
     }
     msg::info("the old version still serves: nothing else was touched");
-    if let Some(b) = &backup {
+    if let Some(b) = backup {
         let cmd = b.restore_command(ctx);
         msg::info(format!(
             "if the migration left the database half-changed, restore the backup taken before it:\n    {cmd}"
         ));
         detail.insert("restore_command".into(), json!(cmd));
     }
-    Err(fail!(Migration, "{failure} (log: {})", plan.log.display()))
 }
 
 /// SIGINT/SIGTERM set `stop` (the migration container is then removed); a second one
@@ -346,11 +353,11 @@ fn catch_signals(stop: &Arc<AtomicUsize>) -> Result<()> {
     Ok(())
 }
 
-fn dry_run(cli: &Cli, plan: &Plan, detail: &mut Map<String, Value>) -> Result<Completed> {
-    let run = plan.run_cmd().display();
-    let rm = plan.remove_cmd().display();
+fn dry_run(cli: &Cli, job: &OneOff, detail: &mut Map<String, Value>) -> Result<Completed> {
+    let run = job.run_cmd().display();
+    let rm = job.remove_cmd().display();
     msg::info(format!("would run: {run}"));
-    msg::info(format!("would write its output to {}", plan.log.display()));
+    msg::info(format!("would write its output to {}", job.log.display()));
     msg::info(format!(
         "would remove its container on timeout ({}), SIGINT or SIGTERM: {rm}",
         oneoff::humanize(cli.timeout)
@@ -388,9 +395,43 @@ fn probe_old(cli: &Cli, compose: &Compose, detail: &mut Map<String, Value>) {
         detail.insert("old_version".into(), json!([]));
         return;
     }
+    let rows = probe_rows(cli, &running);
+    let ready = rows.iter().all(|r| r["ready"] == json!(true));
+    detail.insert("old_version_ready".into(), json!(ready));
+    detail.insert("old_version".into(), Value::Array(rows.clone()));
+    if ready {
+        msg::info(format!(
+            "the running version still answers ready on {} ({} container(s))",
+            cli.ready_path,
+            rows.len()
+        ));
+    } else {
+        let why: Vec<String> = rows
+            .iter()
+            .filter(|r| r["ready"] != json!(true))
+            .map(|r| {
+                format!(
+                    "{}: {}",
+                    r["container"].as_str().unwrap_or("?"),
+                    r["last_error"].as_str().unwrap_or("not ready")
+                )
+            })
+            .collect();
+        msg::info(format!(
+            "WARNING: the running {} version is NOT ready with the new schema ({}); it may fail \
+             requests until the new version takes over. The deploy rolls forward: the new \
+             version is the fix.",
+            cli.service,
+            why.join("; ")
+        ));
+    }
+}
+
+/// One row per running container: its readiness at its own address.
+fn probe_rows(cli: &Cli, running: &[Container]) -> Vec<Value> {
     let mut targets = Vec::new();
     let mut rows = Vec::new();
-    for c in &running {
+    for c in running {
         let ip = c
             .networks
             .iter()
@@ -422,33 +463,5 @@ fn probe_old(cli: &Cli, compose: &Compose, detail: &mut Map<String, Value>) {
         rows.push(json!({"container": c.name, "image": c.image, "url": r.target,
                          "ready": r.ready, "last_error": if r.ready { None } else { r.last_error.clone() }}));
     }
-    let ready = rows.iter().all(|r| r["ready"] == json!(true));
-    detail.insert("old_version_ready".into(), json!(ready));
-    detail.insert("old_version".into(), Value::Array(rows.clone()));
-    if ready {
-        msg::info(format!(
-            "the running version still answers ready on {} ({} container(s))",
-            cli.ready_path,
-            rows.len()
-        ));
-    } else {
-        let why: Vec<String> = rows
-            .iter()
-            .filter(|r| r["ready"] != json!(true))
-            .map(|r| {
-                format!(
-                    "{}: {}",
-                    r["container"].as_str().unwrap_or("?"),
-                    r["last_error"].as_str().unwrap_or("not ready")
-                )
-            })
-            .collect();
-        msg::info(format!(
-            "WARNING: the running {} version is NOT ready with the new schema ({}); it may fail \
-             requests until the new version takes over. The deploy rolls forward: the new \
-             version is the fix.",
-            cli.service,
-            why.join("; ")
-        ));
-    }
+    rows
 }

@@ -24,7 +24,7 @@ pub const ROLE: &str = "migrate";
 
 /// What to run and where its output goes.
 #[derive(Debug, Clone)]
-pub struct Plan {
+pub struct OneOff {
     pub compose: Compose,
     pub service: String,
     pub command: Vec<OsString>,
@@ -34,19 +34,19 @@ pub struct Plan {
     pub log: PathBuf,
 }
 
-impl Plan {
+impl OneOff {
     pub fn new(
         compose: Compose,
         service: &str,
         command: &[OsString],
         deploy_id: &str,
         state_dir: &Path,
-    ) -> Plan {
+    ) -> OneOff {
         let name = format!("{}-migrate-{}", compose.project, container_safe(deploy_id));
         let log = state_dir
             .join("logs")
             .join(format!("migrate-{}.log", container_safe(deploy_id)));
-        Plan {
+        OneOff {
             compose,
             service: service.to_string(),
             command: command.to_vec(),
@@ -77,7 +77,7 @@ impl Plan {
 
     /// `docker rm -f NAME`: how this container is removed when berth-migrate must stop it.
     pub fn remove_cmd(&self) -> Cmd {
-        docker::docker().args(["rm", "-f", &self.name])
+        docker::remove_force(&[&self.name], false)
     }
 
     pub fn command_display(&self) -> Vec<String> {
@@ -116,7 +116,7 @@ pub enum Ended {
 }
 
 #[derive(Debug)]
-pub struct Outcome {
+pub struct Run {
     pub ended: Ended,
     pub elapsed: Duration,
     /// Where this run's output starts in the log (earlier attempts come before it).
@@ -126,20 +126,20 @@ pub struct Outcome {
 }
 
 /// The labels that find every migration container of this run.
-fn labels(plan: &Plan) -> [(&str, &str); 3] {
+fn labels(job: &OneOff) -> [(&str, &str); 3] {
     [
-        (LABEL_PROJECT, plan.compose.project.as_str()),
-        (LABEL_DEPLOY, plan.deploy_id.as_str()),
+        (LABEL_PROJECT, job.compose.project.as_str()),
+        (LABEL_DEPLOY, job.deploy_id.as_str()),
         (LABEL_ROLE, ROLE),
     ]
 }
 
 /// Remove migration containers a killed berth-migrate of this project left behind (we
 /// hold the deploy lock: no other migration of this project runs now).
-pub fn remove_leftovers(plan: &Plan) -> Result<usize> {
+pub fn remove_leftovers(job: &OneOff) -> Result<usize> {
     let ids = docker::containers_with_labels(
         &[
-            (LABEL_PROJECT, plan.compose.project.as_str()),
+            (LABEL_PROJECT, job.compose.project.as_str()),
             (LABEL_ROLE, ROLE),
         ],
         true,
@@ -151,9 +151,7 @@ pub fn remove_leftovers(plan: &Plan) -> Result<usize> {
         "removing {} migration container(s) an earlier, interrupted berth-migrate left behind",
         ids.len()
     ));
-    docker::docker()
-        .args(["rm", "-f"])
-        .args(&ids)
+    docker::remove_force(&ids, false)
         .run()
         .context("removing leftover migration containers")?;
     Ok(ids.len())
@@ -161,15 +159,15 @@ pub fn remove_leftovers(plan: &Plan) -> Result<usize> {
 
 /// Remove this run's container (by name and by label) until none is left, bounded to a
 /// few seconds: a create the killed client had already sent can land a moment later.
-pub fn remove(plan: &Plan) -> usize {
+pub fn remove(job: &OneOff) -> usize {
     let deadline = Instant::now() + Duration::from_secs(15);
     let mut clean_checks = 0;
     loop {
-        let _ = plan.remove_cmd().output();
-        let ids = docker::containers_with_labels(&labels(plan), true).unwrap_or_default();
+        let _ = job.remove_cmd().output();
+        let ids = docker::containers_with_labels(&labels(job), true).unwrap_or_default();
         if !ids.is_empty() {
             clean_checks = 0;
-            let _ = docker::docker().args(["rm", "-f"]).args(&ids).output();
+            let _ = docker::remove_force(&ids, false).output();
         } else {
             clean_checks += 1;
         }
@@ -183,34 +181,34 @@ pub fn remove(plan: &Plan) -> usize {
 
 /// Open the log for appending (0600, directory 0700) with a header; its length after the
 /// header is where this run's output starts.
-fn open_log(plan: &Plan) -> Result<(File, u64)> {
-    let dir = plan.log.parent().expect("log path has a parent");
+fn open_log(job: &OneOff) -> Result<(File, u64)> {
+    let dir = job.log.parent().expect("log path has a parent");
     fsutil::create_dir(dir, 0o700)?;
     let mut f = OpenOptions::new()
         .create(true)
         .append(true)
         .mode(0o600)
-        .open(&plan.log)
-        .with_context(|| format!("opening the log {}", plan.log.display()))?;
+        .open(&job.log)
+        .with_context(|| format!("opening the log {}", job.log.display()))?;
     writeln!(
         f,
         "# berth-migrate {}: {}",
         time::now_rfc3339(),
-        plan.run_cmd().display()
+        job.run_cmd().display()
     )
-    .with_context(|| format!("writing {}", plan.log.display()))?;
+    .with_context(|| format!("writing {}", job.log.display()))?;
     f.flush()?;
     let start = f.metadata()?.len();
     Ok((f, start))
 }
 
-/// Run the plan. `stop` holds the number of a signal that arrived (0: none).
-pub fn run(plan: &Plan, timeout: Duration, stop: &Arc<AtomicUsize>) -> Result<Outcome> {
-    let (log, log_start) = open_log(plan)?;
+/// Run the migration. `stop` holds the number of a signal that arrived (0: none).
+pub fn run(job: &OneOff, timeout: Duration, stop: &Arc<AtomicUsize>) -> Result<Run> {
+    let (log, log_start) = open_log(job)?;
     let started = Instant::now();
     // The watchdog's bound is a safety net past our own deadline: this loop stops the
     // run itself (and says so) first.
-    let (handle, watch) = plan
+    let (handle, watch) = job
         .run_cmd()
         .timeout(timeout + berth_core::process::command_timeout())
         .start(|e| {
@@ -246,24 +244,24 @@ pub fn run(plan: &Plan, timeout: Duration, stop: &Arc<AtomicUsize>) -> Result<Ou
     if matches!(ended, Ended::TimedOut | Ended::Interrupted(_)) {
         watch.terminate();
         let _ = handle.wait();
-        left = remove(plan);
+        left = remove(job);
         let why = match &ended {
             Ended::TimedOut => format!("timed out after {}", humanize(timeout)),
             Ended::Interrupted(s) => format!("interrupted by {s}"),
             _ => unreachable!(),
         };
         append_note(
-            &plan.log,
-            &format!("# berth-migrate: {why}; removed container {}", plan.name),
+            &job.log,
+            &format!("# berth-migrate: {why}; removed container {}", job.name),
         );
-    } else if !docker::containers_with_labels(&labels(plan), true)
+    } else if !docker::containers_with_labels(&labels(job), true)
         .unwrap_or_default()
         .is_empty()
     {
         // compose run --rm removes it itself; make sure of it (a killed client does not).
-        left = remove(plan);
+        left = remove(job);
     }
-    Ok(Outcome {
+    Ok(Run {
         ended,
         elapsed,
         log_start,
@@ -333,7 +331,7 @@ mod tests {
     #[test]
     fn command_and_names() {
         let c = Compose::new("shop", Path::new("/srv/shop"), &[]).with_env("BERTH_TAG", "v2");
-        let p = Plan::new(
+        let p = OneOff::new(
             c,
             "web",
             &["alembic".into(), "upgrade".into(), "head".into()],

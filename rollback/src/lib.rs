@@ -11,16 +11,15 @@
 //! code, a success with 0. Standalone it goes back to the newest good release in the
 //! ledger that is not the one running now, or to `--to TAG`.
 
-use std::cell::RefCell;
-
 use anyhow::Result;
 use berth_core::cli::{CommonArgs, Context};
 use berth_core::doc::{self, Document, StageRecord, Status};
-use berth_core::lock::{self, Lock};
+use berth_core::lock;
 use berth_core::process::quote;
-use berth_core::stage::{self, Completed, Spec};
+use berth_core::stage::{self, Completed, Ledger, Spec};
 use berth_core::{fail, ledger, msg, time, ExitCode, Failure};
-use berth_swap::{engine, SwapArgs};
+use berth_swap::engine::{self, Options};
+use berth_swap::SwapArgs;
 use clap::Parser;
 use serde_json::{json, Map, Value};
 
@@ -95,12 +94,12 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
     }
 }
 
-fn spec() -> Spec<'static> {
-    Spec {
-        name: "rollback",
-        default_code: ExitCode::RollbackFailed,
-        acts_on_failure: true,
-    }
+/// The stage `rollback`: it acts on failures and records the whole document in the
+/// ledger.
+fn spec(default_code: ExitCode) -> Spec<'static> {
+    Spec::new("rollback", default_code)
+        .acting_on_failure(true)
+        .ledger(Ledger::Document)
 }
 
 /// What the swap stage of a document says it moved: (service, behind nginx).
@@ -134,32 +133,45 @@ pub fn failed_after_switch(d: &Document) -> bool {
     d.stages[..=i].iter().any(StageRecord::moved_traffic)
 }
 
-fn piped(cli: Cli, input: stage::Input) -> Result<ExitCode> {
-    let d = &input.doc;
-    if !d.has_failed() {
+/// A document with nothing to undo (nothing failed, or before traffic moved) passes
+/// through with its own code.
+fn pass_through(d: &Document) -> Result<Option<ExitCode>> {
+    let Some(failed) = d.first_failure() else {
         msg::info("nothing failed; passing the document through");
         write(d)?;
-        return Ok(ExitCode::Success);
+        return Ok(Some(ExitCode::Success));
+    };
+    if failed_after_switch(d) {
+        return Ok(None);
+    }
+    msg::info(format!(
+        "stage {:?} failed before traffic moved (exit {}); nothing to roll back",
+        failed.stage, failed.exit_code
+    ));
+    write(d)?;
+    Ok(Some(
+        ExitCode::from_code(d.outcome()).unwrap_or(ExitCode::Preflight),
+    ))
+}
+
+fn piped(cli: Cli, input: stage::Input) -> Result<ExitCode> {
+    let d = &input.doc;
+    if let Some(code) = pass_through(d)? {
+        return Ok(code);
     }
     let failed = d.first_failure().expect("has failed").clone();
-    if !failed_after_switch(d) {
-        msg::info(format!(
-            "stage {:?} failed before traffic moved (exit {}); nothing to roll back",
-            failed.stage, failed.exit_code
-        ));
-        write(d)?;
-        return Ok(ExitCode::from_code(d.outcome()).unwrap_or(ExitCode::Preflight));
-    }
+    let spec = spec(ExitCode::RollbackFailed);
     let (Some(to), Some(from)) = (d.previous_tag.clone(), d.tag.clone()) else {
         let e = "the document records no previous_tag to return to";
         critical(&input.ctx, &cli, "?", &[], e);
-        return stage::run(spec(), input, |_, _, _| Err(fail!(RollbackFailed, "{e}")));
+        let spec = spec.ledger(Ledger::Nothing);
+        return stage::run(spec, input, |_, _, _| Err(fail!(RollbackFailed, "{e}")));
     };
     let services = swapped_services(d);
-    let mut args = cli.swap.clone();
+    let mut opts = cli.swap.options();
     for (s, proxied) in &services {
-        if !proxied && !args.workers.contains(s) {
-            args.workers.push(s.clone());
+        if !proxied && !opts.workers.contains(s) {
+            opts.workers.push(s.clone());
         }
     }
     let names: Vec<String> = services.into_iter().map(|(s, _)| s).collect();
@@ -169,54 +181,49 @@ fn piped(cli: Cli, input: stage::Input) -> Result<ExitCode> {
         failed.exit_code,
         names.join(", ")
     ));
-    let held: RefCell<Option<Lock>> = RefCell::new(None);
-    stage::run_then(
-        spec(),
-        input,
-        |ctx, doc, detail| {
-            detail.insert("from".into(), json!(from));
-            detail.insert("to".into(), json!(to));
-            detail.insert("after_stage".into(), json!(failed.stage));
-            detail.insert("services".into(), json!(names));
-            // Only undo what this deploy did: a crash is converged first (always safe),
-            // then what serves must still be this document's release.
-            let res = (|| -> Result<engine::Outcome> {
-                *held.borrow_mut() = Some(lock::acquire(
-                    &ctx.state_dir,
-                    "deploy",
-                    args.lock_wait,
-                    Some(&doc.deploy_id),
-                )?);
-                converge(ctx, &args, &to)?;
-                if let Some(other) = serving_other(ctx, doc, &from, &names)? {
-                    return Err(NotOurs(other).into());
-                }
-                engine::swap(ctx, &args, &names, &to, &doc.deploy_id)
-            })();
-            match res {
-                Ok(out) => {
-                    detail.insert("swap".into(), Value::Object(out.detail));
-                    msg::info(format!("rolled back to {to}"));
-                    Ok(Completed::Done(ExitCode::Unhealthy))
-                }
-                Err(e) if e.is::<NotOurs>() => {
-                    detail.insert("serving".into(), json!(e.to_string()));
-                    Err(fail!(
-                        RollbackFailed,
-                        "not rolling back: {e}; this deploy ({}, {from}) no longer serves, so \
-                         nothing was changed: a person must look",
-                        doc.deploy_id
-                    ))
-                }
-                Err(e) => {
-                    let line = berth_core::exit::one_line(&e);
-                    critical(ctx, &cli, &to, &names_with_workers(&names, &args), &line);
-                    Err(fail!(RollbackFailed, "rollback to {to} failed: {line}"))
-                }
+    stage::run(spec, input, |ctx, doc, detail| {
+        detail.insert("from".into(), json!(from));
+        detail.insert("to".into(), json!(to));
+        detail.insert("after_stage".into(), json!(failed.stage));
+        detail.insert("services".into(), json!(names));
+        // Only undo what this deploy did: a crash is converged first (always safe),
+        // then what serves must still be this document's release. The lock is taken
+        // here, not by the stage: not getting it is a failed rollback (CRITICAL, 7).
+        let held = lock::acquire(
+            &ctx.state_dir,
+            lock::DEPLOY,
+            cli.swap.lock_wait,
+            Some(&doc.deploy_id),
+        );
+        let res = held.and_then(|_lock| {
+            converge(ctx, &opts, &to)?;
+            if let Some(other) = serving_other(ctx, doc, &from, &names)? {
+                return Err(NotOurs(other).into());
             }
-        },
-        |ctx, doc| after(ctx, doc, &held),
-    )
+            engine::swap(ctx, &opts, &names, &to, &doc.deploy_id)
+        });
+        match res {
+            Ok(out) => {
+                detail.insert("swap".into(), Value::Object(out.detail));
+                msg::info(format!("rolled back to {to}"));
+                Ok(Completed::Done(ExitCode::Unhealthy))
+            }
+            Err(e) if e.is::<NotOurs>() => {
+                detail.insert("serving".into(), json!(e.to_string()));
+                Err(fail!(
+                    RollbackFailed,
+                    "not rolling back: {e}; this deploy ({}, {from}) no longer serves, so \
+                     nothing was changed: a person must look",
+                    doc.deploy_id
+                ))
+            }
+            Err(e) => {
+                let line = berth_core::exit::one_line(&e);
+                critical(ctx, &cli, &to, &names_with_workers(&names, &opts), &line);
+                Err(fail!(RollbackFailed, "rollback to {to} failed: {line}"))
+            }
+        }
+    })
 }
 
 /// What serves is not the release the document would undo (who deployed what).
@@ -232,8 +239,8 @@ impl std::fmt::Display for NotOurs {
 impl std::error::Error for NotOurs {}
 
 /// Converge a killed swap or rollback before looking at what serves.
-fn converge(ctx: &Context, args: &SwapArgs, tag: &str) -> Result<()> {
-    let done = berth_swap::converge::converge(ctx, args, Some(tag))?;
+fn converge(ctx: &Context, opts: &Options, tag: &str) -> Result<()> {
+    let done = berth_swap::converge::converge(ctx, opts, Some(tag))?;
     if !done.is_empty() {
         msg::info(format!(
             "converged an interrupted swap: {}",
@@ -330,9 +337,9 @@ fn started_containers(d: &Document, svc: &str) -> Option<Vec<String>> {
         })
 }
 
-fn names_with_workers(names: &[String], args: &SwapArgs) -> Vec<String> {
+fn names_with_workers(names: &[String], opts: &Options) -> Vec<String> {
     let mut v = Vec::new();
-    for w in &args.workers {
+    for w in &opts.workers {
         v.push("--worker".to_string());
         v.push(w.clone());
     }
@@ -358,26 +365,13 @@ fn critical(ctx: &Context, cli: &Cli, to: &str, words: &[String], why: &str) {
     );
 }
 
-fn after(ctx: &Context, doc: &Document, held: &RefCell<Option<Lock>>) {
-    if !ctx.dry_run {
-        if let Err(e) = ledger::append(&ctx.state_dir, doc) {
-            msg::warn(format!(
-                "could not record the rollback in the ledger: {e:#}"
-            ));
-        }
-    }
-    if let Some(l) = held.borrow_mut().take() {
-        l.release();
-    }
-}
-
 fn write(d: &Document) -> Result<()> {
     doc::write_stdout(d).map_err(|e| anyhow::anyhow!("writing the document to stdout: {e}"))
 }
 
 /// The release to return to: `--to`, else the newest good release in the ledger, other
 /// than the one running now, that deployed every named service.
-pub fn target(
+pub fn release_to(
     releases: &[Document],
     current: Option<&str>,
     services: &[String],
@@ -419,7 +413,7 @@ fn standalone(cli: Cli, mut input: stage::Input) -> Result<ExitCode> {
     let ctx = input.ctx.clone();
     let current = engine::current_tag(&ctx);
     let releases = ledger::releases(ledger::read(&ctx.state_dir)?);
-    let to = target(
+    let to = release_to(
         &releases,
         current.as_deref(),
         &cli.services,
@@ -431,26 +425,14 @@ fn standalone(cli: Cli, mut input: stage::Input) -> Result<ExitCode> {
         current.as_deref().unwrap_or("(unknown)")
     ));
     input.doc.tag = Some(to.clone());
-    let held: RefCell<Option<Lock>> = RefCell::new(None);
-    let spec = Spec {
-        default_code: ExitCode::Swap,
-        ..spec()
-    };
+    let opts = cli.swap.options();
     stage::run_then(
-        spec,
+        cli.swap.locked(spec(ExitCode::Swap)),
         input,
         |ctx, doc, detail| {
             detail.insert("from".into(), json!(current));
             detail.insert("to".into(), json!(to));
-            if !ctx.dry_run {
-                *held.borrow_mut() = Some(lock::acquire(
-                    &ctx.state_dir,
-                    "deploy",
-                    cli.swap.lock_wait,
-                    Some(&doc.deploy_id),
-                )?);
-            }
-            let out = engine::swap(ctx, &cli.swap, &cli.services, &to, &doc.deploy_id)?;
+            let out = engine::swap(ctx, &opts, &cli.services, &to, &doc.deploy_id)?;
             berth_swap::record(doc, &out);
             detail.insert("swap".into(), Value::Object(out.detail));
             if out.dry_run {
@@ -458,30 +440,36 @@ fn standalone(cli: Cli, mut input: stage::Input) -> Result<ExitCode> {
             }
             Ok(Completed::Ok)
         },
-        |ctx, doc| {
-            let ok = doc
-                .stage("rollback")
-                .is_some_and(|s| s.status == Status::Ok)
-                && !ctx.dry_run;
-            if ok {
-                // The release rolled back from no longer counts as good.
-                if let Some(cur) = &current {
-                    let from = releases
-                        .iter()
-                        .rev()
-                        .find(|d| d.tag.as_deref() == Some(cur) && ledger::is_good(d));
-                    if let Some(from) = from {
-                        let mut marked = from.clone();
-                        marked.stages.push(rolled_back_record(&doc.deploy_id, &to));
-                        if let Err(e) = ledger::append(&ctx.state_dir, &marked) {
-                            msg::warn(format!("could not mark {cur} rolled back: {e:#}"));
-                        }
-                    }
-                }
-            }
-            after(ctx, doc, &held)
-        },
+        |ctx, doc| mark_rolled_back(ctx, doc, &releases, current.as_deref(), &to),
     )
+}
+
+/// After a standalone rollback, the release rolled back from no longer counts as good.
+fn mark_rolled_back(
+    ctx: &Context,
+    doc: &Document,
+    releases: &[Document],
+    current: Option<&str>,
+    to: &str,
+) {
+    let ok = doc
+        .stage("rollback")
+        .is_some_and(|s| s.status == Status::Ok)
+        && !ctx.dry_run;
+    let Some(cur) = current.filter(|_| ok) else {
+        return;
+    };
+    let from = releases
+        .iter()
+        .rev()
+        .find(|d| d.tag.as_deref() == Some(cur) && ledger::is_good(d));
+    if let Some(from) = from {
+        let mut marked = from.clone();
+        marked.stages.push(rolled_back_record(&doc.deploy_id, to));
+        if let Err(e) = ledger::append(&ctx.state_dir, &marked) {
+            msg::warn(format!("could not mark {cur} rolled back: {e:#}"));
+        }
+    }
 }
 
 fn rolled_back_record(by: &str, to: &str) -> StageRecord {
@@ -566,10 +554,13 @@ mod tests {
         ];
         let web = vec!["web".to_string()];
         // v3 was rolled back; "bad" failed: v2 is the last good, and it is running.
-        assert_eq!(target(&rels, Some("v2"), &web, None).unwrap(), "v1");
-        assert_eq!(target(&rels, Some("v3"), &web, None).unwrap(), "v2");
-        assert_eq!(target(&rels, Some("v3"), &web, Some("v1")).unwrap(), "v1");
-        let e = target(&rels, Some("v2"), &["worker".to_string()], None).unwrap_err();
+        assert_eq!(release_to(&rels, Some("v2"), &web, None).unwrap(), "v1");
+        assert_eq!(release_to(&rels, Some("v3"), &web, None).unwrap(), "v2");
+        assert_eq!(
+            release_to(&rels, Some("v3"), &web, Some("v1")).unwrap(),
+            "v1"
+        );
+        let e = release_to(&rels, Some("v2"), &["worker".to_string()], None).unwrap_err();
         assert!(e.message.contains("pass --to"), "{}", e.message);
     }
 }

@@ -12,10 +12,14 @@
 //!          ─▶ .env = the tag that now runs; journal removed
 //! ```
 //!
+//! Which phase of the swap a kill interrupted, and so which way each service goes, is
+//! the journal's (see the table at [`journal::Journals`]).
+//!
 //! No container nginx may still name is removed before nginx has stopped naming it: a
 //! service name in the upstream (`server web:8080`) resolves to every container of the
 //! service, so while the others exist the upstream names the kept containers one by one.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Result;
@@ -25,11 +29,11 @@ use berth_core::docker::Container;
 use berth_core::process::Runner;
 use berth_core::{fail, msg};
 
-use crate::engine::{self, server, stop_remove, upstream_text};
+use crate::engine::{stop_remove, Options};
 use crate::envfile;
 use crate::journal::{self, Journal, Phase};
-use crate::nginx::{self, ProxyMode};
-use crate::SwapArgs;
+use crate::nginx::{self, Proxy, ProxyMode};
+use crate::upstream;
 
 /// One service of the interrupted swap: which way it goes and what stays.
 struct Fix<'a> {
@@ -49,9 +53,17 @@ impl Fix<'_> {
     }
 }
 
+/// What converging needs at hand: the settings, the proxy, the project.
+struct Converge<'a> {
+    ctx: &'a Context,
+    opts: &'a Options,
+    proxy: Proxy,
+    runner: Runner,
+}
+
 /// Converge every journal in the state directory. Returns one line per service done.
 /// Call with the deploy lock held.
-pub fn converge(ctx: &Context, args: &SwapArgs, tag: Option<&str>) -> Result<Vec<String>> {
+pub fn converge(ctx: &Context, opts: &Options, tag: Option<&str>) -> Result<Vec<String>> {
     let journals = journal::all(&ctx.state_dir)?;
     if journals.is_empty() {
         return Ok(Vec::new());
@@ -60,174 +72,218 @@ pub fn converge(ctx: &Context, args: &SwapArgs, tag: Option<&str>) -> Result<Vec
         Some(t) => ctx.compose_at(t),
         None => ctx.compose(),
     };
-    let mut proxy = engine::proxy(ctx, args, tag);
-    let proxied = args.proxy != ProxyMode::None;
-    if proxied && journals.iter().any(|j| j.upstream_file.is_some()) && !proxy.locate()? {
+    let mut c = Converge {
+        ctx,
+        opts,
+        proxy: upstream::proxy(ctx, opts, tag),
+        runner: Runner { dry_run: false },
+    };
+    if c.proxied() && journals.iter().any(|j| j.upstream_file.is_some()) && !c.proxy.locate()? {
         return Err(fail!(
             Preflight,
             "an interrupted swap needs converging, but the nginx service {:?} is not running",
-            args.proxy_service
+            opts.proxy_service
         ));
     }
-    let runner = Runner { dry_run: false };
     // Traffic moved for the swap when any of its services had switched: go forward.
     let switched = journals.iter().any(|j| j.phase == Phase::Switched);
-
-    let mut fixes = Vec::new();
-    for j in &journals {
-        let all = compose.containers(&j.service)?;
-        let is_old = |c: &Container| j.old.contains(&c.id);
-        let is_new = |c: &Container| !is_old(c) && (j.new.contains(&c.id) || c.image == j.image);
-        let running = |f: &dyn Fn(&Container) -> bool| -> Vec<Container> {
-            all.iter()
-                .filter(|c| f(c) && c.state.running)
-                .cloned()
-                .collect()
-        };
-        let (old_running, new_running) = (running(&is_old), running(&is_new));
-        let forward = (switched && !new_running.is_empty()) || old_running.is_empty();
-        let keep = if forward { new_running } else { old_running };
-        if keep.is_empty() {
-            return Err(fail!(
-                Swap,
-                "converging the interrupted swap of {}: neither its old nor its new containers \
-                 run; start it (docker compose up -d {}) and run berth-swap --converge",
-                j.service,
-                j.service
-            ));
-        }
-        let drop = all
-            .iter()
-            .filter(|c| (is_old(c) || is_new(c)) && !keep.iter().any(|k| k.id == c.id))
-            .cloned()
-            .collect();
-        fixes.push(Fix {
-            j,
-            forward,
-            keep,
-            drop,
-        });
-    }
-    let upstream_of = |f: &Fix| f.j.upstream_file.clone().filter(|_| proxied);
-
-    // 1. nginx names only the containers that stay, before any other goes.
-    let pinned: Vec<_> = fixes
+    let fixes = journals
         .iter()
-        .filter(|f| !f.drop.is_empty())
-        .filter_map(|f| {
-            let u = upstream_of(f)?;
-            let servers: Vec<String> = f.keep.iter().map(|c| server(&proxy, args, c)).collect();
-            let what = format!("converging deploy {}): {}", f.j.deploy_id, f.j.service);
-            Some((
-                u,
-                Some(upstream_text(ctx, args, &f.j.service, &servers, &what)),
-            ))
-        })
+        .map(|j| fix(j, &compose.containers(&j.service)?, switched))
+        .collect::<Result<Vec<_>>>()?;
+    c.pin_kept(&fixes)?;
+    c.stop_dropped(&fixes)?;
+    c.settle_upstreams(&fixes)?;
+    c.record(&fixes)
+}
+
+/// Which way one service goes, from its journal and the containers it has now.
+fn fix<'a>(j: &'a Journal, all: &[Container], switched: bool) -> Result<Fix<'a>> {
+    let is_old = |c: &Container| j.old.contains(&c.id);
+    let is_new = |c: &Container| !is_old(c) && (j.new.contains(&c.id) || c.image == j.image);
+    let running = |f: &dyn Fn(&Container) -> bool| -> Vec<Container> {
+        all.iter()
+            .filter(|c| f(c) && c.state.running)
+            .cloned()
+            .collect()
+    };
+    let (old_running, new_running) = (running(&is_old), running(&is_new));
+    let forward = (switched && !new_running.is_empty()) || old_running.is_empty();
+    let keep = if forward { new_running } else { old_running };
+    if keep.is_empty() {
+        return Err(fail!(
+            Swap,
+            "converging the interrupted swap of {}: neither its old nor its new containers \
+             run; start it (docker compose up -d {}) and run berth-swap --converge",
+            j.service,
+            j.service
+        ));
+    }
+    let drop = all
+        .iter()
+        .filter(|c| (is_old(c) || is_new(c)) && !keep.iter().any(|k| k.id == c.id))
+        .cloned()
         .collect();
-    if !pinned.is_empty() {
-        let workers = proxy.worker_pids().unwrap_or_else(|e| {
+    Ok(Fix {
+        j,
+        forward,
+        keep,
+        drop,
+    })
+}
+
+impl Converge<'_> {
+    fn proxied(&self) -> bool {
+        self.opts.proxy != ProxyMode::None
+    }
+
+    fn upstream_of(&self, f: &Fix) -> Option<PathBuf> {
+        f.j.upstream_file.clone().filter(|_| self.proxied())
+    }
+
+    fn servers(&self, keep: &[Container]) -> Vec<String> {
+        keep.iter()
+            .map(|c| upstream::server(&self.proxy, self.opts, c))
+            .collect()
+    }
+
+    /// Step 1: nginx names only the containers that stay, before any other goes; step 2: the old
+    /// workers finish what they hold (possibly with the others), then exit.
+    fn pin_kept(&self, fixes: &[Fix]) -> Result<()> {
+        let pinned: Vec<_> = fixes
+            .iter()
+            .filter(|f| !f.drop.is_empty())
+            .filter_map(|f| {
+                let u = self.upstream_of(f)?;
+                let what = format!("converging deploy {}): {}", f.j.deploy_id, f.j.service);
+                let text = upstream::text(
+                    self.ctx,
+                    self.opts,
+                    &f.j.service,
+                    &self.servers(&f.keep),
+                    &what,
+                );
+                Some((u, Some(text)))
+            })
+            .collect();
+        if pinned.is_empty() {
+            return Ok(());
+        }
+        let workers = self.proxy.worker_pids().unwrap_or_else(|e| {
             msg::warn(format!("cannot list nginx's workers: {e:#}"));
             Vec::new()
         });
-        nginx::apply(&proxy, runner, &pinned)?;
+        nginx::apply(&self.proxy, self.runner, &pinned)?;
         for f in fixes.iter().filter(|f| !f.drop.is_empty()) {
-            f.say(&format!(
-                "nginx names only {}",
-                f.keep
-                    .iter()
-                    .map(|c| c.name.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ));
+            let names: Vec<&str> = f.keep.iter().map(|c| c.name.as_str()).collect();
+            f.say(&format!("nginx names only {}", names.join(", ")));
         }
-        // 2. The old workers finish what they hold (possibly with the others), then exit.
-        let bound = args.drain.max(Duration::from_secs(2));
-        if !proxy.wait_workers_gone(&workers, bound) {
+        let bound = self.opts.drain.max(Duration::from_secs(2));
+        if !self.proxy.wait_workers_gone(&workers, bound) {
             msg::warn(format!(
                 "nginx's old workers still run after {}; stopping gracefully anyway",
                 humantime::format_duration(bound)
             ));
         }
+        Ok(())
     }
 
-    // 3. The others stop with their grace period (in-flight requests finish), all at once.
-    let results: Vec<Result<()>> = std::thread::scope(|sc| {
-        let handles: Vec<_> = fixes
-            .iter()
-            .map(|f| {
-                sc.spawn(move || {
-                    let ids: Vec<String> = f.drop.iter().map(|c| c.id.clone()).collect();
-                    stop_remove(&ids, Duration::from_secs(f.j.stop_grace_secs))
+    /// Step 3: the others stop with their grace period (in-flight requests finish), all at once.
+    fn stop_dropped(&self, fixes: &[Fix]) -> Result<()> {
+        let results: Vec<Result<()>> = std::thread::scope(|sc| {
+            let handles: Vec<_> = fixes
+                .iter()
+                .map(|f| {
+                    sc.spawn(move || {
+                        let ids: Vec<String> = f.drop.iter().map(|c| c.id.clone()).collect();
+                        stop_remove(&ids, Duration::from_secs(f.j.stop_grace_secs))
+                    })
                 })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| h.join().expect("stop thread panicked"))
-            .collect()
-    });
-    for (f, r) in fixes.iter().zip(results) {
-        r?;
-        if !f.drop.is_empty() {
-            f.say(&format!(
-                "stopped and removed {} {} container(s)",
-                f.drop.len(),
-                if f.forward { "old" } else { "new" }
-            ));
-        }
-    }
-
-    // 4. The upstream as a finished swap (forward) or as before the swap (back) leaves it:
-    // with only the kept containers left, the service's name resolves to them alone.
-    let mut last = Vec::new();
-    for f in &fixes {
-        let Some(u) = upstream_of(f) else { continue };
-        let text = if !f.forward {
-            f.j.upstream_before.clone()
-        } else {
-            let servers: Vec<String> = if proxy.by_name() {
-                vec![format!("{}:{}", f.j.service, args.port)]
-            } else {
-                f.keep.iter().map(|c| server(&proxy, args, c)).collect()
-            };
-            let what = format!("deploy {}): {} at {}", f.j.deploy_id, f.j.service, f.j.tag);
-            Some(upstream_text(ctx, args, &f.j.service, &servers, &what))
-        };
-        if nginx::read_opt(&u)?.as_deref().map(strip_comments)
-            != text.as_deref().map(strip_comments)
-        {
-            last.push((u, text));
-        }
-    }
-    if !last.is_empty() {
-        nginx::apply(&proxy, runner, &last)?;
-    }
-
-    // 5. Compose itself runs what now serves.
-    let env_path = ctx.pin_file();
-    let mut done = Vec::new();
-    for f in &fixes {
-        if f.forward && envfile::write_var(&env_path, &f.j.tag_var, &f.j.tag, &ctx.project)? {
-            f.say(&format!(
-                "recorded {}={} in {}",
-                f.j.tag_var,
-                f.j.tag,
-                env_path.display()
-            ));
-        }
-        journal::remove(&ctx.state_dir, &f.j.service)?;
-        f.say(if f.forward {
-            "done: the new release serves"
-        } else {
-            "done: the release from before the swap serves"
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().expect("stop thread panicked"))
+                .collect()
         });
-        done.push(format!(
-            "{}: {}",
-            f.j.service,
-            if f.forward { "forward" } else { "back" }
-        ));
+        for (f, r) in fixes.iter().zip(results) {
+            r?;
+            if !f.drop.is_empty() {
+                f.say(&format!(
+                    "stopped and removed {} {} container(s)",
+                    f.drop.len(),
+                    if f.forward { "old" } else { "new" }
+                ));
+            }
+        }
+        Ok(())
     }
-    Ok(done)
+
+    /// Step 4: the upstream as a finished swap (forward) or as before the swap (back) leaves
+    /// it: with only the kept containers left, the service's name resolves to them alone.
+    fn settle_upstreams(&self, fixes: &[Fix]) -> Result<()> {
+        let mut last = Vec::new();
+        for f in fixes {
+            let Some(u) = self.upstream_of(f) else {
+                continue;
+            };
+            let text = if !f.forward {
+                f.j.upstream_before.clone()
+            } else {
+                let servers: Vec<String> = if self.proxy.by_name() {
+                    vec![upstream::service_server(self.opts, &f.j.service)]
+                } else {
+                    self.servers(&f.keep)
+                };
+                let what = format!("deploy {}): {} at {}", f.j.deploy_id, f.j.service, f.j.tag);
+                Some(upstream::text(
+                    self.ctx,
+                    self.opts,
+                    &f.j.service,
+                    &servers,
+                    &what,
+                ))
+            };
+            if nginx::read_opt(&u)?.as_deref().map(strip_comments)
+                != text.as_deref().map(strip_comments)
+            {
+                last.push((u, text));
+            }
+        }
+        if !last.is_empty() {
+            nginx::apply(&self.proxy, self.runner, &last)?;
+        }
+        Ok(())
+    }
+
+    /// Step 5: compose itself runs what now serves; the journals go.
+    fn record(&self, fixes: &[Fix]) -> Result<Vec<String>> {
+        let env_path = self.ctx.pin_file();
+        let mut done = Vec::new();
+        for f in fixes {
+            if f.forward
+                && envfile::write_var(&env_path, &f.j.tag_var, &f.j.tag, &self.ctx.project)?
+            {
+                f.say(&format!(
+                    "recorded {}={} in {}",
+                    f.j.tag_var,
+                    f.j.tag,
+                    env_path.display()
+                ));
+            }
+            journal::remove(&self.ctx.state_dir, &f.j.service)?;
+            f.say(if f.forward {
+                "done: the new release serves"
+            } else {
+                "done: the release from before the swap serves"
+            });
+            done.push(format!(
+                "{}: {}",
+                f.j.service,
+                if f.forward { "forward" } else { "back" }
+            ));
+        }
+        Ok(done)
+    }
 }
 
 /// The file without its comment lines (they carry a time stamp).

@@ -1,19 +1,23 @@
-//! The swap itself, shared by `berth-swap` and `berth-rollback`:
+//! The swap itself, shared by `berth-swap` and `berth-rollback`, in phases over one
+//! [`Swap`] (the plan: every service, its old containers, its upstream file):
 //!
 //! ```text
-//!  image ─▶ start beside ─▶ ready? ──no──▶ remove new, exit 3 (old still serve)
-//!                             │yes
-//!                             ▼
-//!              rewrite upstream, nginx -t, reload ──fails──▶ restore file, remove new, exit 3
-//!                             │
-//!                             ▼
-//!              drain ─▶ stop + remove old ─▶ .env BERTH_TAG=new
+//!  plan ─▶ images ─▶ start beside ─▶ ready? ──no──▶ remove new, exit 3 (old still serve)
+//!                                      │yes
+//!                                      ▼
+//!              switch: rewrite upstream, nginx -t, reload ──fails──▶ restore file, remove new, exit 3
+//!                                      │
+//!                                      ▼
+//!              drain and stop: drain ─▶ stop + remove old ─▶ durable: .env BERTH_TAG=new
 //! ```
 //!
 //! All services of one swap move together: every new container must be ready before any
-//! traffic moves, so a swap of `web worker` either switches both or neither.
+//! traffic moves, so a swap of `web worker` either switches both or neither. The journal
+//! moves with the phases ([`Journals`]: its table says what [`crate::converge`] does
+//! after a kill in each); `--dry-run` stops after the images and says what would run.
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result};
@@ -28,14 +32,87 @@ use berth_core::time::{self, millis};
 use berth_core::{fail, fault, msg};
 
 use crate::envfile;
-use crate::journal::{self, Journal, Phase};
+use crate::journal::{Journal, Journals, Phase};
 use crate::nginx::{self, Proxy, ProxyMode};
 use crate::owner;
-use crate::SwapArgs;
+use crate::upstream;
+
+/// How a swap runs (what `berth-swap` and `berth-rollback` take on their command lines).
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Where nginx runs.
+    pub proxy: ProxyMode,
+    /// The compose service running nginx (with [`ProxyMode::Compose`]).
+    pub proxy_service: String,
+    /// The upstream file template (`{service}` is replaced); `None`: the default path.
+    pub upstream_file: Option<String>,
+    /// Services that take no traffic.
+    pub workers: Vec<String>,
+    /// The port the services listen on inside their containers.
+    pub port: u16,
+    /// The path probed on each new container.
+    pub ready_path: String,
+    /// How long new containers get to become ready, and the pause between probes.
+    pub timeout: Duration,
+    pub interval: Duration,
+    /// How long the old containers keep running after the switch.
+    pub drain: Duration,
+    /// Grace period before SIGKILL (`None`: the service's `stop_grace_period`).
+    pub stop_timeout: Option<Duration>,
+    /// Idle keep-alive connections nginx keeps to the upstream.
+    pub keepalive: u32,
+    /// The nginx binary.
+    pub nginx: String,
+    /// Bound on pulling one service's image.
+    pub pull_timeout: Duration,
+}
+
+/// What a swap did: for the document.
+#[derive(Debug, Clone)]
+pub struct SwapOutcome {
+    pub previous_tag: Option<String>,
+    /// (service, image reference, image ID)
+    pub images: Vec<(String, String, String)>,
+    pub detail: Map<String, Value>,
+    pub dry_run: bool,
+}
+
+/// The tag the project runs now: what `.env` says compose should run.
+pub fn current_tag(ctx: &Context) -> Option<String> {
+    envfile::read_var(&ctx.pin_file(), &ctx.tag_var)
+}
+
+/// Swap `services` to `tag`. Errors carry their exit code (1 preflight, 2 image,
+/// 3 nothing moved, 4 after the switch). Call with the deploy lock held.
+pub fn swap(
+    ctx: &Context,
+    opts: &Options,
+    services: &[String],
+    tag: &str,
+    deploy_id: &str,
+) -> Result<SwapOutcome> {
+    let started = Instant::now();
+    let mut s = Swap::plan(ctx, opts, services, tag, deploy_id)?;
+    s.images()?;
+    if ctx.dry_run {
+        s.dry_run();
+        return Ok(s.outcome(Map::new(), true));
+    }
+    let mut journals = s.start_beside()?;
+    s.ready(&journals)?;
+    s.switch(&journals)?;
+    journals.switched().map_err(|e| s.after_switch(e))?;
+    s.drain_and_stop();
+    s.durable(&journals)?;
+    s.times.total_ms = millis(started.elapsed());
+    s.say_swapped();
+    let detail = s.detail();
+    Ok(s.outcome(detail, false))
+}
 
 /// One service in a swap.
 #[derive(Debug, Clone)]
-struct Plan {
+struct Service {
     name: String,
     image: String,
     image_id: String,
@@ -49,88 +126,81 @@ struct Plan {
     running_before: usize,
     new: Vec<Container>,
     time_to_ready_ms: Option<u64>,
-    journal: Option<Journal>,
 }
 
-/// What a swap did: for the document.
-#[derive(Debug, Clone)]
-pub struct Outcome {
-    pub previous_tag: Option<String>,
-    /// (service, image reference, image ID)
-    pub images: Vec<(String, String, String)>,
-    pub detail: Map<String, Value>,
-    pub dry_run: bool,
+/// How long each phase took (for the document and the last line).
+#[derive(Debug, Default)]
+struct Times {
+    ready_ms: u64,
+    switch_ms: u64,
+    switched_at: String,
+    drain_ms: u64,
+    stop_ms: u64,
+    total_ms: u64,
+    all_stopped: bool,
 }
 
-/// The proxy the settings describe, for this project.
-pub fn proxy(ctx: &Context, args: &SwapArgs, tag: Option<&str>) -> Proxy {
-    let compose = match tag {
-        Some(t) => ctx.compose_at(t),
-        None => ctx.compose(),
-    };
-    Proxy::new(args.proxy, compose, &args.proxy_service, &args.nginx)
+/// The plan of one swap, carried through its phases.
+struct Swap<'a> {
+    ctx: &'a Context,
+    opts: &'a Options,
+    tag: &'a str,
+    deploy_id: &'a str,
+    compose: Compose,
+    proxy: Proxy,
+    runner: Runner,
+    previous_tag: Option<String>,
+    services: Vec<Service>,
+    times: Times,
 }
 
-/// The upstream file of a service, from the `--upstream-file` template.
-pub fn upstream_path(ctx: &Context, template: Option<&str>, service: &str) -> PathBuf {
-    match template {
-        Some(t) => {
-            let p = PathBuf::from(t.replace("{service}", service));
-            if p.is_absolute() {
-                p
-            } else {
-                ctx.project_dir.join(p)
-            }
+impl<'a> Swap<'a> {
+    /// Plan: converge a killed swap first, then each service's image, old containers
+    /// and upstream file; refuse files another project owns and a proxy that is not up.
+    fn plan(
+        ctx: &'a Context,
+        opts: &'a Options,
+        services: &[String],
+        tag: &'a str,
+        deploy_id: &'a str,
+    ) -> Result<Swap<'a>> {
+        docker::ensure_reachable()?;
+        let compose = ctx.compose_at(tag);
+        let cfg = compose
+            .config()
+            .map_err(|e| fail!(Preflight, "{}", berth_core::exit::one_line(&e)))?;
+        let proxy = upstream::proxy(ctx, opts, Some(tag));
+        if !ctx.dry_run {
+            crate::converge::converge(ctx, opts, Some(tag))?;
         }
-        None => ctx
-            .project_dir
-            .join("nginx")
-            .join("berth")
-            .join(format!("upstream-{service}.conf")),
+        let mut s = Swap {
+            ctx,
+            opts,
+            tag,
+            deploy_id,
+            previous_tag: current_tag(ctx),
+            services: Vec::new(),
+            runner: Runner {
+                dry_run: ctx.dry_run,
+            },
+            compose,
+            proxy,
+            times: Times::default(),
+        };
+        for svc in services {
+            let planned = s.plan_service(&cfg, svc)?;
+            s.services.push(planned);
+        }
+        s.check_owned_and_proxy()?;
+        Ok(s)
     }
-}
 
-fn is_proxied(args: &SwapArgs, service: &str) -> bool {
-    args.proxy != ProxyMode::None && !args.workers.iter().any(|w| w == service)
-}
-
-/// The tag the project runs now: what `.env` says compose should run.
-pub fn current_tag(ctx: &Context) -> Option<String> {
-    envfile::read_var(&ctx.pin_file(), &ctx.tag_var)
-}
-
-/// Swap `services` to `tag`. Errors carry their exit code (1 preflight, 2 image,
-/// 3 nothing moved). Call with the deploy lock held.
-pub fn swap(
-    ctx: &Context,
-    args: &SwapArgs,
-    services: &[String],
-    tag: &str,
-    deploy_id: &str,
-) -> Result<Outcome> {
-    let started = Instant::now();
-    let runner = Runner {
-        dry_run: ctx.dry_run,
-    };
-    docker::ensure_reachable()?;
-    let compose = ctx.compose_at(tag);
-    let cfg = compose
-        .config()
-        .map_err(|e| fail!(Preflight, "{}", berth_core::exit::one_line(&e)))?;
-    let mut proxy = proxy(ctx, args, Some(tag));
-
-    if !ctx.dry_run {
-        crate::converge::converge(ctx, args, Some(tag))?;
-    }
-    let previous_tag = current_tag(ctx);
-
-    let mut plans = Vec::new();
-    for svc in services {
-        let image = compose::service_image_in(&cfg, svc).map_err(|e| fail!(Usage, "{e:#}"))?;
-        let stop_grace = args.stop_timeout.unwrap_or_else(|| stop_grace(&cfg, svc));
-        let upstream =
-            is_proxied(args, svc).then(|| upstream_path(ctx, args.upstream_file.as_deref(), svc));
-        let old = compose.containers(svc)?;
+    fn plan_service(&self, cfg: &Value, svc: &str) -> Result<Service> {
+        let (ctx, opts) = (self.ctx, self.opts);
+        let image = compose::service_image_in(cfg, svc).map_err(|e| fail!(Usage, "{e:#}"))?;
+        let upstream = upstream::is_proxied(opts, svc)
+            .then(|| upstream::path(ctx, opts.upstream_file.as_deref(), svc));
+        let old = self.compose.containers(svc)?;
         let running_before = old.iter().filter(|c| c.state.running).count();
         let upstream_before = match &upstream {
             Some(p) => nginx::read_opt(p)?,
@@ -153,96 +223,142 @@ pub fn swap(
                 ));
             }
         }
-        plans.push(Plan {
-            name: svc.clone(),
+        Ok(Service {
+            name: svc.to_string(),
             image,
             image_id: String::new(),
             pulled: false,
-            stop_grace,
+            stop_grace: opts.stop_timeout.unwrap_or_else(|| stop_grace(cfg, svc)),
             upstream,
             upstream_before,
             old,
             running_before,
             new: Vec::new(),
             time_to_ready_ms: None,
-            journal: None,
-        });
-    }
-    // Nothing another environment owns: its pin file, its nginx files.
-    let pin = ctx.pin_file();
-    let mut owned: Vec<(&std::path::Path, owner::Kind)> = vec![(&pin, owner::Kind::Pin)];
-    owned.extend(
-        plans
-            .iter()
-            .filter_map(|p| p.upstream.as_deref())
-            .map(|u| (u, owner::Kind::Nginx)),
-    );
-    owner::check(ctx, &owned)?;
-    let proxied_any = plans.iter().any(|p| p.upstream.is_some());
-    if proxied_any && args.proxy == ProxyMode::Compose && !proxy.locate()? {
-        return Err(fail!(
-            Preflight,
-            "the nginx service {:?} is not running (start the stack first, or pass --proxy-service)",
-            args.proxy_service
-        ));
+        })
     }
 
-    // 1. Images: present, or pulled by tag; else exit 2 with nothing changed.
-    for p in &mut plans {
-        (p.image_id, p.pulled) = ensure_image(&compose, runner, &p.name, &p.image, &args.pull)?;
-    }
-
-    if ctx.dry_run {
-        for p in &plans {
-            let cmd = start_cmd(&compose, p);
-            msg::info(format!("would run: {}", cmd.display()));
-            msg::info(format!(
-                "would wait until the new {} container(s) are ready, then {}",
-                p.name,
-                match &p.upstream {
-                    Some(u) => format!(
-                        "rewrite {} to name them, run {} and {}",
-                        u.display(),
-                        proxy.nginx_cmd(&["-t"]).display(),
-                        proxy.nginx_cmd(&["-s", "reload"]).display()
-                    ),
-                    None => "(a worker) stop the old ones".to_string(),
-                }
+    /// Nothing another environment owns (its pin file, its nginx files), and nginx up
+    /// when a service is behind it.
+    fn check_owned_and_proxy(&mut self) -> Result<()> {
+        let pin = self.ctx.pin_file();
+        let mut owned: Vec<(&std::path::Path, owner::Kind)> = vec![(&pin, owner::Kind::Pin)];
+        owned.extend(
+            self.services
+                .iter()
+                .filter_map(|p| p.upstream.as_deref())
+                .map(|u| (u, owner::Kind::Nginx)),
+        );
+        owner::check(self.ctx, &owned)?;
+        let proxied_any = self.services.iter().any(|p| p.upstream.is_some());
+        if proxied_any && self.opts.proxy == ProxyMode::Compose && !self.proxy.locate()? {
+            return Err(fail!(
+                Preflight,
+                "the nginx service {:?} is not running (start the stack first, or pass --proxy-service)",
+                self.opts.proxy_service
             ));
-            let ids: Vec<&str> = p.old.iter().map(|c| c.short_id()).collect();
+        }
+        Ok(())
+    }
+
+    /// Phase 1, images: present, or pulled by tag; else exit 2 with nothing changed.
+    fn images(&mut self) -> Result<()> {
+        for p in &mut self.services {
+            (p.image_id, p.pulled) = ensure_image(
+                &self.compose,
+                self.runner,
+                &p.name,
+                &p.image,
+                self.opts.pull_timeout,
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Dry run: say what each phase would run, change nothing.
+    fn dry_run(&self) {
+        for p in &self.services {
+            msg::info(format!(
+                "would run: {}",
+                start_cmd(&self.compose, p).display()
+            ));
+            let then = match &p.upstream {
+                Some(u) => format!(
+                    "rewrite {} to name them, run {} and {}",
+                    u.display(),
+                    self.proxy.nginx_cmd(&["-t"]).display(),
+                    self.proxy.nginx_cmd(&["-s", "reload"]).display()
+                ),
+                None => "(a worker) stop the old ones".to_string(),
+            };
+            msg::info(format!(
+                "would wait until the new {} container(s) are ready, then {then}",
+                p.name
+            ));
+            let ids: Vec<String> = p.old.iter().map(|c| c.short_id().to_string()).collect();
             if !ids.is_empty() {
                 msg::info(format!(
-                    "would run: docker stop --time {} {}",
-                    p.stop_grace.as_secs(),
-                    ids.join(" ")
+                    "would run: {}",
+                    docker::stop(&ids, p.stop_grace).display()
                 ));
-                msg::info(format!("would run: docker rm -v {}", ids.join(" ")));
+                msg::info(format!("would run: {}", docker::remove(&ids).display()));
             }
         }
         msg::info(format!(
-            "would set {}={tag} in {}",
-            ctx.tag_var,
-            ctx.pin_file().display()
+            "would set {}={} in {}",
+            self.ctx.tag_var,
+            self.tag,
+            self.ctx.pin_file().display()
         ));
-        return Ok(Outcome {
-            previous_tag,
-            images: plans
-                .iter()
-                .map(|p| (p.name.clone(), p.image.clone(), p.image_id.clone()))
-                .collect(),
-            detail: Map::new(),
-            dry_run: true,
-        });
     }
 
-    // 2. Start beside: the journal first, so that a kill at any point can be undone.
-    for p in &mut plans {
-        let mut j = Journal {
-            deploy_id: deploy_id.to_string(),
+    /// Phase 2, start beside: the journal first, so that a kill at any point can be undone;
+    /// then one compose per service, all at once.
+    fn start_beside(&mut self) -> Result<Journals> {
+        let entries = self.services.iter().map(|p| self.journal(p)).collect();
+        let mut journals = Journals::begin(&self.ctx.state_dir, entries)?;
+        let compose = &self.compose;
+        let results: Vec<Result<()>> = std::thread::scope(|sc| {
+            let handles: Vec<_> = self
+                .services
+                .iter_mut()
+                .map(|p| sc.spawn(move || start_service(compose, p)))
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().expect("start thread panicked"))
+                .collect()
+        });
+        journals.started(
+            self.services
+                .iter()
+                .map(|p| p.new.iter().map(|c| c.id.clone()).collect())
+                .collect(),
+        )?;
+        if let Some((i, e)) = results
+            .iter()
+            .enumerate()
+            .find_map(|(i, r)| r.as_ref().err().map(|e| (i, e)))
+        {
+            self.undo(&journals);
+            return Err(fail!(
+                Swap,
+                "{}: {}",
+                self.services[i].name,
+                berth_core::exit::one_line(e)
+            ));
+        }
+        Ok(journals)
+    }
+
+    /// What the journal records of a service before its new containers start.
+    fn journal(&self, p: &Service) -> Journal {
+        Journal {
+            deploy_id: self.deploy_id.to_string(),
             service: p.name.clone(),
             phase: Phase::Started,
-            tag: tag.to_string(),
-            tag_var: ctx.tag_var.clone(),
+            tag: self.tag.to_string(),
+            tag_var: self.ctx.tag_var.clone(),
             image: p.image.clone(),
             old: p.old.iter().map(|c| c.id.clone()).collect(),
             new: Vec::new(),
@@ -250,237 +366,247 @@ pub fn swap(
             upstream_before: p.upstream_before.clone(),
             stop_grace_secs: p.stop_grace.as_secs(),
             updated_at: String::new(),
-        };
-        j.save(&ctx.state_dir)?;
-        p.journal = Some(j);
-    }
-    // One compose per service, all at once.
-    let results: Vec<Result<()>> = std::thread::scope(|sc| {
-        let handles: Vec<_> = plans
-            .iter_mut()
-            .map(|p| {
-                let compose = &compose;
-                sc.spawn(move || start_beside(compose, p))
-            })
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| h.join().expect("start thread panicked"))
-            .collect()
-    });
-    for p in &mut plans {
-        let new_ids = p.new.iter().map(|c| c.id.clone()).collect();
-        let j = p.journal.as_mut().expect("journal saved");
-        j.new = new_ids;
-        j.save(&ctx.state_dir)?;
-    }
-    if let Some((i, e)) = results
-        .iter()
-        .enumerate()
-        .find_map(|(i, r)| r.as_ref().err().map(|e| (i, e)))
-    {
-        undo(ctx, &compose, &plans);
-        return Err(fail!(
-            Swap,
-            "{}: {}",
-            plans[i].name,
-            berth_core::exit::one_line(e)
-        ));
-    }
-
-    // 3. Ready: every new container, probed directly, failing fast when one dies.
-    let mut targets = Vec::new();
-    let mut owner = Vec::new();
-    for (i, p) in plans.iter().enumerate() {
-        for c in &p.new {
-            let t = match (&p.upstream, address(c)) {
-                (Some(_), Some(ip)) => Target::HttpOn {
-                    container: c.name.clone(),
-                    check: HttpCheck::new(&format!("http://{ip}:{}{}", args.port, args.ready_path)),
-                },
-                // No address: it has already exited; the container probe says how, with its logs.
-                _ => Target::Container(c.name.clone()),
-            };
-            targets.push(t);
-            owner.push(i);
         }
     }
-    msg::info(format!(
-        "waiting for {} new container(s) to be ready (timeout {})",
-        targets.len(),
-        humantime::format_duration(args.timeout)
-    ));
-    let opts = health::Options {
-        timeout: args.timeout,
-        interval: args.interval,
-        attempt_timeout: Duration::from_secs(2).min(args.timeout),
-        successes: 1,
-    };
-    let wait_started = Instant::now();
-    let report = health::wait(&targets, &opts, &|l| {
-        msg::info(l);
-        fault::point("probe");
-    });
-    if !report.ready {
-        undo(ctx, &compose, &plans);
-        return Err(fail!(
-            Swap,
-            "new containers not ready, removed them; the old ones still serve: {}",
-            report.failure()
-        ));
-    }
-    fault::point("ready");
-    for (t, i) in report.targets.iter().zip(owner) {
-        let ms = t.time_to_ready_ms.unwrap_or(0);
-        let cur = &mut plans[i].time_to_ready_ms;
-        *cur = Some(cur.unwrap_or(0).max(ms));
-    }
-    let ready_ms = millis(wait_started.elapsed());
-    let ready_at = Instant::now();
 
-    // 4. Switch: every upstream file at once, one `nginx -t`, one graceful reload.
-    let mut files = Vec::new();
-    for p in &plans {
-        if let Some(u) = &p.upstream {
-            let servers: Vec<String> = p.new.iter().map(|c| server(&proxy, args, c)).collect();
-            let what = format!("deploy {deploy_id}): {} at {tag}", p.name);
-            files.push((
-                u.clone(),
-                Some(upstream_text(ctx, args, &p.name, &servers, &what)),
+    /// Phase 3, ready: every new container, probed directly, failing fast when one dies.
+    fn ready(&mut self, journals: &Journals) -> Result<()> {
+        let opts = self.opts;
+        let mut targets = Vec::new();
+        let mut owner = Vec::new();
+        for (i, p) in self.services.iter().enumerate() {
+            for c in &p.new {
+                targets.push(ready_target(opts, p, c));
+                owner.push(i);
+            }
+        }
+        msg::info(format!(
+            "waiting for {} new container(s) to be ready (timeout {})",
+            targets.len(),
+            humantime::format_duration(opts.timeout)
+        ));
+        let probe = health::Options {
+            timeout: opts.timeout,
+            interval: opts.interval,
+            attempt_timeout: Duration::from_secs(2).min(opts.timeout),
+            successes: 1,
+        };
+        let wait_started = Instant::now();
+        let report = health::wait(&targets, &probe, &|l| {
+            msg::info(l);
+            fault::point("probe");
+        });
+        if !report.ready {
+            self.undo(journals);
+            return Err(fail!(
+                Swap,
+                "new containers not ready, removed them; the old ones still serve: {}",
+                report.failure()
             ));
         }
-    }
-    if !files.is_empty() {
-        if let Err(e) = nginx::apply(&proxy, runner, &files) {
-            undo(ctx, &compose, &plans);
-            return Err(e.context("switching nginx to the new containers; removed them"));
+        fault::point("ready");
+        for (t, i) in report.targets.iter().zip(owner) {
+            let ms = t.time_to_ready_ms.unwrap_or(0);
+            let cur = &mut self.services[i].time_to_ready_ms;
+            *cur = Some(cur.unwrap_or(0).max(ms));
         }
-        msg::info(format!(
-            "switched nginx to {}",
-            plans
-                .iter()
-                .filter(|p| p.upstream.is_some())
-                .flat_map(|p| p.new.iter().map(|c| c.name.clone()))
-                .collect::<Vec<_>>()
-                .join(", ")
-        ));
-    }
-    let switch_ms = millis(ready_at.elapsed());
-    let switched_at = time::now_rfc3339();
-    // From here on the new release serves: an error is not "the old version still serves".
-    let moved = |e: anyhow::Error| after_switch(e, tag, previous_tag.as_deref());
-    for p in &mut plans {
-        let j = p.journal.as_mut().expect("journal saved");
-        j.phase = Phase::Switched;
-        j.save(&ctx.state_dir).map_err(moved)?;
+        self.times.ready_ms = millis(wait_started.elapsed());
+        Ok(())
     }
 
-    // 5. Drain, then stop the old containers with their grace period.
-    let drain_started = Instant::now();
-    let any_old = plans.iter().any(|p| !p.old.is_empty());
-    if any_old
-        && plans
+    /// Phase 4, switch: every upstream file at once, one `nginx -t`, one graceful reload.
+    fn switch(&mut self, journals: &Journals) -> Result<()> {
+        let ready_at = Instant::now();
+        let files: Vec<(PathBuf, Option<String>)> = self
+            .services
             .iter()
-            .any(|p| p.upstream.is_some() && p.running_before > 0)
-    {
-        msg::info(format!(
-            "draining the old containers for {}",
-            humantime::format_duration(args.drain)
-        ));
-        std::thread::sleep(args.drain);
+            .filter_map(|p| {
+                let u = p.upstream.as_ref()?;
+                let servers: Vec<String> = p
+                    .new
+                    .iter()
+                    .map(|c| upstream::server(&self.proxy, self.opts, c))
+                    .collect();
+                Some((u.clone(), Some(self.upstream_text(p, &servers))))
+            })
+            .collect();
+        if !files.is_empty() {
+            if let Err(e) = nginx::apply(&self.proxy, self.runner, &files) {
+                self.undo(journals);
+                return Err(e.context("switching nginx to the new containers; removed them"));
+            }
+            msg::info(format!(
+                "switched nginx to {}",
+                self.services
+                    .iter()
+                    .filter(|p| p.upstream.is_some())
+                    .flat_map(|p| p.new.iter().map(|c| c.name.clone()))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+        }
+        self.times.switch_ms = millis(ready_at.elapsed());
+        self.times.switched_at = time::now_rfc3339();
+        Ok(())
     }
-    let drain_ms = millis(drain_started.elapsed());
-    fault::point("drain");
-    let stop_started = Instant::now();
-    let all_stopped = std::sync::atomic::AtomicBool::new(true);
-    std::thread::scope(|s| {
-        for p in &plans {
-            if !p.old.is_empty() {
+
+    /// Phase 5, drain and stop: drain, then stop the old containers with their grace period, all at once.
+    fn drain_and_stop(&mut self) {
+        let drain_started = Instant::now();
+        let any_old = self.services.iter().any(|p| !p.old.is_empty());
+        let served = self
+            .services
+            .iter()
+            .any(|p| p.upstream.is_some() && p.running_before > 0);
+        if any_old && served {
+            msg::info(format!(
+                "draining the old containers for {}",
+                humantime::format_duration(self.opts.drain)
+            ));
+            std::thread::sleep(self.opts.drain);
+        }
+        self.times.drain_ms = millis(drain_started.elapsed());
+        fault::point("drain");
+        let stop_started = Instant::now();
+        let all_stopped = AtomicBool::new(true);
+        std::thread::scope(|s| {
+            for p in self.services.iter().filter(|p| !p.old.is_empty()) {
                 let all_stopped = &all_stopped;
                 s.spawn(move || {
                     let ids: Vec<String> = p.old.iter().map(|c| c.id.clone()).collect();
                     if let Err(e) = stop_remove(&ids, p.stop_grace) {
-                        all_stopped.store(false, std::sync::atomic::Ordering::SeqCst);
+                        all_stopped.store(false, Ordering::SeqCst);
                         msg::warn(format!("{}: {e:#}", p.name));
                     }
                 });
             }
-        }
-    });
-    let stop_ms = millis(stop_started.elapsed());
+        });
+        self.times.stop_ms = millis(stop_started.elapsed());
+        self.times.all_stopped = all_stopped.load(Ordering::SeqCst);
+    }
 
-    // 5b. Restart-proof: with the old containers gone, the service's own name resolves to
-    // the new ones only. Name it in the upstream file, so that a `docker compose down`
-    // and `up` (which numbers containers afresh) still finds the app; nginx re-resolves
-    // the name at this (graceful) reload and whenever it starts.
-    if proxy.by_name() && all_stopped.load(std::sync::atomic::Ordering::SeqCst) {
-        let files: Vec<(PathBuf, Option<String>)> = plans
+    /// Phase 6, durable: the upstream names the service (restart-proof), compose itself reads
+    /// the new tag, and the journal goes.
+    fn durable(&self, journals: &Journals) -> Result<()> {
+        if self.proxy.by_name() && self.times.all_stopped {
+            self.name_services();
+        }
+        let env_path = self.ctx.pin_file();
+        let (var, tag) = (&self.ctx.tag_var, self.tag);
+        envfile::write_var(&env_path, var, tag, &self.ctx.project)
+            .with_context(|| format!("recording {var}={tag} in {}", env_path.display()))
+            .map_err(|e| self.after_switch(e))?;
+        fault::point("env");
+        journals.close().map_err(|e| self.after_switch(e))
+    }
+
+    /// With the old containers gone, the service's own name resolves to the new ones
+    /// only. Name it in the upstream file, so that a `docker compose down` and `up`
+    /// (which numbers containers afresh) still finds the app; nginx re-resolves the name
+    /// at this (graceful) reload and whenever it starts.
+    fn name_services(&self) {
+        let files: Vec<(PathBuf, Option<String>)> = self
+            .services
             .iter()
             .filter(|p| !p.new.is_empty())
             .filter_map(|p| {
                 let u = p.upstream.as_ref()?;
-                let what = format!("deploy {deploy_id}): {} at {tag}", p.name);
-                let server = format!("{}:{}", p.name, args.port);
-                Some((
-                    u.clone(),
-                    Some(upstream_text(ctx, args, &p.name, &[server], &what)),
-                ))
+                let server = upstream::service_server(self.opts, &p.name);
+                Some((u.clone(), Some(self.upstream_text(p, &[server]))))
             })
             .collect();
-        if !files.is_empty() {
-            if let Err(e) = nginx::apply(&proxy, runner, &files) {
-                msg::warn(format!(
-                    "could not name the services in the upstream files (the new containers serve by name): {e:#}"
-                ));
-            }
+        if files.is_empty() {
+            return;
+        }
+        if let Err(e) = nginx::apply(&self.proxy, self.runner, &files) {
+            msg::warn(format!(
+                "could not name the services in the upstream files (the new containers serve by name): {e:#}"
+            ));
         }
     }
 
-    // 6. Durable: compose itself now reads the new tag.
-    let env_path = ctx.pin_file();
-    envfile::write_var(&env_path, &ctx.tag_var, tag, &ctx.project)
-        .with_context(|| format!("recording {}={tag} in {}", ctx.tag_var, env_path.display()))
-        .map_err(moved)?;
-    fault::point("env");
-    for p in &plans {
-        journal::remove(&ctx.state_dir, &p.name).map_err(moved)?;
+    fn upstream_text(&self, p: &Service, servers: &[String]) -> String {
+        let what = format!("deploy {}): {} at {}", self.deploy_id, p.name, self.tag);
+        upstream::text(self.ctx, self.opts, &p.name, servers, &what)
     }
-    let total_ms = millis(started.elapsed());
-    msg::info(format!(
-        "swapped {} to {tag} in {:.1}s (ready {:.1}s, switch {} ms, drain {:.1}s)",
-        plans
-            .iter()
-            .map(|p| p.name.as_str())
-            .collect::<Vec<_>>()
-            .join(", "),
-        total_ms as f64 / 1000.0,
-        ready_ms as f64 / 1000.0,
-        switch_ms,
-        drain_ms as f64 / 1000.0
-    ));
 
-    let mut detail = Map::new();
-    detail.insert("tag".into(), json!(tag));
-    detail.insert("previous_tag".into(), json!(previous_tag));
-    detail.insert(
-        "services".into(),
-        Value::Array(plans.iter().map(service_detail).collect()),
-    );
-    detail.insert("ready_ms".into(), json!(ready_ms));
-    detail.insert("switch_ms".into(), json!(switch_ms));
-    detail.insert("switched_at".into(), json!(switched_at));
-    detail.insert("drain_ms".into(), json!(drain_ms));
-    detail.insert("stop_ms".into(), json!(stop_ms));
-    detail.insert("total_ms".into(), json!(total_ms));
-    Ok(Outcome {
-        previous_tag,
-        images: plans
-            .iter()
-            .map(|p| (p.name.clone(), p.image.clone(), p.image_id.clone()))
-            .collect(),
-        detail,
-        dry_run: false,
-    })
+    /// From the switch on the new release serves: an error is not "the old version
+    /// still serves".
+    fn after_switch(&self, e: anyhow::Error) -> anyhow::Error {
+        after_switch(e, self.tag, self.previous_tag.as_deref())
+    }
+
+    /// Undo a swap that has not moved traffic: remove the new containers and the journals.
+    fn undo(&self, journals: &Journals) {
+        for p in &self.services {
+            remove_new(&self.compose, p);
+        }
+        if let Err(e) = journals.close() {
+            msg::warn(format!("{e:#}"));
+        }
+    }
+
+    fn say_swapped(&self) {
+        let t = &self.times;
+        msg::info(format!(
+            "swapped {} to {} in {:.1}s (ready {:.1}s, switch {} ms, drain {:.1}s)",
+            self.services
+                .iter()
+                .map(|p| p.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
+            self.tag,
+            t.total_ms as f64 / 1000.0,
+            t.ready_ms as f64 / 1000.0,
+            t.switch_ms,
+            t.drain_ms as f64 / 1000.0
+        ));
+    }
+
+    /// The stage's `detail`: the swap's record in the document.
+    fn detail(&self) -> Map<String, Value> {
+        let t = &self.times;
+        let mut detail = Map::new();
+        detail.insert("tag".into(), json!(self.tag));
+        detail.insert("previous_tag".into(), json!(self.previous_tag));
+        detail.insert(
+            "services".into(),
+            Value::Array(self.services.iter().map(service_detail).collect()),
+        );
+        detail.insert("ready_ms".into(), json!(t.ready_ms));
+        detail.insert("switch_ms".into(), json!(t.switch_ms));
+        detail.insert("switched_at".into(), json!(t.switched_at));
+        detail.insert("drain_ms".into(), json!(t.drain_ms));
+        detail.insert("stop_ms".into(), json!(t.stop_ms));
+        detail.insert("total_ms".into(), json!(t.total_ms));
+        detail
+    }
+
+    fn outcome(&self, detail: Map<String, Value>, dry_run: bool) -> SwapOutcome {
+        SwapOutcome {
+            previous_tag: self.previous_tag.clone(),
+            images: self
+                .services
+                .iter()
+                .map(|p| (p.name.clone(), p.image.clone(), p.image_id.clone()))
+                .collect(),
+            detail,
+            dry_run,
+        }
+    }
+}
+
+/// How a new container is probed: over HTTP at its own address when it takes traffic;
+/// Docker health for a worker, or a container that has no address (it has already
+/// exited: the container probe says how, with its logs).
+fn ready_target(opts: &Options, p: &Service, c: &Container) -> Target {
+    match (&p.upstream, upstream::address(c)) {
+        (Some(_), Some(ip)) => Target::HttpOn {
+            container: c.name.clone(),
+            check: HttpCheck::new(&format!("http://{ip}:{}{}", opts.port, opts.ready_path)),
+        },
+        _ => Target::Container(c.name.clone()),
+    }
 }
 
 /// What an error after the switch carries: the new release serves. Its exit code is 4
@@ -506,7 +632,7 @@ fn after_switch(e: anyhow::Error, tag: &str, previous_tag: Option<&str>) -> anyh
     })
 }
 
-fn service_detail(p: &Plan) -> Value {
+fn service_detail(p: &Service) -> Value {
     let c = |c: &Container| json!({"id": c.short_id(), "name": c.name, "image": c.image});
     json!({
         "name": p.name,
@@ -523,24 +649,20 @@ fn service_detail(p: &Plan) -> Value {
 }
 
 /// The image ID of `image`, pulling it by tag when it is not here (exit 2 when it cannot
-/// be had). Returns (ID, pulled).
+/// be had within `pull_timeout`). Returns (ID, pulled).
 pub fn ensure_image(
     compose: &Compose,
     runner: Runner,
     svc: &str,
     image: &str,
-    opts: &crate::PullOpts,
+    pull_timeout: Duration,
 ) -> Result<(String, bool)> {
     if let Some(id) = docker::image_id(image)? {
         return Ok((id, false));
     }
     msg::info(format!("{svc}: pulling {image}"));
     runner
-        .change(
-            &compose
-                .cmd(["pull", "--quiet", svc])
-                .timeout(opts.pull_timeout),
-        )
+        .change(&compose.cmd(["pull", "--quiet", svc]).timeout(pull_timeout))
         .map_err(|e| {
             fail!(
                 Image,
@@ -559,7 +681,7 @@ pub fn ensure_image(
     }
 }
 
-fn start_cmd(compose: &Compose, p: &Plan) -> berth_core::process::Cmd {
+fn start_cmd(compose: &Compose, p: &Service) -> berth_core::process::Cmd {
     if p.running_before == 0 {
         compose.cmd(["up", "-d", "--no-deps", &p.name])
     } else {
@@ -576,9 +698,9 @@ fn start_cmd(compose: &Compose, p: &Plan) -> berth_core::process::Cmd {
     }
 }
 
-/// Start the new containers beside the old ones (as many as run now; a first deploy
-/// starts the service as the compose file says).
-fn start_beside(compose: &Compose, p: &mut Plan) -> Result<()> {
+/// Start the new containers of one service beside the old ones (as many as run now; a
+/// first deploy starts the service as the compose file says).
+fn start_service(compose: &Compose, p: &mut Service) -> Result<()> {
     let cmd = start_cmd(compose, p);
     msg::info(format!(
         "{}: starting new containers at {}",
@@ -610,69 +732,32 @@ fn start_beside(compose: &Compose, p: &mut Plan) -> Result<()> {
     Ok(())
 }
 
-/// Undo a swap that has not moved traffic: remove the new containers and the journals.
-fn undo(ctx: &Context, compose: &Compose, plans: &[Plan]) {
-    for p in plans {
-        // Also containers compose created that we did not see (a failed `up`).
-        let mut ids: Vec<String> = p.new.iter().map(|c| c.id.clone()).collect();
-        if let Ok(now) = compose.containers(&p.name) {
-            for c in now {
-                if !p.old.iter().any(|o| o.id == c.id) && !ids.contains(&c.id) {
-                    ids.push(c.id);
-                }
+/// Remove a service's new containers, also those compose created that we did not see
+/// (a failed `up`).
+fn remove_new(compose: &Compose, p: &Service) {
+    let mut ids: Vec<String> = p.new.iter().map(|c| c.id.clone()).collect();
+    if let Ok(now) = compose.containers(&p.name) {
+        for c in now {
+            if !p.old.iter().any(|o| o.id == c.id) && !ids.contains(&c.id) {
+                ids.push(c.id);
             }
-        }
-        if !ids.is_empty() {
-            msg::info(format!(
-                "{}: removing {} new container(s)",
-                p.name,
-                ids.len()
-            ));
-            if let Err(e) = docker::docker().args(["rm", "-f", "-v"]).args(&ids).run() {
-                msg::warn(format!("{}: could not remove new containers: {e}", p.name));
-            }
-        }
-        if let Err(e) = journal::remove(&ctx.state_dir, &p.name) {
-            msg::warn(format!("{e:#}"));
         }
     }
-}
-
-/// The upstream file's text for `service` sending to `servers`; `what` ends the first
-/// comment line ("Written by berth-swap at TIME (" WHAT ".").
-pub(crate) fn upstream_text(
-    ctx: &Context,
-    args: &SwapArgs,
-    service: &str,
-    servers: &[String],
-    what: &str,
-) -> String {
-    // The first line marks the file as this project's (see [`owner`]).
-    let comment = format!(
-        "berth: project={}\nWritten by berth-swap at {} ({what}.\n\
-         berth rewrites this file on every swap; edits here are overwritten.",
-        ctx.project,
-        time::now_rfc3339()
-    );
-    nginx::render_upstream(service, servers, args.keepalive, &comment)
-}
-
-/// How an upstream file names one container: by name for nginx in the project's
-/// network, by address for nginx on the host.
-pub(crate) fn server(proxy: &Proxy, args: &SwapArgs, c: &Container) -> String {
-    if proxy.by_name() {
-        format!("{}:{}", c.name, args.port)
-    } else {
-        format!("{}:{}", address(c).unwrap_or_default(), args.port)
+    if ids.is_empty() {
+        return;
+    }
+    msg::info(format!(
+        "{}: removing {} new container(s)",
+        p.name,
+        ids.len()
+    ));
+    if let Err(e) = docker::remove_force(&ids, true).run() {
+        msg::warn(format!("{}: could not remove new containers: {e}", p.name));
     }
 }
 
 /// SIGTERM with the grace period (then SIGKILL), then remove.
 pub(crate) fn stop_remove(ids: &[String], grace: Duration) -> Result<()> {
-    if ids.is_empty() {
-        return Ok(());
-    }
-    let secs = grace.as_secs() + u64::from(grace.subsec_nanos() > 0);
     let existing: Vec<String> = ids
         .iter()
         .filter(|id| docker::inspect(&[id.as_str()]).is_ok())
@@ -681,28 +766,15 @@ pub(crate) fn stop_remove(ids: &[String], grace: Duration) -> Result<()> {
     if existing.is_empty() {
         return Ok(());
     }
-    docker::docker()
-        .args(["stop", "--time", &secs.to_string()])
-        .args(&existing)
-        .timeout(grace + berth_core::process::command_timeout())
+    docker::stop(&existing, grace)
         .run()
         .context("stopping containers")?;
     fault::point("stop");
-    docker::docker()
-        .args(["rm", "-v"])
-        .args(&existing)
+    docker::remove(&existing)
         .run()
         .context("removing containers")?;
     fault::point("rm");
     Ok(())
-}
-
-/// The container's address on its first network that has one.
-fn address(c: &Container) -> Option<String> {
-    c.networks
-        .iter()
-        .map(|(_, ip)| ip.clone())
-        .find(|ip| !ip.is_empty())
 }
 
 /// `stop_grace_period` from the resolved configuration (compose prints a duration

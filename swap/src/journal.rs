@@ -8,6 +8,9 @@
 //! - `switched`: nginx sends traffic to the new containers. Converge forwards: the old
 //!   containers go and `.env` records the tag.
 //!
+//! [`Journals`] makes these transitions for the engine, beside the table of what a kill
+//! after each one leaves to converge.
+//!
 //! Either way nginx is first told to name only the containers that stay, and its old
 //! workers have exited, before any other container goes ([`crate::converge`]).
 
@@ -67,6 +70,63 @@ impl Journal {
         std::fs::create_dir_all(&d).with_context(|| format!("creating {}", d.display()))?;
         let text = serde_json::to_string_pretty(self)? + "\n";
         fsutil::write_atomic(&path(state_dir, &self.service), text.as_bytes(), 0o644)
+    }
+}
+
+/// The journals of one swap (one file per service), moved through their phases here and
+/// only here, in the engine's order. What [`crate::converge`] does when the swap is
+/// killed after each transition:
+///
+/// | transition (engine phase)            | file                 | converge after a kill             |
+/// |--------------------------------------|----------------------|-----------------------------------|
+/// | [`Journals::begin`] (start beside)   | `started`, no new ID | back: new containers (by image) go |
+/// | [`Journals::started`] (start beside) | `started`, new IDs   | back, or forward when no old one runs |
+/// | [`Journals::switched`] (switch)      | `switched`           | forward: old ones go, `.env` = tag |
+/// | [`Journals::close`] (durable, undo)  | removed              | nothing left to do                |
+#[derive(Debug)]
+pub struct Journals {
+    state_dir: PathBuf,
+    entries: Vec<Journal>,
+}
+
+impl Journals {
+    /// Before any container starts: every service `started`, no new container yet.
+    pub fn begin(state_dir: &Path, entries: Vec<Journal>) -> Result<Journals> {
+        let mut j = Journals {
+            state_dir: state_dir.to_path_buf(),
+            entries,
+        };
+        for e in &mut j.entries {
+            e.phase = Phase::Started;
+            e.save(state_dir)?;
+        }
+        Ok(j)
+    }
+
+    /// Compose has created these containers (IDs per service, in `begin`'s order).
+    pub fn started(&mut self, new: Vec<Vec<String>>) -> Result<()> {
+        for (e, ids) in self.entries.iter_mut().zip(new) {
+            e.new = ids;
+            e.save(&self.state_dir)?;
+        }
+        Ok(())
+    }
+
+    /// nginx sends traffic to the new containers: from here a kill converges forward.
+    pub fn switched(&mut self) -> Result<()> {
+        for e in &mut self.entries {
+            e.phase = Phase::Switched;
+            e.save(&self.state_dir)?;
+        }
+        Ok(())
+    }
+
+    /// The swap is complete (or undone before the switch): nothing left to converge.
+    pub fn close(&self) -> Result<()> {
+        for e in &self.entries {
+            remove(&self.state_dir, &e.service)?;
+        }
+        Ok(())
     }
 }
 
@@ -133,5 +193,36 @@ mod tests {
         remove(d.path(), "web").unwrap();
         remove(d.path(), "web").unwrap();
         assert!(super::all(d.path()).unwrap().is_empty());
+    }
+
+    #[test]
+    fn journals_move_through_the_phases_and_close() {
+        let d = tempfile::tempdir().unwrap();
+        let one = |svc: &str| Journal {
+            deploy_id: "d1".into(),
+            service: svc.into(),
+            phase: Phase::Switched,
+            tag: "v2".into(),
+            tag_var: "BERTH_TAG".into(),
+            image: "app:v2".into(),
+            old: vec!["o".into()],
+            new: vec![],
+            upstream_file: None,
+            upstream_before: None,
+            stop_grace_secs: 10,
+            updated_at: String::new(),
+        };
+        let mut j = Journals::begin(d.path(), vec![one("web"), one("worker")]).unwrap();
+        let on_disk = || super::all(d.path()).unwrap();
+        assert!(on_disk()
+            .iter()
+            .all(|e| e.phase == Phase::Started && e.new.is_empty()));
+        j.started(vec![vec!["n1".into()], vec!["n2".into()]])
+            .unwrap();
+        assert_eq!(on_disk()[1].new, ["n2"]);
+        j.switched().unwrap();
+        assert!(on_disk().iter().all(|e| e.phase == Phase::Switched));
+        j.close().unwrap();
+        assert!(on_disk().is_empty());
     }
 }

@@ -5,6 +5,9 @@
 //! tag so that compose itself keeps the new release. See [`engine`].
 //!
 //! The engine is a library so that `berth-rollback` swaps back through the same path.
+//! This file is the command line on top: it parses argv once (the subcommands share the
+//! global options, which may stand before or after the word) and hands the engine its
+//! own [`engine::Options`]; nothing below imports it.
 
 pub mod converge;
 pub mod engine;
@@ -15,19 +18,19 @@ pub mod nginx;
 pub mod owner;
 pub mod prepare;
 pub mod swarm;
+pub mod upstream;
 
-use std::cell::RefCell;
 use std::time::Duration;
 
 use anyhow::Result;
 use berth_core::cli::{parse_duration, CommonArgs};
-use berth_core::lock::{self, Lock};
-use berth_core::stage::{self, Completed, Spec};
-use berth_core::{ledger, msg, ExitCode, Failure};
+use berth_core::stage::{self, Completed, Ledger, Spec};
+use berth_core::{msg, ExitCode, Failure};
 use clap::{Parser, Subcommand};
 use serde_json::Value;
 
 pub use nginx::ProxyMode;
+pub use prepare::check_services;
 
 const EXAMPLES: &str = "\
 Examples:
@@ -77,7 +80,6 @@ release serves: the record says so, and berth-rollback in the pipe undoes it); 6
     version,
     after_long_help = EXAMPLES,
     after_help = "See --help for examples, files and exit codes.",
-    args_conflicts_with_subcommands = true,
     subcommand_negates_reqs = true
 )]
 pub struct Cli {
@@ -114,17 +116,25 @@ pub enum Command {
     Pull(prepare::PullArgs),
 }
 
-/// How a swap runs; `berth-rollback` takes the same settings.
+/// How a swap runs; `berth-rollback` takes the same settings. The ones a subcommand also
+/// uses (nginx, the upstream file, the lock, pulls) are global: before or after its word.
 #[derive(Debug, Clone, clap::Args)]
 #[command(next_help_heading = "Swap")]
 pub struct SwapArgs {
     /// Where nginx runs
-    #[arg(long, value_enum, env = "BERTH_PROXY", default_value = "compose")]
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        env = "BERTH_PROXY",
+        default_value = "compose"
+    )]
     pub proxy: ProxyMode,
 
     /// The compose service running nginx (with --proxy compose)
     #[arg(
         long,
+        global = true,
         env = "BERTH_PROXY_SERVICE",
         default_value = "proxy",
         value_name = "SERVICE"
@@ -133,7 +143,7 @@ pub struct SwapArgs {
 
     /// The upstream file nginx includes; `{service}` is replaced by the service's name
     /// [default: <project dir>/nginx/berth/upstream-{service}.conf]
-    #[arg(long, env = "BERTH_UPSTREAM_FILE", value_name = "PATH")]
+    #[arg(long, global = true, env = "BERTH_UPSTREAM_FILE", value_name = "PATH")]
     pub upstream_file: Option<String>,
 
     /// A service that takes no traffic (a worker): started beside, waited healthy (Docker
@@ -141,8 +151,9 @@ pub struct SwapArgs {
     #[arg(long = "worker", value_name = "SERVICE")]
     pub workers: Vec<String>,
 
-    /// The port the services listen on inside their containers
-    #[arg(long, env = "BERTH_PORT", default_value_t = 8080)]
+    /// The port the services listen on inside their containers (BERTH_PORT, its old
+    /// name, still works with a warning)
+    #[arg(long, env = "BERTH_APP_PORT", default_value_t = 8080)]
     pub port: u16,
 
     /// The path probed on each new container (GET http://ADDRESS:PORT/PATH, 2xx = ready)
@@ -178,6 +189,7 @@ pub struct SwapArgs {
     /// The nginx binary (inside the proxy container, or on the host)
     #[arg(
         long,
+        global = true,
         env = "BERTH_NGINX",
         default_value = "nginx",
         value_name = "PATH"
@@ -185,7 +197,7 @@ pub struct SwapArgs {
     pub nginx: String,
 
     /// Wait this long for another deploy's lock instead of exiting 75 at once
-    #[arg(long, env = "BERTH_LOCK_WAIT", default_value = "0s", value_parser = parse_duration, value_name = "DURATION")]
+    #[arg(long, global = true, env = "BERTH_LOCK_WAIT", default_value = "0s", value_parser = parse_duration, value_name = "DURATION")]
     pub lock_wait: Duration,
 
     #[command(flatten)]
@@ -197,11 +209,35 @@ pub struct SwapArgs {
 pub struct PullOpts {
     /// Bound on pulling one service's image from its registry; past it the pull is
     /// killed and the stage exits 2, nothing changed
-    #[arg(long, env = "BERTH_PULL_TIMEOUT", default_value = "10m", value_parser = parse_duration, value_name = "DURATION")]
+    #[arg(long, global = true, env = "BERTH_PULL_TIMEOUT", default_value = "10m", value_parser = parse_duration, value_name = "DURATION")]
     pub pull_timeout: Duration,
 }
 
 impl SwapArgs {
+    /// The engine's options.
+    pub fn options(&self) -> engine::Options {
+        engine::Options {
+            proxy: self.proxy,
+            proxy_service: self.proxy_service.clone(),
+            upstream_file: self.upstream_file.clone(),
+            workers: self.workers.clone(),
+            port: self.port,
+            ready_path: self.ready_path.clone(),
+            timeout: self.timeout,
+            interval: self.interval,
+            drain: self.drain,
+            stop_timeout: self.stop_timeout,
+            keepalive: self.keepalive,
+            nginx: self.nginx.clone(),
+            pull_timeout: self.pull.pull_timeout,
+        }
+    }
+
+    /// The stage runs under the deploy lock, waiting `--lock-wait` for it.
+    pub fn locked<'a>(&self, spec: Spec<'a>) -> Spec<'a> {
+        spec.locked(berth_core::lock::DEPLOY, self.lock_wait)
+    }
+
     pub fn check(&self) -> Result<(), Failure> {
         if !self.ready_path.starts_with('/') {
             return Err(Failure::usage(format!(
@@ -219,141 +255,92 @@ impl SwapArgs {
     }
 }
 
-/// Check service names: known shape, no repeats.
-pub fn check_services(services: &[String]) -> Result<(), Failure> {
-    for (i, s) in services.iter().enumerate() {
-        let ok = !s.is_empty()
-            && s.chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.');
-        if !ok {
-            return Err(Failure::usage(format!("SERVICE {s:?}: not a service name")));
-        }
-        if services[..i].contains(s) {
-            return Err(Failure::usage(format!("SERVICE {s} named twice")));
-        }
-    }
-    Ok(())
-}
-
-/// The binary's `main`: `berth-swap [OPTIONS] maintenance on|off` (options before the
-/// word, which clap would read as services) goes to the maintenance command line.
+/// The binary's `main`.
 pub fn main() -> std::process::ExitCode {
-    let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
-    if maintenance::wanted(&argv) {
-        berth_core::cli::main::<maintenance::Reparse>("berth-swap", |r| maintenance::run(r.args))
-    } else {
-        berth_core::cli::main_from("berth-swap", prepare::hoist(argv), run)
-    }
+    berth_core::cli::main("berth-swap", run)
 }
 
 pub fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
-        Some(Command::Maintenance(m)) => return maintenance::run(m),
-        Some(Command::Preflight(a)) => return prepare::preflight(a),
-        Some(Command::Pull(a)) => return prepare::pull(a),
+        Some(Command::Maintenance(m)) => {
+            let nginx = cli.swap.options();
+            return maintenance::run(m, &nginx, cli.swap.lock_wait, &cli.common);
+        }
+        Some(Command::Preflight(a)) => {
+            return prepare::preflight(a, cli.swap.upstream_file.as_deref(), &cli.common)
+        }
+        Some(Command::Pull(a)) => return prepare::pull(a, cli.swap.pull.pull_timeout, &cli.common),
         None => {}
     }
+    let check = || -> Result<(), Failure> {
+        cli.swap.check()?;
+        check_services(&cli.services)
+    };
     if cli.common.check_args {
         return berth_core::cli::checked(|| {
-            cli.swap.check()?;
-            check_services(&cli.services)?;
-            cli.common.check()?;
-            Ok(())
+            check()?;
+            Ok(cli.common.check()?)
         });
     }
-    cli.swap.check()?;
-    check_services(&cli.services)?;
+    check()?;
     let input = stage::load(&cli.common)?;
     if cli.converge {
         return converge_stage(&cli.swap, input);
     }
-    let spec = Spec {
-        name: "swap",
-        default_code: ExitCode::Swap,
-        acts_on_failure: false,
-    };
-    let held: RefCell<Option<Lock>> = RefCell::new(None);
-    let dry_run = input.ctx.dry_run;
-    stage::run_then(
-        spec,
-        input,
-        |ctx, doc, detail| {
-            let tag = ctx.require_tag()?.to_string();
-            if !ctx.dry_run {
-                *held.borrow_mut() = Some(lock::acquire(
-                    &ctx.state_dir,
-                    "deploy",
-                    cli.swap.lock_wait,
-                    Some(&doc.deploy_id),
-                )?);
-            }
-            let services = if cli.services.is_empty() {
-                let cfg = ctx
-                    .compose_at(&tag)
-                    .config()
-                    .map_err(|e| berth_core::fail!(Preflight, "{e:#}"))?;
-                prepare::resolve_services(ctx, &[], &cfg)?
-            } else {
-                cli.services.clone()
-            };
-            let out = match engine::swap(ctx, &cli.swap, &services, &tag, &doc.deploy_id) {
-                Ok(out) => out,
-                Err(e) => {
-                    if let Some(a) = e.downcast_ref::<engine::AfterSwitch>() {
-                        if a.previous_tag.is_some() {
-                            doc.previous_tag = a.previous_tag.clone();
-                        }
-                        detail.insert("switched".into(), Value::Bool(true));
-                        detail.insert("serving".into(), Value::String(a.serving.clone()));
-                    }
-                    return Err(e);
-                }
-            };
-            record(doc, &out);
-            detail.extend(out.detail);
-            if out.dry_run {
-                return Ok(Completed::Skipped("dry run: nothing changed".into()));
-            }
-            Ok(Completed::Ok)
-        },
-        |ctx, doc| {
-            let ok = doc
-                .stage("swap")
-                .is_some_and(|s| s.status == berth_core::doc::Status::Ok);
-            // Provisional: the release is good only when the whole deploy says so (the
-            // report's final line, after the smoke test).
-            if ok && !dry_run {
-                if let Err(e) = ledger::append(&ctx.state_dir, &ledger::provisional(doc)) {
-                    msg::warn(format!("could not record the release in the ledger: {e:#}"));
-                }
-            }
-            if let Some(l) = held.borrow_mut().take() {
-                l.release();
-            }
-        },
-    )
+    let spec = cli
+        .swap
+        .locked(Spec::new("swap", ExitCode::Swap))
+        .ledger(Ledger::Provisional);
+    let opts = cli.swap.options();
+    stage::run(spec, input, |ctx, doc, detail| {
+        let tag = ctx.require_tag()?.to_string();
+        let services = if cli.services.is_empty() {
+            let cfg = ctx
+                .compose_at(&tag)
+                .config()
+                .map_err(|e| berth_core::fail!(Preflight, "{e:#}"))?;
+            prepare::resolve_services(ctx, &[], &cfg)?
+        } else {
+            cli.services.clone()
+        };
+        let out = engine::swap(ctx, &opts, &services, &tag, &doc.deploy_id)
+            .inspect_err(|e| record_after_switch(e, doc, detail))?;
+        record(doc, &out);
+        detail.extend(out.detail);
+        if out.dry_run {
+            return Ok(Completed::Skipped("dry run: nothing changed".into()));
+        }
+        Ok(Completed::Ok)
+    })
+}
+
+/// A swap that failed after traffic moved records `switched` and `serving` (and the tag
+/// it moved from), so that the rollback stage acts on it.
+fn record_after_switch(
+    e: &anyhow::Error,
+    doc: &mut berth_core::doc::Document,
+    detail: &mut serde_json::Map<String, Value>,
+) {
+    if let Some(a) = e.downcast_ref::<engine::AfterSwitch>() {
+        if a.previous_tag.is_some() {
+            doc.previous_tag = a.previous_tag.clone();
+        }
+        detail.insert("switched".into(), Value::Bool(true));
+        detail.insert("serving".into(), Value::String(a.serving.clone()));
+    }
 }
 
 /// `berth-swap --converge`: the stage `converge`, under the deploy lock; it acts after a
 /// failure too (a converged state is always safer).
 fn converge_stage(args: &SwapArgs, input: stage::Input) -> Result<ExitCode> {
-    let spec = Spec {
-        name: "converge",
-        default_code: ExitCode::Swap,
-        acts_on_failure: true,
-    };
+    let spec = args.locked(Spec::new("converge", ExitCode::Swap).acting_on_failure(true));
     let prior = ExitCode::from_code(input.doc.outcome()).unwrap_or(ExitCode::Success);
-    stage::run(spec, input, |ctx, doc, detail| {
+    let opts = args.options();
+    stage::run(spec, input, |ctx, _doc, detail| {
         if ctx.dry_run {
             return Ok(Completed::Skipped("dry run: nothing changed".into()));
         }
-        let _lock = lock::acquire(
-            &ctx.state_dir,
-            "deploy",
-            args.lock_wait,
-            Some(&doc.deploy_id),
-        )?;
-        let done = converge::converge(ctx, args, ctx.tag.as_deref())?;
+        let done = converge::converge(ctx, &opts, ctx.tag.as_deref())?;
         msg::info(if done.is_empty() {
             "nothing to converge: no swap was interrupted".to_string()
         } else {
@@ -365,7 +352,7 @@ fn converge_stage(args: &SwapArgs, input: stage::Input) -> Result<ExitCode> {
 }
 
 /// Put what a swap learned into the document: previous tag, images with their IDs.
-pub fn record(doc: &mut berth_core::doc::Document, out: &engine::Outcome) {
+pub fn record(doc: &mut berth_core::doc::Document, out: &engine::SwapOutcome) {
     if out.previous_tag.is_some() {
         doc.previous_tag = out.previous_tag.clone();
     }
@@ -410,48 +397,49 @@ mod tests {
         ])
         .unwrap();
         assert!(matches!(m.command, Some(Command::Maintenance(_))));
-        // Options before the word: read as services first, then again as maintenance.
-        let argv = [
+        // Options before the word (global): parsed once, wherever they stand.
+        for argv in [
+            &[
+                "berth-swap",
+                "-p",
+                "shop",
+                "maintenance",
+                "off",
+                "--lock-wait",
+                "5s",
+            ][..],
+            &[
+                "berth-swap",
+                "--lock-wait",
+                "5s",
+                "maintenance",
+                "off",
+                "-p",
+                "shop",
+            ],
+        ] {
+            let c = Cli::try_parse_from(argv).unwrap();
+            let Some(Command::Maintenance(m)) = &c.command else {
+                panic!("{argv:?}: not maintenance")
+            };
+            assert_eq!(m.state, maintenance::OnOff::Off);
+            assert_eq!(c.common.project_name.as_deref(), Some("shop"));
+            assert_eq!(c.swap.lock_wait, Duration::from_secs(5));
+        }
+        let c = Cli::try_parse_from(["berth-swap", "-p", "shop", "pull", "web"]).unwrap();
+        assert!(matches!(&c.command, Some(Command::Pull(p)) if p.services == ["web"]));
+        let c = Cli::try_parse_from([
             "berth-swap",
-            "-p",
-            "shop",
-            "maintenance",
-            "off",
-            "--lock-wait",
-            "5s",
-        ];
-        let os = |v: &[&str]| v.iter().map(std::ffi::OsString::from).collect::<Vec<_>>();
-        assert!(maintenance::wanted(&os(&argv)));
-        let m = maintenance::Reparse::try_parse_from(argv).unwrap().args;
-        assert_eq!(m.state, maintenance::OnOff::Off);
-        assert_eq!(m.common.project_name.as_deref(), Some("shop"));
-        let with_message = [
-            "berth-swap",
-            "-p",
-            "s",
-            "maintenance",
-            "on",
-            "--message",
-            "m",
-        ];
-        assert!(maintenance::wanted(&os(&with_message)));
-        assert!(!maintenance::wanted(&os(&[
-            "berth-swap",
-            "maintenance",
-            "on"
-        ])));
-        assert!(!maintenance::wanted(&os(&[
-            "berth-swap",
-            "--tag",
-            "v",
-            "web"
-        ])));
-        maintenance::Reparse::command().debug_assert();
-        // Options before `preflight`/`pull` are moved after it.
-        let h = prepare::hoist(os(&["berth-swap", "-p", "shop", "pull", "web"]));
-        assert_eq!(h, os(&["berth-swap", "pull", "-p", "shop", "web"]));
-        let same = os(&["berth-swap", "--tag", "v", "web"]);
-        assert_eq!(prepare::hoist(same.clone()), same);
+            "--proxy",
+            "host",
+            "preflight",
+            "web",
+            "--",
+            "x",
+        ])
+        .unwrap();
+        assert!(matches!(&c.command, Some(Command::Preflight(p)) if p.command == ["x"]));
+        assert_eq!(c.swap.proxy, ProxyMode::Host);
         // No services: every service whose image uses the tag variable (resolved later).
         let c = Cli::try_parse_from(["berth-swap", "--tag", "v2"]).unwrap();
         assert!(c.services.is_empty() && c.command.is_none());

@@ -1,19 +1,22 @@
 //! `berth-swap maintenance on|off`: nginx answers 503 with a small page and `Retry-After`
 //! (health paths still reach the app), switched by graceful reload. Idempotent; the
 //! window's start is kept in `<state>/maintenance.json` so `off` records its length.
+//! nginx's settings (`--proxy`, `--proxy-service`, `--nginx`) and `--lock-wait` are the
+//! swap's global options.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Result;
-use berth_core::cli::{parse_duration, CommonArgs};
+use berth_core::cli::{parse_duration, CommonArgs, Context};
 use berth_core::lock;
 use berth_core::process::Runner;
 use berth_core::stage::{self, Completed, Spec};
 use berth_core::{fsutil, msg, time, ExitCode};
 use serde::{Deserialize, Serialize};
-use serde_json::json;
+use serde_json::{json, Map, Value};
 
+use crate::engine::Options;
 use crate::nginx::{self, Proxy, ProxyMode};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -49,55 +52,6 @@ pub struct Args {
     /// [default: <project dir>/nginx/berth/server-maintenance.conf]
     #[arg(long, env = "BERTH_MAINTENANCE_FILE", value_name = "PATH")]
     pub maintenance_file: Option<PathBuf>,
-
-    /// Where nginx runs (none is not allowed here)
-    #[arg(long, value_enum, env = "BERTH_PROXY", default_value = "compose")]
-    pub proxy: ProxyMode,
-
-    /// The compose service running nginx (with --proxy compose)
-    #[arg(
-        long,
-        env = "BERTH_PROXY_SERVICE",
-        default_value = "proxy",
-        value_name = "SERVICE"
-    )]
-    pub proxy_service: String,
-
-    /// The nginx binary (inside the proxy container, or on the host)
-    #[arg(
-        long,
-        env = "BERTH_NGINX",
-        default_value = "nginx",
-        value_name = "PATH"
-    )]
-    pub nginx: String,
-
-    /// Wait this long for another deploy's lock instead of exiting 75 at once
-    #[arg(long, env = "BERTH_LOCK_WAIT", default_value = "0s", value_parser = parse_duration, value_name = "DURATION")]
-    pub lock_wait: Duration,
-
-    #[command(flatten)]
-    pub common: CommonArgs,
-}
-
-/// `berth-swap [OPTIONS] maintenance on|off [OPTIONS]`, options on either side.
-#[derive(Debug, clap::Parser)]
-#[command(name = "berth-swap")]
-pub struct Reparse {
-    #[arg(value_parser = ["maintenance"], hide = true)]
-    word: String,
-    #[command(flatten)]
-    pub args: Args,
-}
-
-/// Whether this command line is `maintenance` with options before the word (the plain
-/// `berth-swap maintenance ...` is clap's own subcommand).
-pub fn wanted(argv: &[std::ffi::OsString]) -> bool {
-    use clap::Parser;
-    match crate::Cli::try_parse_from(argv) {
-        Ok(c) => c.command.is_none() && c.services.first().is_some_and(|s| s == "maintenance"),
-        Err(_) => argv.iter().skip(1).any(|a| a == "maintenance"),
-    }
 }
 
 /// When the window opened, kept between `on` and `off`.
@@ -107,8 +61,8 @@ struct Window {
     message: String,
 }
 
-fn check(args: &Args) -> Result<(), berth_core::Failure> {
-    if args.proxy == ProxyMode::None {
+fn check(args: &Args, nginx: &Options) -> Result<(), berth_core::Failure> {
+    if nginx.proxy == ProxyMode::None {
         return Err(berth_core::Failure::usage(
             "maintenance mode needs nginx: --proxy compose or host",
         ));
@@ -123,37 +77,28 @@ fn check(args: &Args) -> Result<(), berth_core::Failure> {
     Ok(())
 }
 
-pub fn run(args: Args) -> Result<ExitCode> {
-    if args.common.check_args {
+/// `berth-swap maintenance on|off`, with the swap's global settings: how nginx is reached
+/// (`nginx`: its proxy, proxy service and binary), the lock wait, the project.
+pub fn run(
+    args: Args,
+    nginx: &Options,
+    lock_wait: Duration,
+    common: &CommonArgs,
+) -> Result<ExitCode> {
+    if common.check_args {
         return berth_core::cli::checked(|| {
-            check(&args)?;
-            args.common.check()?;
-            Ok(())
+            check(&args, nginx)?;
+            Ok(common.check()?)
         });
     }
-    check(&args)?;
-    let input = stage::load(&args.common)?;
+    check(&args, nginx)?;
+    let input = stage::load(common)?;
     // Turning maintenance off must happen even when an earlier stage failed.
     let prior = input.doc.outcome();
-    let spec = Spec {
-        name: "maintenance",
-        default_code: ExitCode::Swap,
-        acts_on_failure: args.state == OnOff::Off,
-    };
-    stage::run(spec, input, |ctx, doc, detail| {
-        let runner = Runner {
-            dry_run: ctx.dry_run,
-        };
-        let _lock = if ctx.dry_run {
-            None
-        } else {
-            Some(lock::acquire(
-                &ctx.state_dir,
-                "deploy",
-                args.lock_wait,
-                Some(&doc.deploy_id),
-            )?)
-        };
+    let spec = Spec::new("maintenance", ExitCode::Swap)
+        .acting_on_failure(args.state == OnOff::Off)
+        .locked(lock::DEPLOY, lock_wait);
+    stage::run(spec, input, |ctx, _doc, detail| {
         let file = match &args.maintenance_file {
             Some(f) if f.is_absolute() => f.clone(),
             Some(f) => ctx.project_dir.join(f),
@@ -163,94 +108,130 @@ pub fn run(args: Args) -> Result<ExitCode> {
                 .join("berth")
                 .join("server-maintenance.conf"),
         };
-        let state_file = ctx.state_dir.join("maintenance.json");
-        let mut proxy = Proxy::new(args.proxy, ctx.compose(), &args.proxy_service, &args.nginx);
+        let mut proxy = Proxy::new(
+            nginx.proxy,
+            ctx.compose(),
+            &nginx.proxy_service,
+            &nginx.nginx,
+        );
         if !ctx.dry_run && !proxy.locate()? {
             return Err(berth_core::fail!(
                 Preflight,
                 "the nginx service {:?} is not running",
-                args.proxy_service
+                nginx.proxy_service
             ));
         }
         detail.insert("file".into(), json!(file.display().to_string()));
         crate::owner::check(ctx, &[(file.as_path(), crate::owner::Kind::Nginx)])?;
+        let page = Page {
+            ctx,
+            proxy: &proxy,
+            runner: Runner {
+                dry_run: ctx.dry_run,
+            },
+            file: &file,
+            state_file: ctx.state_dir.join("maintenance.json"),
+        };
         match args.state {
-            OnOff::On => {
-                let was_on = nginx::read_opt(&file)?.is_some();
-                // Already on: keep the page (and nginx) as they are unless asked otherwise.
-                if !was_on || args.message.is_some() {
-                    let message = args.message.as_deref().unwrap_or(DEFAULT_MESSAGE);
-                    let text = crate::owner::marked(
-                        &nginx::render_maintenance(message, args.retry_after, &args.except),
-                        &ctx.project,
-                    );
-                    nginx::apply(&proxy, runner, &[(file.clone(), Some(text))])?;
-                }
-                let since = match read_window(&state_file) {
-                    Some(w) if was_on => w.since,
-                    _ => {
-                        let w = Window {
-                            since: time::now_rfc3339(),
-                            message: args
-                                .message
-                                .clone()
-                                .unwrap_or_else(|| DEFAULT_MESSAGE.to_string()),
-                        };
-                        if !ctx.dry_run {
-                            berth_core::ledger::ensure_state_dir(&ctx.state_dir)?;
-                            fsutil::write_atomic(
-                                &state_file,
-                                serde_json::to_string(&w)?.as_bytes(),
-                                0o600,
-                            )?;
-                        }
-                        w.since
-                    }
-                };
-                msg::info(if was_on {
-                    format!("maintenance mode was already on (since {since})")
-                } else {
-                    "maintenance mode on: nginx answers 503".to_string()
-                });
-                detail.insert("state".into(), json!("on"));
-                detail.insert("since".into(), json!(since));
-                detail.insert("already".into(), json!(was_on));
-            }
-            OnOff::Off => {
-                let was_on = nginx::read_opt(&file)?.is_some();
-                if was_on {
-                    nginx::apply(&proxy, runner, &[(file.clone(), None)])?;
-                }
-                let window = read_window(&state_file);
-                let window_ms = window
-                    .as_ref()
-                    .and_then(|w| time::parse(&w.since))
-                    .map(|t| {
-                        let d = time::now().duration_since(t);
-                        d.as_millis().max(0) as u64
-                    });
-                if !ctx.dry_run {
-                    let _ = std::fs::remove_file(&state_file);
-                }
-                match (was_on, window_ms) {
-                    (false, _) => msg::info("maintenance mode was already off"),
-                    (true, Some(ms)) => msg::info(format!(
-                        "maintenance mode off after {:.1}s",
-                        ms as f64 / 1000.0
-                    )),
-                    (true, None) => msg::info("maintenance mode off"),
-                }
-                detail.insert("state".into(), json!("off"));
-                detail.insert("already".into(), json!(!was_on));
-                detail.insert("since".into(), json!(window.map(|w| w.since)));
-                detail.insert("window_ms".into(), json!(window_ms));
-            }
+            OnOff::On => page.on(&args, detail)?,
+            OnOff::Off => page.off(detail)?,
         }
         match ExitCode::from_code(prior) {
             Some(code) if code != ExitCode::Success => Ok(Completed::Done(code)),
             _ => Ok(Completed::Ok),
         }
     })
+}
+
+/// The maintenance page of one project: the snippet nginx includes, and the window's
+/// start kept between `on` and `off`.
+struct Page<'a> {
+    ctx: &'a Context,
+    proxy: &'a Proxy,
+    runner: Runner,
+    file: &'a Path,
+    state_file: PathBuf,
+}
+
+impl Page<'_> {
+    fn on(&self, args: &Args, detail: &mut Map<String, Value>) -> Result<()> {
+        let ctx = self.ctx;
+        let was_on = nginx::read_opt(self.file)?.is_some();
+        // Already on: keep the page (and nginx) as they are unless asked otherwise.
+        if !was_on || args.message.is_some() {
+            let message = args.message.as_deref().unwrap_or(DEFAULT_MESSAGE);
+            let text = crate::owner::marked(
+                &nginx::render_maintenance(message, args.retry_after, &args.except),
+                &ctx.project,
+            );
+            nginx::apply(
+                self.proxy,
+                self.runner,
+                &[(self.file.to_path_buf(), Some(text))],
+            )?;
+        }
+        let since = match read_window(&self.state_file) {
+            Some(w) if was_on => w.since,
+            _ => {
+                let w = Window {
+                    since: time::now_rfc3339(),
+                    message: args
+                        .message
+                        .clone()
+                        .unwrap_or_else(|| DEFAULT_MESSAGE.to_string()),
+                };
+                if !ctx.dry_run {
+                    berth_core::ledger::ensure_state_dir(&ctx.state_dir)?;
+                    fsutil::write_atomic(
+                        &self.state_file,
+                        serde_json::to_string(&w)?.as_bytes(),
+                        0o600,
+                    )?;
+                }
+                w.since
+            }
+        };
+        msg::info(if was_on {
+            format!("maintenance mode was already on (since {since})")
+        } else {
+            "maintenance mode on: nginx answers 503".to_string()
+        });
+        detail.insert("state".into(), json!("on"));
+        detail.insert("since".into(), json!(since));
+        detail.insert("already".into(), json!(was_on));
+        Ok(())
+    }
+
+    fn off(&self, detail: &mut Map<String, Value>) -> Result<()> {
+        let was_on = nginx::read_opt(self.file)?.is_some();
+        if was_on {
+            nginx::apply(self.proxy, self.runner, &[(self.file.to_path_buf(), None)])?;
+        }
+        let window = read_window(&self.state_file);
+        let window_ms = window
+            .as_ref()
+            .and_then(|w| time::parse(&w.since))
+            .map(|t| {
+                let d = time::now().duration_since(t);
+                d.as_millis().max(0) as u64
+            });
+        if !self.ctx.dry_run {
+            let _ = std::fs::remove_file(&self.state_file);
+        }
+        match (was_on, window_ms) {
+            (false, _) => msg::info("maintenance mode was already off"),
+            (true, Some(ms)) => msg::info(format!(
+                "maintenance mode off after {:.1}s",
+                ms as f64 / 1000.0
+            )),
+            (true, None) => msg::info("maintenance mode off"),
+        }
+        detail.insert("state".into(), json!("off"));
+        detail.insert("already".into(), json!(!was_on));
+        detail.insert("since".into(), json!(window.map(|w| w.since)));
+        detail.insert("window_ms".into(), json!(window_ms));
+        Ok(())
+    }
 }
 
 fn read_window(p: &std::path::Path) -> Option<Window> {

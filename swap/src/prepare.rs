@@ -11,30 +11,23 @@
 //! Without services, both take every service whose image uses the tag variable.
 
 use std::ffi::OsString;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result};
 use berth_core::cli::{CommonArgs, Context};
 use berth_core::process::{self, Runner};
 use berth_core::stage::{self, Completed, Spec};
-use berth_core::{compose, docker, fail, msg, time, ExitCode};
+use berth_core::{compose, docker, fail, msg, time, ExitCode, Failure};
 
-use crate::owner;
-use serde_json::{json, Value};
+use crate::{owner, upstream};
+use berth_core::doc::Document;
+use serde_json::{json, Map, Value};
 
 #[derive(Debug, clap::Args)]
 pub struct PreflightArgs {
     /// The services to deploy [default: every service whose image uses the tag variable]
     #[arg(value_name = "SERVICE")]
     pub services: Vec<String>,
-
-    /// The upstream file nginx includes, as the swap takes it: checked not to belong to
-    /// another compose project [default: <project dir>/nginx/berth/upstream-{service}.conf]
-    #[arg(long, env = "BERTH_UPSTREAM_FILE", value_name = "PATH")]
-    pub upstream_file: Option<String>,
-
-    #[command(flatten)]
-    pub common: CommonArgs,
 
     /// A pre-deploy check to run last (e.g. -- ./config-test.sh); non-zero fails the deploy
     #[arg(last = true, value_name = "CMD")]
@@ -46,39 +39,10 @@ pub struct PullArgs {
     /// The services whose images to get [default: every service whose image uses the tag variable]
     #[arg(value_name = "SERVICE")]
     pub services: Vec<String>,
-
-    #[command(flatten)]
-    pub pull: crate::PullOpts,
-
-    #[command(flatten)]
-    pub common: CommonArgs,
 }
 
 /// The named services, or every one whose image uses the tag variable; each must exist
 /// and have an image.
-/// `berth-swap -p shop pull web` reads `pull` as the first service to swap; move the
-/// word to the front (`berth-swap pull -p shop web`) so options may stand on either side,
-/// as they may for every other command.
-pub fn hoist(mut argv: Vec<OsString>) -> Vec<OsString> {
-    use clap::Parser;
-    let Ok(cli) = crate::Cli::try_parse_from(&argv) else {
-        return argv;
-    };
-    let word = match (cli.command, cli.services.first()) {
-        (None, Some(w)) if w == "preflight" || w == "pull" => w.clone(),
-        _ => return argv,
-    };
-    if let Some(i) = argv
-        .iter()
-        .skip(1)
-        .position(|a| a.as_os_str() == word.as_str())
-    {
-        let w = argv.remove(i + 1);
-        argv.insert(1, w);
-    }
-    argv
-}
-
 pub fn resolve_services(ctx: &Context, named: &[String], cfg: &Value) -> Result<Vec<String>> {
     let services = if named.is_empty() {
         let probe = ctx.compose().services_using_var(&ctx.tag_var)?;
@@ -100,14 +64,96 @@ pub fn resolve_services(ctx: &Context, named: &[String], cfg: &Value) -> Result<
     Ok(services)
 }
 
+/// Check service names: known shape, no repeats.
+pub fn check_services(services: &[String]) -> Result<(), Failure> {
+    for (i, s) in services.iter().enumerate() {
+        let ok = !s.is_empty()
+            && s.chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.');
+        if !ok {
+            return Err(Failure::usage(format!("SERVICE {s:?}: not a service name")));
+        }
+        if services[..i].contains(s) {
+            return Err(Failure::usage(format!("SERVICE {s} named twice")));
+        }
+    }
+    Ok(())
+}
+
+/// `--check-args` of `preflight` and `pull`: their services and the common settings.
+fn check_only(services: &[String], common: &CommonArgs) -> Result<ExitCode> {
+    berth_core::cli::checked(|| {
+        check_services(services)?;
+        common.check()?;
+        Ok(())
+    })
+}
+
+/// The preflight stage (on either engine).
+pub const PREFLIGHT: Spec<'static> = Spec::new("preflight", ExitCode::Preflight);
+
+/// `berth-swap preflight`; `upstream_file` is the swap's (global) template, so that the
+/// files checked are the ones the swap will write.
+pub fn preflight(
+    args: PreflightArgs,
+    upstream_file: Option<&str>,
+    common: &CommonArgs,
+) -> Result<ExitCode> {
+    if common.engine == berth_core::swarm::Engine::Swarm {
+        return crate::swarm::preflight(args, upstream_file, common);
+    }
+    if common.check_args {
+        return check_only(&args.services, common);
+    }
+    check_services(&args.services)?;
+    let input = stage::load(common)?;
+    stage::run(PREFLIGHT, input, |ctx, doc, detail| {
+        let tag = ctx.require_tag()?.to_string();
+        let version = docker::ensure_reachable()?;
+        detail.insert("docker_version".into(), json!(version));
+        let compose_version = docker::docker()
+            .args(["compose", "version", "--short"])
+            .read()
+            .map_err(|e| fail!(Preflight, "docker compose v2 is not available: {e}"))?;
+        detail.insert("compose_version".into(), json!(compose_version.trim()));
+        let cfg = ctx
+            .compose()
+            .config()
+            .map_err(|e| fail!(Preflight, "{e:#}"))?;
+        let services = resolve_services(ctx, &args.services, &cfg)?;
+        record_images(ctx, &services, &cfg, doc, detail)?;
+        check_owned(ctx, detail, &services, upstream_file)?;
+        if !ctx.dry_run {
+            berth_core::ledger::ensure_state_dir(&ctx.state_dir)
+                .and_then(|_| Ok(tempfile_in(&ctx.state_dir)?))
+                .with_context(|| {
+                    format!(
+                        "the state directory {} is not writable",
+                        ctx.state_dir.display()
+                    )
+                })
+                .map_err(|e| fail!(Preflight, "{e:#}"))?;
+        }
+        if !args.command.is_empty() {
+            run_check(ctx, detail, &args.command, &tag)?;
+        }
+        msg::info(format!(
+            "preflight ok: docker {version}, compose {}, {} at {tag}",
+            compose_version.trim(),
+            services.join(", ")
+        ));
+        Ok(Completed::Ok)
+    })
+}
+
 /// Check that each service's image uses the tag; record the services and their images
 /// in the stage's detail and in the document (preflight, on either engine).
 pub fn record_images(
     ctx: &Context,
     services: &[String],
     cfg: &Value,
-    doc: &mut berth_core::doc::Document,
-    detail: &mut serde_json::Map<String, Value>,
+    doc: &mut Document,
+    detail: &mut Map<String, Value>,
 ) -> Result<()> {
     let tag = ctx.require_tag()?;
     let mut images = Vec::new();
@@ -128,103 +174,59 @@ pub fn record_images(
     Ok(())
 }
 
-/// `--check-args` of `preflight` and `pull`: their services and the common settings.
-fn check_only(services: &[String], common: &CommonArgs) -> Result<ExitCode> {
-    berth_core::cli::checked(|| {
-        crate::check_services(services)?;
-        common.check()?;
-        Ok(())
-    })
+/// Another environment's pin file or nginx files are not ours to write.
+fn check_owned(
+    ctx: &Context,
+    detail: &mut Map<String, Value>,
+    services: &[String],
+    upstream_file: Option<&str>,
+) -> Result<()> {
+    let pin = ctx.pin_file();
+    let upstreams: Vec<_> = services
+        .iter()
+        .map(|s| upstream::path(ctx, upstream_file, s))
+        .filter(|u| u.is_file())
+        .collect();
+    let mut owned = vec![(pin.as_path(), owner::Kind::Pin)];
+    owned.extend(upstreams.iter().map(|u| (u.as_path(), owner::Kind::Nginx)));
+    owner::check(ctx, &owned)?;
+    detail.insert("pin_file".into(), json!(pin.display().to_string()));
+    Ok(())
 }
 
-/// The preflight stage (on either engine).
-pub const PREFLIGHT: Spec<'static> = Spec {
-    name: "preflight",
-    default_code: ExitCode::Preflight,
-    acts_on_failure: false,
-};
-
-pub fn preflight(args: PreflightArgs) -> Result<ExitCode> {
-    if args.common.engine == berth_core::swarm::Engine::Swarm {
-        return crate::swarm::preflight(args);
-    }
-    if args.common.check_args {
-        return check_only(&args.services, &args.common);
-    }
-    crate::check_services(&args.services)?;
-    let input = stage::load(&args.common)?;
-    stage::run(PREFLIGHT, input, |ctx, doc, detail| {
-        let tag = ctx.require_tag()?.to_string();
-        let version = docker::ensure_reachable()?;
-        detail.insert("docker_version".into(), json!(version));
-        let compose_version = docker::docker()
-            .args(["compose", "version", "--short"])
-            .read()
-            .map_err(|e| fail!(Preflight, "docker compose v2 is not available: {e}"))?;
-        detail.insert("compose_version".into(), json!(compose_version.trim()));
-        let cfg = ctx
-            .compose()
-            .config()
-            .map_err(|e| fail!(Preflight, "{e:#}"))?;
-        let services = resolve_services(ctx, &args.services, &cfg)?;
-        record_images(ctx, &services, &cfg, doc, detail)?;
-        // Another environment's pin file or nginx files are not ours to write.
-        let pin = ctx.pin_file();
-        let upstreams: Vec<_> = services
-            .iter()
-            .map(|s| crate::engine::upstream_path(ctx, args.upstream_file.as_deref(), s))
-            .filter(|u| u.is_file())
-            .collect();
-        let mut owned = vec![(pin.as_path(), owner::Kind::Pin)];
-        owned.extend(upstreams.iter().map(|u| (u.as_path(), owner::Kind::Nginx)));
-        owner::check(ctx, &owned)?;
-        detail.insert("pin_file".into(), json!(pin.display().to_string()));
-        if !ctx.dry_run {
-            berth_core::ledger::ensure_state_dir(&ctx.state_dir)
-                .and_then(|_| Ok(tempfile_in(&ctx.state_dir)?))
-                .with_context(|| {
-                    format!(
-                        "the state directory {} is not writable",
-                        ctx.state_dir.display()
-                    )
-                })
-                .map_err(|e| fail!(Preflight, "{e:#}"))?;
-        }
-        if !args.command.is_empty() {
-            let shown = args
-                .command
-                .iter()
-                .map(|a| process::quote(&a.to_string_lossy()))
-                .collect::<Vec<_>>()
-                .join(" ");
-            detail.insert("test_command".into(), json!(shown));
-            msg::info(format!("running the pre-deploy check: {shown}"));
-            let t = Instant::now();
-            // The check's own output goes to stderr: stdout carries the document.
-            let status = std::process::Command::new(&args.command[0])
-                .args(&args.command[1..])
-                .current_dir(&ctx.project_dir)
-                .env(&ctx.tag_var, &tag)
-                .stdin(std::process::Stdio::null())
-                .stdout(std::io::stderr())
-                .status()
-                .map_err(|e| fail!(Preflight, "could not run the pre-deploy check {shown}: {e}"))?;
-            detail.insert("test_ms".into(), json!(time::millis(t.elapsed())));
-            detail.insert("test_exit".into(), json!(status.code()));
-            if !status.success() {
-                return Err(fail!(
-                    Preflight,
-                    "the pre-deploy check {shown} failed ({status}); nothing was changed"
-                ));
-            }
-        }
-        msg::info(format!(
-            "preflight ok: docker {version}, compose {}, {} at {tag}",
-            compose_version.trim(),
-            services.join(", ")
+/// The pre-deploy check: it must exit 0. Its own output goes to stderr: stdout carries
+/// the document.
+fn run_check(
+    ctx: &Context,
+    detail: &mut Map<String, Value>,
+    command: &[OsString],
+    tag: &str,
+) -> Result<()> {
+    let shown = command
+        .iter()
+        .map(|a| process::quote(&a.to_string_lossy()))
+        .collect::<Vec<_>>()
+        .join(" ");
+    detail.insert("test_command".into(), json!(shown));
+    msg::info(format!("running the pre-deploy check: {shown}"));
+    let t = Instant::now();
+    let status = std::process::Command::new(&command[0])
+        .args(&command[1..])
+        .current_dir(&ctx.project_dir)
+        .env(&ctx.tag_var, tag)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::io::stderr())
+        .status()
+        .map_err(|e| fail!(Preflight, "could not run the pre-deploy check {shown}: {e}"))?;
+    detail.insert("test_ms".into(), json!(time::millis(t.elapsed())));
+    detail.insert("test_exit".into(), json!(status.code()));
+    if !status.success() {
+        return Err(fail!(
+            Preflight,
+            "the pre-deploy check {shown} failed ({status}); nothing was changed"
         ));
-        Ok(Completed::Ok)
-    })
+    }
+    Ok(())
 }
 
 fn tempfile_in(dir: &std::path::Path) -> std::io::Result<()> {
@@ -233,20 +235,17 @@ fn tempfile_in(dir: &std::path::Path) -> std::io::Result<()> {
     std::fs::remove_file(&p)
 }
 
-pub fn pull(args: PullArgs) -> Result<ExitCode> {
-    if args.common.engine == berth_core::swarm::Engine::Swarm {
-        return crate::swarm::pull(args);
+/// `berth-swap pull`, each pull bounded by the (global) `--pull-timeout`.
+pub fn pull(args: PullArgs, pull_timeout: Duration, common: &CommonArgs) -> Result<ExitCode> {
+    if common.engine == berth_core::swarm::Engine::Swarm {
+        return crate::swarm::pull(args, pull_timeout, common);
     }
-    if args.common.check_args {
-        return check_only(&args.services, &args.common);
+    if common.check_args {
+        return check_only(&args.services, common);
     }
-    crate::check_services(&args.services)?;
-    let input = stage::load(&args.common)?;
-    let spec = Spec {
-        name: "pull",
-        default_code: ExitCode::Image,
-        acts_on_failure: false,
-    };
+    check_services(&args.services)?;
+    let input = stage::load(common)?;
+    let spec = Spec::new("pull", ExitCode::Image);
     stage::run(spec, input, |ctx, doc, detail| {
         let tag = ctx.require_tag()?.to_string();
         docker::ensure_reachable()?;
@@ -261,7 +260,7 @@ pub fn pull(args: PullArgs) -> Result<ExitCode> {
             let image = compose::service_image_in(&cfg, s)?;
             let t = Instant::now();
             let (id, pulled) =
-                crate::engine::ensure_image(&compose, runner, s, &image, &args.pull)?;
+                crate::engine::ensure_image(&compose, runner, s, &image, pull_timeout)?;
             doc.set_service_image(s, &image);
             out.push(json!({
                 "name": s, "image": image, "image_id": id, "pulled": pulled,

@@ -148,7 +148,6 @@ fn check_args_parses_like_the_run_and_touches_neither_stdin_nor_docker() {
     }
     use clap::CommandFactory;
     berth_core::settings::assert_known_envs(&berth_swap::Cli::command());
-    berth_core::settings::assert_known_envs(&berth_swap::maintenance::Reparse::command());
 }
 
 /// Without -p, the project is the name compose resolves (asked once, without -p, with
@@ -198,8 +197,61 @@ fn the_project_is_the_name_compose_resolves() {
             env_file.display()
         )
     );
+    // Without services: the configuration that named the project is the one the swap
+    // reads its services from (compose is asked once more only for the services that
+    // use the tag variable, with a probe value for it).
+    std::fs::remove_file(&log).unwrap();
+    let mut all = Command::cargo_bin("berth-swap").unwrap();
+    for (k, _) in std::env::vars() {
+        if k.starts_with("BERTH_") {
+            all.env_remove(k);
+        }
+    }
+    all.env("HOME", "/nonexistent")
+        .env("BERTH_DOCKER", &stub)
+        .current_dir(d.path())
+        .arg("--project-dir")
+        .arg(d.path())
+        .args(["--tag", "v2"]);
+    let (code, _, err) = self::code(&mut all, "");
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("no service's image uses"), "{err}");
+    let calls = std::fs::read_to_string(&log).unwrap();
+    let configs = calls
+        .lines()
+        .filter(|l| l.ends_with(" config --format json"));
+    assert_eq!(configs.count(), 2, "{calls}");
     // A missing env file is a usage error, before anything runs.
     let (code, _, err) = self::code(c.env("BERTH_ENV_FILE", "nope.env"), "");
     assert_eq!(code, 64, "{err}");
     assert!(err.contains("--env-file"), "{err}");
+}
+
+/// BERTH_APP_PORT is the port's one name (berth-migrate reads it too); BERTH_PORT, the old
+/// one, still works with a warning, and loses to the new one.
+#[test]
+fn the_app_port_has_one_name_and_the_old_one_still_works() {
+    let d = tempfile::tempdir().unwrap();
+    let run = |env: &[(&str, &str)]| {
+        let mut c = cmd(d.path());
+        for (k, v) in env {
+            c.env(k, v);
+        }
+        c.args(["--check-args", "--tag", "v2", "web"]);
+        let (code, _, err) = code(&mut c, "");
+        (code, err)
+    };
+    let (c, err) = run(&[("BERTH_APP_PORT", "0")]);
+    assert_eq!(c, 64, "{err}");
+    assert!(err.contains("--port 0"), "{err}");
+    let (c, err) = run(&[("BERTH_PORT", "0")]);
+    assert_eq!(c, 64, "{err}");
+    assert!(
+        err.contains("BERTH_PORT is deprecated: set BERTH_APP_PORT"),
+        "{err}"
+    );
+    assert!(err.contains("--port 0"), "{err}");
+    let (c, err) = run(&[("BERTH_PORT", "0"), ("BERTH_APP_PORT", "8080")]);
+    assert_eq!(c, 0, "{err}");
+    assert!(err.contains("BERTH_PORT is ignored"), "{err}");
 }

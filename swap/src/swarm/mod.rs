@@ -27,10 +27,10 @@ use crate::prepare::PreflightArgs;
 use lint::{Finding, Verdict};
 
 /// What `preflight` does not do on Swarm yet: a usage error rather than a silent skip.
-fn refuse_unsupported(args: &PreflightArgs) -> Result<(), Failure> {
+fn refuse_unsupported(args: &PreflightArgs, upstream_file: Option<&str>) -> Result<(), Failure> {
     let unsupported = if !args.command.is_empty() {
         "a pre-deploy check (-- CMD)"
-    } else if args.upstream_file.is_some() {
+    } else if upstream_file.is_some() {
         "--upstream-file (nginx files of the Compose layout)"
     } else {
         return Ok(());
@@ -43,7 +43,7 @@ fn refuse_unsupported(args: &PreflightArgs) -> Result<(), Failure> {
 /// `--check-args` of a Swarm stage: its services and the common settings.
 fn check_only(services: &[String], common: &CommonArgs) -> Result<ExitCode> {
     checked(|| {
-        crate::check_services(services)?;
+        crate::prepare::check_services(services)?;
         common.resolve_any_engine(None, false)?;
         Ok(())
     })
@@ -57,13 +57,17 @@ fn load(common: &CommonArgs) -> Result<stage::Input, Failure> {
     stage::reconcile(common, &mut ctx, read)
 }
 
-pub fn preflight(args: PreflightArgs) -> Result<ExitCode> {
-    refuse_unsupported(&args)?;
-    if args.common.check_args {
-        return check_only(&args.services, &args.common);
+pub fn preflight(
+    args: PreflightArgs,
+    upstream_file: Option<&str>,
+    common: &CommonArgs,
+) -> Result<ExitCode> {
+    refuse_unsupported(&args, upstream_file)?;
+    if common.check_args {
+        return check_only(&args.services, common);
     }
-    crate::check_services(&args.services)?;
-    let input = load(&args.common)?;
+    crate::prepare::check_services(&args.services)?;
+    let input = load(common)?;
     stage::run(crate::prepare::PREFLIGHT, input, |ctx, doc, detail| {
         let tag = ctx.require_tag()?.to_string();
         let (node, cfg, services) = on_manager(ctx, &args.services, detail)?;

@@ -7,10 +7,10 @@
 //! exit 2, before anything changes. (The swap will deploy with `--with-registry-auth`, so
 //! the workers pull with the manager's login.)
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::Result;
-use berth_core::cli::Context;
+use berth_core::cli::{CommonArgs, Context};
 use berth_core::process::Runner;
 use berth_core::stage::{self, Completed, Spec};
 use berth_core::{compose, docker, fail, msg, time, ExitCode};
@@ -18,18 +18,14 @@ use serde_json::{json, Value};
 
 use crate::prepare::PullArgs;
 
-const PULL: Spec<'static> = Spec {
-    name: "pull",
-    default_code: ExitCode::Image,
-    acts_on_failure: false,
-};
+const PULL: Spec<'static> = Spec::new("pull", ExitCode::Image);
 
-pub fn pull(args: PullArgs) -> Result<ExitCode> {
-    if args.common.check_args {
-        return super::check_only(&args.services, &args.common);
+pub fn pull(args: PullArgs, pull_timeout: Duration, common: &CommonArgs) -> Result<ExitCode> {
+    if common.check_args {
+        return super::check_only(&args.services, common);
     }
-    crate::check_services(&args.services)?;
-    let input = super::load(&args.common)?;
+    crate::prepare::check_services(&args.services)?;
+    let input = super::load(common)?;
     stage::run(PULL, input, |ctx, doc, detail| {
         ctx.require_tag()?;
         let (_, cfg, services) = super::on_manager(ctx, &args.services, detail)?;
@@ -38,7 +34,7 @@ pub fn pull(args: PullArgs) -> Result<ExitCode> {
             .map(|s| {
                 let image = compose::service_image_in(&cfg, s)?;
                 doc.set_service_image(s, &image);
-                pull_one(ctx, s, &image, &args.pull)
+                pull_one(ctx, s, &image, pull_timeout)
             })
             .collect::<Result<Vec<Value>>>()?;
         detail.insert("services".into(), Value::Array(pulled));
@@ -50,12 +46,12 @@ pub fn pull(args: PullArgs) -> Result<ExitCode> {
 }
 
 /// `docker pull` one service's image by tag on the manager: what it recorded, or exit 2.
-fn pull_one(ctx: &Context, svc: &str, image: &str, opts: &crate::PullOpts) -> Result<Value> {
+fn pull_one(ctx: &Context, svc: &str, image: &str, pull_timeout: Duration) -> Result<Value> {
     let t = Instant::now();
     msg::info(format!("{svc}: pulling {image} from its registry"));
     let pull = docker::docker()
         .args(["pull", "--quiet", image])
-        .timeout(opts.pull_timeout);
+        .timeout(pull_timeout);
     Runner {
         dry_run: ctx.dry_run,
     }
