@@ -528,7 +528,32 @@ impl ClientReport {
         m
     }
 
-    /// One line: totals, failures by kind, then every (method, connection, outcome) count.
+    /// Latency percentile (0.0..=1.0) of the requests that were not slow ones.
+    pub fn latency(&self, p: f64) -> Duration {
+        let mut l: Vec<Duration> = self
+            .attempts
+            .iter()
+            .filter(|a| !a.slow)
+            .map(|a| a.latency)
+            .collect();
+        l.sort();
+        let i = ((l.len() as f64 - 1.0) * p).round() as usize;
+        l.get(i.min(l.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or_default()
+    }
+
+    /// Count per `X-Demo-Version` among answered (not failed) requests.
+    pub fn by_version(&self) -> BTreeMap<String, usize> {
+        let mut m = BTreeMap::new();
+        for a in self.attempts.iter().filter(|a| !a.failed()) {
+            *m.entry(a.version.clone()).or_default() += 1;
+        }
+        m
+    }
+
+    /// One line: totals, failures by kind, answering versions, then every (method,
+    /// connection, outcome) count.
     pub fn summary(&self) -> String {
         let parts: Vec<String> = self
             .counts()
@@ -543,12 +568,15 @@ impl ClientReport {
             })
             .collect();
         format!(
-            "{} requests, {} failed ({} POST, {} GET a browser would resend), {} idle closes seen; {}",
+            "{} requests, {} failed ({} POST, {} GET a browser would resend), {} idle closes seen, versions {:?}, p50/p99 {:.1}/{:.1} ms (not slow); {}",
             self.total(),
             self.failed(),
             self.failed_posts(),
             self.browser_retriable(),
             self.idle_closes,
+            self.by_version(),
+            self.latency(0.5).as_secs_f64() * 1000.0,
+            self.latency(0.99).as_secs_f64() * 1000.0,
             parts.join(", ")
         )
     }
