@@ -7,6 +7,8 @@
 //! load starts; the shipped examples/demo config is not touched):
 //! - `reload-ka0`: as shipped, `keepalive_timeout 0`; berth-swap (upstream file + reload).
 //! - `reload-ka75`: nginx's default client keep-alive (75 s); berth-swap.
+//! - `reload-ka75-linger` (only when named in SETUPS): as `reload-ka75` plus
+//!   `lingering_close always; lingering_timeout 5s; worker_shutdown_timeout 30s;`.
 //! - `dns-ka75`: keep-alive 75 s and no reload at all: nginx resolves the compose service
 //!   name per request (`resolver 127.0.0.11 valid=1s`, `proxy_pass http://$backend:8080`);
 //!   the swap is done by hand: `compose up --no-recreate --scale web=2` starts the new
@@ -23,7 +25,8 @@
 //! GET /slow?ms=1000). Every attempt of the whole load (3 s before the swap until 2 s after
 //! it) counts.
 //!
-//! Env: RUNS (default 3), SETUPS (comma list, default all), CLIENTS (8), PAUSE_MS (5).
+//! Env: RUNS (default 3), SETUPS (comma list, default all but `reload-ka75-linger`),
+//! CLIENTS (8), PAUSE_MS (5), POST_EVERY (3) and SLOW_EVERY (40) for the `get+post` mix.
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -42,19 +45,33 @@ fn env_num(key: &str, default: u64) -> u64 {
 
 /// The stack's nginx.conf for `setup`, from the shipped one.
 fn nginx_conf(shipped: &str, setup: &str) -> String {
-    let ka = if setup.ends_with("ka75") {
+    let ka = if setup.contains("ka75") {
         "keepalive_timeout 75s;"
     } else {
         "keepalive_timeout 0;"
     };
     let mut c = shipped.replace("keepalive_timeout 0;", ka);
+    if setup.ends_with("-linger") {
+        c = c
+            .replace(
+                ka,
+                &format!("{ka}\n    lingering_close always;\n    lingering_timeout 5s;"),
+            )
+            .replace(
+                "worker_processes auto;",
+                "worker_processes auto;\nworker_shutdown_timeout 30s;",
+            );
+    }
     if setup.starts_with("dns") {
         c = c.replace(
             "proxy_pass http://web;",
             "resolver 127.0.0.11 valid=1s ipv6=off;\n            set $backend web;\n            proxy_pass http://$backend:8080;",
         );
     }
-    assert!(c.contains(ka), "nginx.conf changed shape: {setup}");
+    let shaped = c.contains(ka)
+        && (!setup.starts_with("dns") || c.contains("$backend:8080"))
+        && (!setup.ends_with("-linger") || c.contains("worker_shutdown_timeout"));
+    assert!(shaped, "nginx.conf changed shape: {setup}");
     c
 }
 
@@ -290,8 +307,8 @@ fn main() {
     let get_post = Mix {
         clients,
         pause,
-        post_every: 3,
-        slow_every: 40,
+        post_every: env_num("POST_EVERY", 3) as u32,
+        slow_every: env_num("SLOW_EVERY", 40) as u32,
         slow_ms: 1000,
         ..Mix::default()
     };
