@@ -717,9 +717,14 @@ mod tests {
     #[test]
     fn an_idle_connection_closed_by_the_server_is_replaced_before_use() {
         // The server closes each connection right after its first answer (no
-        // `Connection: close`); the client sees the FIN during its pause and reconnects.
+        // `Connection: close`); the client sees the FIN during its pause and reconnects. The
+        // pause is long so that even a starved server thread has closed by then.
         let srv = Server::start(1, Then::CloseIdle);
-        let r = Clients::start(&srv.base(), &mix(2, 6, 2)).wait();
+        let m = Mix {
+            pause: Duration::from_millis(200),
+            ..mix(2, 6, 2)
+        };
+        let r = Clients::start(&srv.base(), &m).wait();
         assert_eq!(r.failed(), 0, "{}", r.summary());
         assert_eq!(r.idle_closes, 10, "{}", r.summary());
         assert!(r.attempts.iter().all(|a| !a.reused));
