@@ -23,6 +23,8 @@ Idempotent machine setup for berth (Debian 12, run as root; CI-safe). Steps, in 
   swarm     the Swarm test bed's image berth-fixture/swarm-node:1 (docker.io, iptables,
             tini, docker-registry; fixtures/swarm-node/): each node of the e2e tests'
             3-node Swarm runs it, and so does their registry
+  haproxy   HAProxy 2.6 image berth-fixture/haproxy:2.6 (Debian's haproxy, socat, curl; from
+            the same rootfs; default config fixtures/haproxy/haproxy.cfg)
   demo      examples/demo/build-images.sh, if present (berth-demo/app:* images)
   build     cargo build --release --workspace --bins
 
@@ -605,6 +607,41 @@ step_swarm() {
 }
 
 # ---------------------------------------------------------------------------------------
+# Step: haproxy
+# ---------------------------------------------------------------------------------------
+HAPROXY_IMAGE=berth-fixture/haproxy:2.6
+
+# HAProxy 2.6 from Debian (for `--proxy haproxy`, issue 12 §2), plus socat for its admin
+# socket by hand, and curl for healthchecks. fixtures/haproxy/haproxy.cfg is the default
+# configuration (stacks bind-mount their own /etc/haproxy).
+customize_haproxy_rootfs() {
+	local root=$1
+	chroot_apt "$root" haproxy socat curl ca-certificates
+	install -m 0644 "$REPO_ROOT/fixtures/haproxy/haproxy.cfg" "$root/etc/haproxy/haproxy.cfg"
+	mkdir -p "$root/run/haproxy"
+}
+
+step_haproxy() {
+	local t0 force=$1 rev
+	t0=$(now_ms)
+	rev=$( {
+		echo "haproxy suite=$DEBIAN_SUITE"
+		declare -f customize_haproxy_rootfs chroot_apt
+		sha256sum <"$REPO_ROOT/fixtures/haproxy/haproxy.cfg"
+	} | short_sha)
+	if [ "$force" = 0 ] && image_current "$HAPROXY_IMAGE" "$rev"; then
+		log "$HAPROXY_IMAGE rev $rev already built ($(secs "$t0"))"
+		return
+	fi
+	# Master-worker mode in the foreground; stop it with SIGUSR1 (soft stop: finish the
+	# connections in hand), which `docker import` cannot record: set `stop_signal`.
+	build_rootfs_image "$HAPROXY_IMAGE" "$rev" customize_haproxy_rootfs \
+		'["haproxy", "-W", "-db", "-f", "/etc/haproxy/haproxy.cfg"]' \
+		"berth fixture: HAProxy 2.6 (Debian) for the reload-free proxy"
+	log "built $HAPROXY_IMAGE rev $rev, $(image_size "$HAPROXY_IMAGE") ($(secs "$t0"))"
+}
+
+# ---------------------------------------------------------------------------------------
 # Step: demo
 # ---------------------------------------------------------------------------------------
 step_demo() {
@@ -643,7 +680,7 @@ step_build() {
 # ---------------------------------------------------------------------------------------
 # Main
 # ---------------------------------------------------------------------------------------
-ALL_STEPS=(docker compose packages images offsite swarm demo build)
+ALL_STEPS=(docker compose packages images offsite swarm haproxy demo build)
 
 main() {
 	local only="" no_build=0 force_images=0
@@ -698,6 +735,7 @@ main() {
 		images) step_images "$force_images" ;;
 		offsite) step_offsite "$force_images" ;;
 		swarm) step_swarm "$force_images" ;;
+		haproxy) step_haproxy "$force_images" ;;
 		demo) step_demo ;;
 		build)
 			if [ "$no_build" = 1 ]; then

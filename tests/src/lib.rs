@@ -14,6 +14,8 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+/// A load generator that behaves like real HTTP clients (keep-alive, GET and POST).
+pub mod clients;
 pub mod swarm;
 
 /// The workspace root.
