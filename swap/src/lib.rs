@@ -23,7 +23,7 @@ use anyhow::Result;
 use berth_core::cli::{parse_duration, CommonArgs};
 use berth_core::lock::{self, Lock};
 use berth_core::stage::{self, Completed, Spec};
-use berth_core::{ledger, msg, ExitCode, Failure};
+use berth_core::{ledger, msg, record, ExitCode, Failure};
 use clap::{Parser, Subcommand};
 use serde_json::Value;
 
@@ -303,8 +303,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
                         if a.previous_tag.is_some() {
                             doc.previous_tag = a.previous_tag.clone();
                         }
-                        detail.insert("switched".into(), Value::Bool(true));
-                        detail.insert("serving".into(), Value::String(a.serving.clone()));
+                        record::put(detail, &record::Swap::switched_record(&a.serving));
                     }
                     return Err(e);
                 }
@@ -359,7 +358,13 @@ fn converge_stage(args: &SwapArgs, input: stage::Input) -> Result<ExitCode> {
         } else {
             format!("converged: {}", done.join(", "))
         });
-        detail.insert("converged".into(), serde_json::json!(done));
+        record::put(
+            detail,
+            &record::Converge {
+                converged: done,
+                ..Default::default()
+            },
+        );
         Ok(Completed::Done(prior))
     })
 }

@@ -10,9 +10,8 @@ use berth_core::cli::{parse_duration, CommonArgs};
 use berth_core::lock;
 use berth_core::process::Runner;
 use berth_core::stage::{self, Completed, Spec};
-use berth_core::{fsutil, msg, time, ExitCode};
+use berth_core::{fsutil, msg, record, time, ExitCode};
 use serde::{Deserialize, Serialize};
-use serde_json::json;
 
 use crate::nginx::{self, Proxy, ProxyMode};
 
@@ -172,7 +171,9 @@ pub fn run(args: Args) -> Result<ExitCode> {
                 args.proxy_service
             ));
         }
-        detail.insert("file".into(), json!(file.display().to_string()));
+        record::update(detail, |m: &mut record::Maintenance| {
+            m.file = Some(file.display().to_string())
+        });
         crate::owner::check(ctx, &[(file.as_path(), crate::owner::Kind::Nginx)])?;
         match args.state {
             OnOff::On => {
@@ -212,9 +213,11 @@ pub fn run(args: Args) -> Result<ExitCode> {
                 } else {
                     "maintenance mode on: nginx answers 503".to_string()
                 });
-                detail.insert("state".into(), json!("on"));
-                detail.insert("since".into(), json!(since));
-                detail.insert("already".into(), json!(was_on));
+                record::update(detail, |m: &mut record::Maintenance| {
+                    m.state = Some("on".into());
+                    m.since = Some(Some(since));
+                    m.already = Some(was_on);
+                });
             }
             OnOff::Off => {
                 let was_on = nginx::read_opt(&file)?.is_some();
@@ -240,10 +243,12 @@ pub fn run(args: Args) -> Result<ExitCode> {
                     )),
                     (true, None) => msg::info("maintenance mode off"),
                 }
-                detail.insert("state".into(), json!("off"));
-                detail.insert("already".into(), json!(!was_on));
-                detail.insert("since".into(), json!(window.map(|w| w.since)));
-                detail.insert("window_ms".into(), json!(window_ms));
+                record::update(detail, |m: &mut record::Maintenance| {
+                    m.state = Some("off".into());
+                    m.already = Some(!was_on);
+                    m.since = Some(window.map(|w| w.since));
+                    m.window_ms = Some(window_ms);
+                });
             }
         }
         match ExitCode::from_code(prior) {
