@@ -55,6 +55,9 @@
 set -uo pipefail
 
 say() { printf 'deploy: %s\n' "$*" >&2; }
+# --help: the comment block at the top of this file (from line 2 to the first line that
+# is not a comment), without its "# ": never a line of code.
+usage() { awk 'NR == 1 { next } !/^#/ { exit } { sub(/^# ?/, ""); print }' "$0"; }
 die() { printf 'deploy: error: %s\n' "$2" >&2; exit "$1"; }
 
 env_name=${DEPLOY_ENV:-}
@@ -64,7 +67,7 @@ while [ $# -gt 0 ]; do
 	--env) [ $# -ge 2 ] || die 64 "--env needs a name"; env_name=$2; shift 2 ;;
 	--env=*) env_name=${1#--env=}; shift ;;
 	--dry-run) dry_run=(--dry-run); shift ;;
-	-h | --help) sed -n "2,$(grep -n '^set -uo pipefail' "$0" | cut -d: -f1)p" "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
+	-h | --help) usage; exit 0 ;;
 	--) shift; break ;;
 	-*) die 64 "unknown option $1 (see --help)" ;;
 	*) break ;;

@@ -9,9 +9,9 @@ use std::time::Instant;
 
 use anyhow::Result;
 use berth_core::doc::{Document, StageRecord, Status};
-use berth_core::{exit, ledger, msg, time, ExitCode, Failure};
+use berth_core::{exit, ledger, msg, record, time, ExitCode, Failure};
 use clap::Args;
-use serde_json::{json, Map};
+use serde_json::Map;
 
 use crate::store::{self, Kind, Manifest, Target};
 use crate::verify::run as run_verify;
@@ -89,13 +89,13 @@ pub fn run(c: DrillCmd) -> Result<ExitCode> {
         storage: c.storage.clone(),
         common: c.common.clone(),
     });
-    let mut detail = Map::new();
-    detail.insert("file".into(), json!(file.display().to_string()));
-    if let Some(m) = &manifest {
-        detail.insert("bytes".into(), json!(m.bytes));
-        detail.insert("backup_created_at".into(), json!(m.created_at));
-        detail.insert("target".into(), json!(m.target));
-    }
+    let detail = record::to_detail(&record::Drill {
+        file: file.display().to_string(),
+        bytes: manifest.as_ref().map(|m| m.bytes),
+        backup_created_at: manifest.as_ref().map(|m| m.created_at.clone()),
+        target: manifest.as_ref().map(|m| m.target.clone()),
+        ..Default::default()
+    });
     let (status, code, error) = match &res {
         Ok(_) => (Status::Ok, ExitCode::Success, None),
         Err(e) => (

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::Result;
 use berth_core::cli::Context;
 use berth_core::process::{quote, Cmd};
-use berth_core::{fail, lock, msg, time};
+use berth_core::{fail, human, lock, msg, time};
 use serde_json::{Map, Value};
 
 use crate::pg::{self, Conn};
@@ -269,7 +269,7 @@ pub fn backup_pg(conn: &Conn, db: &str, job: &Job) -> Result<Entry> {
     say(format!(
         "backup of {db} done: {} ({}), verification {}, {:.1}s",
         entry.path.display(),
-        store::human_bytes(m.bytes),
+        human::bytes(m.bytes),
         m.verification.as_str(),
         m.duration_ms as f64 / 1000.0
     ));
@@ -355,7 +355,7 @@ pub fn backup_volume(
     say(format!(
         "backup of volume {real} done: {} ({}), verification {}",
         entry.path.display(),
-        store::human_bytes(entry.manifest.bytes),
+        human::bytes(entry.manifest.bytes),
         entry.manifest.verification.as_str()
     ));
     Ok(entry)

@@ -151,8 +151,9 @@ pub struct Storage {
     #[arg(long, env = "BERTH_BACKUP_DIR", value_name = "DIR")]
     pub dir: Option<PathBuf>,
 
-    /// How long to wait while another backup or restore of the same target runs
-    #[arg(long, env = "BERTH_LOCK_WAIT", value_name = "DURATION", default_value = "10m", value_parser = parse_duration)]
+    /// How long to wait while another backup or restore of the same target runs (not the
+    /// deploy lock: BERTH_LOCK_WAIT, 0s)
+    #[arg(long, env = "BERTH_BACKUP_LOCK_WAIT", value_name = "DURATION", default_value = "10m", value_parser = parse_duration)]
     pub lock_wait: Duration,
 
     /// No progress or status lines (for cron); errors and warnings still go to stderr

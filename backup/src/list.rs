@@ -6,7 +6,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::Result;
-use berth_core::{msg, time, ExitCode};
+use berth_core::{human, msg, time, ExitCode};
 use serde_json::{json, Value};
 
 use crate::prune::pinned;
@@ -91,7 +91,7 @@ fn table(scan: &Scan, pins: &BTreeMap<String, String>, dir: &Path) -> String {
             m.file,
             m.kind.as_str(),
             m.verification.as_str(),
-            store::human_bytes(m.bytes),
+            human::bytes(m.bytes),
             age(m.created()),
             if pins.contains_key(&m.file) {
                 "pinned (last good release)"

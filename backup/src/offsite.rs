@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Result;
 use berth_core::process::Cmd;
-use berth_core::{fail, msg, scrub, Failure};
+use berth_core::{fail, msg, record, scrub, Failure};
 use clap::Args;
 use serde_json::{json, Map, Value};
 
@@ -169,16 +169,17 @@ impl Offsite {
                             .map(|s| format!(" (snapshot {s})"))
                             .unwrap_or_default()
                     ));
-                    let mut c = json!({"to": dest.to_string()});
-                    if let Some(s) = snapshot {
-                        c["snapshot"] = json!(s);
-                    }
+                    let mut c = record::OffsiteCopy {
+                        to: dest.to_string(),
+                        snapshot,
+                        ..Default::default()
+                    };
                     if let (Dest::Restic(repo), false) = (dest, policy.is_empty()) {
                         match self.forget(repo, target, policy, pins) {
-                            Ok(n) => c["forgotten"] = json!(n),
+                            Ok(n) => c.forgotten = Some(n),
                             Err(e) => {
                                 msg::warn(format!("off-site rotation in {dest} failed: {e}"));
-                                c["rotation_error"] = json!(e);
+                                c.rotation_error = Some(e.to_string());
                             }
                         }
                     }
@@ -188,12 +189,16 @@ impl Offsite {
                     msg::warn(format!(
                         "the off-site copy to {dest} failed: {e}; the local backup is good"
                     ));
-                    copies.push(json!({"to": dest.to_string(), "error": e}));
+                    copies.push(record::OffsiteCopy {
+                        to: dest.to_string(),
+                        error: Some(e.to_string()),
+                        ..Default::default()
+                    });
                     failed.push(format!("{dest}: {e}"));
                 }
             }
         }
-        detail.insert("copies".into(), Value::Array(copies));
+        record::update(detail, |b: &mut record::Backup| b.copies = Some(copies));
         if self.require_copy && !failed.is_empty() {
             return Err(fail!(
                 Backup,

@@ -3,7 +3,7 @@
 use std::io::Write;
 use std::time::{Duration, Instant};
 
-use crate::store::human_bytes;
+use berth_core::human;
 
 #[derive(Debug)]
 pub struct Progress {
@@ -49,8 +49,8 @@ impl Progress {
             "\r{}: {}: {} ({}/s)   ",
             berth_core::msg::program(),
             self.label,
-            human_bytes(bytes),
-            human_bytes(rate)
+            human::bytes(bytes),
+            human::bytes(rate)
         );
         let _ = err.flush();
         self.shown = true;

@@ -5,8 +5,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::Result;
-use berth_core::{ledger, lock, msg, ExitCode};
-use serde_json::Value;
+use berth_core::{ledger, lock, msg, record, ExitCode};
 
 use crate::list::print;
 use crate::rotate::{self, Candidate, Decision, Policy};
@@ -20,7 +19,8 @@ pub(crate) fn pinned(state_dir: &Path) -> Result<BTreeMap<String, String>> {
     let releases = ledger::read(state_dir)?;
     if let Some(good) = ledger::last_good(&releases, None) {
         for s in good.stages.iter().filter(|s| s.stage.starts_with("backup")) {
-            if let Some(f) = s.detail.get("file").and_then(Value::as_str) {
+            let b: record::Backup = record::read(&s.detail).unwrap_or_default();
+            if let Some(f) = &b.file {
                 let name = file_name(Path::new(f));
                 out.insert(
                     name,

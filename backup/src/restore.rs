@@ -16,7 +16,7 @@ use std::time::Instant;
 use anyhow::Result;
 use berth_core::cli::Context;
 use berth_core::process::quote;
-use berth_core::{fail, msg, time, ExitCode, Failure};
+use berth_core::{fail, human, msg, time, ExitCode, Failure};
 use serde_json::json;
 
 use crate::crypt::Source;
@@ -25,7 +25,7 @@ use crate::list::age;
 use crate::offsite;
 use crate::pg::ident;
 use crate::pg::Conn;
-use crate::store::{self, Entry, Kind, Manifest, Target, Verification};
+use crate::store::{Entry, Kind, Manifest, Target, Verification};
 use crate::verify::{check_checksum, check_counts};
 use crate::volume::{self, SwitchFailed};
 use crate::{check_interrupted, say, set_quiet, RestoreCmd};
@@ -186,7 +186,7 @@ fn plan_lines(m: &Manifest, file: &Path, steps: &[(&str, String)], safety: bool)
         ),
         format!(
             "  size:     {} ({} bytes), verification {}",
-            store::human_bytes(m.bytes),
+            human::bytes(m.bytes),
             m.bytes,
             m.verification.as_str()
         ),

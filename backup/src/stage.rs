@@ -6,8 +6,8 @@ use anyhow::Result;
 use berth_core::cli::{CommonArgs, Context};
 use berth_core::process::quote;
 use berth_core::stage::{self, Completed, Spec};
-use berth_core::{lock, msg, time, ExitCode};
-use serde_json::{json, Map, Value};
+use berth_core::{lock, msg, record, time, ExitCode};
+use serde_json::{Map, Value};
 
 use crate::job::{backup_pg, backup_volume, lock_target, Job};
 use crate::prune::{pinned, rotate_target};
@@ -109,10 +109,10 @@ pub fn run_pg(c: PgCmd) -> Result<ExitCode> {
             quote(&db)
         );
         fill_detail(detail, &entry, restore);
-        detail.insert("source".into(), json!(entry.manifest.source));
-        if let Some(svc) = &c.server.service {
-            detail.insert("service".into(), json!(svc));
-        }
+        record::update(detail, |b: &mut record::Backup| {
+            b.source = Some(entry.manifest.source.clone());
+            b.service = c.server.service.clone();
+        });
         Ok(Some(Taken { job, entry, _lock }))
     })
 }
@@ -147,7 +147,9 @@ pub fn run_volume(c: VolumeCmd) -> Result<ExitCode> {
         restore.push_str(&project_flags(ctx));
         restore.push_str(&job.identity_flag());
         fill_detail(detail, &entry, restore);
-        detail.insert("volume".into(), json!(real));
+        record::update(detail, |b: &mut record::Backup| {
+            b.volume = Some(real.clone())
+        });
         Ok(Some(Taken { job, entry, _lock }))
     })
 }
@@ -176,7 +178,9 @@ fn after_backup(ctx: &Context, job: &Job, policy: &Policy, detail: &mut Map<Stri
                     d.reasons.join("; ")
                 ));
             }
-            detail.insert("rotation".into(), rotation_detail(&done));
+            record::update(detail, |b: &mut record::Backup| {
+                b.rotation = Some(rotation_detail(&done))
+            });
         }
         Err(e) => msg::warn(format!("rotation failed: {e:#}")),
     }
@@ -206,29 +210,33 @@ fn copy_offsite(
 
 fn fill_detail(detail: &mut Map<String, Value>, e: &Entry, restore_command: String) {
     let m = &e.manifest;
-    detail.insert("kind".into(), json!(m.kind));
-    detail.insert("target".into(), json!(m.target));
-    detail.insert("file".into(), json!(e.path.display().to_string()));
-    detail.insert(
-        "manifest".into(),
-        json!(store::manifest_path(&e.path).display().to_string()),
+    record::put(
+        detail,
+        &record::Backup {
+            kind: Some(m.kind.as_str().to_string()),
+            target: Some(m.target.clone()),
+            file: Some(e.path.display().to_string()),
+            manifest: Some(store::manifest_path(&e.path).display().to_string()),
+            bytes: Some(m.bytes),
+            sha256: Some(m.sha256.clone()),
+            verification: Some(m.verification.as_str().to_string()),
+            duration_ms: Some(m.duration_ms),
+            server_version: m.server_version.clone(),
+            tables: m.tables,
+            restore_command: Some(restore_command),
+            ..Default::default()
+        },
     );
-    detail.insert("bytes".into(), json!(m.bytes));
-    detail.insert("sha256".into(), json!(m.sha256));
-    detail.insert("verification".into(), json!(m.verification));
-    detail.insert("duration_ms".into(), json!(m.duration_ms));
-    if let Some(v) = &m.server_version {
-        detail.insert("server_version".into(), json!(v));
-    }
-    if let Some(t) = m.tables {
-        detail.insert("tables".into(), json!(t));
-    }
-    detail.insert("restore_command".into(), json!(restore_command));
 }
 
-fn rotation_detail(done: &[(Decision, std::path::PathBuf)]) -> Value {
-    json!({
-        "kept": done.iter().filter(|d| d.0.keep).count(),
-        "deleted": done.iter().filter(|d| !d.0.keep).map(|d| d.0.name.clone()).collect::<Vec<_>>(),
-    })
+fn rotation_detail(done: &[(Decision, std::path::PathBuf)]) -> record::Rotation {
+    record::Rotation {
+        kept: done.iter().filter(|d| d.0.keep).count(),
+        deleted: done
+            .iter()
+            .filter(|d| !d.0.keep)
+            .map(|d| d.0.name.clone())
+            .collect(),
+        extra: Map::new(),
+    }
 }

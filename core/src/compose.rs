@@ -160,12 +160,6 @@ impl Compose {
         Ok(services_with_image_containing(&cfg, PROBE))
     }
 
-    /// The image a service resolves to with this compose's environment.
-    pub fn service_image(&self, service: &str) -> Result<String> {
-        let cfg = self.config()?;
-        service_image_in(&cfg, service)
-    }
-
     /// The service's containers (running or not, one-off runs excluded), oldest first.
     pub fn containers(&self, service: &str) -> Result<Vec<Container>> {
         let ids = docker::containers_with_labels(

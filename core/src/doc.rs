@@ -16,7 +16,7 @@ use std::io::Read;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use crate::exit::{ExitCode, Failure};
+use crate::exit::Failure;
 use crate::time;
 
 pub const SCHEMA: &str = "berth/1";
@@ -80,7 +80,8 @@ impl StageRecord {
     pub fn moved_traffic(&self) -> bool {
         self.stage == "swap"
             && (self.status == Status::Ok
-                || self.detail.get("switched") == Some(&Value::Bool(true)))
+                || crate::record::read::<crate::record::Swap>(&self.detail)
+                    .is_ok_and(|s| s.switched))
     }
 }
 
@@ -281,14 +282,10 @@ pub fn write_stdout(doc: &Document) -> std::io::Result<()> {
     }
 }
 
-/// Exit code check used in tests and by report: a number from a document as our enum.
-pub fn exit_code_of(record: &StageRecord) -> Option<ExitCode> {
-    ExitCode::from_code(record.exit_code)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::exit::ExitCode;
     use serde_json::json;
 
     fn sample() -> Value {

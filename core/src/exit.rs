@@ -1,5 +1,5 @@
-//! The exit-code table (the README's table is generated from the same words) and
-//! [`Failure`], the error that carries one of these codes.
+//! The exit-code table (README's "Exit codes" table carries the same words; a test
+//! checks it) and [`Failure`], the error that carries one of these codes.
 
 use std::fmt;
 
@@ -149,7 +149,7 @@ impl fmt::Display for Failure {
 
 impl std::error::Error for Failure {}
 
-/// Build an `anyhow::Error` carrying an exit code: `bail_code!(Swap, "new containers not ready")`.
+/// Build an `anyhow::Error` carrying an exit code: `fail!(Swap, "new containers not ready")`.
 #[macro_export]
 macro_rules! fail {
     ($code:ident, $($arg:tt)*) => {
@@ -194,16 +194,31 @@ mod tests {
         }
         assert_eq!(ExitCode::from_code(2).unwrap(), ExitCode::Image);
         assert!(ExitCode::from_code(9).is_none());
-        // The README carries the same table; keep them in step.
+        // The README carries the same table, word for word, and no other row.
         let readme = include_str!("../../README.md");
-        for c in ExitCode::ALL {
-            let row = format!("| {} |", c.code());
-            assert!(
-                readme.contains(&row),
-                "README lacks the row for exit code {}",
-                c.code()
-            );
-        }
+        let section = readme
+            .split("\n## Exit codes\n")
+            .nth(1)
+            .and_then(|s| s.split("\n## ").next())
+            .expect("README has an Exit codes section");
+        let rows: Vec<(i32, String)> = section
+            .lines()
+            .filter_map(|l| {
+                let cells: Vec<&str> = l
+                    .trim()
+                    .strip_prefix('|')?
+                    .strip_suffix('|')?
+                    .split(" | ")
+                    .collect();
+                let code = cells.first()?.trim().parse().ok()?;
+                Some((code, cells.get(1)?.trim().to_string()))
+            })
+            .collect();
+        let want: Vec<(i32, String)> = table.iter().map(|(c, m)| (*c, m.to_string())).collect();
+        assert_eq!(
+            rows, want,
+            "README's exit-code table differs from ExitCode::meaning"
+        );
     }
 
     #[test]

@@ -9,7 +9,7 @@ use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use serde_json::{json, Map, Value};
+use serde_json::{Map, Value};
 
 use crate::docker;
 use crate::http;
@@ -389,31 +389,32 @@ impl Report {
         bad.join("; ")
     }
 
-    /// The stage detail for the document.
-    pub fn to_detail(&self, opts: &Options) -> Map<String, Value> {
-        let targets: Vec<Value> = self
+    /// The stage record for the document ([`crate::record::Health`]).
+    pub fn to_record(&self, opts: &Options) -> crate::record::Health {
+        use crate::record;
+        let targets = self
             .targets
             .iter()
-            .map(|t| {
-                json!({
-                    "target": t.target,
-                    "kind": t.kind,
-                    "ready": t.ready,
-                    "died": t.died,
-                    "attempts": t.attempts,
-                    "time_to_ready_ms": t.time_to_ready_ms,
-                    "last_error": t.last_error,
-                })
+            .map(|t| record::TargetResult {
+                target: t.target.clone(),
+                kind: t.kind.to_string(),
+                ready: t.ready,
+                died: t.died,
+                attempts: t.attempts,
+                time_to_ready_ms: t.time_to_ready_ms,
+                last_error: t.last_error.clone(),
+                extra: Map::new(),
             })
             .collect();
-        let mut m = Map::new();
-        m.insert("ready".into(), json!(self.ready));
-        m.insert("elapsed_ms".into(), json!(self.elapsed_ms));
-        m.insert("timeout_ms".into(), json!(millis(opts.timeout)));
-        m.insert("interval_ms".into(), json!(millis(opts.interval)));
-        m.insert("successes".into(), json!(opts.successes));
-        m.insert("targets".into(), Value::Array(targets));
-        m
+        record::Health {
+            ready: self.ready,
+            elapsed_ms: self.elapsed_ms,
+            timeout_ms: millis(opts.timeout),
+            interval_ms: millis(opts.interval),
+            successes: opts.successes,
+            targets,
+            extra: Map::new(),
+        }
     }
 }
 
@@ -524,6 +525,7 @@ fn wait_one(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     #[test]
     fn status_sets() {

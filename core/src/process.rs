@@ -118,7 +118,11 @@ impl fmt::Display for ProcessError {
                 limit,
                 by_stage,
             } => {
-                write!(f, "{command} did not finish within {}", show_limit(*limit))?;
+                write!(
+                    f,
+                    "{command} did not finish within {}",
+                    crate::human::limit(*limit)
+                )?;
                 if *by_stage {
                     f.write_str(" (the stage's deadline)")?;
                 }
@@ -141,18 +145,6 @@ impl ProcessError {
 
     pub fn is_timeout(&self) -> bool {
         matches!(self, ProcessError::TimedOut { .. })
-    }
-}
-
-/// `5s`, `10m`, `2.9s`, `300ms`: a limit as a person reads it.
-fn show_limit(d: Duration) -> String {
-    let ms = d.as_millis();
-    if ms < 1000 {
-        format!("{ms}ms")
-    } else if ms.is_multiple_of(1000) {
-        humantime::format_duration(Duration::from_secs(d.as_secs())).to_string()
-    } else {
-        format!("{:.1}s", d.as_secs_f64())
     }
 }
 

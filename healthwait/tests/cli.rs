@@ -337,6 +337,13 @@ fn an_earlier_failure_passes_through_untouched() {
     assert_eq!(out.status.code(), Some(5));
     assert_eq!(doc_of(&out.stdout), failed_doc());
     assert!(server.seen.lock().unwrap().is_empty(), "nothing was probed");
+    // One line says why, once.
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.matches("skipping").count(), 1, "{err}");
+    assert!(
+        err.contains("stage \"backup\" failed earlier (exit 5)"),
+        "{err}"
+    );
 }
 
 #[test]

@@ -1,11 +1,11 @@
 //! The backup a migration stands on: the last successful `backup` record in the document,
 //! and the command that restores it when the migration fails.
 //!
-//! The contract with `berth-backup` (its stage record's `detail`), read leniently so a
-//! missing key degrades the message instead of failing the migration:
+//! The contract with `berth-backup` is its stage record, [`record::Backup`], read
+//! leniently so a missing field degrades the message instead of failing the migration:
 //! - `restore_command`: the command that restores it, used as written when present;
 //! - `kind`: `pg` or `volume`; the last `pg` backup is preferred, else the last one;
-//! - `file`: the archive (absolute, or a base name in `dir`, else in `<state>/backups`);
+//! - `file`: the archive (absolute, or a base name in `<state>/backups`);
 //! - `service` (or `source: "service db"`): the compose service of the database, or
 //!   `source: "postgres://user@host/db"` for a database reached by URL;
 //! - `verification`: `none` or `failed` means the backup was not verified: refused.
@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use berth_core::cli::Context;
 use berth_core::doc::{Document, Status};
 use berth_core::process::quote;
-use serde_json::{Map, Value};
+use berth_core::record;
 
 /// The stage name berth-backup records.
 pub const STAGE: &str = "backup";
@@ -72,14 +72,13 @@ pub fn find(doc: &Document, ctx: &Context) -> Result<BackupRef, Missing> {
             .rev()
             .filter(|s| s.stage == STAGE && s.status == Status::Ok)
     };
-    let is_pg = |s: &&berth_core::doc::StageRecord| {
-        s.detail.get("kind").and_then(Value::as_str) == Some("pg")
-    };
-    let rec = ok()
-        .find(is_pg)
-        .or_else(|| ok().next())
+    // A record of the wrong shape reads as an empty one: placeholders, never a failure.
+    let records = || ok().map(|s| record::read::<record::Backup>(&s.detail).unwrap_or_default());
+    let rec = records()
+        .find(|b| b.kind.as_deref() == Some("pg"))
+        .or_else(|| records().next())
         .ok_or(Missing::None)?;
-    let b = from_detail(&rec.detail, &ctx.state_dir);
+    let b = from_record(rec, &ctx.state_dir);
     if let Some(v) = &b.verification {
         if v == "none" || v == "failed" {
             return Err(Missing::Unverified(v.clone()));
@@ -88,15 +87,11 @@ pub fn find(doc: &Document, ctx: &Context) -> Result<BackupRef, Missing> {
     Ok(b)
 }
 
-fn from_detail(d: &Map<String, Value>, state_dir: &Path) -> BackupRef {
-    let s = |k: &str| d.get(k).and_then(Value::as_str).map(str::to_string);
-    let file = s("path").or_else(|| s("file")).map(|f| {
+fn from_record(d: record::Backup, state_dir: &Path) -> BackupRef {
+    let file = d.file.map(|f| {
         let p = PathBuf::from(&f);
         if p.is_absolute() {
             return f;
-        }
-        if let Some(dir) = s("dir") {
-            return Path::new(&dir).join(&p).to_string_lossy().to_string();
         }
         let guess = state_dir.join("backups").join(&p);
         if guess.exists() {
@@ -105,7 +100,7 @@ fn from_detail(d: &Map<String, Value>, state_dir: &Path) -> BackupRef {
             f
         }
     });
-    let target = match (s("service"), s("source")) {
+    let target = match (d.service, d.source) {
         (Some(svc), _) => RestoreTarget::Service(svc),
         (None, Some(src)) => match src.strip_prefix("service ") {
             Some(svc) => RestoreTarget::Service(svc.trim().to_string()),
@@ -119,8 +114,8 @@ fn from_detail(d: &Map<String, Value>, state_dir: &Path) -> BackupRef {
     BackupRef {
         file,
         target,
-        verification: s("verification"),
-        recorded_command: s("restore_command").filter(|c| !c.trim().is_empty()),
+        verification: d.verification,
+        recorded_command: d.restore_command.filter(|c| !c.trim().is_empty()),
     }
 }
 
@@ -146,17 +141,19 @@ impl BackupRef {
         words.join(" ")
     }
 
-    pub fn to_detail(&self) -> Value {
+    /// What the migrate record says about this backup.
+    pub fn to_record(&self) -> record::MigrateBackup {
         let target = match &self.target {
-            RestoreTarget::Service(s) => serde_json::json!({"service": s}),
-            RestoreTarget::Url(u) => serde_json::json!({"url": u}),
-            RestoreTarget::Unknown => Value::Null,
+            RestoreTarget::Service(s) => Some(serde_json::json!({"service": s})),
+            RestoreTarget::Url(u) => Some(serde_json::json!({"url": u})),
+            RestoreTarget::Unknown => None,
         };
-        serde_json::json!({
-            "file": self.file,
-            "target": target,
-            "verification": self.verification,
-        })
+        record::MigrateBackup {
+            file: self.file.clone(),
+            target,
+            verification: self.verification.clone(),
+            extra: Default::default(),
+        }
     }
 }
 
@@ -164,7 +161,7 @@ impl BackupRef {
 mod tests {
     use super::*;
     use berth_core::doc::StageRecord;
-    use serde_json::json;
+    use serde_json::{json, Map, Value};
 
     fn ctx(state: &Path) -> Context {
         Context {

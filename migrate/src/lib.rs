@@ -23,9 +23,9 @@ use berth_core::health::{self, HttpCheck, Target};
 use berth_core::lock;
 use berth_core::stage::{self, Completed, Spec};
 use berth_core::time::millis;
-use berth_core::{docker, fail, msg, ExitCode, Failure};
+use berth_core::{docker, fail, msg, record, ExitCode, Failure};
 use clap::Parser;
-use serde_json::{json, Map, Value};
+use serde_json::{Map, Value};
 
 use crate::backup::BackupRef;
 use crate::oneoff::{Ended, OneOff};
@@ -177,13 +177,19 @@ fn migrate(
         &doc.deploy_id,
         &ctx.state_dir,
     );
-    detail.insert("service".into(), json!(cli.service));
-    detail.insert("tag".into(), json!(tag));
-    detail.insert("command".into(), json!(job.command_display()));
-    detail.insert("container".into(), json!(job.name));
-    detail.insert("log".into(), json!(job.log.to_string_lossy()));
-    detail.insert("timeout_ms".into(), json!(millis(cli.timeout)));
-    detail.insert("backup_required".into(), json!(!cli.no_backup_required));
+    record::put(
+        detail,
+        &record::Migrate {
+            service: Some(cli.service.clone()),
+            tag: Some(tag.clone()),
+            command: job.command_display(),
+            container: Some(job.name.clone()),
+            log: Some(job.log.to_string_lossy().to_string()),
+            timeout_ms: Some(millis(cli.timeout)),
+            backup_required: Some(!cli.no_backup_required),
+            ..Default::default()
+        },
+    );
     let backup = required_backup(cli, ctx, doc, detail)?;
     if ctx.dry_run {
         return dry_run(cli, &job, detail);
@@ -193,7 +199,9 @@ fn migrate(
     let config = compose.config().map_err(|e| fail!(Preflight, "{e:#}"))?;
     let image =
         compose::service_image_in(&config, &cli.service).map_err(|e| fail!(Preflight, "{e:#}"))?;
-    detail.insert("image".into(), json!(image));
+    record::update(detail, |m: &mut record::Migrate| {
+        m.image = Some(image.clone())
+    });
 
     let stop = Arc::new(AtomicUsize::new(0));
     catch_signals(&stop)?;
@@ -227,13 +235,9 @@ fn required_backup(
     detail: &mut Map<String, Value>,
 ) -> Result<Option<BackupRef>> {
     let backup = backup::find(doc, ctx);
-    detail.insert(
-        "backup".into(),
-        backup
-            .as_ref()
-            .map(BackupRef::to_detail)
-            .unwrap_or(Value::Null),
-    );
+    record::update(detail, |m: &mut record::Migrate| {
+        m.backup = Some(backup.as_ref().ok().map(BackupRef::to_record))
+    });
     // A dry run of the whole pipeline skips the backup too: the backup it stands for
     // would run first, so that is not a reason to refuse.
     let dry_backup = ctx.dry_run
@@ -265,16 +269,20 @@ fn record_run(
     out: &oneoff::Run,
     detail: &mut Map<String, Value>,
 ) -> Option<String> {
-    detail.insert("migration_ms".into(), json!(millis(out.elapsed)));
-    detail.insert("containers_left".into(), json!(out.left));
+    record::update(detail, |m: &mut record::Migrate| {
+        m.migration_ms = Some(millis(out.elapsed));
+        m.containers_left = Some(out.left);
+    });
     let (ended, exit_status) = match &out.ended {
         Ended::Exited(c) => ("exited", Some(*c)),
         Ended::Killed(_) => ("killed", None),
         Ended::TimedOut => ("timed_out", None),
         Ended::Interrupted(_) => ("interrupted", None),
     };
-    detail.insert("ended".into(), json!(ended));
-    detail.insert("exit_status".into(), json!(exit_status));
+    record::update(detail, |m: &mut record::Migrate| {
+        m.ended = Some(ended.to_string());
+        m.exit_status = Some(exit_status);
+    });
     if out.left > 0 {
         msg::error(format!(
             "{} migration container(s) still present after removal; remove them: docker rm -f {}",
@@ -287,7 +295,7 @@ fn record_run(
         Ended::Killed(s) => Some(format!("docker compose was killed by signal {s}")),
         Ended::TimedOut => Some(format!(
             "the migration did not finish within {}; its container {} was removed",
-            oneoff::humanize(cli.timeout),
+            berth_core::human::limit(cli.timeout),
             job.name
         )),
         Ended::Interrupted(s) => Some(format!(
@@ -307,7 +315,9 @@ fn explain_failure(
     detail: &mut Map<String, Value>,
 ) {
     let tail = oneoff::tail(&job.log, out.log_start, TAIL_LINES);
-    detail.insert("log_tail".into(), json!(tail.join("\n")));
+    record::update(detail, |m: &mut record::Migrate| {
+        m.log_tail = Some(tail.join("\n"))
+    });
     if tail.is_empty() {
         msg::info(format!(
             "the migration wrote nothing ({})",
@@ -329,7 +339,9 @@ fn explain_failure(
         msg::info(format!(
             "if the migration left the database half-changed, restore the backup taken before it:\n    {cmd}"
         ));
-        detail.insert("restore_command".into(), json!(cmd));
+        record::update(detail, |m: &mut record::Migrate| {
+            m.restore_command = Some(cmd)
+        });
     }
 }
 
@@ -360,14 +372,16 @@ fn dry_run(cli: &Cli, job: &OneOff, detail: &mut Map<String, Value>) -> Result<C
     msg::info(format!("would write its output to {}", job.log.display()));
     msg::info(format!(
         "would remove its container on timeout ({}), SIGINT or SIGTERM: {rm}",
-        oneoff::humanize(cli.timeout)
+        berth_core::human::limit(cli.timeout)
     ));
     msg::info(format!(
         "would then probe each running {} container at http://<its IP>:{}{}",
         cli.service, cli.port, cli.ready_path
     ));
-    detail.insert("dry_run".into(), json!(true));
-    detail.insert("would_run".into(), json!([run]));
+    record::update(detail, |m: &mut record::Migrate| {
+        m.dry_run = true;
+        m.would_run = vec![run.to_string()];
+    });
     Ok(Completed::Skipped("dry run: nothing was run".into()))
 }
 
@@ -381,7 +395,9 @@ fn probe_old(cli: &Cli, compose: &Compose, detail: &mut Map<String, Value>) {
                 "could not list the running {} containers: {e:#}",
                 cli.service
             ));
-            detail.insert("old_version_ready".into(), Value::Null);
+            record::update(detail, |m: &mut record::Migrate| {
+                m.old_version_ready = Some(None)
+            });
             return;
         }
     };
@@ -391,14 +407,18 @@ fn probe_old(cli: &Cli, compose: &Compose, detail: &mut Map<String, Value>) {
             "no running {} container to probe (first deploy?)",
             cli.service
         ));
-        detail.insert("old_version_ready".into(), Value::Null);
-        detail.insert("old_version".into(), json!([]));
+        record::update(detail, |m: &mut record::Migrate| {
+            m.old_version_ready = Some(None);
+            m.old_version = Some(vec![]);
+        });
         return;
     }
     let rows = probe_rows(cli, &running);
-    let ready = rows.iter().all(|r| r["ready"] == json!(true));
-    detail.insert("old_version_ready".into(), json!(ready));
-    detail.insert("old_version".into(), Value::Array(rows.clone()));
+    let ready = rows.iter().all(|r| r.ready);
+    record::update(detail, |m: &mut record::Migrate| {
+        m.old_version_ready = Some(Some(ready));
+        m.old_version = Some(rows.clone());
+    });
     if ready {
         msg::info(format!(
             "the running version still answers ready on {} ({} container(s))",
@@ -408,12 +428,12 @@ fn probe_old(cli: &Cli, compose: &Compose, detail: &mut Map<String, Value>) {
     } else {
         let why: Vec<String> = rows
             .iter()
-            .filter(|r| r["ready"] != json!(true))
+            .filter(|r| !r.ready)
             .map(|r| {
                 format!(
                     "{}: {}",
-                    r["container"].as_str().unwrap_or("?"),
-                    r["last_error"].as_str().unwrap_or("not ready")
+                    r.container,
+                    r.last_error.as_deref().unwrap_or("not ready")
                 )
             })
             .collect();
@@ -428,7 +448,7 @@ fn probe_old(cli: &Cli, compose: &Compose, detail: &mut Map<String, Value>) {
 }
 
 /// One row per running container: its readiness at its own address.
-fn probe_rows(cli: &Cli, running: &[Container]) -> Vec<Value> {
+fn probe_rows(cli: &Cli, running: &[Container]) -> Vec<record::OldContainer> {
     let mut targets = Vec::new();
     let mut rows = Vec::new();
     for c in running {
@@ -438,8 +458,14 @@ fn probe_rows(cli: &Cli, running: &[Container]) -> Vec<Value> {
             .map(|(_, ip)| ip.as_str())
             .find(|ip| !ip.is_empty());
         let Some(ip) = ip else {
-            rows.push(json!({"container": c.name, "image": c.image, "url": null,
-                             "ready": false, "last_error": "no IP address"}));
+            rows.push(record::OldContainer {
+                container: c.name.clone(),
+                image: c.image.clone(),
+                url: None,
+                ready: false,
+                last_error: Some("no IP address".into()),
+                extra: Map::new(),
+            });
             continue;
         };
         let url = format!("http://{ip}:{}{}", cli.port, cli.ready_path);
@@ -460,8 +486,14 @@ fn probe_rows(cli: &Cli, running: &[Container]) -> Vec<Value> {
     let only: Vec<Target> = targets.iter().map(|(_, t)| t.clone()).collect();
     let report = health::wait(&only, &opts, &|_| {});
     for ((c, _), r) in targets.iter().zip(&report.targets) {
-        rows.push(json!({"container": c.name, "image": c.image, "url": r.target,
-                         "ready": r.ready, "last_error": if r.ready { None } else { r.last_error.clone() }}));
+        rows.push(record::OldContainer {
+            container: c.name.clone(),
+            image: c.image.clone(),
+            url: Some(r.target.clone()),
+            ready: r.ready,
+            last_error: if r.ready { None } else { r.last_error.clone() },
+            extra: Map::new(),
+        });
     }
     rows
 }

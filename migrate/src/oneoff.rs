@@ -246,7 +246,7 @@ pub fn run(job: &OneOff, timeout: Duration, stop: &Arc<AtomicUsize>) -> Result<R
         let _ = handle.wait();
         left = remove(job);
         let why = match &ended {
-            Ended::TimedOut => format!("timed out after {}", humanize(timeout)),
+            Ended::TimedOut => format!("timed out after {}", berth_core::human::limit(timeout)),
             Ended::Interrupted(s) => format!("interrupted by {s}"),
             _ => unreachable!(),
         };
@@ -272,20 +272,6 @@ pub fn run(job: &OneOff, timeout: Duration, stop: &Arc<AtomicUsize>) -> Result<R
 fn append_note(path: &Path, line: &str) {
     if let Ok(mut f) = OpenOptions::new().append(true).open(path) {
         let _ = writeln!(f, "{line}");
-    }
-}
-
-/// `3s`, `1.5s`, `20ms`: a duration as a person reads it in a message.
-pub fn humanize(d: Duration) -> String {
-    let ms = d.as_millis();
-    if ms < 1000 {
-        format!("{ms}ms")
-    } else if ms.is_multiple_of(60_000) {
-        format!("{}m", ms / 60_000)
-    } else if ms.is_multiple_of(1000) {
-        format!("{}s", ms / 1000)
-    } else {
-        format!("{:.1}s", d.as_secs_f64())
     }
 }
 
@@ -371,13 +357,5 @@ mod tests {
         assert_eq!(t[49], "line 79");
         assert!(tail(&p, std::fs::metadata(&p).unwrap().len(), 50).is_empty());
         assert!(tail(&d.path().join("none"), 0, 50).is_empty());
-    }
-
-    #[test]
-    fn durations_read_well() {
-        assert_eq!(humanize(Duration::from_secs(3)), "3s");
-        assert_eq!(humanize(Duration::from_secs(300)), "5m");
-        assert_eq!(humanize(Duration::from_millis(1500)), "1.5s");
-        assert_eq!(humanize(Duration::from_millis(20)), "20ms");
     }
 }

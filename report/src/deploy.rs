@@ -12,8 +12,8 @@ use std::io::Write;
 use anyhow::Result;
 use berth_core::cli::{parse_duration, CommonArgs};
 use berth_core::doc::{self, StageRecord, Status};
-use berth_core::{msg, settings, stage, time, ExitCode, Failure};
-use serde_json::{json, Map};
+use berth_core::{msg, record, settings, stage, time, ExitCode, Failure};
+use serde_json::Map;
 
 #[derive(Debug, clap::Args)]
 pub struct EnvFileArgs {
@@ -152,9 +152,11 @@ pub fn record_failure(args: &RecordFailureArgs) -> Result<ExitCode> {
             args.exit
         )
     };
-    let mut detail = Map::new();
-    detail.insert("no_document".into(), json!(true));
-    detail.insert("exit_status".into(), json!(args.exit));
+    let detail = record::to_detail(&record::NoDocument {
+        no_document: true,
+        exit_status: args.exit,
+        ..Default::default()
+    });
     d.stages.push(StageRecord {
         stage: name.to_string(),
         status: Status::Failed,

@@ -16,7 +16,7 @@ use std::time::Duration;
 use anyhow::Result;
 use berth_core::cli::{parse_duration, CommonArgs};
 use berth_core::doc::{self, Document};
-use berth_core::{exit, fsutil, ledger, msg, ExitCode, Failure};
+use berth_core::{exit, fsutil, ledger, msg, stage, ExitCode, Failure};
 use clap::{Parser, Subcommand, ValueEnum};
 
 use notify::Channel;
@@ -224,28 +224,15 @@ fn env_var(k: &str) -> Option<String> {
 }
 
 fn report(cli: &Cli) -> Result<ExitCode> {
-    let (doc, as_read) = read_input()?
-        .ok_or_else(|| Failure::usage("berth-report needs the deploy document on stdin"))?;
-    let ctx = cli.common.resolve_for(Some(&doc.project))?;
-    if let Some(p) = &cli.common.project_name {
-        if *p != doc.project {
-            return Err(Failure::usage(format!(
-                "-p {p} contradicts the document's project {:?}",
-                doc.project
-            ))
-            .into());
-        }
+    // The document's project and tag win; a flag that contradicts them is a usage error.
+    let input = stage::load(&cli.common)?;
+    if !input.piped {
+        return Err(Failure::usage("berth-report needs the deploy document on stdin").into());
     }
-    if let (Some(t), Some(dt)) = (&ctx.tag, &doc.tag) {
-        if t != dt {
-            return Err(
-                Failure::usage(format!("--tag {t} contradicts the document's tag {dt:?}")).into(),
-            );
-        }
-    }
+    let (ctx, doc) = (input.ctx, input.doc);
 
     // The document first, unchanged: the next reader should not wait on notifications.
-    if let Err(e) = write_stdout(&as_read) {
+    if let Err(e) = doc::write_stdout(&doc) {
         msg::error(format!("writing the document to stdout: {e}"));
     }
 
@@ -291,41 +278,6 @@ fn report(cli: &Cli) -> Result<ExitCode> {
         ));
         ExitCode::Preflight
     }))
-}
-
-/// The document on stdin, checked, and the same JSON as one line, exactly as it came
-/// (only a multi-line document is compacted). `None` when stdin is a terminal or empty.
-fn read_input() -> Result<Option<(Document, String)>, Failure> {
-    use std::io::{IsTerminal, Read};
-    let stdin = std::io::stdin();
-    if stdin.is_terminal() {
-        return Ok(None);
-    }
-    let mut text = String::new();
-    stdin.lock().read_to_string(&mut text).map_err(|e| {
-        Failure::bad_document(format!("could not read the deploy document on stdin: {e}"))
-    })?;
-    let Some(doc) = doc::parse_input(&text)? else {
-        return Ok(None);
-    };
-    let trimmed = text.trim();
-    let line = if trimmed.contains('\n') {
-        let v: serde_json::Value = serde_json::from_str(trimmed)
-            .map_err(|e| Failure::bad_document(format!("deploy document: {e}")))?;
-        v.to_string()
-    } else {
-        trimmed.to_string()
-    };
-    Ok(Some((doc, line)))
-}
-
-fn write_stdout(line: &str) -> std::io::Result<()> {
-    use std::io::Write;
-    let mut out = std::io::stdout().lock();
-    match writeln!(out, "{line}").and_then(|_| out.flush()) {
-        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
-        other => other,
-    }
 }
 
 /// The log file for a deploy id (characters outside `[A-Za-z0-9._-]` become `_`, so a

@@ -6,57 +6,32 @@ use berth_core::doc::{Document, StageRecord, Status};
 use berth_core::time;
 use serde_json::Value;
 
-use crate::summary::{self, human_ms, human_time, Verdict};
+use crate::summary::{self, human_time, Verdict};
+use berth_core::{human, record};
 
-/// The detail fields worth a reader's eye, per known stage, best first. Unknown stages
-/// (and known ones that recorded none of these) show their first few plain fields.
+/// The detail fields worth a reader's eye, per known stage, best first: fields of the
+/// stage's record in [`berth_core::record`] (a test checks each). Unknown stages (and
+/// known ones that recorded none of these) show their first few plain fields.
 fn preferred_keys(stage: &str) -> &'static [&'static str] {
     match stage {
         "preflight" => &[
             "docker_version",
-            "docker",
             "compose_version",
             "services",
-            "test_cmd",
             "test_command",
         ],
-        "pull" => &["images", "pulled", "image", "present"],
-        "backup" => &[
-            "file",
-            "path",
-            "archive",
-            "target",
-            "bytes",
-            "size_bytes",
-            "verified",
-        ],
+        "pull" => &["services"],
+        "backup" => &["file", "target", "bytes", "verification"],
         "migrate" => &[
             "command",
-            "cmd",
             "service",
             "log",
-            "log_file",
             "old_version_ready",
-            "old_ready",
             "restore_command",
         ],
-        "swap" => &[
-            "services",
-            "previous_tag",
-            "new_containers",
-            "time_to_ready_ms",
-            "drain_ms",
-            "first_deploy",
-        ],
-        "rollback" => &[
-            "to_tag",
-            "restored_tag",
-            "tag",
-            "services",
-            "manual_command",
-            "command",
-        ],
-        "maintenance" => &["state", "mode", "window_ms", "message"],
+        "swap" => &["services", "previous_tag", "drain_ms"],
+        "rollback" => &["to", "services", "manual_command"],
+        "maintenance" => &["state", "window_ms"],
         _ => &[],
     }
 }
@@ -68,8 +43,10 @@ pub fn key_detail(r: &StageRecord) -> String {
             return format!("skipped: {reason}");
         }
     }
-    if let Some(targets) = r.detail.get("targets").and_then(Value::as_array) {
-        return targets_line(targets);
+    if r.detail.contains_key("targets") {
+        if let Ok(h) = record::read::<record::Health>(&r.detail) {
+            return targets_line(&h.targets);
+        }
     }
     let mut parts: Vec<String> = preferred_keys(&r.stage)
         .iter()
@@ -89,20 +66,25 @@ pub fn key_detail(r: &StageRecord) -> String {
 }
 
 /// healthwait/smoke: how many targets were ready, or the first one that was not.
-fn targets_line(targets: &[Value]) -> String {
-    let ready = targets.iter().filter(|t| t["ready"] == true).count();
-    if let Some(bad) = targets.iter().find(|t| t["ready"] != true) {
-        let what = bad["target"].as_str().unwrap_or("a target");
-        let err = bad["last_error"].as_str().unwrap_or("not ready");
-        let died = if bad["died"] == true { " (died)" } else { "" };
+fn targets_line(targets: &[record::TargetResult]) -> String {
+    let ready = targets.iter().filter(|t| t.ready).count();
+    if let Some(bad) = targets.iter().find(|t| !t.ready) {
+        let what = if bad.target.is_empty() {
+            "a target"
+        } else {
+            &bad.target
+        };
+        let err = bad.last_error.as_deref().unwrap_or("not ready");
+        let died = if bad.died { " (died)" } else { "" };
         return clip(&format!("{what}: {err}{died}"), 100);
     }
-    let slowest = targets
-        .iter()
-        .filter_map(|t| t["time_to_ready_ms"].as_u64())
-        .max();
+    let slowest = targets.iter().filter_map(|t| t.time_to_ready_ms).max();
     match slowest {
-        Some(ms) => format!("{ready}/{} ready in {}", targets.len(), human_ms(ms)),
+        Some(ms) => format!(
+            "{ready}/{} ready in {}",
+            targets.len(),
+            human::elapsed_ms(ms)
+        ),
         None => format!("{ready}/{} ready", targets.len()),
     }
 }
@@ -113,8 +95,8 @@ fn show(key: &str, v: &Value) -> Option<String> {
         Value::Null => return None,
         Value::Bool(b) => b.to_string(),
         Value::Number(n) => match n.as_u64() {
-            Some(ms) if key.ends_with("_ms") => human_ms(ms),
-            Some(b) if key.ends_with("bytes") => human_bytes(b),
+            Some(ms) if key.ends_with("_ms") => human::elapsed_ms(ms),
+            Some(b) if key.ends_with("bytes") => human::bytes(b),
             _ => n.to_string(),
         },
         Value::String(s) if s.is_empty() => return None,
@@ -148,21 +130,6 @@ fn show(key: &str, v: &Value) -> Option<String> {
     Some(format!("{key}={text}"))
 }
 
-fn human_bytes(b: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "kB", "MB", "GB", "TB"];
-    let mut v = b as f64;
-    let mut u = 0;
-    while v >= 1000.0 && u < UNITS.len() - 1 {
-        v /= 1000.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{b} B")
-    } else {
-        format!("{v:.1} {}", UNITS[u])
-    }
-}
-
 fn clip(s: &str, max: usize) -> String {
     let one: String = s.split_whitespace().collect::<Vec<_>>().join(" ");
     if one.chars().count() <= max {
@@ -183,11 +150,12 @@ pub fn maintenance_window_ms(doc: &Document) -> Option<u64> {
         .iter()
         .filter(|s| s.stage == "maintenance")
         .collect();
-    if let Some(ms) = recs
-        .iter()
-        .rev()
-        .find_map(|r| r.detail.get("window_ms").and_then(Value::as_u64))
-    {
+    if let Some(ms) = recs.iter().rev().find_map(|r| {
+        record::read::<record::Maintenance>(&r.detail)
+            .ok()?
+            .window_ms
+            .flatten()
+    }) {
         return Some(ms);
     }
     if recs.len() < 2 {
@@ -223,7 +191,7 @@ fn tag_line(doc: &Document) -> String {
         doc.previous_tag.as_deref().unwrap_or("(unknown)"),
         human_time(&doc.created_at),
         total
-            .map(|t| format!(", took {}", human_ms(t)))
+            .map(|t| format!(", took {}", human::elapsed_ms(t)))
             .unwrap_or_default()
     )
 }
@@ -267,16 +235,15 @@ fn alarm_lines(doc: &Document) -> Vec<String> {
         Verdict::Failed | Verdict::Success => {}
     }
     if let Some(ms) = maintenance_window_ms(doc) {
-        out.push(format!("Maintenance window: {}", human_ms(ms)));
+        out.push(format!("Maintenance window: {}", human::elapsed_ms(ms)));
     }
     out
 }
 
 fn manual_command(r: &StageRecord) -> Option<String> {
-    ["manual_command", "command"]
-        .iter()
-        .find_map(|k| r.detail.get(*k).and_then(Value::as_str))
-        .map(str::to_string)
+    record::read::<record::Rollback>(&r.detail)
+        .ok()?
+        .manual_command
 }
 
 fn status_cell(r: &StageRecord) -> String {
@@ -315,7 +282,7 @@ pub fn text(doc: &Document) -> String {
                 "  {:width$}  {:12}  {:>8}  {}",
                 r.stage,
                 status_cell(r),
-                human_ms(r.duration_ms),
+                human::elapsed_ms(r.duration_ms),
                 detail
             )
             .map(|_| ());
@@ -356,7 +323,7 @@ pub fn markdown(doc: &Document) -> String {
                 "| {} | {} | {} | {} |",
                 md_cell(&r.stage),
                 status_cell(r),
-                human_ms(r.duration_ms),
+                human::elapsed_ms(r.duration_ms),
                 md_cell(&detail)
             );
         }
@@ -378,7 +345,7 @@ pub fn message(doc: &Document) -> String {
         .unwrap_or("the previous release");
     let (_, _, total) = summary::span(doc);
     let took = total
-        .map(|t| format!(" in {}", human_ms(t)))
+        .map(|t| format!(" in {}", human::elapsed_ms(t)))
         .unwrap_or_default();
     let code = doc.outcome();
     let (_, meaning) = summary::outcome_words(code);
@@ -431,7 +398,7 @@ pub fn message(doc: &Document) -> String {
                 "{} {} {}",
                 r.stage,
                 summary::status_word(r.status),
-                human_ms(r.duration_ms)
+                human::elapsed_ms(r.duration_ms)
             )
         })
         .collect();
@@ -439,7 +406,7 @@ pub fn message(doc: &Document) -> String {
         s.push_str(&format!("\nStages: {}", stages.join(" · ")));
     }
     if let Some(ms) = maintenance_window_ms(doc) {
-        s.push_str(&format!("\nMaintenance window: {}", human_ms(ms)));
+        s.push_str(&format!("\nMaintenance window: {}", human::elapsed_ms(ms)));
     }
     s
 }
@@ -456,7 +423,7 @@ mod tests {
         b.detail.insert("file".into(), json!("/srv/b/x.dump"));
         b.detail.insert("bytes".into(), json!(12_345_678));
         b.detail.insert("noise".into(), json!({"a": 1}));
-        assert_eq!(key_detail(&b), "file=/srv/b/x.dump, bytes=12.3 MB");
+        assert_eq!(key_detail(&b), "file=/srv/b/x.dump, bytes=11.8 MiB");
 
         let mut u = rec("canary", Status::Ok, 0, 10);
         u.detail.insert("weight".into(), json!(5));
@@ -474,6 +441,23 @@ mod tests {
         sk.detail
             .insert("reason".into(), json!("no DEPLOY_MIGRATE_CMD"));
         assert_eq!(key_detail(&sk), "skipped: no DEPLOY_MIGRATE_CMD");
+    }
+
+    #[test]
+    fn preferred_keys_are_fields_the_stages_write() {
+        use berth_core::record::{defines, Record};
+        fn check<T: Record>(stage: &str) {
+            for k in preferred_keys(stage) {
+                assert!(defines::<T>(k), "{stage}: no stage writes {k:?}");
+            }
+        }
+        check::<record::Preflight>("preflight");
+        check::<record::Pull>("pull");
+        check::<record::Backup>("backup");
+        check::<record::Migrate>("migrate");
+        check::<record::Swap>("swap");
+        check::<record::Rollback>("rollback");
+        check::<record::Maintenance>("maintenance");
     }
 
     #[test]

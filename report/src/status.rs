@@ -15,7 +15,8 @@ use berth_core::docker::{self, Container};
 use berth_core::{ledger, msg, time, ExitCode, Failure};
 use serde_json::{json, Value};
 
-use crate::summary::{self, human_ms, human_time};
+use crate::summary::{self, human_time};
+use berth_core::{human, record};
 
 /// The tag of an image reference: what follows the last `:` after the last `/`.
 pub fn tag_of(image: &str) -> Option<&str> {
@@ -203,7 +204,7 @@ fn backups_now(ctx: &Context, args: &BackupArgs) -> (Vec<String>, Vec<Value>) {
             b.target,
             human_time(&b.created_at),
             ago(&b.created_at),
-            units_bytes(b.bytes),
+            human::bytes(b.bytes),
             b.verification,
             if stale { "  STALE" } else { "" }
         ));
@@ -212,7 +213,7 @@ fn backups_now(ctx: &Context, args: &BackupArgs) -> (Vec<String>, Vec<Value>) {
                 "the newest verified backup of {} {} is older than --max-age {}",
                 b.kind,
                 b.target,
-                human_ms(args.max_age.as_millis() as u64)
+                human::elapsed_ms(args.max_age.as_millis() as u64)
             ));
         }
         json.push(json!({
@@ -229,14 +230,19 @@ fn drill_line(drill: Option<&Document>) -> String {
     let Some(st) = drill.and_then(|d| d.stages.first()) else {
         return "last drill: none recorded (berth-backup drill)".to_string();
     };
-    let file = st.detail.get("file").and_then(Value::as_str).unwrap_or("-");
+    let drill: record::Drill = record::read(&st.detail).unwrap_or_default();
+    let file = if drill.file.is_empty() {
+        "-"
+    } else {
+        &drill.file
+    };
     let file = file.rsplit('/').next().unwrap_or(file);
     match &st.error {
         None => format!(
             "last drill: passed {}{}, {file} restored in {}",
             human_time(&st.started_at),
             ago(&st.started_at),
-            human_ms(st.duration_ms)
+            human::elapsed_ms(st.duration_ms)
         ),
         Some(e) => format!(
             "last drill: FAILED {}{}: {e}",
@@ -252,17 +258,11 @@ fn drill_json(d: &Document) -> Value {
         "passed": st.is_some_and(|s| s.error.is_none()),
         "at": st.map(|s| s.started_at.clone()),
         "duration_ms": st.map(|s| s.duration_ms),
-        "file": st.and_then(|s| s.detail.get("file").cloned()),
+        "file": st.and_then(|s| s.detail.contains_key("file").then(|| {
+            record::read::<record::Drill>(&s.detail).unwrap_or_default().file
+        })),
         "error": st.and_then(|s| s.error.clone()),
     })
-}
-
-fn units_bytes(n: u64) -> String {
-    match n {
-        0..=1023 => format!("{n} B"),
-        1024..=1_048_575 => format!("{:.1} KiB", n as f64 / 1024.0),
-        _ => format!("{:.1} MiB", n as f64 / 1_048_576.0),
-    }
 }
 
 pub fn status(
@@ -306,7 +306,7 @@ pub fn status(
         });
         serde_json::to_string_pretty(&v)? + "\n"
     } else {
-        let mut text = status_text(ctx, &services, last, good);
+        let mut text = status_table(ctx, &services, last, good);
         for (i, l) in backup_lines.iter().enumerate() {
             let head = if i == 0 {
                 "Backups:     "
@@ -338,7 +338,8 @@ fn ago(rfc3339: &str) -> String {
     format!(" ({text} ago)")
 }
 
-fn status_text(
+/// The table `berth-report status` prints: one row per service, then the releases.
+fn status_table(
     ctx: &Context,
     services: &[ServiceNow],
     last: Option<&Document>,
@@ -477,7 +478,7 @@ pub fn history(ctx: &Context, limit: usize, as_json: bool) -> Result<ExitCode> {
                 },
                 summary::span(d)
                     .2
-                    .map(human_ms)
+                    .map(human::elapsed_ms)
                     .unwrap_or_else(|| "-".into()),
                 if good_id.as_deref() == Some(d.deploy_id.as_str()) {
                     "<- last good".into()

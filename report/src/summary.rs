@@ -167,19 +167,6 @@ pub fn status_word(s: Status) -> &'static str {
     }
 }
 
-/// `812ms`, `2.1s`, `1m 12s`, `1h 03m`.
-pub fn human_ms(ms: u64) -> String {
-    if ms < 1000 {
-        format!("{ms}ms")
-    } else if ms < 60_000 {
-        format!("{:.1}s", ms as f64 / 1000.0)
-    } else if ms < 3_600_000 {
-        format!("{}m {:02}s", ms / 60_000, (ms % 60_000) / 1000)
-    } else {
-        format!("{}h {:02}m", ms / 3_600_000, (ms % 3_600_000) / 60_000)
-    }
-}
-
 /// `2026-11-22 03:15:00Z` from an RFC 3339 time (the text itself when it is not one).
 pub fn human_time(rfc3339: &str) -> String {
     match time::parse(rfc3339) {
@@ -191,6 +178,7 @@ pub fn human_time(rfc3339: &str) -> String {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+    use berth_core::human;
 
     pub fn rec(stage: &str, status: Status, code: i32, ms: u64) -> StageRecord {
         StageRecord {
@@ -257,10 +245,10 @@ pub(crate) mod tests {
 
     #[test]
     fn human_units() {
-        assert_eq!(human_ms(812), "812ms");
-        assert_eq!(human_ms(2140), "2.1s");
-        assert_eq!(human_ms(72_000), "1m 12s");
-        assert_eq!(human_ms(3_780_000), "1h 03m");
+        assert_eq!(human::elapsed_ms(812), "812ms");
+        assert_eq!(human::elapsed_ms(2140), "2.1s");
+        assert_eq!(human::elapsed_ms(72_000), "1m 12s");
+        assert_eq!(human::elapsed_ms(3_780_000), "1h 03m");
         assert_eq!(
             human_time("2026-11-22T03:15:00.500Z"),
             "2026-11-22 03:15:00Z"

@@ -174,7 +174,7 @@ fn success_passes_the_document_through_records_it_and_exits_0() {
     );
     assert!(err.contains("Now running: v2 (deployed)"), "{err}");
     assert!(
-        err.contains("file=/srv/shop/.berth/backups/db-1.dump, bytes=1.2 MB"),
+        err.contains("file=/srv/shop/.berth/backups/db-1.dump, bytes=1.2 MiB"),
         "{err}"
     );
     assert!(err.contains("took 9.4s"), "{err}");

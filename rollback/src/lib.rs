@@ -17,11 +17,11 @@ use berth_core::doc::{self, Document, StageRecord, Status};
 use berth_core::lock;
 use berth_core::process::quote;
 use berth_core::stage::{self, Completed, Ledger, Spec};
-use berth_core::{fail, ledger, msg, time, ExitCode, Failure};
+use berth_core::{fail, ledger, msg, record, time, ExitCode, Failure};
 use berth_swap::engine::{self, Options};
 use berth_swap::SwapArgs;
 use clap::Parser;
-use serde_json::{json, Map, Value};
+use serde_json::Map;
 
 const EXAMPLES: &str = "\
 Examples:
@@ -104,17 +104,11 @@ fn spec(default_code: ExitCode) -> Spec<'static> {
 
 /// What the swap stage of a document says it moved: (service, behind nginx).
 fn swapped_services(d: &Document) -> Vec<(String, bool)> {
-    let from_detail: Vec<(String, bool)> = d
-        .stage("swap")
-        .and_then(|s| s.detail.get("services"))
-        .and_then(Value::as_array)
-        .map(|a| {
-            a.iter()
-                .filter_map(|s| {
-                    let name = s.get("name")?.as_str()?.to_string();
-                    let proxied = s.get("proxied").and_then(Value::as_bool).unwrap_or(true);
-                    Some((name, proxied))
-                })
+    let from_detail: Vec<(String, bool)> = swap_record(d)
+        .map(|s| {
+            s.services
+                .into_iter()
+                .map(|s| (s.name, s.proxied))
                 .collect()
         })
         .unwrap_or_default();
@@ -182,10 +176,16 @@ fn piped(cli: Cli, input: stage::Input) -> Result<ExitCode> {
         names.join(", ")
     ));
     stage::run(spec, input, |ctx, doc, detail| {
-        detail.insert("from".into(), json!(from));
-        detail.insert("to".into(), json!(to));
-        detail.insert("after_stage".into(), json!(failed.stage));
-        detail.insert("services".into(), json!(names));
+        record::put(
+            detail,
+            &record::Rollback {
+                from: Some(Some(from.clone())),
+                to: Some(to.clone()),
+                after_stage: Some(failed.stage.clone()),
+                services: Some(names.clone()),
+                ..Default::default()
+            },
+        );
         // Only undo what this deploy did: a crash is converged first (always safe),
         // then what serves must still be this document's release. The lock is taken
         // here, not by the stage: not getting it is a failed rollback (CRITICAL, 7).
@@ -204,12 +204,16 @@ fn piped(cli: Cli, input: stage::Input) -> Result<ExitCode> {
         });
         match res {
             Ok(out) => {
-                detail.insert("swap".into(), Value::Object(out.detail));
+                record::update(detail, |r: &mut record::Rollback| {
+                    r.swap = record::read(&out.detail).ok()
+                });
                 msg::info(format!("rolled back to {to}"));
                 Ok(Completed::Done(ExitCode::Unhealthy))
             }
             Err(e) if e.is::<NotOurs>() => {
-                detail.insert("serving".into(), json!(e.to_string()));
+                record::update(detail, |r: &mut record::Rollback| {
+                    r.serving = Some(e.to_string())
+                });
                 Err(fail!(
                     RollbackFailed,
                     "not rolling back: {e}; this deploy ({}, {from}) no longer serves, so \
@@ -219,7 +223,10 @@ fn piped(cli: Cli, input: stage::Input) -> Result<ExitCode> {
             }
             Err(e) => {
                 let line = berth_core::exit::one_line(&e);
-                critical(ctx, &cli, &to, &names_with_workers(&names, &opts), &line);
+                let cmd = critical(ctx, &cli, &to, &names_with_workers(&names, &opts), &line);
+                record::update(detail, |r: &mut record::Rollback| {
+                    r.manual_command = Some(cmd)
+                });
                 Err(fail!(RollbackFailed, "rollback to {to} failed: {line}"))
             }
         }
@@ -322,19 +329,15 @@ fn list(ids: &[String]) -> String {
 
 /// The (short) IDs of the containers the document's swap started for `svc`.
 fn started_containers(d: &Document, svc: &str) -> Option<Vec<String>> {
-    d.stage("swap")?
-        .detail
-        .get("services")?
-        .as_array()?
-        .iter()
-        .find(|s| s.get("name").and_then(Value::as_str) == Some(svc))?
-        .get("new_containers")?
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(|c| c.get("id").and_then(Value::as_str).map(str::to_string))
-                .collect()
-        })
+    let swap = swap_record(d)?;
+    let s = swap.service(svc)?;
+    Some(s.new_containers.iter().map(|c| c.id.clone()).collect())
+}
+
+/// The record of the document's (last) swap; `None` without one or when it is not a
+/// swap record.
+fn swap_record(d: &Document) -> Option<record::Swap> {
+    record::read(&d.stage("swap")?.detail).ok()
 }
 
 fn names_with_workers(names: &[String], opts: &Options) -> Vec<String> {
@@ -347,8 +350,9 @@ fn names_with_workers(names: &[String], opts: &Options) -> Vec<String> {
     v
 }
 
-/// The one CRITICAL line: what failed and the exact command to run by hand.
-fn critical(ctx: &Context, cli: &Cli, to: &str, words: &[String], why: &str) {
+/// The one CRITICAL line: what failed and the exact command to run by hand (returned,
+/// for the rollback's record: `manual_command`).
+fn critical(ctx: &Context, cli: &Cli, to: &str, words: &[String], why: &str) -> String {
     let mut cmd = vec!["berth-rollback".to_string()];
     cmd.extend(ctx.project_args());
     cmd.extend(["--to".to_string(), to.to_string()]);
@@ -363,6 +367,7 @@ fn critical(ctx: &Context, cli: &Cli, to: &str, words: &[String], why: &str) {
         msg::program(),
         shown.join(" ")
     );
+    shown.join(" ")
 }
 
 fn write(d: &Document) -> Result<()> {
@@ -430,11 +435,19 @@ fn standalone(cli: Cli, mut input: stage::Input) -> Result<ExitCode> {
         cli.swap.locked(spec(ExitCode::Swap)),
         input,
         |ctx, doc, detail| {
-            detail.insert("from".into(), json!(current));
-            detail.insert("to".into(), json!(to));
+            record::put(
+                detail,
+                &record::Rollback {
+                    from: Some(current.clone()),
+                    to: Some(to.clone()),
+                    ..Default::default()
+                },
+            );
             let out = engine::swap(ctx, &opts, &cli.services, &to, &doc.deploy_id)?;
             berth_swap::record(doc, &out);
-            detail.insert("swap".into(), Value::Object(out.detail));
+            record::update(detail, |r: &mut record::Rollback| {
+                r.swap = record::read(&out.detail).ok()
+            });
             if out.dry_run {
                 return Ok(Completed::Skipped("dry run: nothing changed".into()));
             }
@@ -473,9 +486,11 @@ fn mark_rolled_back(
 }
 
 fn rolled_back_record(by: &str, to: &str) -> StageRecord {
-    let mut detail = Map::new();
-    detail.insert("rolled_back_to".into(), json!(to));
-    detail.insert("by_deploy".into(), json!(by));
+    let detail = record::to_detail(&record::Rollback {
+        rolled_back_to: Some(to.to_string()),
+        by_deploy: Some(by.to_string()),
+        ..Default::default()
+    });
     StageRecord {
         stage: "rollback".into(),
         status: Status::Ok,
@@ -491,6 +506,7 @@ fn rolled_back_record(by: &str, to: &str) -> StageRecord {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     #[test]
     fn command_line_is_consistent() {

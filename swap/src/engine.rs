@@ -21,13 +21,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result};
-use serde_json::{json, Map, Value};
+use serde_json::{Map, Value};
 
 use berth_core::cli::Context;
 use berth_core::compose::{self, Compose};
 use berth_core::docker::{self, Container};
 use berth_core::health::{self, HttpCheck, Target};
 use berth_core::process::Runner;
+use berth_core::record;
 use berth_core::time::{self, millis};
 use berth_core::{fail, fault, msg};
 
@@ -566,20 +567,18 @@ impl<'a> Swap<'a> {
     /// The stage's `detail`: the swap's record in the document.
     fn detail(&self) -> Map<String, Value> {
         let t = &self.times;
-        let mut detail = Map::new();
-        detail.insert("tag".into(), json!(self.tag));
-        detail.insert("previous_tag".into(), json!(self.previous_tag));
-        detail.insert(
-            "services".into(),
-            Value::Array(self.services.iter().map(service_detail).collect()),
-        );
-        detail.insert("ready_ms".into(), json!(t.ready_ms));
-        detail.insert("switch_ms".into(), json!(t.switch_ms));
-        detail.insert("switched_at".into(), json!(t.switched_at));
-        detail.insert("drain_ms".into(), json!(t.drain_ms));
-        detail.insert("stop_ms".into(), json!(t.stop_ms));
-        detail.insert("total_ms".into(), json!(t.total_ms));
-        detail
+        record::to_detail(&record::Swap {
+            tag: Some(self.tag.to_string()),
+            previous_tag: Some(self.previous_tag.clone()),
+            services: self.services.iter().map(service_detail).collect(),
+            ready_ms: Some(t.ready_ms),
+            switch_ms: Some(t.switch_ms),
+            switched_at: Some(t.switched_at.clone()),
+            drain_ms: Some(t.drain_ms),
+            stop_ms: Some(t.stop_ms),
+            total_ms: Some(t.total_ms),
+            ..record::Swap::default()
+        })
     }
 
     fn outcome(&self, detail: Map<String, Value>, dry_run: bool) -> SwapOutcome {
@@ -632,20 +631,26 @@ fn after_switch(e: anyhow::Error, tag: &str, previous_tag: Option<&str>) -> anyh
     })
 }
 
-fn service_detail(p: &Service) -> Value {
-    let c = |c: &Container| json!({"id": c.short_id(), "name": c.name, "image": c.image});
-    json!({
-        "name": p.name,
-        "image": p.image,
-        "image_id": p.image_id,
-        "pulled": p.pulled,
-        "proxied": p.upstream.is_some(),
-        "upstream_file": p.upstream.as_ref().map(|u| u.display().to_string()),
-        "old_containers": p.old.iter().map(c).collect::<Vec<_>>(),
-        "new_containers": p.new.iter().map(c).collect::<Vec<_>>(),
-        "time_to_ready_ms": p.time_to_ready_ms,
-        "stop_grace_ms": millis(p.stop_grace),
-    })
+fn service_detail(p: &Service) -> record::SwappedService {
+    let c = |c: &Container| record::ContainerRef {
+        id: c.short_id().to_string(),
+        name: c.name.clone(),
+        image: c.image.clone(),
+        ..Default::default()
+    };
+    record::SwappedService {
+        name: p.name.clone(),
+        image: p.image.clone(),
+        image_id: p.image_id.clone(),
+        pulled: p.pulled,
+        proxied: p.upstream.is_some(),
+        upstream_file: p.upstream.as_ref().map(|u| u.display().to_string()),
+        old_containers: p.old.iter().map(c).collect(),
+        new_containers: p.new.iter().map(c).collect(),
+        time_to_ready_ms: p.time_to_ready_ms,
+        stop_grace_ms: millis(p.stop_grace),
+        extra: Map::new(),
+    }
 }
 
 /// The image ID of `image`, pulling it by tag when it is not here (exit 2 when it cannot
@@ -795,6 +800,7 @@ fn stop_grace(cfg: &Value, svc: &str) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     #[test]
     fn grace_from_config() {

@@ -25,7 +25,7 @@ use std::time::Duration;
 use anyhow::Result;
 use berth_core::cli::{parse_duration, CommonArgs};
 use berth_core::stage::{self, Completed, Ledger, Spec};
-use berth_core::{msg, ExitCode, Failure};
+use berth_core::{msg, record, ExitCode, Failure};
 use clap::{Parser, Subcommand};
 use serde_json::Value;
 
@@ -325,8 +325,7 @@ fn record_after_switch(
         if a.previous_tag.is_some() {
             doc.previous_tag = a.previous_tag.clone();
         }
-        detail.insert("switched".into(), Value::Bool(true));
-        detail.insert("serving".into(), Value::String(a.serving.clone()));
+        record::put(detail, &record::Swap::switched_record(&a.serving));
     }
 }
 
@@ -346,7 +345,13 @@ fn converge_stage(args: &SwapArgs, input: stage::Input) -> Result<ExitCode> {
         } else {
             format!("converged: {}", done.join(", "))
         });
-        detail.insert("converged".into(), serde_json::json!(done));
+        record::put(
+            detail,
+            &record::Converge {
+                converged: done,
+                ..Default::default()
+            },
+        );
         Ok(Completed::Done(prior))
     })
 }

@@ -12,9 +12,9 @@ use berth_core::cli::{parse_duration, CommonArgs, Context};
 use berth_core::lock;
 use berth_core::process::Runner;
 use berth_core::stage::{self, Completed, Spec};
-use berth_core::{fsutil, msg, time, ExitCode};
+use berth_core::{fsutil, msg, record, time, ExitCode};
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Map, Value};
+use serde_json::{Map, Value};
 
 use crate::engine::Options;
 use crate::nginx::{self, Proxy, ProxyMode};
@@ -121,7 +121,9 @@ pub fn run(
                 nginx.proxy_service
             ));
         }
-        detail.insert("file".into(), json!(file.display().to_string()));
+        record::update(detail, |m: &mut record::Maintenance| {
+            m.file = Some(file.display().to_string())
+        });
         crate::owner::check(ctx, &[(file.as_path(), crate::owner::Kind::Nginx)])?;
         let page = Page {
             ctx,
@@ -196,9 +198,11 @@ impl Page<'_> {
         } else {
             "maintenance mode on: nginx answers 503".to_string()
         });
-        detail.insert("state".into(), json!("on"));
-        detail.insert("since".into(), json!(since));
-        detail.insert("already".into(), json!(was_on));
+        record::update(detail, |m: &mut record::Maintenance| {
+            m.state = Some("on".into());
+            m.since = Some(Some(since));
+            m.already = Some(was_on);
+        });
         Ok(())
     }
 
@@ -226,10 +230,12 @@ impl Page<'_> {
             )),
             (true, None) => msg::info("maintenance mode off"),
         }
-        detail.insert("state".into(), json!("off"));
-        detail.insert("already".into(), json!(!was_on));
-        detail.insert("since".into(), json!(window.map(|w| w.since)));
-        detail.insert("window_ms".into(), json!(window_ms));
+        record::update(detail, |m: &mut record::Maintenance| {
+            m.state = Some("off".into());
+            m.already = Some(!was_on);
+            m.since = Some(window.map(|w| w.since));
+            m.window_ms = Some(window_ms);
+        });
         Ok(())
     }
 }

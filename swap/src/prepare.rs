@@ -17,11 +17,11 @@ use anyhow::{Context as _, Result};
 use berth_core::cli::{CommonArgs, Context};
 use berth_core::process::{self, Runner};
 use berth_core::stage::{self, Completed, Spec};
-use berth_core::{compose, docker, fail, msg, time, ExitCode, Failure};
+use berth_core::{compose, docker, fail, msg, record, time, ExitCode, Failure};
 
 use crate::{owner, upstream};
 use berth_core::doc::Document;
-use serde_json::{json, Map, Value};
+use serde_json::{Map, Value};
 
 #[derive(Debug, clap::Args)]
 pub struct PreflightArgs {
@@ -110,12 +110,16 @@ pub fn preflight(
     stage::run(PREFLIGHT, input, |ctx, doc, detail| {
         let tag = ctx.require_tag()?.to_string();
         let version = docker::ensure_reachable()?;
-        detail.insert("docker_version".into(), json!(version));
+        record::update(detail, |p: &mut record::Preflight| {
+            p.docker_version = Some(version.clone())
+        });
         let compose_version = docker::docker()
             .args(["compose", "version", "--short"])
             .read()
             .map_err(|e| fail!(Preflight, "docker compose v2 is not available: {e}"))?;
-        detail.insert("compose_version".into(), json!(compose_version.trim()));
+        record::update(detail, |p: &mut record::Preflight| {
+            p.compose_version = Some(compose_version.trim().to_string())
+        });
         let cfg = ctx
             .compose()
             .config()
@@ -166,11 +170,17 @@ pub fn record_images(
                 ctx.tag_var
             ));
         }
-        images.push(json!({"name": s, "image": image}));
+        images.push(record::NamedImage {
+            name: s.clone(),
+            image: image.clone(),
+            ..Default::default()
+        });
         doc.set_service_image(s, &image);
     }
-    detail.insert("services".into(), json!(services));
-    detail.insert("images".into(), Value::Array(images));
+    record::update(detail, |p: &mut record::Preflight| {
+        p.services = Some(services.to_vec());
+        p.images = Some(images);
+    });
     Ok(())
 }
 
@@ -190,7 +200,9 @@ fn check_owned(
     let mut owned = vec![(pin.as_path(), owner::Kind::Pin)];
     owned.extend(upstreams.iter().map(|u| (u.as_path(), owner::Kind::Nginx)));
     owner::check(ctx, &owned)?;
-    detail.insert("pin_file".into(), json!(pin.display().to_string()));
+    record::update(detail, |p: &mut record::Preflight| {
+        p.pin_file = Some(pin.display().to_string())
+    });
     Ok(())
 }
 
@@ -207,7 +219,9 @@ fn run_check(
         .map(|a| process::quote(&a.to_string_lossy()))
         .collect::<Vec<_>>()
         .join(" ");
-    detail.insert("test_command".into(), json!(shown));
+    record::update(detail, |p: &mut record::Preflight| {
+        p.test_command = Some(shown.clone())
+    });
     msg::info(format!("running the pre-deploy check: {shown}"));
     let t = Instant::now();
     let status = std::process::Command::new(&command[0])
@@ -218,8 +232,10 @@ fn run_check(
         .stdout(std::io::stderr())
         .status()
         .map_err(|e| fail!(Preflight, "could not run the pre-deploy check {shown}: {e}"))?;
-    detail.insert("test_ms".into(), json!(time::millis(t.elapsed())));
-    detail.insert("test_exit".into(), json!(status.code()));
+    record::update(detail, |p: &mut record::Preflight| {
+        p.test_ms = Some(time::millis(t.elapsed()));
+        p.test_exit = Some(status.code());
+    });
     if !status.success() {
         return Err(fail!(
             Preflight,
@@ -262,16 +278,26 @@ pub fn pull(args: PullArgs, pull_timeout: Duration, common: &CommonArgs) -> Resu
             let (id, pulled) =
                 crate::engine::ensure_image(&compose, runner, s, &image, pull_timeout)?;
             doc.set_service_image(s, &image);
-            out.push(json!({
-                "name": s, "image": image, "image_id": id, "pulled": pulled,
-                "duration_ms": time::millis(t.elapsed()),
-            }));
+            out.push(record::Pulled {
+                name: s.clone(),
+                image: image.clone(),
+                image_id: id,
+                pulled,
+                duration_ms: time::millis(t.elapsed()),
+                ..Default::default()
+            });
             msg::info(format!(
                 "{s}: {image} {}",
                 if pulled { "pulled" } else { "already here" }
             ));
         }
-        detail.insert("services".into(), Value::Array(out));
+        record::put(
+            detail,
+            &record::Pull {
+                services: out,
+                ..Default::default()
+            },
+        );
         if ctx.dry_run {
             return Ok(Completed::Skipped("dry run: nothing pulled".into()));
         }

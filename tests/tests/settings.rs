@@ -43,6 +43,34 @@ fn bins() -> PathBuf {
 }
 
 #[test]
+fn deploy_help_is_the_header_comment_and_never_code() {
+    let script = std::fs::read_to_string(root().join("scripts/deploy.sh")).unwrap();
+    let header: Vec<String> = script
+        .lines()
+        .skip(1)
+        .take_while(|l| l.starts_with('#'))
+        .map(|l| {
+            let text = &l[1..];
+            text.strip_prefix(' ').unwrap_or(text).to_string()
+        })
+        .collect();
+    assert!(header.len() > 20, "the header comment is the help");
+    let out = Command::new(root().join("scripts/deploy.sh"))
+        .arg("--help")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let help = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(help.lines().collect::<Vec<_>>(), header, "{help}");
+    assert!(
+        help.starts_with("scripts/deploy.sh -- deploy TAG"),
+        "{help}"
+    );
+    assert!(!help.contains("pipefail") && !help.contains("()"), "{help}");
+}
+
+#[test]
 fn env_file_values_are_data_and_never_run() {
     // No docker needed: all of this is refused before anything is touched.
     let tmp = tempfile::tempdir().unwrap();
