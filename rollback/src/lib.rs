@@ -161,14 +161,7 @@ fn piped(cli: Cli, input: stage::Input) -> Result<ExitCode> {
         let spec = spec.ledger(Ledger::Nothing);
         return stage::run(spec, input, |_, _, _| Err(fail!(RollbackFailed, "{e}")));
     };
-    let services = swapped_services(d);
-    let mut opts = cli.swap.options();
-    for (s, proxied) in &services {
-        if !proxied && !opts.workers.contains(s) {
-            opts.workers.push(s.clone());
-        }
-    }
-    let names: Vec<String> = services.into_iter().map(|(s, _)| s).collect();
+    let (opts, names) = swap_options(&cli, d);
     msg::info(format!(
         "stage {:?} failed after traffic moved to {from} (exit {}): rolling {} back to {to}",
         failed.stage,
@@ -231,6 +224,19 @@ fn piped(cli: Cli, input: stage::Input) -> Result<ExitCode> {
             }
         }
     })
+}
+
+/// The swap back: the services the document's swap moved, the ones without a proxy as
+/// workers.
+fn swap_options(cli: &Cli, d: &Document) -> (Options, Vec<String>) {
+    let services = swapped_services(d);
+    let mut opts = cli.swap.options();
+    for (s, proxied) in &services {
+        if !proxied && !opts.workers.contains(s) {
+            opts.workers.push(s.clone());
+        }
+    }
+    (opts, services.into_iter().map(|(s, _)| s).collect())
 }
 
 /// What serves is not the release the document would undo (who deployed what).
