@@ -20,7 +20,9 @@ pub fn elapsed_ms(ms: u64) -> String {
 /// `90s`, `5m`, `2h`, `2.9s`.
 pub fn limit(d: Duration) -> String {
     let ms = d.as_millis();
-    if ms < 1000 {
+    if ms == 0 {
+        "0s".to_string()
+    } else if ms < 1000 {
         format!("{ms}ms")
     } else if ms.is_multiple_of(3_600_000) {
         format!("{}h", ms / 3_600_000)
@@ -70,6 +72,7 @@ mod tests {
         assert_eq!(limit(Duration::from_secs(7200)), "2h");
         assert_eq!(limit(Duration::from_millis(1500)), "1.5s");
         assert_eq!(limit(Duration::from_millis(20)), "20ms");
+        assert_eq!(limit(Duration::ZERO), "0s");
     }
 
     #[test]

@@ -149,7 +149,7 @@ fn busy(name: &str, who: &str, wait: Duration, waited: Duration) -> anyhow::Erro
     fail!(
         Locked,
         "another deploy holds the {name} lock: {who}; waited {}{hint}",
-        humantime::format_duration(Duration::from_secs(waited.as_secs()))
+        crate::human::limit(Duration::from_secs(waited.as_secs()))
     )
 }
 

@@ -182,7 +182,7 @@ impl Converge<'_> {
         if !self.proxy.wait_workers_gone(&workers, bound) {
             msg::warn(format!(
                 "nginx's old workers still run after {}; stopping gracefully anyway",
-                humantime::format_duration(bound)
+                berth_core::human::limit(bound)
             ));
         }
         Ok(())

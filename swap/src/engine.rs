@@ -384,7 +384,7 @@ impl<'a> Swap<'a> {
         msg::info(format!(
             "waiting for {} new container(s) to be ready (timeout {})",
             targets.len(),
-            humantime::format_duration(opts.timeout)
+            berth_core::human::limit(opts.timeout)
         ));
         let probe = health::Options {
             timeout: opts.timeout,
@@ -462,7 +462,7 @@ impl<'a> Swap<'a> {
         if any_old && served {
             msg::info(format!(
                 "draining the old containers for {}",
-                humantime::format_duration(self.opts.drain)
+                berth_core::human::limit(self.opts.drain)
             ));
             std::thread::sleep(self.opts.drain);
         }
