@@ -241,13 +241,15 @@ impl Conn {
     /// A service of the Swarm stack `stack`: user from `--user` or the service's
     /// `POSTGRES_USER` (else `postgres`), the password from `password` (file or
     /// `PGPASSWORD`), else the service's `POSTGRES_PASSWORD`; with its `POSTGRES_DB`.
+    /// `start`: start the client container now (not for a dry run).
     pub fn swarm(
         stack: &str,
         service: &str,
         user: Option<&str>,
         password: Option<String>,
+        start: bool,
     ) -> Result<(Conn, Option<String>)> {
-        let svc = crate::swarm::Service::inspect(stack, service)?;
+        let mut svc = crate::swarm::Service::inspect(stack, service)?;
         let password = password.or_else(|| svc.env("POSTGRES_PASSWORD"));
         if password.is_none() && svc.env("POSTGRES_PASSWORD_FILE").is_some() {
             return Err(berth_core::Failure::usage(format!(
@@ -260,6 +262,9 @@ impl Conn {
             .or_else(|| svc.env("POSTGRES_USER"))
             .unwrap_or_else(|| "postgres".into());
         let db = svc.env("POSTGRES_DB");
+        if start {
+            svc.start()?;
+        }
         let server = Server::Swarm { service: svc, user };
         Ok((Conn { server, password }, db))
     }

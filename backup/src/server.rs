@@ -91,7 +91,7 @@ impl Server {
             let user = self.user.as_deref();
             let (conn, pg_db) = match engine {
                 Engine::Compose => Conn::service(ctx.compose(), svc, user, password)?,
-                Engine::Swarm => Conn::swarm(&ctx.project, svc, user, password)?,
+                Engine::Swarm => Conn::swarm(&ctx.project, svc, user, password, !ctx.dry_run)?,
             };
             let by = format!("the POSTGRES_DB of service {svc}");
             Ok((conn, flag.or_else(|| named(pg_db, by))))

@@ -1,11 +1,12 @@
 //! PostgreSQL as a service of a Docker Swarm stack (`--engine swarm --service db`). Its
 //! task may run on any node, where `docker exec` from the manager cannot reach it, so
-//! every client (pg_dump, pg_restore, psql) runs in a one-off container on the manager:
+//! every client (pg_dump, pg_restore, psql) runs on the manager in a client container:
 //! the service's own image (so client and server versions match; the manager pulls it
 //! from the registry like any node), attached to the stack's attachable overlay network,
-//! connecting over TCP to the service by its Swarm DNS name (`STACK_SERVICE`). The
-//! password travels as on Compose: `-e PGPASSWORD` by name in argv, its value only in the
-//! docker CLI's environment.
+//! connecting over TCP to the service by its Swarm DNS name (`STACK_SERVICE`). One such
+//! container serves the whole command ([`Runner`]), each client a `docker exec` into it.
+//! The password travels as on Compose: `-e PGPASSWORD` by name in argv, its value only
+//! in the docker CLI's environment.
 
 use anyhow::Result;
 use berth_core::docker::docker;
@@ -64,6 +65,43 @@ pub struct Service {
     pub image: String,
     /// The service's environment, `KEY=VALUE` (may hold `POSTGRES_PASSWORD`: never shown).
     env: Vec<String>,
+    /// The client container, once started ([`Service::start`]); until then (a dry run)
+    /// each client is shown as its own `docker run`.
+    runner: Option<std::sync::Arc<Runner>>,
+}
+
+impl PartialEq for Runner {
+    fn eq(&self, other: &Runner) -> bool {
+        self.name == other.name
+    }
+}
+impl Eq for Runner {}
+
+/// One client container for the whole command: `docker run -i` of the service's image
+/// running `cat`, its stdin a pipe held by berth. Each client is a `docker exec` into it
+/// (much cheaper than a container per client, which joins the overlay network each
+/// time). Dropped: `docker rm -f`; if berth dies instead, the pipe closes, `cat` ends and
+/// `--rm` removes the container, so none is left behind either way.
+pub struct Runner {
+    name: String,
+    child: std::sync::Mutex<Option<(std::process::Child, std::process::ChildStdin)>>,
+}
+
+impl std::fmt::Debug for Runner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "client container {}", self.name)
+    }
+}
+
+impl Drop for Runner {
+    fn drop(&mut self) {
+        let _ = docker().args(["rm", "-f", &self.name]).output();
+        let taken = self.child.lock().map(|mut c| c.take());
+        if let Ok(Some((mut child, stdin))) = taken {
+            drop(stdin);
+            let _ = child.wait();
+        }
+    }
 }
 
 impl std::fmt::Debug for Service {
@@ -122,24 +160,107 @@ impl Service {
             network,
             image: c.image,
             env: c.env,
+            runner: None,
         })
+    }
+
+    /// Start the client container (pulling the image if the manager lacks it) and wait
+    /// until it runs; exit 5 if it does not within 60 s.
+    pub fn start(&mut self) -> Result<()> {
+        let ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() % 1_000_000_000)
+            .unwrap_or(0);
+        let name = format!("berth-pgclient-{}-{ms}", std::process::id());
+        let mut child = std::process::Command::new(
+            std::env::var_os("BERTH_DOCKER").unwrap_or_else(|| "docker".into()),
+        )
+        .args([
+            "run",
+            "--rm",
+            "-i",
+            "--name",
+            &name,
+            "--network",
+            &self.network,
+        ])
+        .args(["--label", "berth.backup.client=1", "--entrypoint", "cat"])
+        .arg(&self.image)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|e| fail!(Backup, "docker run (the client container): {e}"))?;
+        let stdin = child.stdin.take().expect("piped stdin");
+        let runner = Runner {
+            name: name.clone(),
+            child: std::sync::Mutex::new(Some((child, stdin))),
+        };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            let running = docker()
+                .args([
+                    "container",
+                    "inspect",
+                    "--format",
+                    "{{.State.Running}}",
+                    &name,
+                ])
+                .read();
+            if running.is_ok_and(|r| r.trim() == "true") {
+                break;
+            }
+            let ended = runner.child.lock().ok().and_then(|mut g| {
+                let (child, _) = g.as_mut()?;
+                child.try_wait().ok().flatten()?;
+                let (child, stdin) = g.take()?;
+                drop(stdin);
+                child.wait_with_output().ok()
+            });
+            if let Some(out) = ended {
+                return Err(fail!(
+                    Backup,
+                    "the client container of {} (image {}) did not start: {}",
+                    self.host(),
+                    self.image,
+                    berth_core::process::last_lines(&String::from_utf8_lossy(&out.stderr), 2)
+                ));
+            }
+            if std::time::Instant::now() > deadline {
+                return Err(fail!(
+                    Backup,
+                    "the client container of {} (image {}) was not running within 60 s",
+                    self.host(),
+                    self.image
+                ));
+            }
+            crate::check_interrupted()?;
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+        self.runner = Some(std::sync::Arc::new(runner));
+        Ok(())
     }
 
     /// A client program in a one-off container of the service's image, on the stack's
     /// network, connected to the service; `with_password`: `-e PGPASSWORD` (by name; the
     /// caller sets its value in the docker CLI's environment).
     pub fn client(&self, program: &str, user: &str, db: Option<&str>, with_password: bool) -> Cmd {
-        let mut c = docker().args(["run", "--rm", "-i", "--network", &self.network]);
-        c = c.args(["--label", "berth.backup.client=1"]);
+        let mut c = match &self.runner {
+            Some(_) => docker().args(["exec", "-i"]),
+            None => docker().args(["run", "--rm", "-i", "--network", &self.network]),
+        };
         if with_password {
             c = c.args(["-e", "PGPASSWORD"]);
         }
         c = c
             .arg("-e")
             .arg(format!("PGHOST={}", self.host()))
-            .args(["-e", "PGCONNECT_TIMEOUT=10", "--entrypoint", program])
-            .arg(&self.image)
-            .args(["-U", user]);
+            .args(["-e", "PGCONNECT_TIMEOUT=10"]);
+        c = match &self.runner {
+            Some(r) => c.arg(&r.name).arg(program),
+            None => c.args(["--entrypoint", program]).arg(&self.image),
+        };
+        c = c.args(["-U", user]);
         if let Some(db) = db {
             c = c.args(["-d", db]);
         }
@@ -178,13 +299,13 @@ mod tests {
             network: "shop_data".into(),
             image: "reg:5000/pg:15@sha256:ab".into(),
             env: vec!["POSTGRES_PASSWORD=hunter2".into(), "POSTGRES_DB=".into()],
+            runner: None,
         };
         let cmd = s.client("pg_dump", "app", Some("shop"), true);
         assert_eq!(
             cmd.display(),
-            "docker run --rm -i --network shop_data --label berth.backup.client=1 -e PGPASSWORD \
-             -e PGHOST=shop_db -e PGCONNECT_TIMEOUT=10 --entrypoint pg_dump \
-             reg:5000/pg:15@sha256:ab -U app -d shop"
+            "docker run --rm -i --network shop_data -e PGPASSWORD -e PGHOST=shop_db \
+             -e PGCONNECT_TIMEOUT=10 --entrypoint pg_dump reg:5000/pg:15@sha256:ab -U app -d shop"
         );
         assert_eq!(s.env("POSTGRES_PASSWORD").as_deref(), Some("hunter2"));
         assert_eq!(s.env("POSTGRES_DB"), None);

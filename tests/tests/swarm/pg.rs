@@ -254,6 +254,9 @@ pub fn backup_and_restore_reach_the_db_task_on_a_worker(tb: &Testbed) {
         "{err}"
     );
     assert_eq!(files(&backups), before);
+    // Each run removed its client container.
+    let left = m.docker_ok(&["ps", "-aq", "--filter", "label=berth.backup.client"]);
+    assert_eq!(left, "", "client containers left behind");
     // A volume lives on one node: refused with one line.
     let (code, _, err) = backup(tb, &dir, &["volume", "data"], &[]);
     assert_eq!(code, 64, "{err}");
