@@ -198,6 +198,8 @@ fn swarm_preflight_and_lint_on_a_real_three_node_swarm() {
             .args(["stack", "deploy", "-c", "compose.yaml", stack])
             .current_dir(&good),
     );
+    // The database stack of the berth-backup part starts meanwhile.
+    let db = pg::deploy(&tb);
     let nodes = running_nodes(&tb.manager, &format!("{stack}_web"), 2);
     assert_ne!(nodes[0], nodes[1], "the 2 replicas share a node: {nodes:?}");
     for n in tb.nodes().filter(|n| nodes.contains(&n.container)) {
@@ -328,7 +330,7 @@ fn swarm_preflight_and_lint_on_a_real_three_node_swarm() {
     eprintln!("swap part done at {:?}", t0.elapsed());
 
     // berth-backup on the same swarm (tests/tests/swarm/pg.rs).
-    pg::backup_and_restore_reach_the_db_task_on_a_worker(&tb);
+    pg::backup_and_restore_reach_the_db_task_on_a_worker(&tb, &db);
     eprintln!("done at {:?}", t0.elapsed());
 }
 

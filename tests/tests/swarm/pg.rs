@@ -101,8 +101,15 @@ fn files(dir: &Path) -> Vec<String> {
     v
 }
 
-/// The round trip on `tb` (its own stack); `berth-fixture/postgres:15` must exist.
-pub fn backup_and_restore_reach_the_db_task_on_a_worker(tb: &Testbed) {
+/// The database stack, deployed on a test bed (its task starts meanwhile).
+pub struct Db {
+    dir: PathBuf,
+    image: String,
+    _tmp: tempfile::TempDir,
+}
+
+/// Push `berth-fixture/postgres:15` (which must exist) and deploy the stack.
+pub fn deploy(tb: &Testbed) -> Db {
     let t0 = Instant::now();
     let image = tb.push("berth-fixture/postgres:15", "postgres:15");
     let tmp = tempfile::tempdir().unwrap();
@@ -118,14 +125,25 @@ pub fn backup_and_restore_reach_the_db_task_on_a_worker(tb: &Testbed) {
             .args(["stack", "deploy", "-c", "compose.yaml", STACK])
             .current_dir(&dir),
     );
-    eprintln!("pg: image pushed, stack deployed at {:?}", t0.elapsed());
+    eprintln!("pg: image pushed, stack deployed in {:?}", t0.elapsed());
+    Db {
+        dir,
+        image,
+        _tmp: tmp,
+    }
+}
+
+/// The round trip on `tb`, with the stack [`deploy`] started.
+pub fn backup_and_restore_reach_the_db_task_on_a_worker(tb: &Testbed, db: &Db) {
+    let t0 = Instant::now();
+    let (dir, image) = (db.dir.as_path(), db.image.as_str());
 
     // The db task runs on a worker; rows go in once it answers.
     let m = &tb.manager;
     let deadline = Instant::now() + Duration::from_secs(120);
     let seed = "CREATE TABLE items (id int PRIMARY KEY, name text); \
                 INSERT INTO items SELECT g, 'item ' || g FROM generate_series(1, 50) g";
-    while let Err(e) = sql(m, &image, "shop", seed) {
+    while let Err(e) = sql(m, image, "shop", seed) {
         assert!(Instant::now() < deadline, "the db never answered: {e}");
         std::thread::sleep(Duration::from_millis(500));
     }
@@ -147,7 +165,7 @@ pub fn backup_and_restore_reach_the_db_task_on_a_worker(tb: &Testbed) {
     // A backup, verified by restoring it into scratch and comparing row counts.
     let (code, out, err) = backup(
         tb,
-        &dir,
+        dir,
         &["pg", "--service", "db", "--verify", "restore"],
         &[],
     );
@@ -174,7 +192,7 @@ pub fn backup_and_restore_reach_the_db_task_on_a_worker(tb: &Testbed) {
     let before = files(&backups);
     assert_eq!(before.len(), 2, "the dump and its manifest: {before:?}");
     let path = file.to_string_lossy().to_string();
-    let (code, _, err) = backup(tb, &dir, &["verify", &path, "--service", "db"], &[]);
+    let (code, _, err) = backup(tb, dir, &["verify", &path, "--service", "db"], &[]);
     assert_eq!(code, 0, "{err}");
     assert!(err.contains("read verification ok"), "{err}");
     eprintln!("pg: backup verified at {:?}", t0.elapsed());
@@ -182,14 +200,14 @@ pub fn backup_and_restore_reach_the_db_task_on_a_worker(tb: &Testbed) {
     // Rows change; the restore brings them back, the replaced database kept aside.
     sql(
         m,
-        &image,
+        image,
         "shop",
         "DELETE FROM items WHERE id > 10; INSERT INTO items VALUES (999, 'new')",
     )
     .unwrap();
     let (code, _, err) = backup(
         tb,
-        &dir,
+        dir,
         &[
             "restore",
             &path,
@@ -203,19 +221,19 @@ pub fn backup_and_restore_reach_the_db_task_on_a_worker(tb: &Testbed) {
     assert_eq!(code, 0, "{err}");
     assert!(!err.contains(PASSWORD), "{err}");
     assert_eq!(
-        sql(m, &image, "shop", "SELECT count(*), max(id) FROM items").unwrap(),
+        sql(m, image, "shop", "SELECT count(*), max(id) FROM items").unwrap(),
         "50|50"
     );
     let kept = sql(
         m,
-        &image,
+        image,
         "postgres",
         "SELECT datname FROM pg_database WHERE datname LIKE 'shop_before_%'",
     )
     .unwrap();
     assert_eq!(kept.lines().count(), 1, "{kept}");
     assert_eq!(
-        sql(m, &image, &kept, "SELECT count(*) FROM items").unwrap(),
+        sql(m, image, &kept, "SELECT count(*) FROM items").unwrap(),
         "11"
     );
     eprintln!("pg: restored at {:?}", t0.elapsed());
@@ -226,7 +244,7 @@ pub fn backup_and_restore_reach_the_db_task_on_a_worker(tb: &Testbed) {
     let wrong = wrong.to_string_lossy().to_string();
     let (code, out, err) = backup(
         tb,
-        &dir,
+        dir,
         &["pg", "--service", "db", "--password-file", &wrong],
         &[],
     );
@@ -239,14 +257,14 @@ pub fn backup_and_restore_reach_the_db_task_on_a_worker(tb: &Testbed) {
     // The service scaled to 0: no task to reach, exit 5, nothing new.
     m.docker_ok(&["service", "scale", "-d", &format!("{STACK}_db=0")]);
     let deadline = Instant::now() + Duration::from_secs(60);
-    while sql(m, &image, "shop", "SELECT 1").is_ok() {
+    while sql(m, image, "shop", "SELECT 1").is_ok() {
         assert!(
             Instant::now() < deadline,
             "the db still answers after scale 0"
         );
         std::thread::sleep(Duration::from_millis(500));
     }
-    let (code, _, err) = backup(tb, &dir, &["pg", "--service", "db"], &[]);
+    let (code, _, err) = backup(tb, dir, &["pg", "--service", "db"], &[]);
     assert_eq!(code, 5, "{err}");
     assert_eq!(
         err.lines().filter(|l| l.contains("error:")).count(),
@@ -258,7 +276,7 @@ pub fn backup_and_restore_reach_the_db_task_on_a_worker(tb: &Testbed) {
     let left = m.docker_ok(&["ps", "-aq", "--filter", "label=berth.backup.client"]);
     assert_eq!(left, "", "client containers left behind");
     // A volume lives on one node: refused with one line.
-    let (code, _, err) = backup(tb, &dir, &["volume", "data"], &[]);
+    let (code, _, err) = backup(tb, dir, &["volume", "data"], &[]);
     assert_eq!(code, 64, "{err}");
     assert_eq!(
         err,
