@@ -93,6 +93,70 @@ impl std::fmt::Debug for Runner {
     }
 }
 
+impl Runner {
+    /// `docker run --rm -i` of `image` on `network`, running `cat` on berth's pipe.
+    fn spawn(network: &str, image: &str) -> std::io::Result<Runner> {
+        let ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() % 1_000_000_000)
+            .unwrap_or(0);
+        let name = format!("berth-pgclient-{}-{ms}", std::process::id());
+        let docker = std::env::var_os("BERTH_DOCKER").unwrap_or_else(|| "docker".into());
+        let mut child = std::process::Command::new(docker)
+            .args(["run", "--rm", "-i", "--name", &name, "--network", network])
+            .args([
+                "--label",
+                "berth.backup.client=1",
+                "--entrypoint",
+                "cat",
+                image,
+            ])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()?;
+        let stdin = child.stdin.take().expect("piped stdin");
+        Ok(Runner {
+            name,
+            child: std::sync::Mutex::new(Some((child, stdin))),
+        })
+    }
+
+    /// Wait (60 s at most) until the container runs; if `docker run` ends first, why.
+    fn wait_running(&self, what: &str) -> Result<()> {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            let running = docker()
+                .args(["container", "inspect", "--format", "{{.State.Running}}"])
+                .arg(&self.name)
+                .read();
+            if running.is_ok_and(|r| r.trim() == "true") {
+                return Ok(());
+            }
+            if let Some(out) = self.ended() {
+                let err = String::from_utf8_lossy(&out.stderr);
+                let why = berth_core::process::last_lines(&err, 2);
+                return Err(fail!(Backup, "{what} did not start: {why}"));
+            }
+            if std::time::Instant::now() > deadline {
+                return Err(fail!(Backup, "{what} was not running within 60 s"));
+            }
+            crate::check_interrupted()?;
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+    }
+
+    /// `docker run`'s output, once it has ended.
+    fn ended(&self) -> Option<std::process::Output> {
+        let mut g = self.child.lock().ok()?;
+        let (child, _) = g.as_mut()?;
+        child.try_wait().ok().flatten()?;
+        let (child, stdin) = g.take()?;
+        drop(stdin);
+        child.wait_with_output().ok()
+    }
+}
+
 impl Drop for Runner {
     fn drop(&mut self) {
         let _ = docker().args(["rm", "-f", &self.name]).output();
@@ -167,76 +231,14 @@ impl Service {
     /// Start the client container (pulling the image if the manager lacks it) and wait
     /// until it runs; exit 5 if it does not within 60 s.
     pub fn start(&mut self) -> Result<()> {
-        let ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis() % 1_000_000_000)
-            .unwrap_or(0);
-        let name = format!("berth-pgclient-{}-{ms}", std::process::id());
-        let mut child = std::process::Command::new(
-            std::env::var_os("BERTH_DOCKER").unwrap_or_else(|| "docker".into()),
-        )
-        .args([
-            "run",
-            "--rm",
-            "-i",
-            "--name",
-            &name,
-            "--network",
-            &self.network,
-        ])
-        .args(["--label", "berth.backup.client=1", "--entrypoint", "cat"])
-        .arg(&self.image)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .map_err(|e| fail!(Backup, "docker run (the client container): {e}"))?;
-        let stdin = child.stdin.take().expect("piped stdin");
-        let runner = Runner {
-            name: name.clone(),
-            child: std::sync::Mutex::new(Some((child, stdin))),
-        };
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-        loop {
-            let running = docker()
-                .args([
-                    "container",
-                    "inspect",
-                    "--format",
-                    "{{.State.Running}}",
-                    &name,
-                ])
-                .read();
-            if running.is_ok_and(|r| r.trim() == "true") {
-                break;
-            }
-            let ended = runner.child.lock().ok().and_then(|mut g| {
-                let (child, _) = g.as_mut()?;
-                child.try_wait().ok().flatten()?;
-                let (child, stdin) = g.take()?;
-                drop(stdin);
-                child.wait_with_output().ok()
-            });
-            if let Some(out) = ended {
-                return Err(fail!(
-                    Backup,
-                    "the client container of {} (image {}) did not start: {}",
-                    self.host(),
-                    self.image,
-                    berth_core::process::last_lines(&String::from_utf8_lossy(&out.stderr), 2)
-                ));
-            }
-            if std::time::Instant::now() > deadline {
-                return Err(fail!(
-                    Backup,
-                    "the client container of {} (image {}) was not running within 60 s",
-                    self.host(),
-                    self.image
-                ));
-            }
-            crate::check_interrupted()?;
-            std::thread::sleep(std::time::Duration::from_millis(200));
-        }
+        let what = format!(
+            "the client container of {} (image {})",
+            self.host(),
+            self.image
+        );
+        let runner = Runner::spawn(&self.network, &self.image)
+            .map_err(|e| fail!(Backup, "{what}: docker run: {e}"))?;
+        runner.wait_running(&what)?;
         self.runner = Some(std::sync::Arc::new(runner));
         Ok(())
     }
