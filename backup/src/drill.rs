@@ -62,7 +62,7 @@ pub fn run(c: DrillCmd) -> Result<ExitCode> {
     let file = match &c.file {
         Some(f) => f.clone(),
         None => {
-            let (_, db) = c.server.connect(&ctx)?;
+            let (_, db) = c.server.connect(&ctx, c.common.engine)?;
             newest_verified(&dir, &ctx.project, &db)?
         }
     };

@@ -16,6 +16,7 @@ pub mod server;
 pub mod stage;
 pub mod store;
 pub mod stream;
+pub mod swarm;
 pub mod verify;
 pub mod volume;
 
@@ -488,6 +489,9 @@ impl Command {
                 check_encrypt(&c.backup.encrypt, c.backup.verify)?;
             }
             Command::Volume(c) => {
+                if c.common.engine == berth_core::swarm::Engine::Swarm {
+                    return Err(Failure::usage(VOLUME_ON_SWARM));
+                }
                 if c.name.trim().is_empty() {
                     return Err(Failure::usage("volume NAME is empty"));
                 }
@@ -536,6 +540,9 @@ impl Command {
         Ok(())
     }
 }
+
+/// Why volumes are not backed up or restored on Swarm.
+pub(crate) const VOLUME_ON_SWARM: &str = "--engine swarm: volume backups and restores are not supported on Swarm: a volume lives on one node, not with the stack";
 
 fn must_exist(file: &Path) -> Result<(), Failure> {
     if file.is_file() {

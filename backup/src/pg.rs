@@ -106,6 +106,12 @@ pub enum Server {
         service: String,
         user: String,
     },
+    /// A service of a Swarm stack: the clients run in a one-off container beside it
+    /// ([`crate::swarm`]).
+    Swarm {
+        service: crate::swarm::Service,
+        user: String,
+    },
     Url {
         url: PgUrl,
     },
@@ -232,6 +238,37 @@ impl Conn {
         ))
     }
 
+    /// A service of the Swarm stack `stack`: user from `--user` or the service's
+    /// `POSTGRES_USER` (else `postgres`), the password from `password` (file or
+    /// `PGPASSWORD`), else the service's `POSTGRES_PASSWORD`; with its `POSTGRES_DB`.
+    /// `start`: start the client container now (not for a dry run).
+    pub fn swarm(
+        stack: &str,
+        service: &str,
+        user: Option<&str>,
+        password: Option<String>,
+        start: bool,
+    ) -> Result<(Conn, Option<String>)> {
+        let mut svc = crate::swarm::Service::inspect(stack, service)?;
+        let password = password.or_else(|| svc.env("POSTGRES_PASSWORD"));
+        if password.is_none() && svc.env("POSTGRES_PASSWORD_FILE").is_some() {
+            return Err(berth_core::Failure::usage(format!(
+                "--service {service}: its password is in a Swarm secret (POSTGRES_PASSWORD_FILE), which berth cannot read back: pass --password-file FILE or PGPASSWORD"
+            ))
+            .into());
+        }
+        let user = user
+            .map(str::to_string)
+            .or_else(|| svc.env("POSTGRES_USER"))
+            .unwrap_or_else(|| "postgres".into());
+        let db = svc.env("POSTGRES_DB");
+        if start {
+            svc.start()?;
+        }
+        let server = Server::Swarm { service: svc, user };
+        Ok((Conn { server, password }, db))
+    }
+
     /// A URL; the password from the URL, else `password` (file or `PGPASSWORD`).
     pub fn url(url: PgUrl, password: Option<String>) -> Conn {
         let password = url.password().map(str::to_string).or(password);
@@ -244,7 +281,7 @@ impl Conn {
     /// The database PostgreSQL's own tools would pick: the service's user.
     pub fn user_db(&self) -> Option<String> {
         match &self.server {
-            Server::Service { user, .. } => Some(user.clone()),
+            Server::Service { user, .. } | Server::Swarm { user, .. } => Some(user.clone()),
             Server::Url { .. } => None,
         }
     }
@@ -255,6 +292,10 @@ impl Conn {
             Server::Service {
                 compose, service, ..
             } => format!("service {service} of compose project {}", compose.project),
+            Server::Swarm { service, .. } => format!(
+                "service {} of Swarm stack {}",
+                service.service, service.stack
+            ),
             Server::Url { url } => url.for_db(db),
         }
     }
@@ -281,6 +322,13 @@ impl Conn {
                     c = c.env("PGPASSWORD", p);
                 }
                 c
+            }
+            Server::Swarm { service, user } => {
+                let c = service.client(program, user, db, self.password.is_some());
+                match &self.password {
+                    Some(p) => c.stage_timeout().env("PGPASSWORD", p),
+                    None => c.stage_timeout(),
+                }
             }
             Server::Url { url } => {
                 let mut c = Cmd::new(program)

@@ -166,6 +166,9 @@ pub fn run(mut c: RestoreCmd) -> Result<ExitCode> {
     let src = Source::for_file(&c.file, Some(&m), &c.identity)?;
     match m.kind {
         Kind::Pg => restore_pg(&c, &ctx, &m, &src),
+        Kind::Volume if c.common.engine == berth_core::swarm::Engine::Swarm => {
+            Err(Failure::usage(crate::VOLUME_ON_SWARM).into())
+        }
         Kind::Volume => restore_volume(&c, &ctx, &m, &src),
     }
 }
@@ -231,7 +234,7 @@ fn pg_target(c: &RestoreCmd, ctx: &Context, m: &Manifest) -> Result<(Conn, Strin
             Failure::usage("restoring a database needs --service SERVICE or --url URL").into(),
         );
     }
-    let (conn, named) = c.server.connect_named(ctx)?;
+    let (conn, named) = c.server.connect_named(ctx, c.common.engine)?;
     let (db, by) = match named {
         Some(n) => (n.db, n.by),
         None if !m.target.is_empty() => (m.target.clone(), FROM_MANIFEST.into()),

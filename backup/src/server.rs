@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use anyhow::Result;
 use berth_core::cli::Context;
 use berth_core::process::quote;
+use berth_core::swarm::Engine;
 use berth_core::Failure;
 use clap::Args;
 
@@ -77,8 +78,9 @@ impl Server {
     }
 
     /// Connect; with the database the flags name and what named it: `--database`, else
-    /// the URL's, else the service's `POSTGRES_DB`.
-    pub fn connect_named(&self, ctx: &Context) -> Result<(Conn, Option<Named>)> {
+    /// the URL's, else the service's `POSTGRES_DB`. On Swarm, `--service` is a service
+    /// of the stack (the project's name).
+    pub fn connect_named(&self, ctx: &Context, engine: Engine) -> Result<(Conn, Option<Named>)> {
         let password = match &self.password_file {
             Some(p) => Some(pg::read_password_file(p)?),
             None => std::env::var("PGPASSWORD").ok().filter(|p| !p.is_empty()),
@@ -86,7 +88,11 @@ impl Server {
         let named = |db: Option<String>, by: String| db.map(|db| Named { db, by });
         let flag = named(self.database.clone(), "--database".into());
         if let Some(svc) = &self.service {
-            let (conn, pg_db) = Conn::service(ctx.compose(), svc, self.user.as_deref(), password)?;
+            let user = self.user.as_deref();
+            let (conn, pg_db) = match engine {
+                Engine::Compose => Conn::service(ctx.compose(), svc, user, password)?,
+                Engine::Swarm => Conn::swarm(&ctx.project, svc, user, password, !ctx.dry_run)?,
+            };
             let by = format!("the POSTGRES_DB of service {svc}");
             Ok((conn, flag.or_else(|| named(pg_db, by))))
         } else if let Some(u) = &self.url {
@@ -100,8 +106,8 @@ impl Server {
 
     /// Connect: the server, and the database to use (as named, else the service's user,
     /// as PostgreSQL's own tools do).
-    pub fn connect(&self, ctx: &Context) -> Result<(Conn, String)> {
-        let (conn, named) = self.connect_named(ctx)?;
+    pub fn connect(&self, ctx: &Context, engine: Engine) -> Result<(Conn, String)> {
+        let (conn, named) = self.connect_named(ctx, engine)?;
         let db = named
             .map(|n| n.db)
             .or_else(|| conn.user_db())

@@ -6,6 +6,7 @@ use anyhow::Result;
 use berth_core::cli::{CommonArgs, Context};
 use berth_core::process::quote;
 use berth_core::stage::{self, Completed, Spec};
+use berth_core::swarm::Engine;
 use berth_core::{lock, msg, record, time, ExitCode};
 use serde_json::{Map, Value};
 
@@ -81,7 +82,7 @@ fn run_stage(
 
 pub fn run_pg(c: PgCmd) -> Result<ExitCode> {
     run_stage(&c.backup, &c.common, |ctx, start, detail| {
-        let (conn, db) = c.server.connect(ctx)?;
+        let (conn, db) = c.server.connect(ctx, c.common.engine)?;
         let target = Target {
             kind: Kind::Pg,
             project: ctx.project.clone(),
@@ -100,8 +101,12 @@ pub fn run_pg(c: PgCmd) -> Result<ExitCode> {
         }
         let _lock = start.lock(ctx, &job)?;
         let entry = backup_pg(&conn, &db, &job)?;
+        let engine = match c.common.engine {
+            Engine::Swarm => " --engine swarm",
+            Engine::Compose => "",
+        };
         let restore = format!(
-            "berth-backup restore {}{}{}{} --database {}",
+            "berth-backup restore {}{}{}{engine}{} --database {}",
             quote(&entry.path.to_string_lossy()),
             c.server.flags(),
             project_flags(ctx),

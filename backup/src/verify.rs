@@ -116,7 +116,7 @@ fn check(
     match (kind_of_file(file, manifest), c.level) {
         (Kind::Pg, CheckLevel::Read) => {
             if c.server.given() {
-                let (conn, _) = c.server.connect_named(ctx)?;
+                let (conn, _) = c.server.connect_named(ctx, c.common.engine)?;
                 conn.verify_read(src)?;
             } else {
                 let cmd = Cmd::new("pg_restore").args(["--exit-on-error", "-f", "/dev/null"]);
@@ -126,7 +126,7 @@ fn check(
             Ok(None)
         }
         (Kind::Pg, CheckLevel::Restore) => {
-            let (conn, _) = c.server.connect_named(ctx)?;
+            let (conn, _) = c.server.connect_named(ctx, c.common.engine)?;
             let got = conn.restore_counts(src)?;
             if let Some(m) = manifest {
                 check_counts(m, &got, "expected")?;

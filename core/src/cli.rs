@@ -79,7 +79,8 @@ pub struct CommonArgs {
     pub check_args: bool,
 
     /// The engine that runs the project: compose (this host) or swarm (berth runs on a
-    /// Swarm manager; so far only `berth-swap preflight` and `pull` support it, the other
+    /// Swarm manager; so far only `berth-swap preflight` and `pull`, `berth-backup pg`,
+    /// `verify` and `restore` (of pg backups) support it, the other
     /// commands refuse it with exit 64)
     #[arg(
         long,

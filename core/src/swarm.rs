@@ -1,7 +1,8 @@
 //! Docker Swarm as berth's engine (`--engine swarm`, `BERTH_ENGINE=swarm`): berth runs on a
 //! Swarm manager and talks to the stack by its name (the project name).
 //!
-//! So far only `berth-swap preflight` and `berth-swap pull` support Swarm; every other
+//! So far only `berth-swap preflight` and `pull` and `berth-backup pg`, `verify` and
+//! `restore` (of pg backups) support Swarm; every other
 //! command refuses `--engine swarm` with one line and exit 64 ([`refuse`]) rather than
 //! act on Compose.
 
@@ -25,7 +26,16 @@ pub enum Engine {
 }
 
 /// The commands that work with `--engine swarm` so far.
-pub const SUPPORTED: &str = "berth-swap preflight and pull";
+pub const SUPPORTED: &str =
+    "berth-swap preflight and pull, berth-backup pg, verify and restore (of pg backups)";
+
+/// Commands that resolve their settings the usual way and handle Swarm themselves
+/// (the others that support it call [`crate::cli::CommonArgs::resolve_any_engine`]).
+const HANDLE_SWARM: &[&str] = &[
+    "berth-backup pg",
+    "berth-backup verify",
+    "berth-backup restore",
+];
 
 static COMMAND: OnceLock<String> = OnceLock::new();
 
@@ -44,6 +54,9 @@ pub fn refuse(engine: Engine) -> Result<(), Failure> {
                 .get()
                 .map(String::as_str)
                 .unwrap_or_else(|| crate::msg::program());
+            if HANDLE_SWARM.contains(&name) {
+                return Ok(());
+            }
             Err(Failure::usage(format!(
                 "--engine swarm: {name} does not support Docker Swarm yet (so far only {SUPPORTED} do); use --engine compose"
             )))

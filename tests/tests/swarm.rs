@@ -2,7 +2,8 @@
 //! manager + 2 workers + a registry (tests/src/swarm.rs), a stack deployed on it with
 //! tasks on two nodes, and `berth-swap preflight --engine swarm` against it: a good stack
 //! passes on the manager, the lint names each key of a compose file that Swarm ignores
-//! or rejects (exact lines), and a worker node is refused. Every other command refuses
+//! or rejects (exact lines), and a worker node is refused; then berth-backup's round trip
+//! with a database task on a worker (swarm/pg.rs). Every other command refuses
 //! `--engine swarm` (exit 64) rather than act on Compose.
 
 use std::path::Path;
@@ -10,6 +11,9 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use berth_e2e::swarm::{Node, Testbed};
+
+#[path = "swarm/pg.rs"]
+mod pg;
 use berth_e2e::{berth, bin, require_images, run_ok};
 use serde_json::Value;
 
@@ -176,7 +180,7 @@ fn running_nodes(manager: &Node, service: &str, want: usize) -> Vec<String> {
 
 #[test]
 fn swarm_preflight_and_lint_on_a_real_three_node_swarm() {
-    require_images(&["berth-demo/app:v1"]);
+    require_images(&["berth-demo/app:v1", "berth-fixture/postgres:15"]);
     let t0 = Instant::now();
     let tb = Testbed::up();
     eprintln!("swarm test bed {} up in {:?}", tb.name, t0.elapsed());
@@ -194,6 +198,8 @@ fn swarm_preflight_and_lint_on_a_real_three_node_swarm() {
             .args(["stack", "deploy", "-c", "compose.yaml", stack])
             .current_dir(&good),
     );
+    // The database stack of the berth-backup part starts meanwhile.
+    let db = pg::deploy(&tb);
     let nodes = running_nodes(&tb.manager, &format!("{stack}_web"), 2);
     assert_ne!(nodes[0], nodes[1], "the 2 replicas share a node: {nodes:?}");
     for n in tb.nodes().filter(|n| nodes.contains(&n.container)) {
@@ -321,10 +327,15 @@ fn swarm_preflight_and_lint_on_a_real_three_node_swarm() {
         ) && error.contains("docker stack config: "),
         "{error}"
     );
+    eprintln!("swap part done at {:?}", t0.elapsed());
+
+    // berth-backup on the same swarm (tests/tests/swarm/pg.rs).
+    pg::backup_and_restore_reach_the_db_task_on_a_worker(&tb, &db);
     eprintln!("done at {:?}", t0.elapsed());
 }
 
-/// Every command but `berth-swap preflight` and `pull` refuses Swarm with one line and exit 64,
+/// Every command but `berth-swap preflight` and `pull` and `berth-backup pg`, `verify`
+/// and `restore` (tests/tests/swarm/pg.rs) refuses Swarm with one line and exit 64,
 /// from the flag and from BERTH_ENGINE alike (as `--check-args`, which scripts/deploy.sh
 /// runs first: nothing runs, nothing changes).
 #[test]
@@ -345,8 +356,8 @@ fn other_commands_refuse_the_swarm_engine() {
         ("berth-rollback", &[], "berth-rollback"),
         (
             "berth-backup",
-            &["pg", "--service", "db"],
-            "berth-backup pg",
+            &["drill", "--service", "db"],
+            "berth-backup drill",
         ),
         (
             "berth-healthwait",
@@ -375,7 +386,7 @@ fn other_commands_refuse_the_swarm_engine() {
             let stderr = String::from_utf8_lossy(&out.stderr);
             assert_eq!(out.status.code(), Some(64), "{bin} {args:?}: {stderr}");
             let want = format!(
-                "error: --engine swarm: {name} does not support Docker Swarm yet (so far only berth-swap preflight and pull do); use --engine compose"
+                "error: --engine swarm: {name} does not support Docker Swarm yet (so far only berth-swap preflight and pull, berth-backup pg, verify and restore (of pg backups) do); use --engine compose"
             );
             assert!(stderr.contains(&want), "{bin} {args:?}: {stderr}");
             assert_eq!(stderr.lines().count(), 1, "{stderr}");
