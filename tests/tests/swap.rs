@@ -739,3 +739,31 @@ fn maintenance_on_and_off_under_load_only_503s_no_connection_errors() {
         .filter(|x| x.at > off_at)
         .all(|x| x.status == 200));
 }
+
+/// A swapped service that publishes a fixed host port cannot run twice: preflight and
+/// the swap say which service and port, and what to do instead (exit 1), from compose's
+/// own normalised configuration, before any container exists.
+#[test]
+fn a_service_publishing_a_host_port_is_refused_in_preflight_and_swap() {
+    let s = Stack::new("swap-ports");
+    let port = berth_e2e::free_port();
+    std::fs::write(
+        s.dir.join("compose.override.yaml"),
+        format!("services:\n  web:\n    ports:\n      - \"127.0.0.1:{port}:8080\"\n"),
+    )
+    .unwrap();
+    let want = format!(
+        "service web publishes host port 127.0.0.1:{port}->8080, so a second container of it \
+         cannot start beside the running one during a swap: publish the port on the proxy \
+         service instead and give web only `expose:` (or no ports)"
+    );
+    for args in [
+        &["--tag", "v2", "preflight", "web"][..],
+        &["--tag", "v2", "--worker", "worker", "web", "worker"],
+    ] {
+        let (code, _, err) = berth(&s, "berth-swap", args);
+        assert_eq!(code, 1, "{args:?}: {err}");
+        assert!(err.contains(&want), "{args:?}: {err}");
+    }
+    assert!(s.container_ids().is_empty(), "{:?}", s.container_ids());
+}
