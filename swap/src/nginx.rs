@@ -179,7 +179,7 @@ impl Proxy {
                 anyhow::bail!(
                     "nginx did not switch to the new configuration within {} of the reload: \
                      its old workers still accept connections (--command-timeout){why}",
-                    humantime::format_duration(bound)
+                    berth_core::human::limit(bound)
                 );
             }
             std::thread::sleep(Duration::from_millis(50));
@@ -329,8 +329,8 @@ pub fn apply(proxy: &Proxy, runner: Runner, files: &[(PathBuf, Option<String>)])
     });
     match switched {
         Ok(took) if before.is_some() => msg::info(format!(
-            "nginx serves the new configuration ({} ms after the reload)",
-            took.as_millis()
+            "nginx serves the new configuration ({} after the reload)",
+            berth_core::human::elapsed_ms(berth_core::time::millis(took))
         )),
         Ok(_) => {}
         Err(e) => {
