@@ -170,6 +170,7 @@ impl<'a> Swap<'a> {
         let cfg = compose
             .config()
             .map_err(|e| fail!(Preflight, "{}", berth_core::exit::one_line(&e)))?;
+        crate::prepare::check_ports(&cfg, services)?;
         let proxy = upstream::proxy(ctx, opts, Some(tag));
         if !ctx.dry_run {
             crate::converge::converge(ctx, opts, Some(tag))?;

@@ -98,18 +98,23 @@ impl Proxy {
             .context("nginx -s reload failed")
     }
 
-    /// The PIDs of nginx's worker processes now (as the host sees them: `docker top` for
-    /// the proxy container, `ps` for nginx on the host).
-    pub fn worker_pids(&self) -> Result<Vec<String>> {
+    /// nginx's worker processes now (as the host sees them: `docker top` for the proxy
+    /// container, `ps` for nginx on the host).
+    pub fn workers(&self) -> Result<Vec<Worker>> {
         let cmd = match (&self.mode, &self.container) {
             (ProxyMode::Compose, Some(c)) => {
-                berth_core::docker::docker().args(["top", c, "-eo", "pid,args"])
+                berth_core::docker::docker().args(["top", c, "-eo", "pid,ppid,args"])
             }
             (ProxyMode::Compose, None) => anyhow::bail!("the nginx container is not located"),
-            _ => Cmd::new("ps").args(["-eo", "pid,args"]),
+            _ => Cmd::new("ps").args(["-eo", "pid,ppid,args"]),
         };
         let out = cmd.read()?;
-        Ok(worker_pids_in(&out))
+        Ok(workers_in(&out))
+    }
+
+    /// The PIDs of nginx's worker processes now (one shutting down still counts).
+    pub fn worker_pids(&self) -> Result<Vec<String>> {
+        Ok(self.workers()?.into_iter().map(|w| w.pid).collect())
     }
 
     /// Wait (at most `bound`) until every worker in `before` has exited: after a graceful
@@ -138,6 +143,49 @@ impl Proxy {
         }
     }
 
+    /// The workers before a reload, to know when it has taken ([`Proxy::wait_switched`]);
+    /// `None` (with a warning) when they cannot be listed.
+    pub fn before_reload(&self) -> Option<Vec<Worker>> {
+        match self.workers() {
+            Ok(w) if !w.is_empty() => Some(w),
+            Ok(_) => {
+                msg::warn("nginx shows no worker processes; not waiting for the reload to take");
+                None
+            }
+            Err(e) => {
+                msg::warn(format!(
+                    "cannot list nginx's workers ({e:#}); not waiting for the reload to take"
+                ));
+                None
+            }
+        }
+    }
+
+    /// Wait until the new configuration is what answers: `nginx -s reload` returns once
+    /// the master has the signal, before it has started new workers and told the old ones
+    /// to stop accepting. Done when the master has a new worker and each of its old
+    /// workers is gone or "shutting down" (it closed its listeners). Fails after `bound`.
+    pub fn wait_switched(&self, before: &[Worker], bound: Duration) -> Result<Duration> {
+        let started = std::time::Instant::now();
+        let mut last_err = None;
+        loop {
+            match self.workers() {
+                Ok(now) if reloaded(before, &now) => return Ok(started.elapsed()),
+                Ok(_) => {}
+                Err(e) => last_err = Some(e),
+            }
+            if started.elapsed() >= bound {
+                let why = last_err.map(|e| format!(" ({e:#})")).unwrap_or_default();
+                anyhow::bail!(
+                    "nginx did not switch to the new configuration within {} of the reload: \
+                     its old workers still accept connections (--command-timeout){why}",
+                    berth_core::human::limit(bound)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// Whether upstream files name containers (nginx inside the project's network) or
     /// hold their addresses (nginx on the host).
     pub fn by_name(&self) -> bool {
@@ -145,17 +193,54 @@ impl Proxy {
     }
 }
 
-/// The PIDs of nginx worker processes in `ps -eo pid,args` output (a worker that is
-/// shutting down still counts).
-fn worker_pids_in(ps: &str) -> Vec<String> {
+/// One nginx worker process, as `ps -eo pid,ppid,args` shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Worker {
+    pub pid: String,
+    /// Its master's PID.
+    pub master: String,
+    /// Titled "worker process is shutting down": it no longer accepts connections.
+    pub shutting_down: bool,
+}
+
+/// The nginx worker processes in `ps -eo pid,ppid,args` output.
+fn workers_in(ps: &str) -> Vec<Worker> {
     ps.lines()
-        .filter_map(|l| l.trim().split_once(char::is_whitespace))
-        .filter(|(pid, args)| {
-            pid.chars().all(|c| c.is_ascii_digit())
-                && args.trim().starts_with("nginx: worker process")
+        .filter_map(|l| {
+            let mut f = l.split_whitespace();
+            let (pid, ppid) = (f.next()?, f.next()?);
+            let args = f.collect::<Vec<_>>().join(" ");
+            let numeric = |s: &str| !s.is_empty() && s.chars().all(|c| c.is_ascii_digit());
+            (numeric(pid) && numeric(ppid) && args.starts_with("nginx: worker process")).then(
+                || Worker {
+                    pid: pid.to_string(),
+                    master: ppid.to_string(),
+                    shutting_down: args.contains("is shutting down"),
+                },
+            )
         })
-        .map(|(pid, _)| pid.to_string())
         .collect()
+}
+
+/// Whether a reload after `before` has taken, in `now`: one of the masters has a worker
+/// that is new and accepting, and each of its old workers is gone or shutting down. (On
+/// the host, `ps` also lists other nginx instances: those did not change.)
+fn reloaded(before: &[Worker], now: &[Worker]) -> bool {
+    let mut masters: Vec<&str> = before.iter().map(|w| w.master.as_str()).collect();
+    masters.sort_unstable();
+    masters.dedup();
+    masters.into_iter().any(|m| {
+        let was = |pid: &str| before.iter().any(|b| b.pid == pid);
+        let fresh = now
+            .iter()
+            .any(|w| w.master == m && !w.shutting_down && !was(&w.pid));
+        let quiet = before.iter().filter(|b| b.master == m).all(|b| {
+            now.iter()
+                .find(|w| w.pid == b.pid)
+                .is_none_or(|w| w.shutting_down)
+        });
+        fresh && quiet
+    })
 }
 
 /// The upstream block for `name` sending to `servers` (`host:port`).
@@ -237,10 +322,22 @@ pub fn apply(proxy: &Proxy, runner: Runner, files: &[(PathBuf, Option<String>)])
         return Err(fail!(Swap, "{e:#}"));
     }
     fault::point("nginx-test");
-    if let Err(e) = proxy.reload(runner) {
-        restore(&e);
-        let _ = proxy.reload(runner);
-        return Err(fail!(Swap, "{e:#}"));
+    let before = (!runner.dry_run).then(|| proxy.before_reload()).flatten();
+    let switched = proxy.reload(runner).and_then(|()| match &before {
+        Some(b) => proxy.wait_switched(b, berth_core::process::command_timeout()),
+        None => Ok(Duration::ZERO),
+    });
+    match switched {
+        Ok(took) if before.is_some() => msg::info(format!(
+            "nginx serves the new configuration ({} after the reload)",
+            berth_core::human::elapsed_ms(berth_core::time::millis(took))
+        )),
+        Ok(_) => {}
+        Err(e) => {
+            restore(&e);
+            let _ = proxy.reload(runner);
+            return Err(fail!(Swap, "{e:#}"));
+        }
     }
     fault::point("reload");
     Ok(())
@@ -346,12 +443,48 @@ mod tests {
         assert_eq!(ret.matches('\'').count(), 2, "{ret}");
     }
 
+    fn w(pid: &str, master: &str, shutting_down: bool) -> Worker {
+        Worker {
+            pid: pid.into(),
+            master: master.into(),
+            shutting_down,
+        }
+    }
+
     #[test]
     fn workers_from_ps() {
-        let ps = "    PID COMMAND\n   4021 nginx: master process nginx -g daemon off;\n   \
-                  4100 nginx: worker process\n   4101 nginx: worker process is shutting down\n   \
-                  4200 /bin/sh -c nginx: worker process\n";
-        assert_eq!(worker_pids_in(ps), ["4100", "4101"]);
+        let ps = "    PID    PPID COMMAND\n   4021  4000 nginx: master process nginx -g daemon off;\n   \
+                  4100  4021 nginx: worker process\n   4101  4021 nginx: worker process is shutting down\n   \
+                  4200  4021 /bin/sh -c nginx: worker process\n";
+        assert_eq!(
+            workers_in(ps),
+            [w("4100", "4021", false), w("4101", "4021", true)]
+        );
+    }
+
+    #[test]
+    fn a_reload_has_taken_when_the_old_workers_stopped_accepting() {
+        let before = [
+            w("10", "1", false),
+            w("11", "1", false),
+            w("90", "9", false),
+        ];
+        // Right after `nginx -s reload`: nothing changed yet.
+        assert!(!reloaded(&before, &before));
+        // New workers, but an old one still accepts.
+        let half = [w("10", "1", true), w("11", "1", false), w("12", "1", false)];
+        assert!(!reloaded(&before, &half));
+        // Old ones gone or shutting down, a new one accepting: done (another nginx, 9,
+        // did not change and does not matter).
+        let done = [w("11", "1", true), w("12", "1", false), w("90", "9", false)];
+        assert!(reloaded(&before, &done));
+        // Old ones shutting down but no new worker (yet): not done.
+        let none = [w("10", "1", true), w("11", "1", true), w("90", "9", false)];
+        assert!(!reloaded(&before, &none));
+        // An old worker still shutting down from an earlier reload does not hold it up.
+        let before = [w("5", "1", true), w("10", "1", false)];
+        let done = [w("5", "1", true), w("10", "1", true), w("20", "1", false)];
+        assert!(reloaded(&before, &done));
     }
 
     #[test]

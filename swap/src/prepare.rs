@@ -126,6 +126,7 @@ pub fn preflight(
             .map_err(|e| fail!(Preflight, "{e:#}"))?;
         let services = resolve_services(ctx, &args.services, &cfg)?;
         record_images(ctx, &services, &cfg, doc, detail)?;
+        check_ports(&cfg, &services)?;
         check_owned(ctx, detail, &services, upstream_file)?;
         if !ctx.dry_run {
             berth_core::ledger::ensure_state_dir(&ctx.state_dir)
@@ -182,6 +183,47 @@ pub fn record_images(
         p.images = Some(images);
     });
     Ok(())
+}
+
+/// A swapped service (or worker) that publishes a fixed host port cannot run twice: its
+/// new container would not start beside the old one ("port is already allocated"). Exit
+/// 1 naming the service, the port and what to do instead (preflight, and a swap before
+/// anything changes).
+pub fn check_ports(cfg: &Value, services: &[String]) -> Result<()> {
+    for s in services {
+        if let Some(port) = published_port(cfg, s) {
+            return Err(fail!(
+                Preflight,
+                "service {s} publishes host port {port}, so a second container of it cannot \
+                 start beside the running one during a swap: publish the port on the proxy \
+                 service instead and give {s} only `expose:` (or no ports)"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The first fixed host port of `svc` in compose's normalised configuration
+/// (`ports[].published`), as `[HOST_IP:]PUBLISHED->TARGET`; an ephemeral one (none or
+/// 0) can run twice.
+fn published_port(cfg: &Value, svc: &str) -> Option<String> {
+    let ports = cfg.pointer(&format!("/services/{svc}/ports"))?.as_array()?;
+    ports.iter().find_map(|p| {
+        let published = match p.get("published")? {
+            Value::String(s) => s.clone(),
+            Value::Number(n) => n.to_string(),
+            _ => return None,
+        };
+        if published.is_empty() || published == "0" {
+            return None;
+        }
+        let ip = match p.get("host_ip").and_then(Value::as_str) {
+            Some(h) if !h.is_empty() => format!("{h}:"),
+            _ => String::new(),
+        };
+        let target = p.get("target").map(Value::to_string).unwrap_or_default();
+        Some(format!("{ip}{published}->{target}"))
+    })
 }
 
 /// Another environment's pin file or nginx files are not ours to write.
@@ -303,4 +345,35 @@ pub fn pull(args: PullArgs, pull_timeout: Duration, common: &CommonArgs) -> Resu
         }
         Ok(Completed::Ok)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn fixed_host_ports_are_found_ephemeral_ones_are_not() {
+        let cfg = json!({"services": {
+            "web": {"ports": [{"mode": "ingress", "target": 8080, "published": "8000", "protocol": "tcp"}]},
+            "api": {"ports": [{"target": 9000, "published": "9000", "host_ip": "127.0.0.1"}]},
+            "eph": {"ports": [{"target": 8080, "protocol": "tcp"}, {"target": 8081, "published": "0"}]},
+            "none": {"expose": ["8080"]},
+        }});
+        assert_eq!(published_port(&cfg, "web").as_deref(), Some("8000->8080"));
+        assert_eq!(
+            published_port(&cfg, "api").as_deref(),
+            Some("127.0.0.1:9000->9000")
+        );
+        assert_eq!(published_port(&cfg, "eph"), None);
+        assert_eq!(published_port(&cfg, "none"), None);
+        let all = ["none".to_string(), "web".to_string()];
+        let e = check_ports(&cfg, &all).unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("service web publishes host port 8000->8080"),
+            "{e}"
+        );
+        assert!(check_ports(&cfg, &["eph".into(), "none".into()]).is_ok());
+    }
 }

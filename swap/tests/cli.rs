@@ -255,3 +255,57 @@ fn the_app_port_has_one_name_and_the_old_one_still_works() {
     assert_eq!(c, 0, "{err}");
     assert!(err.contains("BERTH_PORT is ignored"), "{err}");
 }
+
+/// A service that publishes a fixed host port cannot run twice: preflight and the swap
+/// itself say so (exit 1, one line), before anything changes. A stub docker answers the
+/// version, compose's version and its configuration; it logs every call.
+#[test]
+fn a_published_host_port_is_refused_before_anything_changes() {
+    use std::os::unix::fs::PermissionsExt;
+    let d = tempfile::tempdir().unwrap();
+    let log = d.path().join("calls");
+    let stub = d.path().join("docker");
+    let cfg = json!({"name": "shop", "services": {
+        "web": {"image": "shop/web:v2",
+                "ports": [{"mode": "ingress", "target": 8080, "published": "8000", "protocol": "tcp"}]},
+        "worker": {"image": "shop/web:v2"},
+    }});
+    std::fs::write(
+        &stub,
+        format!(
+            "#!/bin/sh\necho \"$*\" >>{}\ncase \"$*\" in\n\
+             'version --format'*) echo 27.0.0 ;;\n\
+             'compose version --short') echo 2.29.0 ;;\n\
+             *' config --format json') echo '{cfg}' ;;\n\
+             *) echo \"unexpected: $*\" >&2; exit 1 ;;\nesac\n",
+            log.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&stub, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let expected = "service web publishes host port 8000->8080, so a second container of it \
+                    cannot start beside the running one during a swap: publish the port on the \
+                    proxy service instead and give web only `expose:` (or no ports)";
+    for args in [
+        &["--tag", "v2", "preflight", "web", "worker"][..],
+        &["--tag", "v2", "--worker", "worker", "web", "worker"],
+    ] {
+        let mut c = cmd(d.path());
+        c.env("BERTH_DOCKER", &stub).args(args);
+        let (code, out, err) = code(&mut c, "");
+        assert_eq!(code, 1, "{args:?}: {err}");
+        assert!(err.contains(expected), "{args:?}: {err}");
+        let doc: Value = serde_json::from_str(out.trim()).unwrap();
+        let last = &doc["stages"].as_array().unwrap().last().unwrap();
+        assert_eq!(last["exit_code"], 1, "{doc}");
+        // Nothing ran but the version and configuration queries.
+        let calls = std::fs::read_to_string(&log).unwrap();
+        assert!(
+            calls.lines().all(|l| l.starts_with("version")
+                || l.starts_with("compose version")
+                || l.ends_with("config --format json")),
+            "{args:?}: {calls}"
+        );
+        std::fs::remove_file(&log).unwrap();
+    }
+}

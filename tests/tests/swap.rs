@@ -146,9 +146,9 @@ fn v1_to_v2_zero_failed_requests_then_durable_across_restart_and_up() {
     );
     // Both versions served during the test: the swap happened under this load.
     assert!(load.by_version().contains_key("v1"), "{}", load.summary());
-    // Every answer after the switch came from v2. `switched_at` is when nginx was told to
-    // reload; its master then starts new workers and retires the old ones asynchronously
-    // (measured up to a few hundred ms on a loaded 2-core machine), so allow 1 s.
+    // Every answer after the switch came from v2. `switched_at` is when nginx's new workers
+    // serve; a sample is timed when its answer arrived, and a request sent before the
+    // switch may answer after it (an old worker finishes it), so allow 1 s.
     let switched = load_time(
         stage(&doc, "swap")["detail"]["switched_at"]
             .as_str()
@@ -738,4 +738,97 @@ fn maintenance_on_and_off_under_load_only_503s_no_connection_errors() {
         .iter()
         .filter(|x| x.at > off_at)
         .all(|x| x.status == 200));
+}
+
+/// A switch is done when the new configuration answers: one request sent the instant
+/// each command returns sees it. `nginx -s reload` returns before nginx's new workers
+/// serve, so each switch waits for them. ROUNDS times each: maintenance on (503 page),
+/// off (the app), and a swap of web to v2 killed right after its switch
+/// (`BERTH_FAULT_KILL_AFTER=reload`: the moment it would record `switched_at` and start
+/// draining; `--converge` then goes back to v1 for the next round).
+#[test]
+fn every_switch_is_done_when_the_new_configuration_answers() {
+    const ROUNDS: usize = 5;
+    let s = stack_at_v1("swap-done");
+    let took = |err: &str| -> Vec<String> {
+        err.lines()
+            .filter_map(|l| l.split_once("nginx serves the new configuration ("))
+            .map(|(_, t)| t.trim_end_matches(" after the reload)").to_string())
+            .collect()
+    };
+    let mut wrong = Vec::new();
+    let mut check =
+        |what: &str, i: usize, path: &str, want: (u16, &str)| match berth_e2e::get(&s.url(path)) {
+            Ok((status, version, _)) if (status, version.as_str()) == want => {}
+            Ok((status, version, _)) => {
+                wrong.push(format!("{what} #{i}: {status} {version:?}, want {want:?}"))
+            }
+            Err(e) => wrong.push(format!("{what} #{i}: {e}")),
+        };
+    for i in 0..ROUNDS {
+        let (code, _, err) = berth(&s, "berth-swap", &["maintenance", "on"]);
+        assert_eq!(code, 0, "{err}");
+        check("maintenance on", i, "/version", (503, ""));
+        eprintln!("maintenance on #{i}: switched in {:?}", took(&err));
+        let (code, _, err) = berth(&s, "berth-swap", &["maintenance", "off"]);
+        assert_eq!(code, 0, "{err}");
+        check("maintenance off", i, "/version", (200, "v1"));
+        eprintln!("maintenance off #{i}: switched in {:?}", took(&err));
+    }
+    for i in 0..ROUNDS {
+        if i > 0 {
+            // Back to v1 (the killed swap had not drained: converge undoes it), so that
+            // the next swap's first reload is its switch.
+            let (code, _, err) = berth(&s, "berth-swap", &["--converge"]);
+            assert_eq!(code, 0, "{err}");
+        }
+        let mut args = vec!["--tag", "v2"];
+        args.extend_from_slice(FAST);
+        args.extend_from_slice(&["--worker", "worker", "web"]);
+        let out = s
+            .berth("berth-swap")
+            .args(&args)
+            .env(berth_core::fault::VAR, "reload")
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("killing myself"), "swap #{i}: {err}");
+        check("swap", i, "/version", (200, "v2"));
+        eprintln!("swap #{i}: switched in {:?}", took(&err));
+    }
+    assert!(
+        wrong.is_empty(),
+        "{} of {}: {wrong:#?}",
+        wrong.len(),
+        3 * ROUNDS
+    );
+}
+
+/// A swapped service that publishes a fixed host port cannot run twice: preflight and
+/// the swap say which service and port, and what to do instead (exit 1), from compose's
+/// own normalised configuration, before any container exists.
+#[test]
+fn a_service_publishing_a_host_port_is_refused_in_preflight_and_swap() {
+    let s = Stack::new("swap-ports");
+    let port = berth_e2e::free_port();
+    std::fs::write(
+        s.dir.join("compose.override.yaml"),
+        format!("services:\n  web:\n    ports:\n      - \"127.0.0.1:{port}:8080\"\n"),
+    )
+    .unwrap();
+    let want = format!(
+        "service web publishes host port 127.0.0.1:{port}->8080, so a second container of it \
+         cannot start beside the running one during a swap: publish the port on the proxy \
+         service instead and give web only `expose:` (or no ports)"
+    );
+    for args in [
+        &["--tag", "v2", "preflight", "web"][..],
+        &["--tag", "v2", "--worker", "worker", "web", "worker"],
+    ] {
+        let (code, _, err) = berth(&s, "berth-swap", args);
+        assert_eq!(code, 1, "{args:?}: {err}");
+        assert!(err.contains(&want), "{args:?}: {err}");
+    }
+    assert!(s.container_ids().is_empty(), "{:?}", s.container_ids());
 }
