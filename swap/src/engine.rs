@@ -582,7 +582,7 @@ impl<'a> Swap<'a> {
             // HAProxy counts what the old slots still hold: done when nothing is in hand.
             msg::info(format!(
                 "draining the old containers until HAProxy has no session on them (at most {})",
-                humantime::format_duration(self.opts.drain)
+                berth_core::human::limit(self.opts.drain)
             ));
             if !admin.wait_idle(&self.moves, self.opts.drain) {
                 msg::warn(

@@ -182,7 +182,7 @@ impl Admin {
             if Instant::now() >= deadline {
                 bail!(
                     "HAProxy did not see the new containers UP within {}: {}",
-                    humantime::format_duration(bound),
+                    berth_core::human::limit(bound),
                     down.join(", ")
                 );
             }
