@@ -25,12 +25,14 @@ use std::time::Duration;
 use anyhow::Result;
 
 use berth_core::cli::Context;
+use berth_core::compose::Compose;
 use berth_core::docker::Container;
 use berth_core::process::Runner;
 use berth_core::{fail, msg};
 
 use crate::engine::{stop_remove, Options};
 use crate::envfile;
+use crate::haproxy::{self, Admin};
 use crate::journal::{self, Journal, Phase};
 use crate::nginx::{self, Proxy, ProxyMode};
 use crate::upstream;
@@ -91,8 +93,18 @@ pub fn converge(ctx: &Context, opts: &Options, tag: Option<&str>) -> Result<Vec<
         .iter()
         .map(|j| fix(j, &compose.containers(&j.service)?, switched))
         .collect::<Result<Vec<_>>>()?;
+    let admin = c.haproxy(&compose, &fixes)?;
+    let moves = match &admin {
+        Some(a) => c.point_slots(a, &fixes)?,
+        None => Vec::new(),
+    };
     c.pin_kept(&fixes)?;
     c.stop_dropped(&fixes)?;
+    if let Some(a) = &admin {
+        for m in &moves {
+            a.free(&m.backend, &m.old);
+        }
+    }
     c.settle_upstreams(&fixes)?;
     c.record(&fixes)
 }
@@ -135,6 +147,47 @@ fn fix<'a>(j: &'a Journal, all: &[Container], switched: bool) -> Result<Fix<'a>>
 impl Converge<'_> {
     fn proxied(&self) -> bool {
         self.opts.proxy != ProxyMode::None
+    }
+
+    /// HAProxy's admin socket, when a service of the interrupted swap is behind HAProxy.
+    fn haproxy(&self, compose: &Compose, fixes: &[Fix]) -> Result<Option<Admin>> {
+        if self.opts.proxy != ProxyMode::Haproxy || !fixes.iter().any(|f| f.j.backend.is_some()) {
+            return Ok(None);
+        }
+        let admin = Admin::locate(compose, &self.opts.proxy_service, &self.opts.haproxy_socket)?;
+        match admin {
+            Some(a) => Ok(Some(a)),
+            None => Err(fail!(
+                Preflight,
+                "an interrupted swap needs converging, but the HAProxy service {:?} is not running",
+                self.opts.proxy_service
+            )),
+        }
+    }
+
+    /// HAProxy's slots name only the containers that stay (filled and UP first, then the
+    /// others drained), and nothing is in hand on the others before they stop.
+    fn point_slots(&self, admin: &Admin, fixes: &[Fix]) -> Result<Vec<haproxy::Moves>> {
+        let mut moves = Vec::new();
+        for f in fixes {
+            let Some(b) = &f.j.backend else { continue };
+            let keep: Vec<String> = f.keep.iter().filter_map(upstream::address).collect();
+            let m = admin
+                .point(b, &keep, self.opts.port, self.opts.timeout)
+                .map_err(|e| fail!(Swap, "converging {}: {e:#}", f.j.service))?;
+            let names: Vec<&str> = f.keep.iter().map(|c| c.name.as_str()).collect();
+            f.say(&format!(
+                "HAProxy backend {b} names only {}",
+                names.join(", ")
+            ));
+            moves.push(m);
+        }
+        if !admin.wait_idle(&moves, self.opts.drain.max(Duration::from_secs(2))) {
+            msg::warn(
+                "HAProxy still had sessions on the containers that go; stopping them gracefully",
+            );
+        }
+        Ok(moves)
     }
 
     fn upstream_of(&self, f: &Fix) -> Option<PathBuf> {

@@ -33,6 +33,7 @@ use berth_core::time::{self, millis};
 use berth_core::{fail, fault, msg};
 
 use crate::envfile;
+use crate::haproxy::{self, Admin};
 use crate::journal::{Journal, Journals, Phase};
 use crate::nginx::{self, Proxy, ProxyMode};
 use crate::owner;
@@ -64,6 +65,8 @@ pub struct Options {
     pub keepalive: u32,
     /// The nginx binary.
     pub nginx: String,
+    /// HAProxy's admin socket inside its container (with [`ProxyMode::Haproxy`]).
+    pub haproxy_socket: String,
     /// Bound on pulling one service's image.
     pub pull_timeout: Duration,
 }
@@ -122,6 +125,8 @@ struct Service {
     /// The upstream file, for a service behind nginx.
     upstream: Option<PathBuf>,
     upstream_before: Option<String>,
+    /// The HAProxy backend, for a service behind HAProxy (`--proxy haproxy`).
+    backend: Option<String>,
     /// Every container the service had before (any state), oldest first.
     old: Vec<Container>,
     running_before: usize,
@@ -150,6 +155,10 @@ struct Swap<'a> {
     compose: Compose,
     proxy: Proxy,
     runner: Runner,
+    /// HAProxy's admin socket (with `--proxy haproxy`, once located), and what the switch
+    /// did to its backends.
+    admin: Option<Admin>,
+    moves: Vec<haproxy::Moves>,
     previous_tag: Option<String>,
     services: Vec<Service>,
     times: Times,
@@ -187,6 +196,8 @@ impl<'a> Swap<'a> {
             },
             compose,
             proxy,
+            admin: None,
+            moves: Vec::new(),
             times: Times::default(),
         };
         for svc in services {
@@ -200,8 +211,10 @@ impl<'a> Swap<'a> {
     fn plan_service(&self, cfg: &Value, svc: &str) -> Result<Service> {
         let (ctx, opts) = (self.ctx, self.opts);
         let image = compose::service_image_in(cfg, svc).map_err(|e| fail!(Usage, "{e:#}"))?;
-        let upstream = upstream::is_proxied(opts, svc)
+        let haproxy = opts.proxy == ProxyMode::Haproxy;
+        let upstream = (upstream::is_proxied(opts, svc) && !haproxy)
             .then(|| upstream::path(ctx, opts.upstream_file.as_deref(), svc));
+        let backend = (upstream::is_proxied(opts, svc) && haproxy).then(|| svc.to_string());
         let old = self.compose.containers(svc)?;
         let running_before = old.iter().filter(|c| c.state.running).count();
         let upstream_before = match &upstream {
@@ -233,6 +246,7 @@ impl<'a> Swap<'a> {
             stop_grace: opts.stop_timeout.unwrap_or_else(|| stop_grace(cfg, svc)),
             upstream,
             upstream_before,
+            backend,
             old,
             running_before,
             new: Vec::new(),
@@ -252,6 +266,9 @@ impl<'a> Swap<'a> {
                 .map(|u| (u, owner::Kind::Nginx)),
         );
         owner::check(self.ctx, &owned)?;
+        if self.opts.proxy == ProxyMode::Haproxy {
+            return self.check_haproxy();
+        }
         let proxied_any = self.services.iter().any(|p| p.upstream.is_some());
         if proxied_any && self.opts.proxy == ProxyMode::Compose && !self.proxy.locate()? {
             return Err(fail!(
@@ -260,6 +277,34 @@ impl<'a> Swap<'a> {
                 self.opts.proxy_service
             ));
         }
+        Ok(())
+    }
+
+    /// HAProxy runs, and each backend exists with a free slot per new container.
+    fn check_haproxy(&mut self) -> Result<()> {
+        if !self.services.iter().any(|p| p.backend.is_some()) {
+            return Ok(());
+        }
+        let admin = Admin::locate(
+            &self.compose,
+            &self.opts.proxy_service,
+            &self.opts.haproxy_socket,
+        )?
+        .ok_or_else(|| {
+            fail!(
+                Preflight,
+                "the HAProxy service {:?} is not running (start the stack first, or pass --proxy-service)",
+                self.opts.proxy_service
+            )
+        })?;
+        for p in &self.services {
+            if let Some(b) = &p.backend {
+                admin
+                    .check_free(b, p.running_before.max(1))
+                    .map_err(|e| fail!(Preflight, "{}: {e:#}", p.name))?;
+            }
+        }
+        self.admin = Some(admin);
         Ok(())
     }
 
@@ -366,6 +411,7 @@ impl<'a> Swap<'a> {
             new: Vec::new(),
             upstream_file: p.upstream.clone(),
             upstream_before: p.upstream_before.clone(),
+            backend: p.backend.clone(),
             stop_grace_secs: p.stop_grace.as_secs(),
             updated_at: String::new(),
         }
@@ -447,9 +493,82 @@ impl<'a> Swap<'a> {
                     .join(", ")
             ));
         }
+        if let Err(e) = self.switch_haproxy() {
+            self.undo(journals);
+            return Err(fail!(
+                Swap,
+                "switching HAProxy to the new containers; removed them, the old ones still serve: {}",
+                berth_core::exit::one_line(&e)
+            ));
+        }
         self.times.switch_ms = millis(ready_at.elapsed());
         self.times.switched_at = time::now_rfc3339();
         Ok(())
+    }
+
+    /// The switch through HAProxy's runtime API: the new containers in free slots, UP by
+    /// HAProxy's own check, and only then the old slots drained. On a failure, the filled
+    /// slots are freed again and the old ones take traffic as before.
+    fn switch_haproxy(&mut self) -> Result<()> {
+        let Some(admin) = self.admin.clone() else {
+            return Ok(());
+        };
+        let wanted: Vec<(String, Vec<String>)> = self
+            .services
+            .iter()
+            .filter_map(|p| {
+                let addrs = p.new.iter().filter_map(upstream::address).collect();
+                Some((p.backend.clone()?, addrs))
+            })
+            .collect();
+        for (b, addrs) in wanted {
+            match admin.fill(&b, &addrs, self.opts.port) {
+                Ok(m) => self.moves.push(m),
+                Err(e) => {
+                    self.unfill();
+                    return Err(e.context(format!("{b}: filling HAProxy slots")));
+                }
+            }
+        }
+        berth_core::fault::point("haproxy-fill");
+        let up = admin.wait_up(&self.moves, self.opts.timeout);
+        let drained = up.and_then(|_| {
+            self.moves
+                .iter()
+                .try_for_each(|m| admin.drain(&m.backend, &m.old))
+        });
+        if let Err(e) = drained {
+            for m in &self.moves {
+                for s in &m.old {
+                    let _ = admin.set(&format!("set server {}/{s} state ready", m.backend));
+                }
+            }
+            self.unfill();
+            return Err(e);
+        }
+        for m in &self.moves {
+            msg::info(format!(
+                "switched HAProxy backend {} to slot(s) {} (drained: {})",
+                m.backend,
+                m.filled.join(", "),
+                if m.old.is_empty() {
+                    "none".to_string()
+                } else {
+                    m.old.join(", ")
+                }
+            ));
+        }
+        Ok(())
+    }
+
+    /// Free the slots the switch filled.
+    fn unfill(&mut self) {
+        if let Some(admin) = &self.admin {
+            for m in &self.moves {
+                admin.free(&m.backend, &m.filled);
+            }
+        }
+        self.moves.clear();
     }
 
     /// Phase 5, drain and stop: drain, then stop the old containers with their grace period, all at once.
@@ -459,8 +578,19 @@ impl<'a> Swap<'a> {
         let served = self
             .services
             .iter()
-            .any(|p| p.upstream.is_some() && p.running_before > 0);
-        if any_old && served {
+            .any(|p| proxied(p) && p.running_before > 0);
+        if let (Some(admin), true) = (&self.admin, any_old && served) {
+            // HAProxy counts what the old slots still hold: done when nothing is in hand.
+            msg::info(format!(
+                "draining the old containers until HAProxy has no session on them (at most {})",
+                berth_core::human::limit(self.opts.drain)
+            ));
+            if !admin.wait_idle(&self.moves, self.opts.drain) {
+                msg::warn(
+                    "HAProxy still had sessions on the old containers; stopping them gracefully",
+                );
+            }
+        } else if any_old && served {
             msg::info(format!(
                 "draining the old containers for {}",
                 berth_core::human::limit(self.opts.drain)
@@ -483,6 +613,11 @@ impl<'a> Swap<'a> {
                 });
             }
         });
+        if let Some(admin) = &self.admin {
+            for m in &self.moves {
+                admin.free(&m.backend, &m.old);
+            }
+        }
         self.times.stop_ms = millis(stop_started.elapsed());
         self.times.all_stopped = all_stopped.load(Ordering::SeqCst);
     }
@@ -600,8 +735,8 @@ impl<'a> Swap<'a> {
 /// Docker health for a worker, or a container that has no address (it has already
 /// exited: the container probe says how, with its logs).
 fn ready_target(opts: &Options, p: &Service, c: &Container) -> Target {
-    match (&p.upstream, upstream::address(c)) {
-        (Some(_), Some(ip)) => Target::HttpOn {
+    match (proxied(p), upstream::address(c)) {
+        (true, Some(ip)) => Target::HttpOn {
             container: c.name.clone(),
             check: HttpCheck::new(&format!("http://{ip}:{}{}", opts.port, opts.ready_path)),
         },
@@ -632,6 +767,11 @@ fn after_switch(e: anyhow::Error, tag: &str, previous_tag: Option<&str>) -> anyh
     })
 }
 
+/// Whether the service takes traffic through a proxy (nginx or HAProxy).
+fn proxied(p: &Service) -> bool {
+    p.upstream.is_some() || p.backend.is_some()
+}
+
 fn service_detail(p: &Service) -> record::SwappedService {
     let c = |c: &Container| record::ContainerRef {
         id: c.short_id().to_string(),
@@ -639,18 +779,22 @@ fn service_detail(p: &Service) -> record::SwappedService {
         image: c.image.clone(),
         ..Default::default()
     };
+    let mut extra = Map::new();
+    if let Some(b) = &p.backend {
+        extra.insert("haproxy_backend".into(), Value::String(b.clone()));
+    }
     record::SwappedService {
         name: p.name.clone(),
         image: p.image.clone(),
         image_id: p.image_id.clone(),
         pulled: p.pulled,
-        proxied: p.upstream.is_some(),
+        proxied: proxied(p),
         upstream_file: p.upstream.as_ref().map(|u| u.display().to_string()),
         old_containers: p.old.iter().map(c).collect(),
         new_containers: p.new.iter().map(c).collect(),
         time_to_ready_ms: p.time_to_ready_ms,
         stop_grace_ms: millis(p.stop_grace),
-        extra: Map::new(),
+        extra,
     }
 }
 

@@ -49,6 +49,10 @@ pub struct Journal {
     pub upstream_file: Option<PathBuf>,
     #[serde(default)]
     pub upstream_before: Option<String>,
+    /// The HAProxy backend of this service (`--proxy haproxy`), whose slots converge to the
+    /// containers that stay.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backend: Option<String>,
     /// Seconds the old containers get to stop.
     pub stop_grace_secs: u64,
     pub updated_at: String,
@@ -181,6 +185,7 @@ mod tests {
             new: vec![],
             upstream_file: Some("/x/upstream-web.conf".into()),
             upstream_before: None,
+            backend: None,
             stop_grace_secs: 10,
             updated_at: String::new(),
         };
@@ -209,6 +214,7 @@ mod tests {
             new: vec![],
             upstream_file: None,
             upstream_before: None,
+            backend: None,
             stop_grace_secs: 10,
             updated_at: String::new(),
         };

@@ -12,6 +12,7 @@
 pub mod converge;
 pub mod engine;
 pub mod envfile;
+pub mod haproxy;
 pub mod journal;
 pub mod maintenance;
 pub mod nginx;
@@ -43,6 +44,9 @@ Examples:
 
   # nginx on the host instead of in the compose project
   berth-swap --tag 3f9c2a1 --proxy host --upstream-file /etc/nginx/berth/upstream-web.conf web
+
+  # HAProxy instead of nginx: switched through its runtime API, never reloaded
+  berth-swap --tag 3f9c2a1 --proxy haproxy web
 
   # Show the docker commands, change nothing
   berth-swap --tag 3f9c2a1 --dry-run web
@@ -131,7 +135,7 @@ pub struct SwapArgs {
     )]
     pub proxy: ProxyMode,
 
-    /// The compose service running nginx (with --proxy compose)
+    /// The compose service running nginx (with --proxy compose) or HAProxy (--proxy haproxy)
     #[arg(
         long,
         global = true,
@@ -196,6 +200,16 @@ pub struct SwapArgs {
     )]
     pub nginx: String,
 
+    /// HAProxy's admin socket inside its container (with --proxy haproxy; berth talks to
+    /// it through `docker exec -i PROXY socat stdio SOCKET`)
+    #[arg(
+        long,
+        global = true,
+        default_value = "/run/haproxy/admin.sock",
+        value_name = "PATH"
+    )]
+    pub haproxy_socket: String,
+
     /// Wait this long for another deploy's lock instead of exiting 75 at once
     #[arg(long, global = true, env = "BERTH_LOCK_WAIT", default_value = "0s", value_parser = parse_duration, value_name = "DURATION")]
     pub lock_wait: Duration,
@@ -229,6 +243,7 @@ impl SwapArgs {
             stop_timeout: self.stop_timeout,
             keepalive: self.keepalive,
             nginx: self.nginx.clone(),
+            haproxy_socket: self.haproxy_socket.clone(),
             pull_timeout: self.pull.pull_timeout,
         }
     }

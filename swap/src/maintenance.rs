@@ -67,6 +67,12 @@ fn check(args: &Args, nginx: &Options) -> Result<(), berth_core::Failure> {
             "maintenance mode needs nginx: --proxy compose or host",
         ));
     }
+    if nginx.proxy == ProxyMode::Haproxy {
+        return Err(berth_core::Failure::usage(
+            "maintenance mode is not available with --proxy haproxy yet (set the backend's \
+             slots to maint by hand: docs/proxies.md)",
+        ));
+    }
     for p in &args.except {
         if !p.starts_with('/') {
             return Err(berth_core::Failure::usage(format!(

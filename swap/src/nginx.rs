@@ -17,6 +17,9 @@ pub enum ProxyMode {
     Compose,
     /// nginx on the host; commands run on the host, upstreams hold container addresses
     Host,
+    /// HAProxy as a service of the compose project (see --proxy-service), switched through
+    /// its runtime API on the admin socket (see --haproxy-socket), never reloaded
+    Haproxy,
     /// No proxy: every service is swapped as a worker (no traffic to move)
     None,
 }
@@ -72,7 +75,9 @@ impl Proxy {
                 v.extend_from_slice(args);
                 self.compose.cmd(v)
             }
-            ProxyMode::Host | ProxyMode::None => Cmd::new(&self.nginx).args(args),
+            ProxyMode::Host | ProxyMode::Haproxy | ProxyMode::None => {
+                Cmd::new(&self.nginx).args(args)
+            }
         }
     }
 

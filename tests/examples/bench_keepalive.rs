@@ -128,14 +128,7 @@ fn dns_swap(s: &Stack, tag: &str, drain: Duration) {
 /// The demo stack with HAProxy as its proxy (examples/haproxy), web in slot s1.
 fn haproxy_stack() -> (Stack, Vec<(String, String)>) {
     let s = Stack::new("bench-haproxy");
-    let ex = berth_e2e::root().join("examples/haproxy");
-    std::fs::copy(
-        ex.join("compose.override.yaml"),
-        s.dir.join("compose.override.yaml"),
-    )
-    .unwrap();
-    std::fs::create_dir_all(s.dir.join("haproxy")).unwrap();
-    std::fs::copy(ex.join("haproxy.cfg"), s.dir.join("haproxy/haproxy.cfg")).unwrap();
+    s.use_haproxy();
     s.start("v1");
     s.migrate("v2");
     let web = web_names(&s);
@@ -148,23 +141,7 @@ fn haproxy_stack() -> (Stack, Vec<(String, String)>) {
 
 /// One command on HAProxy's admin socket (socat in the proxy container); its answer.
 fn admin(s: &Stack, cmd: &str) -> String {
-    let out = berth_e2e::output_with_stdin(
-        s.compose().args([
-            "exec",
-            "-T",
-            "proxy",
-            "socat",
-            "stdio",
-            "/run/haproxy/admin.sock",
-        ]),
-        format!("{cmd}\n").as_bytes(),
-    );
-    assert!(
-        out.status.success(),
-        "{cmd}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
+    s.haproxy_admin(cmd)
 }
 
 /// `show servers state web`: the operational state (2 = up) and current connections... the

@@ -236,6 +236,40 @@ impl Stack {
         stack
     }
 
+    /// HAProxy in place of nginx: examples/haproxy's compose.override.yaml, and its
+    /// haproxy.cfg as haproxy/haproxy.cfg (before [`Stack::start`]).
+    pub fn use_haproxy(&self) {
+        let ex = root().join("examples/haproxy");
+        std::fs::copy(
+            ex.join("compose.override.yaml"),
+            self.dir.join("compose.override.yaml"),
+        )
+        .unwrap();
+        std::fs::create_dir_all(self.dir.join("haproxy")).unwrap();
+        std::fs::copy(ex.join("haproxy.cfg"), self.dir.join("haproxy/haproxy.cfg")).unwrap();
+    }
+
+    /// One command on HAProxy's admin socket (socat in the proxy container); its answer.
+    pub fn haproxy_admin(&self, cmd: &str) -> String {
+        let out = output_with_stdin(
+            self.compose().args([
+                "exec",
+                "-T",
+                "proxy",
+                "socat",
+                "stdio",
+                "/run/haproxy/admin.sock",
+            ]),
+            format!("{cmd}\n").as_bytes(),
+        );
+        assert!(
+            out.status.success(),
+            "{cmd}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
     /// Set `KEY=value` in the stack's `.env` (replacing the line or adding one).
     pub fn set_env(&self, key: &str, value: &str) {
         let p = self.dir.join(".env");

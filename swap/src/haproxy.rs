@@ -1,0 +1,368 @@
+//! HAProxy through its runtime API (`--proxy haproxy`): traffic moves between server
+//! slots of a backend without a reload, so no client keep-alive connection is closed.
+//!
+//! Convention (docs/proxies.md): the backend is named after the compose service, and
+//! declares server slots (`server s1 127.0.0.1:8080` ... with `disabled`); a free slot is
+//! one in maintenance. A switch fills free slots with the new containers' addresses, sets
+//! them `ready`, waits until HAProxy's own check says they are UP, and only then sets the
+//! old slots to `drain` (no new requests). After the old containers stopped, their slots
+//! go back to `maint` (free).
+//!
+//! berth reaches the admin socket with `docker exec -i PROXY socat stdio SOCKET` (the
+//! socket stays inside the proxy container; no host mount needed). Commands are written
+//! on stdin, never built into a shell string.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _, Result};
+use berth_core::compose::Compose;
+use berth_core::msg;
+use berth_core::process::Cmd;
+
+/// The admin socket of HAProxy in the proxy service's running container.
+#[derive(Debug, Clone)]
+pub struct Admin {
+    pub container: String,
+    pub socket: String,
+}
+
+/// One server slot of a backend, from `show stat`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Slot {
+    pub name: String,
+    /// `IP:PORT`.
+    pub addr: String,
+    /// HAProxy's status: `UP`, `DOWN`, `DRAIN`, `MAINT`, `no check`, `UP 1/2`, ...
+    pub status: String,
+    /// Current sessions on it.
+    pub scur: u64,
+}
+
+impl Slot {
+    /// In maintenance: takes no traffic, free for a new container.
+    pub fn free(&self) -> bool {
+        self.status.starts_with("MAINT")
+    }
+    pub fn up(&self) -> bool {
+        self.status == "UP" || self.status == "no check"
+    }
+}
+
+/// What a switch did to one backend, to finish or undo it.
+#[derive(Debug, Clone, Default)]
+pub struct Moves {
+    pub backend: String,
+    /// The slots now naming the new containers.
+    pub filled: Vec<String>,
+    /// The slots that took traffic before (drained at the switch, freed at the end).
+    pub old: Vec<String>,
+}
+
+impl Admin {
+    /// The running container of `service` in the project, with the socket at `socket`.
+    pub fn locate(compose: &Compose, service: &str, socket: &str) -> Result<Option<Admin>> {
+        let running = compose
+            .containers(service)?
+            .into_iter()
+            .find(|c| c.state.running);
+        Ok(running.map(|c| Admin {
+            container: c.name,
+            socket: socket.to_string(),
+        }))
+    }
+
+    fn cmd(&self, line: &str) -> Cmd {
+        berth_core::docker::docker()
+            .args([
+                "exec",
+                "-i",
+                &self.container,
+                "socat",
+                "stdio",
+                &self.socket,
+            ])
+            .stdin_bytes(format!("{line}\n"))
+    }
+
+    /// Send one command; its reply.
+    pub fn send(&self, line: &str) -> Result<String> {
+        self.cmd(line)
+            .read()
+            .with_context(|| format!("HAProxy admin socket {} in {}", self.socket, self.container))
+    }
+
+    /// Send a command whose success is an empty reply (or, for `set server ... addr`,
+    /// HAProxy's "changed from" line); anything else is an error naming the reply.
+    pub fn set(&self, line: &str) -> Result<()> {
+        let reply = self.send(line)?;
+        if accepted(&reply) {
+            Ok(())
+        } else {
+            bail!("HAProxy refused `{line}`: {}", one_line(&reply))
+        }
+    }
+
+    /// The server slots of `backend`; an error when there is no such backend.
+    pub fn slots(&self, backend: &str) -> Result<Vec<Slot>> {
+        let out = self.send("show stat -1 4 -1")?;
+        let slots = parse_stat(&out, backend)?;
+        if slots.is_empty() {
+            bail!(
+                "HAProxy has no backend {backend:?} with server slots (add `backend {backend}` \
+                 with `server s1 127.0.0.1:8080 disabled` ... lines to haproxy.cfg)"
+            );
+        }
+        Ok(slots)
+    }
+
+    /// Preflight: the backend exists and has `need` free slots.
+    pub fn check_free(&self, backend: &str, need: usize) -> Result<()> {
+        let slots = self.slots(backend)?;
+        let free = slots.iter().filter(|s| s.free()).count();
+        if free < need {
+            bail!(
+                "HAProxy backend {backend:?} has {free} free server slot(s) (in maintenance), the \
+                 swap needs {need}: add `server s{} 127.0.0.1:8080 disabled` (and more) to it in \
+                 haproxy.cfg",
+                slots.len() + 1
+            );
+        }
+        Ok(())
+    }
+
+    /// Fill free slots of `backend` with `addrs` (`IP`), on `port`, and set them ready.
+    /// The slots that took traffic before are returned as `old` (not touched yet).
+    pub fn fill(&self, backend: &str, addrs: &[String], port: u16) -> Result<Moves> {
+        let slots = self.slots(backend)?;
+        let free: Vec<&Slot> = slots.iter().filter(|s| s.free()).collect();
+        if free.len() < addrs.len() {
+            self.check_free(backend, addrs.len())?;
+        }
+        let mut m = Moves {
+            backend: backend.to_string(),
+            filled: Vec::new(),
+            old: slots
+                .iter()
+                .filter(|s| !s.free())
+                .map(|s| s.name.clone())
+                .collect(),
+        };
+        for (slot, ip) in free.iter().zip(addrs) {
+            let sv = format!("{backend}/{}", slot.name);
+            let r = self
+                .set(&format!("set server {sv} addr {ip} port {port}"))
+                .and_then(|_| self.set(&format!("set server {sv} state ready")));
+            m.filled.push(slot.name.clone());
+            if let Err(e) = r {
+                self.free(backend, &m.filled);
+                return Err(e);
+            }
+        }
+        Ok(m)
+    }
+
+    /// Wait until every filled slot is UP by HAProxy's own check (at most `bound`).
+    pub fn wait_up(&self, moves: &[Moves], bound: Duration) -> Result<()> {
+        let deadline = Instant::now() + bound;
+        loop {
+            let mut down = Vec::new();
+            for m in moves {
+                let slots = self.slots(&m.backend)?;
+                for name in &m.filled {
+                    match slots.iter().find(|s| &s.name == name) {
+                        Some(s) if s.up() => {}
+                        Some(s) => down.push(format!("{}/{name} {}", m.backend, s.status)),
+                        None => down.push(format!("{}/{name} gone", m.backend)),
+                    }
+                }
+            }
+            if down.is_empty() {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                bail!(
+                    "HAProxy did not see the new containers UP within {}: {}",
+                    berth_core::human::limit(bound),
+                    down.join(", ")
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// No new requests to these slots; the ones in hand finish.
+    pub fn drain(&self, backend: &str, slots: &[String]) -> Result<()> {
+        for s in slots {
+            self.set(&format!("set server {backend}/{s} state drain"))?;
+        }
+        Ok(())
+    }
+
+    /// Slots back to maintenance (free), best effort: a failure is a warning.
+    pub fn free(&self, backend: &str, slots: &[String]) {
+        for s in slots {
+            if let Err(e) = self.set(&format!("set server {backend}/{s} state maint")) {
+                msg::warn(format!("{e:#}"));
+            }
+        }
+    }
+
+    /// Wait (at most `bound`) until no session is in hand on the old slots. Returns
+    /// whether they were idle in time.
+    pub fn wait_idle(&self, moves: &[Moves], bound: Duration) -> bool {
+        let deadline = Instant::now() + bound;
+        loop {
+            let busy = moves.iter().try_fold(0u64, |acc, m| {
+                let slots = self.slots(&m.backend)?;
+                Ok::<u64, anyhow::Error>(
+                    acc + slots
+                        .iter()
+                        .filter(|s| m.old.contains(&s.name))
+                        .map(|s| s.scur)
+                        .sum::<u64>(),
+                )
+            });
+            match busy {
+                Ok(0) => return true,
+                Ok(_) => {}
+                Err(e) => {
+                    msg::warn(format!("{e:#}"));
+                    return false;
+                }
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Make `backend`'s live slots name exactly `keep` (`IP`s): the missing ones filled and
+    /// waited UP, the others drained. Returns the moves ([`Admin::free`] their `old` once
+    /// those containers are gone). For convergence after a crash.
+    pub fn point(
+        &self,
+        backend: &str,
+        keep: &[String],
+        port: u16,
+        bound: Duration,
+    ) -> Result<Moves> {
+        let slots = self.slots(backend)?;
+        let live = |ip: &str| {
+            slots
+                .iter()
+                .any(|s| !s.free() && s.addr == format!("{ip}:{port}"))
+        };
+        let missing: Vec<String> = keep.iter().filter(|ip| !live(ip)).cloned().collect();
+        let mut m = self.fill(backend, &missing, port)?;
+        self.wait_up(std::slice::from_ref(&m), bound)?;
+        m.old = slots
+            .iter()
+            .filter(|s| !s.free() && !keep.iter().any(|ip| s.addr == format!("{ip}:{port}")))
+            .map(|s| s.name.clone())
+            .collect();
+        self.drain(backend, &m.old)?;
+        Ok(m)
+    }
+}
+
+/// A reply that means success: empty, or the line `set server ... addr` answers with.
+fn accepted(reply: &str) -> bool {
+    let r = reply.trim();
+    r.is_empty() || r.contains(" changed from ") || r.starts_with("no need to change")
+}
+
+fn one_line(reply: &str) -> String {
+    let r: Vec<&str> = reply
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    r.join(" ")
+}
+
+/// The server rows of `backend` in `show stat` CSV output (by the header's column names).
+fn parse_stat(csv: &str, backend: &str) -> Result<Vec<Slot>> {
+    let mut lines = csv.lines();
+    let header = lines
+        .next()
+        .and_then(|h| h.strip_prefix("# "))
+        .context("HAProxy's `show stat` answered without its header")?;
+    let cols: Vec<&str> = header.split(',').collect();
+    let col = |name: &str| {
+        cols.iter()
+            .position(|c| *c == name)
+            .with_context(|| format!("HAProxy's `show stat` has no column {name}"))
+    };
+    let (px, sv, scur, status, addr) = (
+        col("pxname")?,
+        col("svname")?,
+        col("scur")?,
+        col("status")?,
+        col("addr")?,
+    );
+    let mut out = Vec::new();
+    for l in lines {
+        let f: Vec<&str> = l.split(',').collect();
+        if f.len() < cols.len() || f[px] != backend || matches!(f[sv], "FRONTEND" | "BACKEND") {
+            continue;
+        }
+        out.push(Slot {
+            name: f[sv].to_string(),
+            addr: f[addr].to_string(),
+            status: f[status].to_string(),
+            scur: f[scur].parse().unwrap_or(0),
+        });
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stat_rows_of_one_backend() {
+        let csv = "# pxname,svname,qcur,qmax,scur,status,addr,\n\
+                   web,FRONTEND,,,3,OPEN,,\n\
+                   web,s1,0,0,2,DRAIN,172.18.0.5:8080,\n\
+                   web,s2,0,0,0,UP,172.18.0.7:8080,\n\
+                   web,s3,0,0,0,MAINT,127.0.0.1:8080,\n\
+                   api,s1,0,0,0,UP,172.18.0.9:8080,\n\
+                   web,BACKEND,0,0,2,UP,,\n";
+        let s = parse_stat(csv, "web").unwrap();
+        assert_eq!(s.len(), 3);
+        assert_eq!(s[0].scur, 2);
+        assert!(!s[0].free() && !s[0].up());
+        assert!(s[1].up() && !s[1].free());
+        assert!(s[2].free());
+        assert_eq!(s[1].addr, "172.18.0.7:8080");
+        assert!(parse_stat(csv, "nope").unwrap().is_empty());
+        assert!(parse_stat("Unknown command\n", "web").is_err());
+    }
+
+    #[test]
+    fn replies() {
+        assert!(accepted("\n"));
+        assert!(accepted(
+            "IP changed from '127.0.0.1' to '172.18.0.7', port changed from '8080' to '8080' by 'stats socket command'\n"
+        ));
+        assert!(accepted(
+            "no need to change the addr, port changed from '8080' to '8404' by 'stats socket command'\n"
+        ));
+        assert!(!accepted("No such server.\n\n"));
+        assert_eq!(one_line("No such server.\n\n"), "No such server.");
+    }
+
+    #[test]
+    fn commands_go_on_stdin() {
+        let a = Admin {
+            container: "shop-proxy-1".into(),
+            socket: "/run/haproxy/admin.sock".into(),
+        };
+        assert_eq!(
+            a.cmd("show stat").display(),
+            "docker exec -i shop-proxy-1 socat stdio /run/haproxy/admin.sock"
+        );
+    }
+}
