@@ -190,6 +190,8 @@ pub struct SwappedService {
     #[serialize_always]
     pub time_to_ready_ms: Option<u64>,
     pub stop_grace_ms: u64,
+    /// The HAProxy backend whose server slots it took (`--proxy haproxy`).
+    pub haproxy_backend: Option<String>,
     #[serde(flatten)]
     pub extra: Detail,
 }

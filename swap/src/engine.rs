@@ -779,10 +779,6 @@ fn service_detail(p: &Service) -> record::SwappedService {
         image: c.image.clone(),
         ..Default::default()
     };
-    let mut extra = Map::new();
-    if let Some(b) = &p.backend {
-        extra.insert("haproxy_backend".into(), Value::String(b.clone()));
-    }
     record::SwappedService {
         name: p.name.clone(),
         image: p.image.clone(),
@@ -794,7 +790,8 @@ fn service_detail(p: &Service) -> record::SwappedService {
         new_containers: p.new.iter().map(c).collect(),
         time_to_ready_ms: p.time_to_ready_ms,
         stop_grace_ms: millis(p.stop_grace),
-        extra,
+        haproxy_backend: p.backend.clone(),
+        extra: Map::new(),
     }
 }
 
