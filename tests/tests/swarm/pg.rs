@@ -256,11 +256,22 @@ pub fn backup_and_restore_reach_the_db_task_on_a_worker(tb: &Testbed, db: &Db) {
 
     // The service scaled to 0: no task to reach, exit 5, nothing new.
     m.docker_ok(&["service", "scale", "-d", &format!("{STACK}_db=0")]);
+    // Gone means: no task of the service is running any more (Swarm's own view), and the
+    // database no longer answers. One failed query alone is not proof: on a loaded machine
+    // a query can fail while the task still runs.
+    let service = format!("{STACK}_db");
     let deadline = Instant::now() + Duration::from_secs(60);
-    while sql(m, image, "shop", "SELECT 1").is_ok() {
+    loop {
+        let states = m.docker_ok(&["service", "ps", "--format", "{{.CurrentState}}", &service]);
+        let running = states
+            .lines()
+            .any(|l| l.starts_with("Running") || l.starts_with("Starting"));
+        if !running && sql(m, image, "shop", "SELECT 1").is_err() {
+            break;
+        }
         assert!(
             Instant::now() < deadline,
-            "the db still answers after scale 0"
+            "the db still runs 60 s after scale 0: {states}"
         );
         std::thread::sleep(Duration::from_millis(500));
     }
