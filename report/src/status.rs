@@ -80,36 +80,56 @@ impl ServiceNow {
             };
             *counts.entry(h).or_default() += 1;
         }
-        if counts.len() == 1 {
-            return counts.into_keys().next().unwrap_or_default();
-        }
-        counts
-            .iter()
-            .map(|(h, n)| format!("{n} {h}"))
-            .collect::<Vec<_>>()
-            .join(", ")
+        counted(counts)
     }
 
     pub fn to_json(&self) -> Value {
-        let images = self.images();
-        json!({
-            "service": self.name,
-            "image": images.first(),
-            "images": images,
-            "tag": self.tags().first(),
-            "since": self.since(),
-            "health": self.health(),
-            "running": self.running().len(),
-            "containers": self.containers.iter().map(|c| json!({
+        let mut v = service_json(&self.name, self.images(), self.since(), self.health());
+        v["running"] = json!(self.running().len());
+        v["containers"] = json!(self
+            .containers
+            .iter()
+            .map(|c| json!({
                 "name": c.name,
                 "id": c.short_id(),
                 "image": c.image,
                 "state": c.state.status,
                 "health": c.state.health.as_ref().map(|h| h.status.clone()),
                 "started_at": c.state.started_at,
-            })).collect::<Vec<_>>(),
-        })
+            }))
+            .collect::<Vec<_>>());
+        v
     }
+}
+
+/// `healthy`, or `2 healthy, 1 starting`: how many of a service's containers (tasks) are
+/// in each state of health.
+pub fn counted(counts: BTreeMap<String, usize>) -> String {
+    if counts.len() == 1 {
+        return counts.into_keys().next().unwrap_or_default();
+    }
+    let parts: Vec<String> = counts.iter().map(|(h, n)| format!("{n} {h}")).collect();
+    parts.join(", ")
+}
+
+/// The fields `status --json` gives a service on either engine.
+pub fn service_json(
+    name: &str,
+    images: Vec<String>,
+    since: Option<String>,
+    health: String,
+) -> Value {
+    let tag = images
+        .first()
+        .map(|i| tag_of(i).unwrap_or("(none)").to_string());
+    json!({
+        "service": name,
+        "image": images.first(),
+        "images": images,
+        "tag": tag,
+        "since": since,
+        "health": health,
+    })
 }
 
 /// The project's services and their containers (one-off runs excluded). Services the

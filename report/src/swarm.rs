@@ -77,11 +77,7 @@ impl SwarmService {
         for t in &self.tasks {
             *counts.entry(self.task_health(t)).or_default() += 1;
         }
-        if counts.len() == 1 {
-            return counts.into_keys().next().unwrap_or_default();
-        }
-        let parts: Vec<String> = counts.iter().map(|(h, n)| format!("{n} {h}")).collect();
-        parts.join(", ")
+        status::counted(counts)
     }
 
     /// Desired replicas (replicated mode), `None` for a global service or none at all.
@@ -93,17 +89,13 @@ impl SwarmService {
     }
 
     pub fn to_json(&self) -> Value {
-        let images = self.images();
-        json!({
-            "service": self.name,
-            "image": images.first(),
-            "images": images,
-            "tag": self.tags().first(),
-            "since": self.since(),
-            "health": self.health(),
-            "running": self.running().count(),
-            "replicas": self.replicas(),
-            "tasks": self.tasks.iter().map(|t| json!({
+        let mut v = status::service_json(&self.name, self.images(), self.since(), self.health());
+        v["running"] = json!(self.running().count());
+        v["replicas"] = json!(self.replicas());
+        v["tasks"] = json!(self
+            .tasks
+            .iter()
+            .map(|t| json!({
                 "id": t.id,
                 "name": t.name,
                 "node": t.node,
@@ -113,8 +105,9 @@ impl SwarmService {
                 "tag": tag_of(&t.image),
                 "since": t.since,
                 "error": (!t.error.is_empty()).then_some(&t.error),
-            })).collect::<Vec<_>>(),
-        })
+            }))
+            .collect::<Vec<_>>());
+        v
     }
 }
 
