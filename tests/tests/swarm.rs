@@ -349,7 +349,8 @@ fn swarm_preflight_and_lint_on_a_real_three_node_swarm() {
 }
 
 /// Every command but `berth-swap preflight` and `pull`, `berth-backup pg`, `verify`,
-/// `restore`, `list` and `prune`, `berth-migrate` and `berth-report status` and `history`
+/// `restore`, `drill`, `list` and `prune`, `berth-migrate` and `berth-report status` and
+/// `history`
 /// (tests/tests/swarm/*.rs) refuses Swarm with one line and exit 64,
 /// from the flag and from BERTH_ENGINE alike (as `--check-args`, which scripts/deploy.sh
 /// runs first: nothing runs, nothing changes).
@@ -366,8 +367,8 @@ fn other_commands_refuse_the_swarm_engine() {
         ("berth-rollback", &[], "berth-rollback"),
         (
             "berth-backup",
-            &["drill", "--service", "db"],
-            "berth-backup drill",
+            &["copy", "/etc/hostname"],
+            "berth-backup copy",
         ),
         (
             "berth-healthwait",
@@ -396,7 +397,7 @@ fn other_commands_refuse_the_swarm_engine() {
             let stderr = String::from_utf8_lossy(&out.stderr);
             assert_eq!(out.status.code(), Some(64), "{bin} {args:?}: {stderr}");
             let want = format!(
-                "error: --engine swarm: {name} does not support Docker Swarm yet (so far only berth-swap preflight and pull, berth-backup pg, verify, restore (of pg backups), list and prune, berth-migrate, berth-report status and history do); use --engine compose"
+                "error: --engine swarm: {name} does not support Docker Swarm yet (so far only berth-swap preflight and pull, berth-backup pg, verify, restore (of pg backups), drill, list and prune, berth-migrate, berth-report status and history do); use --engine compose"
             );
             assert!(stderr.contains(&want), "{bin} {args:?}: {stderr}");
             assert_eq!(stderr.lines().count(), 1, "{stderr}");

@@ -4,8 +4,8 @@
 //! stack's attachable overlay network. A verified backup (restore-level: restored into
 //! scratch, row counts compared), `verify`, a restore that brings changed rows back (built
 //! beside the live database, swapped in), and the failures: a wrong password, the
-//! service scaled to 0 -> exit 5, nothing half-written left; `list` and `prune` (they
-//! read only the backup directory) as on Compose. The service's password
+//! service scaled to 0 -> exit 5, nothing half-written left; a restore `drill`; `list`
+//! and `prune` (they read only the backup directory) as on Compose. The service's password
 //! never shows in output, document or manifest.
 
 use std::path::{Path, PathBuf};
@@ -197,6 +197,14 @@ pub fn backup_and_restore_reach_the_db_task_on_a_worker(tb: &Testbed, db: &Db) {
     assert_eq!(code, 0, "{err}");
     assert!(err.contains("read verification ok"), "{err}");
     eprintln!("pg: backup verified at {:?}", t0.elapsed());
+
+    // A restore drill into a scratch database on the worker's server: passes, and
+    // `berth-report status` shows it with the backup (tests/tests/swarm/status.rs).
+    let (code, _, err) = backup(tb, dir, &["drill", "--service", "db"], &[]);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("drill passed"), "{err}");
+    super::status::shows_the_backup_and_the_drill(tb, dir, STACK);
+    eprintln!("pg: drilled at {:?}", t0.elapsed());
 
     // Rows change; the restore brings them back, the replaced database kept aside.
     sql(

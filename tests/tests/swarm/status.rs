@@ -1,6 +1,7 @@
 //! `berth-report status --engine swarm` (and `history`) on the test bed (a part of
 //! `swarm_preflight_and_lint_on_a_real_three_node_swarm`): the good stack's `web`, 2
-//! replicas on 2 nodes, shown task by task with node, tag and health, as JSON and as text.
+//! replicas on 2 nodes, shown task by task with node, tag and health, as JSON and as text;
+//! the database stack's backup and restore drill (after swarm/pg.rs made them).
 
 use std::path::Path;
 use std::process::Stdio;
@@ -98,4 +99,19 @@ pub fn shows_the_tasks_per_node(
     // history reads only the ledger: nothing recorded yet, exit 0.
     let (code, out, err) = report(tb, dir, stack, &["history", "--json"]);
     assert_eq!((code, out.trim()), (0, "[]"), "{err}");
+}
+
+/// `status` of the database stack after a backup and a drill: the newest verified backup
+/// and the last drill, from the state directory, as on Compose.
+pub fn shows_the_backup_and_the_drill(tb: &Testbed, dir: &Path, stack: &str) {
+    let backups = dir.join("backups");
+    let backups = backups.to_string_lossy();
+    let args = ["status", "--json", "--backup-dir", &backups];
+    let (code, out, err) = report(tb, dir, stack, &args);
+    assert_eq!(code, 0, "{err}");
+    let v: Value = serde_json::from_str(&out).expect("JSON");
+    assert_eq!(v["services"][0]["service"], "db", "{v}");
+    assert_eq!(v["services"][0]["running"], 1, "{v}");
+    assert_eq!(v["backups"][0]["target"], "shop", "{v}");
+    assert_eq!(v["last_drill"]["passed"], true, "{v}");
 }
