@@ -12,47 +12,6 @@ use anyhow::Result;
 use berth_core::docker::docker;
 use berth_core::process::Cmd;
 use berth_core::{fail, Failure};
-use serde::Deserialize;
-
-/// What berth needs of `docker service inspect`'s `.Spec`.
-#[derive(Debug, Deserialize, Default)]
-#[serde(rename_all = "PascalCase")]
-struct Spec {
-    #[serde(default)]
-    task_template: TaskTemplate,
-}
-
-#[derive(Debug, Deserialize, Default)]
-#[serde(rename_all = "PascalCase")]
-struct TaskTemplate {
-    #[serde(default)]
-    container_spec: ContainerSpec,
-    #[serde(default)]
-    networks: Vec<NetworkRef>,
-}
-
-#[derive(Debug, Deserialize, Default)]
-#[serde(rename_all = "PascalCase")]
-struct ContainerSpec {
-    #[serde(default)]
-    image: String,
-    #[serde(default)]
-    env: Vec<String>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "PascalCase")]
-struct NetworkRef {
-    target: String,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "PascalCase")]
-struct Network {
-    name: String,
-    #[serde(default)]
-    attachable: bool,
-}
 
 /// A PostgreSQL service of a stack, as the clients reach it.
 #[derive(Clone, PartialEq, Eq)]
@@ -186,11 +145,7 @@ impl Service {
 
     /// A variable of the service's environment, when set and not empty.
     pub fn env(&self, key: &str) -> Option<String> {
-        self.env
-            .iter()
-            .filter_map(|kv| kv.split_once('='))
-            .find(|(k, v)| *k == key && !v.is_empty())
-            .map(|(_, v)| v.to_string())
+        berth_core::stack::env_value(&self.env, key)
     }
 
     /// Read the service `STACK_SERVICE` and find an attachable network of it. Not a
@@ -198,25 +153,21 @@ impl Service {
     /// refuses): exit 5.
     pub fn inspect(stack: &str, service: &str) -> Result<Service> {
         let full = format!("{stack}_{service}");
-        let out = docker()
-            .args(["service", "inspect", "--format", "{{json .Spec}}", &full])
-            .read()
-            .map_err(|e| {
-                if e.stderr().to_lowercase().contains("no such service") {
-                    anyhow::Error::new(Failure::usage(format!(
-                        "--service {service}: stack {stack} has no service {full} (docker service ls lists them)"
-                    )))
-                } else {
-                    fail!(Backup, "{e}")
-                }
+        let spec = berth_core::stack::inspect(&full)
+            .map_err(|e| fail!(Backup, "{e:#}"))?
+            .ok_or_else(|| {
+                anyhow::Error::new(Failure::usage(format!(
+                    "--service {service}: stack {stack} has no service {full} (docker service ls lists them)"
+                )))
             })?;
-        let spec: Spec = serde_json::from_str(out.trim()).map_err(|e| {
-            fail!(
-                Backup,
-                "docker service inspect {full}: unexpected output: {e}"
-            )
-        })?;
-        let network = attachable_network(&full, &spec.task_template.networks)?;
+        let network = berth_core::stack::attachable_network(&spec)
+            .map_err(|e| fail!(Backup, "{e:#}"))?
+            .ok_or_else(|| {
+                fail!(
+                    Backup,
+                    "service {full} is on no attachable network, so no client container can reach it: give its overlay network `attachable: true` in the stack file"
+                )
+            })?;
         let c = spec.task_template.container_spec;
         Ok(Service {
             stack: stack.to_string(),
@@ -268,25 +219,6 @@ impl Service {
         }
         c
     }
-}
-
-/// The name of the first attachable network of the service (the clients join it).
-fn attachable_network(full: &str, nets: &[NetworkRef]) -> Result<String> {
-    for n in nets {
-        let text = docker()
-            .args(["network", "inspect", "--format", "{{json .}}", &n.target])
-            .read()
-            .map_err(|e| fail!(Backup, "{e}"))?;
-        let net: Network = serde_json::from_str(text.trim())
-            .map_err(|e| fail!(Backup, "docker network inspect {}: {e}", n.target))?;
-        if net.attachable {
-            return Ok(net.name);
-        }
-    }
-    Err(fail!(
-        Backup,
-        "service {full} is on no attachable network, so no client container can reach it: give its overlay network `attachable: true` in the stack file"
-    ))
 }
 
 #[cfg(test)]

@@ -80,8 +80,9 @@ pub struct CommonArgs {
 
     /// The engine that runs the project: compose (this host) or swarm (berth runs on a
     /// Swarm manager; so far only `berth-swap preflight` and `pull`, `berth-backup pg`,
-    /// `verify` and `restore` (of pg backups) support it, the other
-    /// commands refuse it with exit 64)
+    /// `verify`, `restore` (of pg backups), `drill`, `list` and `prune`, `berth-migrate`
+    /// and `berth-report status` and `history` support it, the other commands refuse
+    /// it with exit 64)
     #[arg(
         long,
         global = true,

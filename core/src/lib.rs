@@ -35,6 +35,7 @@ pub mod process;
 pub mod record;
 pub mod scrub;
 pub mod settings;
+pub mod stack;
 pub mod stage;
 pub mod swarm;
 pub mod time;

@@ -1,8 +1,9 @@
 //! Docker Swarm as berth's engine (`--engine swarm`, `BERTH_ENGINE=swarm`): berth runs on a
 //! Swarm manager and talks to the stack by its name (the project name).
 //!
-//! So far only `berth-swap preflight` and `pull` and `berth-backup pg`, `verify` and
-//! `restore` (of pg backups) support Swarm; every other
+//! So far only `berth-swap preflight` and `pull`, `berth-backup pg`, `verify`, `restore`
+//! (of pg backups), `drill`, `list` and `prune`, `berth-migrate` and `berth-report status` and
+//! `history` support Swarm; every other
 //! command refuses `--engine swarm` with one line and exit 64 ([`refuse`]) rather than
 //! act on Compose.
 
@@ -26,8 +27,7 @@ pub enum Engine {
 }
 
 /// The commands that work with `--engine swarm` so far.
-pub const SUPPORTED: &str =
-    "berth-swap preflight and pull, berth-backup pg, verify and restore (of pg backups)";
+pub const SUPPORTED: &str = "berth-swap preflight and pull, berth-backup pg, verify, restore (of pg backups), drill, list and prune, berth-migrate, berth-report status and history";
 
 /// Commands that resolve their settings the usual way and handle Swarm themselves
 /// (the others that support it call [`crate::cli::CommonArgs::resolve_any_engine`]).
@@ -35,6 +35,12 @@ const HANDLE_SWARM: &[&str] = &[
     "berth-backup pg",
     "berth-backup verify",
     "berth-backup restore",
+    "berth-backup drill",
+    "berth-backup list",
+    "berth-backup prune",
+    "berth-migrate",
+    "berth-report status",
+    "berth-report history",
 ];
 
 static COMMAND: OnceLock<String> = OnceLock::new();

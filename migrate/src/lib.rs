@@ -8,6 +8,7 @@
 
 pub mod backup;
 pub mod oneoff;
+pub mod swarm;
 
 use std::ffi::OsString;
 use std::sync::atomic::{AtomicBool, AtomicUsize};
@@ -22,6 +23,7 @@ use berth_core::docker::Container;
 use berth_core::health::{self, HttpCheck, Target};
 use berth_core::lock;
 use berth_core::stage::{self, Completed, Spec};
+use berth_core::swarm::Engine;
 use berth_core::time::millis;
 use berth_core::{docker, fail, msg, record, ExitCode, Failure};
 use clap::Parser;
@@ -51,8 +53,15 @@ Examples:
 Exit status: 0 migrated; 6 the migration failed, timed out or was interrupted (the
 container is removed; the old version still serves), or no verified backup is recorded
 in the document and --no-backup-required is not given; 1 docker unreachable or the
-compose file invalid; 75 another deploy holds the lock; 64 usage error; 65 bad document
-on stdin; a failure already in the document passes through with its code.";
+compose file invalid (on Swarm also: not a manager, no such service in the stack, no
+attachable network); 2 (Swarm) the new image cannot be pulled from its registry; 75
+another deploy holds the lock; 64 usage error (on Swarm also: the service uses Swarm
+secrets); 65 bad document on stdin; a failure already in the document passes through
+with its code.
+
+On Swarm (--engine swarm, on a manager, -p STACK): the new image is pulled and pinned by
+digest, and runs in `docker run --rm` on the manager with the environment, entrypoint and
+first attachable overlay network of the running service STACK_SERVICE.";
 
 /// Run CMD once in a one-off container of SERVICE from the image of the new tag (its
 /// compose definition: environment, networks, volumes), before any traffic moves. Output
@@ -170,7 +179,7 @@ fn migrate(
 ) -> Result<Completed> {
     let tag = ctx.require_tag()?.to_string();
     let compose = ctx.compose_at(&tag);
-    let job = OneOff::new(
+    let mut job = OneOff::new(
         compose.clone(),
         &cli.service,
         &cli.command,
@@ -191,14 +200,14 @@ fn migrate(
         },
     );
     let backup = required_backup(cli, ctx, doc, detail)?;
+    let on_swarm = cli.common.engine == Engine::Swarm;
+    if ctx.dry_run && !on_swarm {
+        return dry_run(cli, &job, detail);
+    }
+    let image = new_image(cli, ctx, &compose, &mut job)?;
     if ctx.dry_run {
         return dry_run(cli, &job, detail);
     }
-
-    docker::ensure_reachable()?;
-    let config = compose.config().map_err(|e| fail!(Preflight, "{e:#}"))?;
-    let image =
-        compose::service_image_in(&config, &cli.service).map_err(|e| fail!(Preflight, "{e:#}"))?;
     record::update(detail, |m: &mut record::Migrate| {
         m.image = Some(image.clone())
     });
@@ -215,7 +224,12 @@ fn migrate(
     let out = oneoff::run(&job, cli.timeout, &stop)?;
     let failure = record_run(cli, &job, &out, detail);
     // The old version is probed again, unless a person asked us to stop.
-    if !matches!(out.ended, Ended::Interrupted(_)) {
+    if on_swarm {
+        msg::info("the running version's readiness is not probed again on Swarm (not built yet)");
+        record::update(detail, |m: &mut record::Migrate| {
+            m.old_version_ready = Some(None)
+        });
+    } else if !matches!(out.ended, Ended::Interrupted(_)) {
         probe_old(cli, &compose, detail);
     }
     let Some(failure) = failure else {
@@ -224,6 +238,22 @@ fn migrate(
     };
     explain_failure(ctx, &job, &out, backup.as_ref(), detail);
     Err(fail!(Migration, "{failure} (log: {})", job.log.display()))
+}
+
+/// The image that runs the migration: the service's at the new tag; on Swarm, pulled
+/// by the manager and pinned by digest, the one-off then a `docker run` beside the stack.
+fn new_image(cli: &Cli, ctx: &Context, compose: &Compose, job: &mut OneOff) -> Result<String> {
+    docker::ensure_reachable()?;
+    let config = compose.config().map_err(|e| fail!(Preflight, "{e:#}"))?;
+    let image =
+        compose::service_image_in(&config, &cli.service).map_err(|e| fail!(Preflight, "{e:#}"))?;
+    if cli.common.engine != Engine::Swarm {
+        return Ok(image);
+    }
+    let run = swarm::prepare(ctx, &cli.service, &image, cli.timeout)?;
+    let pinned = run.image.clone();
+    job.swarm = Some(run);
+    Ok(pinned)
 }
 
 /// The verified backup the document records (into the detail either way); without one,
@@ -292,7 +322,7 @@ fn record_run(
     match &out.ended {
         Ended::Exited(0) => None,
         Ended::Exited(c) => Some(format!("the migration exited with {c}")),
-        Ended::Killed(s) => Some(format!("docker compose was killed by signal {s}")),
+        Ended::Killed(s) => Some(format!("the docker client was killed by signal {s}")),
         Ended::TimedOut => Some(format!(
             "the migration did not finish within {}; its container {} was removed",
             berth_core::human::limit(cli.timeout),
@@ -374,10 +404,12 @@ fn dry_run(cli: &Cli, job: &OneOff, detail: &mut Map<String, Value>) -> Result<C
         "would remove its container on timeout ({}), SIGINT or SIGTERM: {rm}",
         berth_core::human::limit(cli.timeout)
     ));
-    msg::info(format!(
-        "would then probe each running {} container at http://<its IP>:{}{}",
-        cli.service, cli.port, cli.ready_path
-    ));
+    if job.swarm.is_none() {
+        msg::info(format!(
+            "would then probe each running {} container at http://<its IP>:{}{}",
+            cli.service, cli.port, cli.ready_path
+        ));
+    }
     record::update(detail, |m: &mut record::Migrate| {
         m.dry_run = true;
         m.would_run = vec![run.to_string()];

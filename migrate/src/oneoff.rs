@@ -32,6 +32,8 @@ pub struct OneOff {
     /// The container's name: `<project>-migrate-<deploy id>`.
     pub name: String,
     pub log: PathBuf,
+    /// On Swarm: a `docker run` of the new image beside the stack, not `compose run`.
+    pub swarm: Option<crate::swarm::SwarmRun>,
 }
 
 impl OneOff {
@@ -53,11 +55,25 @@ impl OneOff {
             deploy_id: deploy_id.to_string(),
             name,
             log,
+            swarm: None,
         }
     }
 
-    /// `docker compose ... run --rm --no-deps -T --name NAME --label ... SERVICE CMD...`
+    /// The label that names the project (compose's) or the stack (berth's) on the
+    /// one-off container.
+    pub fn project_label(&self) -> &'static str {
+        match self.swarm {
+            Some(_) => crate::swarm::LABEL_STACK,
+            None => LABEL_PROJECT,
+        }
+    }
+
+    /// `docker compose ... run --rm --no-deps -T --name NAME --label ... SERVICE CMD...`;
+    /// on Swarm, [`crate::swarm::SwarmRun::run_cmd`].
     pub fn run_cmd(&self) -> Cmd {
+        if let Some(s) = &self.swarm {
+            return s.run_cmd(self);
+        }
         self.compose
             .cmd([
                 "run",
@@ -128,7 +144,7 @@ pub struct Run {
 /// The labels that find every migration container of this run.
 fn labels(job: &OneOff) -> [(&str, &str); 3] {
     [
-        (LABEL_PROJECT, job.compose.project.as_str()),
+        (job.project_label(), job.compose.project.as_str()),
         (LABEL_DEPLOY, job.deploy_id.as_str()),
         (LABEL_ROLE, ROLE),
     ]
@@ -139,7 +155,7 @@ fn labels(job: &OneOff) -> [(&str, &str); 3] {
 pub fn remove_leftovers(job: &OneOff) -> Result<usize> {
     let ids = docker::containers_with_labels(
         &[
-            (LABEL_PROJECT, job.compose.project.as_str()),
+            (job.project_label(), job.compose.project.as_str()),
             (LABEL_ROLE, ROLE),
         ],
         true,
@@ -217,7 +233,7 @@ pub fn run(job: &OneOff, timeout: Duration, stop: &Arc<AtomicUsize>) -> Result<R
                 .stdout_file(log)
                 .unchecked()
         })
-        .context("could not start docker compose")?;
+        .context("could not start the docker client")?;
     let deadline = started + timeout;
     let ended = loop {
         // The signal first: it is also forwarded to compose's process group, which may

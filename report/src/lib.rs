@@ -8,6 +8,7 @@ pub mod notify;
 pub mod render;
 pub mod status;
 pub mod summary;
+pub mod swarm;
 
 use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
@@ -208,7 +209,13 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             json,
             backups,
             common,
-        }) => status::status(&common.resolve()?, service.as_deref(), *json, backups),
+        }) => status::status(
+            &common.resolve()?,
+            common.engine,
+            service.as_deref(),
+            *json,
+            backups,
+        ),
         Some(Command::History {
             limit,
             json,

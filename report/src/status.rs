@@ -12,6 +12,7 @@ use berth_core::cli::{parse_duration, Context};
 use berth_core::compose::{LABEL_ONEOFF, LABEL_PROJECT, LABEL_SERVICE};
 use berth_core::doc::Document;
 use berth_core::docker::{self, Container};
+use berth_core::swarm::Engine;
 use berth_core::{ledger, msg, time, ExitCode, Failure};
 use serde_json::{json, Value};
 
@@ -79,36 +80,56 @@ impl ServiceNow {
             };
             *counts.entry(h).or_default() += 1;
         }
-        if counts.len() == 1 {
-            return counts.into_keys().next().unwrap_or_default();
-        }
-        counts
-            .iter()
-            .map(|(h, n)| format!("{n} {h}"))
-            .collect::<Vec<_>>()
-            .join(", ")
+        counted(counts)
     }
 
     pub fn to_json(&self) -> Value {
-        let images = self.images();
-        json!({
-            "service": self.name,
-            "image": images.first(),
-            "images": images,
-            "tag": self.tags().first(),
-            "since": self.since(),
-            "health": self.health(),
-            "running": self.running().len(),
-            "containers": self.containers.iter().map(|c| json!({
+        let mut v = service_json(&self.name, self.images(), self.since(), self.health());
+        v["running"] = json!(self.running().len());
+        v["containers"] = json!(self
+            .containers
+            .iter()
+            .map(|c| json!({
                 "name": c.name,
                 "id": c.short_id(),
                 "image": c.image,
                 "state": c.state.status,
                 "health": c.state.health.as_ref().map(|h| h.status.clone()),
                 "started_at": c.state.started_at,
-            })).collect::<Vec<_>>(),
-        })
+            }))
+            .collect::<Vec<_>>());
+        v
     }
+}
+
+/// `healthy`, or `2 healthy, 1 starting`: how many of a service's containers (tasks) are
+/// in each state of health.
+pub fn counted(counts: BTreeMap<String, usize>) -> String {
+    if counts.len() == 1 {
+        return counts.into_keys().next().unwrap_or_default();
+    }
+    let parts: Vec<String> = counts.iter().map(|(h, n)| format!("{n} {h}")).collect();
+    parts.join(", ")
+}
+
+/// The fields `status --json` gives a service on either engine.
+pub fn service_json(
+    name: &str,
+    images: Vec<String>,
+    since: Option<String>,
+    health: String,
+) -> Value {
+    let tag = images
+        .first()
+        .map(|i| tag_of(i).unwrap_or("(none)").to_string());
+    json!({
+        "service": name,
+        "image": images.first(),
+        "images": images,
+        "tag": tag,
+        "since": since,
+        "health": health,
+    })
 }
 
 /// The project's services and their containers (one-off runs excluded). Services the
@@ -147,7 +168,7 @@ pub fn services_now(ctx: &Context) -> Result<Vec<ServiceNow>> {
         .collect())
 }
 
-fn has_compose_file(ctx: &Context) -> bool {
+pub fn has_compose_file(ctx: &Context) -> bool {
     !ctx.files.is_empty()
         || [
             "compose.yaml",
@@ -265,29 +286,62 @@ fn drill_json(d: &Document) -> Value {
     })
 }
 
+/// What runs now, as one engine sees it: the services' JSON and their table.
+pub struct Now {
+    pub json: Vec<Value>,
+    /// The table's lines (empty when there is no service).
+    pub table: String,
+}
+
+/// Keep only `service` (when given) of `items`; a usage error naming the known ones.
+pub fn only<T>(
+    items: Vec<T>,
+    name: impl Fn(&T) -> &str,
+    service: Option<&str>,
+    project: &str,
+) -> Result<Vec<T>> {
+    let Some(s) = service else {
+        return Ok(items);
+    };
+    if !items.iter().any(|x| name(x) == s) {
+        let known: Vec<&str> = items.iter().map(&name).collect();
+        return Err(Failure::usage(format!(
+            "no service {s:?} in project {project} (services: {})",
+            if known.is_empty() {
+                "none".to_string()
+            } else {
+                known.join(", ")
+            }
+        ))
+        .into());
+    }
+    Ok(items.into_iter().filter(|x| name(x) == s).collect())
+}
+
+/// What runs now on Compose.
+fn compose_now(ctx: &Context, service: Option<&str>) -> Result<Now> {
+    let services = only(services_now(ctx)?, |x| &x.name, service, &ctx.project)?;
+    Ok(Now {
+        json: services.iter().map(ServiceNow::to_json).collect(),
+        table: if services.is_empty() {
+            String::new()
+        } else {
+            services_table(&services)
+        },
+    })
+}
+
 pub fn status(
     ctx: &Context,
+    engine: Engine,
     service: Option<&str>,
     as_json: bool,
     backup_args: &BackupArgs,
 ) -> Result<ExitCode> {
-    let mut services = services_now(ctx)?;
-    if let Some(s) = service {
-        if !services.iter().any(|x| x.name == s) {
-            let known: Vec<&str> = services.iter().map(|x| x.name.as_str()).collect();
-            return Err(Failure::usage(format!(
-                "no service {s:?} in project {} (services: {})",
-                ctx.project,
-                if known.is_empty() {
-                    "none".to_string()
-                } else {
-                    known.join(", ")
-                }
-            ))
-            .into());
-        }
-        services.retain(|x| x.name == s);
-    }
+    let now = match engine {
+        Engine::Compose => compose_now(ctx, service)?,
+        Engine::Swarm => crate::swarm::now(ctx, service)?,
+    };
     let all = ledger::read(&ctx.state_dir)?;
     let drill = all.iter().rev().find(|d| ledger::is_drill(d)).cloned();
     let releases = ledger::releases(all);
@@ -298,7 +352,8 @@ pub fn status(
     let out = if as_json {
         let v = json!({
             "project": ctx.project,
-            "services": services.iter().map(ServiceNow::to_json).collect::<Vec<_>>(),
+            "engine": if engine == Engine::Swarm { "swarm" } else { "compose" },
+            "services": now.json,
             "last_release": last.map(summary::to_json),
             "last_good": good.map(summary::to_json),
             "backups": backup_json,
@@ -306,7 +361,7 @@ pub fn status(
         });
         serde_json::to_string_pretty(&v)? + "\n"
     } else {
-        let mut text = status_table(ctx, &services, last, good);
+        let mut text = status_table(ctx, &now.table, last, good);
         for (i, l) in backup_lines.iter().enumerate() {
             let head = if i == 0 {
                 "Backups:     "
@@ -321,7 +376,7 @@ pub fn status(
     Ok(ExitCode::Success)
 }
 
-fn ago(rfc3339: &str) -> String {
+pub fn ago(rfc3339: &str) -> String {
     let Some(t) = time::parse(rfc3339) else {
         return String::new();
     };
@@ -338,13 +393,8 @@ fn ago(rfc3339: &str) -> String {
     format!(" ({text} ago)")
 }
 
-/// The table `berth-report status` prints: one row per service, then the releases.
-fn status_table(
-    ctx: &Context,
-    services: &[ServiceNow],
-    last: Option<&Document>,
-    good: Option<&Document>,
-) -> String {
+/// One row per Compose service.
+fn services_table(services: &[ServiceNow]) -> String {
     let mut rows = vec![[
         "SERVICE".to_string(),
         "TAG".into(),
@@ -359,9 +409,7 @@ fn status_table(
             s.name.clone(),
             or_dash(s.tags().join(",")),
             s.health(),
-            s.since()
-                .map(|t| format!("{}{}", human_time(&t), ago(&t)))
-                .unwrap_or_else(|| "-".into()),
+            since_text(s.since()),
             if names.is_empty() {
                 "0".into()
             } else {
@@ -370,11 +418,27 @@ fn status_table(
             or_dash(s.images().join(",")),
         ]);
     }
+    table(&rows)
+}
+
+/// `14:02 (3m ago)`, or `-`.
+pub fn since_text(t: Option<String>) -> String {
+    t.map(|t| format!("{}{}", human_time(&t), ago(&t)))
+        .unwrap_or_else(|| "-".into())
+}
+
+/// What `berth-report status` prints: the services' table, then the releases.
+fn status_table(
+    ctx: &Context,
+    services: &str,
+    last: Option<&Document>,
+    good: Option<&Document>,
+) -> String {
     let mut out = format!("Project {} ({})\n", ctx.project, ctx.project_dir.display());
     if services.is_empty() {
         out.push_str("  no containers\n");
     } else {
-        out.push_str(&table(&rows));
+        out.push_str(services);
     }
     match last {
         Some(d) => out.push_str(&format!("Last release: {}\n", release_line(d))),
@@ -393,7 +457,7 @@ fn status_table(
     out
 }
 
-fn or_dash(s: String) -> String {
+pub fn or_dash(s: String) -> String {
     if s.is_empty() {
         "-".into()
     } else {
@@ -413,7 +477,7 @@ fn release_line(d: &Document) -> String {
     )
 }
 
-fn table<const N: usize>(rows: &[[String; N]]) -> String {
+pub fn table<const N: usize>(rows: &[[String; N]]) -> String {
     let mut w = [0usize; N];
     for r in rows {
         for (i, c) in r.iter().enumerate() {

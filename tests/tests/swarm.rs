@@ -3,7 +3,9 @@
 //! tasks on two nodes, and `berth-swap preflight --engine swarm` against it: a good stack
 //! passes on the manager, the lint names each key of a compose file that Swarm ignores
 //! or rejects (exact lines), and a worker node is refused; then berth-backup's round trip
-//! with a database task on a worker (swarm/pg.rs). Every other command refuses
+//! with a database task on a worker (swarm/pg.rs), berth-migrate reaching that database
+//! from the new image (swarm/migrate.rs), and `berth-report status` showing the tasks per
+//! node (swarm/status.rs). Every other command refuses
 //! `--engine swarm` (exit 64) rather than act on Compose.
 
 use std::path::Path;
@@ -12,8 +14,12 @@ use std::time::{Duration, Instant};
 
 use berth_e2e::swarm::{Node, Testbed};
 
+#[path = "swarm/migrate.rs"]
+mod migrate;
 #[path = "swarm/pg.rs"]
 mod pg;
+#[path = "swarm/status.rs"]
+mod status;
 use berth_e2e::{berth, bin, require_images, run_ok};
 use serde_json::Value;
 
@@ -198,8 +204,11 @@ fn swarm_preflight_and_lint_on_a_real_three_node_swarm() {
             .args(["stack", "deploy", "-c", "compose.yaml", stack])
             .current_dir(&good),
     );
-    // The database stack of the berth-backup part starts meanwhile.
+    // The database stack of the berth-backup part starts meanwhile, and the stack
+    // whose web service runs the migrations.
     let db = pg::deploy(&tb);
+    let mig = migrate::deploy(&tb);
+    eprintln!("stacks berthdb and berthmig deployed at {:?}", t0.elapsed());
     let nodes = running_nodes(&tb.manager, &format!("{stack}_web"), 2);
     assert_ne!(nodes[0], nodes[1], "the 2 replicas share a node: {nodes:?}");
     for n in tb.nodes().filter(|n| nodes.contains(&n.container)) {
@@ -211,6 +220,8 @@ fn swarm_preflight_and_lint_on_a_real_three_node_swarm() {
         "stack {stack} running on {nodes:?} ({image}) at {:?}",
         t0.elapsed()
     );
+    status::shows_the_tasks_per_node(&tb, &good, stack, &nodes, "v1");
+    eprintln!("status shown at {:?}", t0.elapsed());
 
     // preflight on the manager: passes, records the node and an empty lint.
     let (code, doc, stderr) = preflight(&tb.manager, &good, stack);
@@ -294,6 +305,8 @@ fn swarm_preflight_and_lint_on_a_real_three_node_swarm() {
     let shop = project(tmp.path(), "shop", COMPOSE_ONLY, &tb.registry);
     std::fs::write(shop.join(".env"), "GREETING=hello\n").unwrap();
     let (code, doc, stderr) = preflight(&tb.manager, &shop, "shop");
+    // As README's "When one server is not enough" shows it.
+    eprintln!("preflight of a compose-only project printed:\n{stderr}");
     let lint: Vec<&str> = stderr
         .lines()
         .filter_map(|l| l.strip_prefix("berth-swap: lint: "))
@@ -329,13 +342,16 @@ fn swarm_preflight_and_lint_on_a_real_three_node_swarm() {
     );
     eprintln!("swap part done at {:?}", t0.elapsed());
 
-    // berth-backup on the same swarm (tests/tests/swarm/pg.rs).
+    // berth-migrate, then berth-backup, on the same swarm (tests/tests/swarm/*.rs).
+    migrate::migrations_reach_the_db_task_on_a_worker(&tb, &db, &mig);
     pg::backup_and_restore_reach_the_db_task_on_a_worker(&tb, &db);
     eprintln!("done at {:?}", t0.elapsed());
 }
 
-/// Every command but `berth-swap preflight` and `pull` and `berth-backup pg`, `verify`
-/// and `restore` (tests/tests/swarm/pg.rs) refuses Swarm with one line and exit 64,
+/// Every command but `berth-swap preflight` and `pull`, `berth-backup pg`, `verify`,
+/// `restore`, `drill`, `list` and `prune`, `berth-migrate` and `berth-report status` and
+/// `history`
+/// (tests/tests/swarm/*.rs) refuses Swarm with one line and exit 64,
 /// from the flag and from BERTH_ENGINE alike (as `--check-args`, which scripts/deploy.sh
 /// runs first: nothing runs, nothing changes).
 #[test]
@@ -348,16 +364,11 @@ fn other_commands_refuse_the_swarm_engine() {
             &["maintenance", "on"],
             "berth-swap maintenance",
         ),
-        (
-            "berth-migrate",
-            &["--tag", "v1", "web", "--", "true"],
-            "berth-migrate",
-        ),
         ("berth-rollback", &[], "berth-rollback"),
         (
             "berth-backup",
-            &["drill", "--service", "db"],
-            "berth-backup drill",
+            &["copy", "/etc/hostname"],
+            "berth-backup copy",
         ),
         (
             "berth-healthwait",
@@ -386,7 +397,7 @@ fn other_commands_refuse_the_swarm_engine() {
             let stderr = String::from_utf8_lossy(&out.stderr);
             assert_eq!(out.status.code(), Some(64), "{bin} {args:?}: {stderr}");
             let want = format!(
-                "error: --engine swarm: {name} does not support Docker Swarm yet (so far only berth-swap preflight and pull, berth-backup pg, verify and restore (of pg backups) do); use --engine compose"
+                "error: --engine swarm: {name} does not support Docker Swarm yet (so far only berth-swap preflight and pull, berth-backup pg, verify, restore (of pg backups), drill, list and prune, berth-migrate, berth-report status and history do); use --engine compose"
             );
             assert!(stderr.contains(&want), "{bin} {args:?}: {stderr}");
             assert_eq!(stderr.lines().count(), 1, "{stderr}");

@@ -4,7 +4,8 @@
 //! stack's attachable overlay network. A verified backup (restore-level: restored into
 //! scratch, row counts compared), `verify`, a restore that brings changed rows back (built
 //! beside the live database, swapped in), and the failures: a wrong password, the
-//! service scaled to 0 -> exit 5, nothing half-written left. The service's password
+//! service scaled to 0 -> exit 5, nothing half-written left; a restore `drill`; `list`
+//! and `prune` (they read only the backup directory) as on Compose. The service's password
 //! never shows in output, document or manifest.
 
 use std::path::{Path, PathBuf};
@@ -15,8 +16,8 @@ use berth_e2e::swarm::{Node, Testbed};
 use berth_e2e::{berth, run_ok};
 use serde_json::Value;
 
-const PASSWORD: &str = "sw4rm-Pw-9c1e";
-const STACK: &str = "berthdb";
+pub const PASSWORD: &str = "sw4rm-Pw-9c1e";
+pub const STACK: &str = "berthdb";
 
 /// The database on a worker, reachable on an attachable overlay network.
 const STACK_FILE: &str = r#"services:
@@ -39,7 +40,7 @@ networks:
 "#;
 
 /// psql in a one-off container on the stack's network (the test's own way in, not berth's).
-fn sql(m: &Node, image: &str, db: &str, q: &str) -> Result<String, String> {
+pub fn sql(m: &Node, image: &str, db: &str, q: &str) -> Result<String, String> {
     let out = m
         .docker()
         .args(["run", "--rm", "--network", &format!("{STACK}_data")])
@@ -104,7 +105,7 @@ fn files(dir: &Path) -> Vec<String> {
 /// The database stack, deployed on a test bed (its task starts meanwhile).
 pub struct Db {
     dir: PathBuf,
-    image: String,
+    pub image: String,
     _tmp: tempfile::TempDir,
 }
 
@@ -196,6 +197,14 @@ pub fn backup_and_restore_reach_the_db_task_on_a_worker(tb: &Testbed, db: &Db) {
     assert_eq!(code, 0, "{err}");
     assert!(err.contains("read verification ok"), "{err}");
     eprintln!("pg: backup verified at {:?}", t0.elapsed());
+
+    // A restore drill into a scratch database on the worker's server: passes, and
+    // `berth-report status` shows it with the backup (tests/tests/swarm/status.rs).
+    let (code, _, err) = backup(tb, dir, &["drill", "--service", "db"], &[]);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("drill passed"), "{err}");
+    super::status::shows_the_backup_and_the_drill(tb, dir, STACK);
+    eprintln!("pg: drilled at {:?}", t0.elapsed());
 
     // Rows change; the restore brings them back, the replaced database kept aside.
     sql(
@@ -293,5 +302,15 @@ pub fn backup_and_restore_reach_the_db_task_on_a_worker(tb: &Testbed, db: &Db) {
         err,
         "berth-backup: error: --engine swarm: volume backups and restores are not supported on Swarm: a volume lives on one node, not with the stack\n"
     );
+    // list and prune read only the backup directory, as on Compose.
+    let (code, out, err) = backup(tb, dir, &["list", "--json"], &[]);
+    assert_eq!(code, 0, "{err}");
+    let listed: Value = serde_json::from_str(&out).expect("a JSON array");
+    assert_eq!(listed.as_array().map(Vec::len), Some(1), "{out}");
+    assert_eq!(listed[0]["path"], path.as_str(), "{out}");
+    let (code, out, err) = backup(tb, dir, &["prune", "--keep-last", "1", "--dry-run"], &[]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("keep "), "{out}");
+    assert_eq!(files(&backups), before);
     eprintln!("pg: done at {:?}", t0.elapsed());
 }
