@@ -365,8 +365,8 @@ fn a_second_deploy_while_one_runs_exits_75() {
     // No services named: every service whose image uses BERTH_TAG (web and worker).
     first.env_remove("DEPLOY_SERVICES");
     first.env("DEPLOY_MIGRATE_SERVICE", "web");
-    first.env("DEMO_BOOT_DELAY_MS", "4000");
-    s.set_env("DEMO_BOOT_DELAY_MS", "4000");
+    first.env("DEMO_BOOT_DELAY_MS", "2000");
+    s.set_env("DEMO_BOOT_DELAY_MS", "2000");
     let mut child = first
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
