@@ -1,15 +1,22 @@
 #!/usr/bin/env bash
-# bench/swap: `docker compose up -d --wait` (recreate) against `berth-swap`, one run each,
-# on the same demo stack (own project name and port, removed at the end) under the same
-# load: 8 clients on /version through nginx. Prints failed requests, the longest gap
-# between successful answers, p50/p99/max latency during the rollout against steady state,
-# wall time; for berth also the time from the new container's own `ready` log event
-# (boot_ms) to the switch.
+# bench/swap: one rollout per row, side by side in one run under the same load (8 clients
+# that behave like real ones, tests/src/clients.rs: keep-alive when the proxy allows it,
+# every third request a POST, nothing resent): `docker compose up -d --wait` with the new
+# tag (recreate, the baseline), berth-swap through nginx with client keep-alive off (as
+# shipped) and on (75 s), and berth-swap --proxy haproxy (examples/haproxy). Prints failed
+# requests by method, requests, the longest gap, p99, the time until the new version first
+# answers and the command's wall time, with ratios against the baseline of the same run.
+# Private stacks (own project names and ports), removed at the end.
+# See tests/examples/bench_swap.rs.
 #
-# Usage: bench/swap.sh            (PAUSE_MS=5: each client's pause between requests)
+# Usage: bench/swap.sh      (CLIENTS=8 PAUSE_MS=5 POST_EVERY=3; BERTH_BIN_DIR: where
+#                            berth-swap is, default target/release, built here then)
 # Needs: scripts/setup.sh done (images, compose v2). Not part of the test suite.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
-cargo build --release -q -p berth-swap
-BERTH_BIN_DIR="$root/target/release" cargo run --release -q -p berth-e2e --example bench_swap
+if [ -z "${BERTH_BIN_DIR:-}" ]; then
+	cargo build --release -q -p berth-swap
+	export BERTH_BIN_DIR="$root/target/release"
+fi
+cargo run --release -q -p berth-e2e --example bench_swap

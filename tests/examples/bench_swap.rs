@@ -1,194 +1,246 @@
-//! bench/swap: `docker compose up -d --wait` (recreate) against `berth-swap`, one run each,
-//! on the same demo stack under the same load. Run through `bench/swap.sh`.
+//! bench/swap: one rollout of the demo's web service per row, side by side in one run,
+//! under the same load: clients that behave like real ones ([`berth_e2e::clients`]: 8
+//! keep-alive clients when the proxy allows it, every third request a POST, nothing
+//! resent). Run through `bench/swap.sh`.
 //!
-//! For each: failed requests, the longest gap between successful answers, p50/p99/max
-//! latency during the rollout (against steady state just before it), wall time. For
-//! berth also the time from the new container's own `ready` log event to the switch.
+//! Rows (one nginx stack for the first three, one HAProxy stack for the fourth):
+//! - `compose recreate`: the baseline, what compose does by itself: `BERTH_TAG=v2`, `docker
+//!   compose up -d --wait --no-deps web` (stop-first), then `nginx -s reload` so that nginx
+//!   resolves the new container (without it every request fails until someone reloads).
+//! - `berth nginx ka off`: `berth-swap --drain 2s web`, the demo's nginx.conf as shipped
+//!   (`keepalive_timeout 0`: one request per client connection).
+//! - `berth nginx ka on`: the same with nginx's default client keep-alive (75 s).
+//! - `berth haproxy`: `berth-swap --proxy haproxy` on examples/haproxy (runtime API, no
+//!   reload; client keep-alive 75 s).
+//!
+//! Places are kept for the nginx DNS mode (helper nginxka) and Swarm (helper swarmswap):
+//! see [`PENDING`].
+//!
+//! Per row: requests and failed ones (GET, POST) from the start of the rollout until 1 s
+//! after it returned, the longest time without an answer, p99 latency, the time from the
+//! start until the first answer from the new version (switch), the command's wall time
+//! (total), and failed/total against the compose recreate baseline of the same run.
 
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use berth_e2e::{Load, LoadReport, Stack};
-use serde_json::Value;
+use berth_e2e::clients::{ClientReport, Clients, Method, Mix};
+use berth_e2e::Stack;
 
-const CLIENTS: usize = 8;
+/// Rows not measured yet, printed as such: (name, who adds it).
+const PENDING: &[(&str, &str)] = &[
+    ("berth nginx dns", "nginx DNS mode, helper nginxka"),
+    ("berth swarm", "Swarm, helper swarmswap"),
+];
 
 struct Row {
     name: &'static str,
-    wall: Duration,
-    report: LoadReport,
-    from: Duration,
-    to: Duration,
-    steady_p99: Duration,
+    /// The rollout's window of the load: from its start until 1 s after it returned.
+    load: ClientReport,
+    /// From the start of the rollout until the first answer from the new version.
+    switch: Option<Duration>,
+    total: Duration,
 }
 
-fn ms(d: Duration) -> String {
-    format!("{:.1}", d.as_secs_f64() * 1000.0)
+fn env_num(key: &str, default: u64) -> u64 {
+    std::env::var(key)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
-fn measure(s: &Stack, pause: Duration, name: &'static str, op: impl FnOnce()) -> Row {
-    let load = Load::start_paced(&s.url("/version"), CLIENTS, Duration::from_secs(300), pause);
-    std::thread::sleep(Duration::from_secs(4));
+/// Load for 3 s, then `op` (a rollout to `to`), then 2 s more.
+fn measure(s: &Stack, mix: &Mix, name: &'static str, to: &str, op: impl FnOnce()) -> Row {
+    let load = Clients::start(&s.url(""), mix);
+    std::thread::sleep(Duration::from_secs(3));
     let from = load.elapsed();
     let t = Instant::now();
     op();
-    let wall = t.elapsed();
-    let to = load.elapsed();
+    let total = t.elapsed();
+    let to_end = load.elapsed() + Duration::from_secs(1);
     std::thread::sleep(Duration::from_secs(2));
-    let report = load.stop();
-    let steady_p99 = report.latency_percentile(0.99, from - Duration::from_secs(3), from);
+    let load = load.stop().window(from, to_end);
+    let switch = load
+        .attempts
+        .iter()
+        .find(|a| a.version == to && !a.failed())
+        .map(|a| a.at - from);
     Row {
         name,
-        wall,
-        report,
-        from,
-        to,
-        steady_p99,
+        load,
+        switch,
+        total,
     }
 }
 
-fn window(r: &Row) -> (usize, usize, Duration) {
-    let end = r.to + Duration::from_secs(1);
-    let inside: Vec<_> = r
-        .report
-        .samples
-        .iter()
-        .filter(|x| x.at >= r.from && x.at < end)
-        .collect();
-    let failed = inside.iter().filter(|x| x.failed()).count();
-    let oks: Vec<Duration> = inside
-        .iter()
-        .filter(|x| !x.failed())
-        .map(|x| x.at)
-        .collect();
-    let mut gap = oks.first().map(|f| *f - r.from).unwrap_or(end - r.from);
-    for w in oks.windows(2) {
-        gap = gap.max(w[1] - w[0]);
-    }
-    (inside.len(), failed, gap)
-}
-
-fn docker_logs(name: &str) -> String {
-    let out = Command::new("docker")
-        .args(["logs", name])
+fn berth_swap(s: &Stack, args: &[&str]) {
+    let out = s
+        .berth("berth-swap")
+        .args(["--drain", "2s"])
+        .args(args)
+        .stdin(Stdio::null())
         .output()
         .unwrap();
-    String::from_utf8_lossy(&out.stdout).to_string()
+    assert!(
+        out.status.success(),
+        "berth-swap {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
-fn main() {
-    let pause = Duration::from_millis(
-        std::env::var("PAUSE_MS")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(5),
+/// Client keep-alive of the stack's own nginx (the shipped file is not touched): rewritten
+/// in place (it is bind-mounted on its own), checked, reloaded; then the old workers get
+/// time to go before any load starts.
+fn nginx_keepalive(s: &Stack, timeout: &str) {
+    let path = s.dir.join("nginx/nginx.conf");
+    let conf = std::fs::read_to_string(&path).unwrap();
+    assert!(conf.contains("keepalive_timeout 0;"), "nginx.conf changed");
+    let conf = conf.replace(
+        "keepalive_timeout 0;",
+        &format!("keepalive_timeout {timeout};"),
     );
-    let s = Stack::new("bench-swap");
-    s.start("v1");
-    s.migrate("v2");
+    std::fs::write(&path, conf).unwrap();
+    s.compose_ok(&["exec", "-T", "proxy", "nginx", "-t", "-q"]);
+    s.compose_ok(&["exec", "-T", "proxy", "nginx", "-s", "reload"]);
+    std::thread::sleep(Duration::from_secs(3));
+}
 
-    // 1. What compose does by itself: recreate web at v2 (stop-first), wait for health,
-    //    then reload nginx so that it resolves the new container (without the reload
-    //    nginx keeps the old address and every request fails until it is reloaded).
-    let compose_row = measure(&s, pause, "compose up -d --wait", || {
-        s.set_env("BERTH_TAG", "v2");
-        s.compose_ok(&["up", "-d", "--wait", "--no-deps", "web"]);
-        s.compose_ok(&["exec", "-T", "proxy", "nginx", "-s", "reload"]);
-    });
-
-    // Back to v1 the same way (not measured), then berth-swap v1 -> v2.
-    s.set_env("BERTH_TAG", "v1");
+fn compose_recreate(s: &Stack, tag: &str) {
+    s.set_env("BERTH_TAG", tag);
     s.compose_ok(&["up", "-d", "--wait", "--no-deps", "web"]);
     s.compose_ok(&["exec", "-T", "proxy", "nginx", "-s", "reload"]);
-    std::thread::sleep(Duration::from_secs(1));
+}
 
-    let mut doc = Value::Null;
-    let berth_row = measure(&s, pause, "berth-swap", || {
-        let out = s
-            .berth("berth-swap")
-            .args(["--tag", "v2", "--drain", "2s", "web"])
-            .stdin(Stdio::null())
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        doc = serde_json::from_slice(&out.stdout).unwrap();
+fn nginx_rows(mix: &Mix) -> Vec<Row> {
+    let s = Stack::new("bench-swap");
+    s.start_on_schema("v1", "v2");
+    let base = measure(&s, mix, "compose recreate", "v2", || {
+        compose_recreate(&s, "v2")
     });
+    // Back to v1 the same way (not measured).
+    compose_recreate(&s, "v1");
+    std::thread::sleep(Duration::from_secs(1));
+    let off = measure(&s, mix, "berth nginx ka off", "v2", || {
+        berth_swap(&s, &["--tag", "v2", "web"])
+    });
+    nginx_keepalive(&s, "75s");
+    let on = measure(&s, mix, "berth nginx ka on", "v1", || {
+        berth_swap(&s, &["--tag", "v1", "web"])
+    });
+    vec![base, off, on]
+}
 
-    let st = doc["stages"]
-        .as_array()
-        .unwrap()
+fn haproxy_row(mix: &Mix) -> Row {
+    let s = Stack::new("bench-swap-haproxy");
+    s.use_haproxy();
+    s.start_on_schema("v1", "v2");
+    // HAProxy starts with every slot in maintenance: the first swap fills one.
+    berth_swap(&s, &["--proxy", "haproxy", "--tag", "v1", "web"]);
+    measure(&s, mix, "berth haproxy", "v2", || {
+        berth_swap(&s, &["--proxy", "haproxy", "--tag", "v2", "web"])
+    })
+}
+
+fn failed(r: &ClientReport, m: Method) -> usize {
+    r.attempts
         .iter()
-        .find(|x| x["stage"] == "swap")
-        .unwrap()
-        .clone();
-    let d = &st["detail"];
-    let new_name = d["services"][0]["new_containers"][0]["name"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let ready: Value = docker_logs(&new_name)
-        .lines()
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .find(|v| v["event"] == "ready")
-        .expect("the app logs a ready event");
-    let ready_unix_ms = ready["unix_ms"].as_i64().unwrap();
-    let boot_ms = ready["boot_ms"].as_i64().unwrap();
-    let switched = berth_core::time::parse(d["switched_at"].as_str().unwrap()).unwrap();
-    let switch_lag = switched.as_millisecond() - ready_unix_ms;
+        .filter(|a| a.method == m && a.failed())
+        .count()
+}
 
+fn ratio(a: f64, b: f64) -> String {
+    if b == 0.0 {
+        "-".to_string()
+    } else {
+        format!("{:.2}", a / b)
+    }
+}
+
+fn print_rows(rows: &[Row]) {
     println!(
-        "bench/swap: demo stack, {CLIENTS} clients on /version through nginx ({} ms pause per client), one run each",
-        pause.as_millis()
-    );
-    println!();
-    println!(
-        "{:<22} {:>9} {:>8} {:>10} {:>9} {:>9} {:>9} {:>11} {:>9}",
+        "{:<20} {:>8} {:>6} {:>5} {:>5} {:>7} {:>7} {:>8} {:>7} {:>11} {:>10}",
         "rollout",
         "requests",
         "failed",
+        "GET",
+        "POST",
         "gap_ms",
-        "p50_ms",
         "p99_ms",
-        "max_ms",
-        "steady_p99",
-        "wall_s"
+        "switch_s",
+        "total_s",
+        "failed/base",
+        "total/base"
     );
-    for r in [&compose_row, &berth_row] {
-        let (n, failed, gap) = window(r);
-        let end = r.to + Duration::from_secs(1);
-        let p50 = r.report.latency_percentile(0.5, r.from, end);
-        let p99 = r.report.latency_percentile(0.99, r.from, end);
-        let max = r.report.latency_percentile(1.0, r.from, end);
+    let base = &rows[0];
+    let ms = |d: Duration| format!("{:.0}", d.as_secs_f64() * 1000.0);
+    for r in rows {
+        let switch = r
+            .switch
+            .map(|d| format!("{:.2}", d.as_secs_f64()))
+            .unwrap_or_else(|| "never".into());
         println!(
-            "{:<22} {:>9} {:>8} {:>10} {:>9} {:>9} {:>9} {:>11} {:>9.2}",
+            "{:<20} {:>8} {:>6} {:>5} {:>5} {:>7} {:>7} {:>8} {:>7.2} {:>11} {:>10}",
             r.name,
-            n,
-            failed,
-            ms(gap),
-            ms(p50),
-            ms(p99),
-            ms(max),
-            ms(r.steady_p99),
-            r.wall.as_secs_f64()
+            r.load.total(),
+            r.load.failed(),
+            failed(&r.load, Method::Get),
+            failed(&r.load, Method::Post),
+            ms(r.load.longest_gap()),
+            ms(r.load.latency(0.99)),
+            switch,
+            r.total.as_secs_f64(),
+            ratio(r.load.failed() as f64, base.load.failed() as f64),
+            ratio(r.total.as_secs_f64(), base.total.as_secs_f64()),
         );
     }
-    println!();
-    println!("(requests, failed, gap, latencies: from the start of the rollout until 1 s after it returned;");
-    println!(" steady_p99: the 3 s before it; gap: longest time without a successful answer)");
-    println!();
-    println!("berth-swap, from the document and the new container's log:");
-    println!("  new container {new_name}: boot to ready {boot_ms} ms (its own `ready` event)");
+    for (name, what) in PENDING {
+        println!("{name:<20} (not measured yet: {what})");
+    }
+}
+
+fn main() {
+    let mix = Mix {
+        clients: env_num("CLIENTS", 8) as usize,
+        pause: Duration::from_millis(env_num("PAUSE_MS", 5)),
+        post_every: env_num("POST_EVERY", 3) as u32,
+        ..Mix::default()
+    };
+    let load_avg = || {
+        std::fs::read_to_string("/proc/loadavg")
+            .unwrap_or_default()
+            .trim()
+            .to_string()
+    };
     println!(
-        "  berth saw it ready {} ms after starting to probe; switch (upstream + nginx -t + reload) {} ms",
-        d["ready_ms"], d["switch_ms"]
+        "bench/swap: demo stack, {} clients on /version ({} ms pause, {}, nothing resent), one rollout per row; load average at start: {}",
+        mix.clients,
+        mix.pause.as_millis(),
+        posts(mix.post_every),
+        load_avg()
     );
-    println!("  switched {switch_lag} ms after the container's ready event (goal <= 500 ms)");
+    let mut rows = nginx_rows(&mix);
+    rows.push(haproxy_row(&mix));
+    println!();
+    print_rows(&rows);
+    println!();
     println!(
-        "  drain {} ms, stop old {} ms, total {} ms",
-        d["drain_ms"], d["stop_ms"], d["total_ms"]
+        "(requests, failed, gap, p99: from the start of the rollout until 1 s after it returned;"
     );
+    println!(
+        " gap: longest time between two answered requests; switch: until the first answer from the"
+    );
+    println!(
+        " new version; total: the rollout command's wall time, berth's includes its 2 s drain)"
+    );
+    println!("load average at end: {}", load_avg());
+}
+
+fn posts(n: u32) -> String {
+    match n {
+        0 => "GETs only".into(),
+        1 => "POSTs only".into(),
+        2 => "every 2nd request a POST".into(),
+        3 => "every 3rd request a POST".into(),
+        n => format!("every {n}th request a POST"),
+    }
 }

@@ -16,7 +16,7 @@
 //! answer (the demo app answers POST with 405, "only GET and HEAD", after reading the body:
 //! the request reached it and its answer came back).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -518,6 +518,39 @@ impl ClientReport {
         }
     }
 
+    /// Requests that got no complete response (a 503 page is an answer, not one of these).
+    pub fn transport_errors(&self) -> usize {
+        self.attempts
+            .iter()
+            .filter(|a| matches!(a.outcome, Outcome::Error(_)))
+            .count()
+    }
+
+    /// The (method, status) pairs of the answered requests.
+    pub fn statuses(&self) -> BTreeSet<(Method, u16)> {
+        self.attempts
+            .iter()
+            .filter_map(|a| match a.outcome {
+                Outcome::Status(s) => Some((a.method, s)),
+                Outcome::Error(_) => None,
+            })
+            .collect()
+    }
+
+    /// Versions that answered (not failed) at or after `t` (load time).
+    pub fn versions_after(&self, t: Duration) -> BTreeSet<String> {
+        self.attempts
+            .iter()
+            .filter(|a| a.at >= t && !a.failed())
+            .map(|a| a.version.clone())
+            .collect()
+    }
+
+    /// The longest time between two consecutive answered (not failed) requests.
+    pub fn longest_gap(&self) -> Duration {
+        crate::longest_gap(self.attempts.iter().filter(|a| !a.failed()).map(|a| a.at))
+    }
+
     /// Counts per (method, reused or fresh connection, status or error kind).
     pub fn counts(&self) -> BTreeMap<(Method, bool, Outcome), usize> {
         let mut m = BTreeMap::new();
@@ -691,6 +724,20 @@ mod tests {
         );
         assert_eq!(srv.seen.load(Ordering::SeqCst), 30);
         assert!(r.attempts.iter().all(|a| a.version == "t"));
+        assert_eq!(r.transport_errors(), 0);
+        assert_eq!(
+            r.statuses(),
+            [(Method::Get, 200), (Method::Post, 200)].into()
+        );
+        assert_eq!(r.versions_after(Duration::ZERO), ["t".to_string()].into());
+        let last = r.attempts.last().unwrap().at;
+        assert!(r.versions_after(last + Duration::from_millis(1)).is_empty());
+        // Each client pauses 30 ms between answers: no gap anywhere near a second.
+        assert!(
+            r.longest_gap() < Duration::from_secs(1),
+            "{:?}",
+            r.longest_gap()
+        );
     }
 
     #[test]
@@ -740,6 +787,9 @@ mod tests {
             .iter()
             .all(|a| a.outcome == Outcome::Error(CONNECT_REFUSED) && !a.reused));
         assert_eq!(r.browser_retriable(), 0);
+        assert_eq!(r.transport_errors(), 3);
+        assert!(r.statuses().is_empty() && r.versions_after(Duration::ZERO).is_empty());
+        assert_eq!(r.longest_gap(), Duration::ZERO);
     }
 
     #[test]

@@ -338,9 +338,16 @@ impl Stack {
     /// Start the database, migrate it to the schema of `tag`, and start everything at
     /// `tag`, waiting until compose reports it healthy.
     pub fn start(&self, tag: &str) {
+        self.start_on_schema(tag, tag);
+    }
+
+    /// [`Stack::start`] with the database migrated to the schema of `schema_tag` instead
+    /// (one migrate run: e.g. v1 serving on v2's backward compatible schema, as after a
+    /// deploy's migrate stage).
+    pub fn start_on_schema(&self, tag: &str, schema_tag: &str) {
         self.set_env("BERTH_TAG", tag);
         self.compose_ok(&["up", "-d", "--wait", "db", "redis"]);
-        self.compose_ok(&["run", "--rm", "--no-deps", "-T", "web", "migrate"]);
+        self.migrate(schema_tag);
         self.compose_ok(&["up", "-d", "--wait"]);
     }
 
@@ -624,16 +631,7 @@ impl LoadReport {
 
     /// The longest time between two consecutive successful answers.
     pub fn longest_gap(&self) -> Duration {
-        let oks: Vec<Duration> = self
-            .samples
-            .iter()
-            .filter(|s| !s.failed())
-            .map(|s| s.at)
-            .collect();
-        oks.windows(2)
-            .map(|w| w[1] - w[0])
-            .max()
-            .unwrap_or_default()
+        longest_gap(self.samples.iter().filter(|s| !s.failed()).map(|s| s.at))
     }
 
     /// Latency percentile (0.0..=1.0) over samples finishing within `[from, to)`.
@@ -670,6 +668,16 @@ impl LoadReport {
             errors.into_iter().take(5).collect::<Vec<_>>()
         )
     }
+}
+
+/// The longest time between two consecutive instants of `times` (in order).
+pub fn longest_gap(times: impl IntoIterator<Item = Duration>) -> Duration {
+    let times: Vec<Duration> = times.into_iter().collect();
+    times
+        .windows(2)
+        .map(|w| w[1] - w[0])
+        .max()
+        .unwrap_or_default()
 }
 
 /// A tiny HTTP server for tests that need one without Docker: answers each request with

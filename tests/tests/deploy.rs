@@ -6,11 +6,10 @@ use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-use berth_e2e::{bin, root, Load, LoadReport, Stack, TestServer};
+use berth_e2e::clients::{ClientReport, Clients, Method, Mix};
+use berth_e2e::{bin, root, Stack, TestServer};
 use serde_json::Value;
 
-const CLIENTS: usize = 8;
-const PAUSE: Duration = Duration::from_millis(5);
 const TOKEN: &str = "123456:telegram-secret-token";
 
 /// Start the stack at `tag` (database migrated to its schema).
@@ -109,8 +108,15 @@ fn ledger_lines(s: &Stack) -> usize {
         .unwrap_or(0)
 }
 
-fn under_load(s: &Stack, f: impl FnOnce()) -> LoadReport {
-    let load = Load::start_paced(&s.url("/"), CLIENTS, Duration::from_secs(240), PAUSE);
+/// Clients that behave like real ones (tests/src/clients.rs: 8, keep-alive when nginx
+/// allows it, every third request a POST, nothing resent) on `/` for the whole of `f`.
+fn under_load(s: &Stack, f: impl FnOnce()) -> ClientReport {
+    let mix = Mix {
+        path: "/".to_string(),
+        max_time: Duration::from_secs(240),
+        ..Mix::default()
+    };
+    let load = Clients::start(&s.url(""), &mix);
     std::thread::sleep(Duration::from_millis(500));
     f();
     std::thread::sleep(Duration::from_millis(500));
@@ -214,8 +220,24 @@ fn v1_to_v2_with_migration_backup_ledger_and_notifications() {
 }
 
 #[test]
-fn failures_before_the_switch_exit_with_their_code_and_v1_keeps_serving() {
+fn dry_run_then_failures_before_the_switch_exit_with_their_code_and_v1_keeps_serving() {
     let s = stack("deploy-before", "v1");
+    // A dry run of the whole deploy: every stage says what it would do, nothing moves.
+    let before = s.container_ids();
+    let dry = deploy_cmd_args(&s, &["--dry-run", "v2"], None);
+    let r = run(dry);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("would run: docker compose"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(s.container_ids(), before);
+    assert_eq!(s.env_value("BERTH_TAG").as_deref(), Some("v1"));
+    assert_eq!(ledger_lines(&s), 0);
+    assert_eq!(schema(&s), "1");
+
+    // Under load: a missing image, a failing migration, a release that never gets ready.
     let load = under_load(&s, || {
         // An image that exists nowhere: 2, nothing changed.
         let r = run(deploy_cmd(&s, "no-such-tag-3f9c2a1", None));
@@ -256,26 +278,8 @@ fn failures_before_the_switch_exit_with_their_code_and_v1_keeps_serving() {
         1,
         "no new container left"
     );
-}
 
-#[test]
-fn a_backup_failure_exits_5_and_nothing_else_runs() {
-    let s = stack("deploy-backup", "v1");
-    // First a dry run of the whole deploy: every stage says what it would do, nothing moves.
-    let before = s.container_ids();
-    let dry = deploy_cmd_args(&s, &["--dry-run", "v2"], None);
-    let r = run(dry);
-    assert_eq!(r.code, 0, "{}", r.stderr);
-    assert!(
-        r.stderr.contains("would run: docker compose"),
-        "{}",
-        r.stderr
-    );
-    assert_eq!(s.container_ids(), before);
-    assert_eq!(s.env_value("BERTH_TAG").as_deref(), Some("v1"));
-    assert_eq!(ledger_lines(&s), 0);
-    assert_eq!(schema(&s), "1");
-
+    // The database is down: the backup fails, 5, and nothing after it runs.
     s.compose_ok(&["stop", "db"]);
     let r = run(deploy_cmd(&s, "v2", None));
     assert_eq!(r.code, 5, "{}", r.stderr);
@@ -361,8 +365,8 @@ fn a_second_deploy_while_one_runs_exits_75() {
     // No services named: every service whose image uses BERTH_TAG (web and worker).
     first.env_remove("DEPLOY_SERVICES");
     first.env("DEPLOY_MIGRATE_SERVICE", "web");
-    first.env("DEMO_BOOT_DELAY_MS", "4000");
-    s.set_env("DEMO_BOOT_DELAY_MS", "4000");
+    first.env("DEMO_BOOT_DELAY_MS", "2000");
+    s.set_env("DEMO_BOOT_DELAY_MS", "2000");
     let mut child = first
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -408,8 +412,12 @@ fn a_second_deploy_while_one_runs_exits_75() {
 fn stage_by_stage_with_a_saved_document_equals_the_pipe() {
     // The same deploy, v1 -> v2, twice: once as one shell pipe of berth commands, once as
     // separate commands with the document saved in a file between them.
-    let pipe_stack = stack("deploy-pipe", "v1");
-    let file_stack = stack("deploy-file", "v1");
+    // The two stacks start, and the two deploys run, side by side (CI time).
+    let (pipe_stack, file_stack) = std::thread::scope(|sc| {
+        let pipe = sc.spawn(|| stack("deploy-pipe", "v1"));
+        let file = stack("deploy-file", "v1");
+        (pipe.join().expect("the pipe's stack starts"), file)
+    });
     let stage_args: Vec<Vec<String>> = vec![
         vec![
             "berth-swap".into(),
@@ -488,19 +496,14 @@ fn stage_by_stage_with_a_saved_document_equals_the_pipe() {
         .map(|a| words(&pipe_stack, a))
         .collect::<Vec<_>>()
         .join(" | ");
-    let out = Command::new("bash")
+    let pipe_run = Command::new("bash")
         // The first stage starts a new document from an empty stdin.
         .args(["-c", &format!("</dev/null {pipe}")])
         .env_remove("BERTH_TAG")
-        .output()
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
         .unwrap();
-    let pipe_code = out.status.code().unwrap();
-    let pipe_doc: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "the pipe wrote no document ({e}): {}",
-            String::from_utf8_lossy(&out.stderr)
-        )
-    });
 
     let doc_file = file_stack.dir.join("doc.json");
     std::fs::write(&doc_file, "").unwrap();
@@ -520,6 +523,14 @@ fn stage_by_stage_with_a_saved_document_equals_the_pipe() {
     }
     let file_doc: Value =
         serde_json::from_str(&std::fs::read_to_string(&doc_file).unwrap()).unwrap();
+    let out = pipe_run.wait_with_output().unwrap();
+    let pipe_code = out.status.code().unwrap();
+    let pipe_doc: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "the pipe wrote no document ({e}): {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
 
     assert_eq!(pipe_code, 0, "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(file_code, pipe_code);
@@ -546,16 +557,22 @@ fn maintenance_mode_wraps_migrate_and_swap_and_the_report_states_the_window() {
     let r = out.unwrap();
     assert_eq!(r.code, 0, "{}", r.stderr);
     // While the window is open nginx answers 503 (with Retry-After); never a dropped
-    // connection, and nothing but 200 and 503.
+    // connection, and nothing but the app's answers (GET 200, POST 405) and 503.
     assert_eq!(load.transport_errors(), 0, "{}", load.summary());
-    let statuses: Vec<u16> = load.by_status().keys().copied().collect();
+    let statuses = load.statuses();
+    let allowed = [
+        (Method::Get, 200),
+        (Method::Get, 503),
+        (Method::Post, 405),
+        (Method::Post, 503),
+    ];
     assert!(
-        statuses.iter().all(|s| *s == 200 || *s == 503),
+        statuses.iter().all(|s| allowed.contains(s)),
         "{}",
         load.summary()
     );
     assert!(
-        statuses.contains(&503),
+        statuses.contains(&(Method::Get, 503)),
         "the window was seen: {}",
         load.summary()
     );

@@ -25,8 +25,7 @@ const FAST: &[&str] = &[
 fn haproxy_stack() -> Stack {
     let s = Stack::new("haproxy");
     s.use_haproxy();
-    s.start("v1");
-    s.migrate("v2");
+    s.start_on_schema("v1", "v2");
     // HAProxy starts with every slot in maintenance: the first swap fills one.
     let (code, _, err) = berth(&s, "berth-swap", &["--tag", "v1", "web"]);
     assert_eq!(code, 0, "{err}");

@@ -1,17 +1,26 @@
 //! berth-swap and berth-rollback on the demo stack, against the real Docker Engine,
-//! Compose v2 and nginx, under load: 8 clients sending requests through nginx from
-//! before the swap until after it. Every test has its own compose project and port.
+//! Compose v2 and nginx, under load: 8 clients that behave like real ones
+//! (tests/src/clients.rs: keep-alive when the server allows it, every third request a
+//! POST, nothing ever resent) sending requests through nginx from before the swap until
+//! after it. The demo's nginx ships `keepalive_timeout 0`, so it closes every client
+//! connection after its answer and each client opens a new one per request, as a real
+//! client does. Every test has its own compose project and port.
 
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use berth_e2e::{Load, LoadReport, Stack};
+use berth_e2e::clients::{ClientReport, Clients, Method, Mix};
+use berth_e2e::Stack;
 use serde_json::Value;
 
-const CLIENTS: usize = 8;
-/// Each client's pause between requests: steady load that leaves the 2-core CI machine
-/// CPU for the deploy (unpaced clients saturate it and slow every test).
-const PAUSE: Duration = Duration::from_millis(5);
+/// 8 clients, each pausing 5 ms after every answer (steady load that leaves the 2-core
+/// CI machine CPU for the deploy), every third request a POST.
+fn mix() -> Mix {
+    Mix {
+        max_time: Duration::from_secs(180),
+        ..Mix::default()
+    }
+}
 
 /// Short timings for tests: the demo app drains in well under a second.
 const FAST: &[&str] = &["--drain", "1s", "--stop-timeout", "5s", "--timeout", "30s"];
@@ -20,23 +29,8 @@ const FAST: &[&str] = &["--drain", "1s", "--stop-timeout", "5s", "--timeout", "3
 /// backward compatible: v1 serves on it), as a deploy would after its migrate stage.
 fn stack_at_v1(name: &str) -> Stack {
     let s = Stack::new(name);
-    s.start("v1");
-    migrate(&s, "v2");
+    s.start_on_schema("v1", "v2");
     s
-}
-
-fn migrate(s: &Stack, tag: &str) {
-    let out = s
-        .compose()
-        .env("BERTH_TAG", tag)
-        .args(["run", "--rm", "--no-deps", "-T", "web", "migrate"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "migrate {tag}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 /// Run a berth command with empty stdin: (exit code, document, stderr).
@@ -65,16 +59,30 @@ fn swap(s: &Stack, tag: &str, extra: &[&str]) -> (i32, Value, String) {
     berth(s, "berth-swap", &args)
 }
 
-/// Load on `/version` through nginx for the whole of `f`, with a second of traffic on
-/// either side. Returns f's result, the load report, and the load time when f returned.
-fn under_load<T>(s: &Stack, f: impl FnOnce() -> T) -> (T, LoadReport, Duration) {
+/// Load on `/version` through nginx for the whole of `f`, with half a second of traffic
+/// on either side (hundreds of requests). Returns f's result, the load report, and the
+/// load time when f returned.
+fn under_load<T>(s: &Stack, f: impl FnOnce() -> T) -> (T, ClientReport, Duration) {
     LOAD_STARTED_UNIX_MS.with(|c| c.set(unix_ms()));
-    let load = Load::start_paced(&s.url("/version"), CLIENTS, Duration::from_secs(180), PAUSE);
-    std::thread::sleep(Duration::from_secs(1));
+    let load = Clients::start(&s.url(""), &mix());
+    std::thread::sleep(Duration::from_millis(500));
     let out = f();
     let done = load.elapsed();
-    std::thread::sleep(Duration::from_secs(1));
+    std::thread::sleep(Duration::from_millis(500));
     (out, load.stop(), done)
+}
+
+/// No request failed (no transport error, no 5xx), GETs and POSTs alike, and both were
+/// sent.
+fn no_failed(load: &ClientReport) {
+    eprintln!("load: {}", load.summary());
+    assert_eq!(load.failed(), 0, "{}", load.summary());
+    let sent = |m| load.attempts.iter().any(|a| a.method == m);
+    assert!(
+        sent(Method::Get) && sent(Method::Post),
+        "{}",
+        load.summary()
+    );
 }
 
 thread_local! {
@@ -130,13 +138,12 @@ fn wait_serving(s: &Stack, path: &str, limit: Duration) -> (u16, String, String)
     }
 }
 
-#[test]
-fn v1_to_v2_zero_failed_requests_then_durable_across_restart_and_up() {
-    let s = stack_at_v1("swap-v2");
-    let ((code, doc, err), load, done) = under_load(&s, || swap(&s, "v2", &[]));
+/// With web at v1 and nothing in the ledger: v1 to v2 under load fails no request, then
+/// the release is durable across `up -d`, a restart and `down` + `up`.
+fn v1_to_v2_zero_failed_requests_then_durable_across_restart_and_up(s: &Stack) {
+    let ((code, doc, err), load, done) = under_load(s, || swap(s, "v2", &[]));
     assert_eq!(code, 0, "{err}");
-    eprintln!("load: {}", load.summary());
-    assert_eq!(load.failed(), 0, "{}", load.summary());
+    no_failed(&load);
     assert!(load.total() > 100, "{}", load.summary());
     assert_eq!(
         load.versions_after(done),
@@ -185,13 +192,13 @@ fn v1_to_v2_zero_failed_requests_then_durable_across_restart_and_up() {
 
     // Durable: .env, compose ps, the upstream file, the ledger; no journal left.
     assert_eq!(s.env_value("BERTH_TAG").as_deref(), Some("v2"));
-    assert_eq!(versions(&s, "web"), ["berth-demo/app:v2"]);
-    assert_eq!(versions(&s, "worker"), ["berth-demo/app:v2"]);
+    assert_eq!(versions(s, "web"), ["berth-demo/app:v2"]);
+    assert_eq!(versions(s, "worker"), ["berth-demo/app:v2"]);
     // Once the old containers are gone the upstream names the service itself (only the
     // new containers answer to it), so a later `down` + `up` still finds the app.
     let upstream = std::fs::read_to_string(s.dir.join("nginx/berth/upstream-web.conf")).unwrap();
     assert!(upstream.contains("server web:8080;"), "{upstream}");
-    assert!(journal_is_empty(&s));
+    assert!(journal_is_empty(s));
     let ledger = std::fs::read_to_string(s.state_dir().join("releases.jsonl")).unwrap();
     assert_eq!(ledger.lines().count(), 1);
 
@@ -211,7 +218,7 @@ fn v1_to_v2_zero_failed_requests_then_durable_across_restart_and_up() {
     // resolves the container names again and the new version serves.
     s.compose_ok(&["stop", "-t", "5"]);
     s.compose_ok(&["start"]);
-    let (status, version, _) = wait_serving(&s, "/version", Duration::from_secs(60));
+    let (status, version, _) = wait_serving(s, "/version", Duration::from_secs(60));
     assert_eq!((status, version.as_str()), (200, "v2"));
     let out = s.compose().args(["up", "-d"]).output().unwrap();
     let said = String::from_utf8_lossy(&out.stderr).to_string();
@@ -223,19 +230,20 @@ fn v1_to_v2_zero_failed_requests_then_durable_across_restart_and_up() {
     // Containers removed and created afresh (numbered from 1 again): still v2 via nginx.
     s.compose_ok(&["down", "-t", "5"]);
     s.compose_ok(&["up", "-d", "--wait"]);
-    let (status, version, _) = wait_serving(&s, "/version", Duration::from_secs(60));
+    let (status, version, _) = wait_serving(s, "/version", Duration::from_secs(60));
     assert_eq!((status, version.as_str()), (200, "v2"));
 }
 
+/// Failed swaps first, then (on the same stack: one start-up less for CI) the good one:
+/// [`v1_to_v2_zero_failed_requests_then_durable_across_restart_and_up`].
 #[test]
-fn failed_swaps_change_nothing_broken_3_missing_image_2_nginx_t_3_dry_run_0() {
+fn failed_swaps_change_nothing_broken_3_missing_image_2_nginx_t_3_dry_run_0_then_v1_to_v2() {
     let s = Stack::new("swap-broken");
     // Nothing runs yet: preflight finds no nginx, before anything is changed.
     let (code, _, err) = berth(&s, "berth-swap", &["--tag", "v2", "--dry-run", "web"]);
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("not running"), "{err}");
-    s.start("v1");
-    migrate(&s, "v2");
+    s.start_on_schema("v1", "v2");
     let ids = s.container_ids();
     let (code, doc, err) = berth(&s, "berth-swap", &["--tag", "v2", "--dry-run", "web"]);
     assert_eq!(code, 0, "{err}");
@@ -253,8 +261,7 @@ fn failed_swaps_change_nothing_broken_3_missing_image_2_nginx_t_3_dry_run_0() {
         err.contains("refuses to start"),
         "the container's log tail: {err}"
     );
-    eprintln!("load: {}", load.summary());
-    assert_eq!(load.failed(), 0, "{}", load.summary());
+    no_failed(&load);
     assert_eq!(
         load.by_version().keys().collect::<Vec<_>>(),
         ["v1"],
@@ -305,12 +312,15 @@ fn failed_swaps_change_nothing_broken_3_missing_image_2_nginx_t_3_dry_run_0() {
     });
     assert_eq!(code, 3, "{err}");
     assert!(err.contains("nginx -t rejected"), "{err}");
-    eprintln!("load: {}", load.summary());
-    assert_eq!(load.failed(), 0, "{}", load.summary());
+    no_failed(&load);
     assert_eq!(std::fs::read_to_string(&wrong).unwrap(), "# berth test\n");
     assert_eq!(versions(&s, "web"), ["berth-demo/app:v1"]);
     assert_eq!(wait_serving(&s, "/version", Duration::from_secs(5)).1, "v1");
     assert!(journal_is_empty(&s));
+
+    std::fs::remove_file(&wrong).unwrap();
+    assert!(!s.state_dir().join("releases.jsonl").exists());
+    v1_to_v2_zero_failed_requests_then_durable_across_restart_and_up(&s);
 }
 
 #[test]
@@ -357,8 +367,7 @@ fn sick_release_is_rolled_back_after_the_switch_and_standalone_rollback_works() 
         (codes, doc, errs)
     });
     assert_eq!(codes, [0, 4, 4], "{errs}");
-    eprintln!("load: {}", load.summary());
-    assert_eq!(load.failed(), 0, "{}", load.summary());
+    no_failed(&load);
     assert_eq!(
         load.versions_after(done),
         ["v1".to_string()].into(),
@@ -395,8 +404,7 @@ fn sick_release_is_rolled_back_after_the_switch_and_standalone_rollback_works() 
     args.extend_from_slice(&["--worker", "worker", "web", "worker"]);
     let ((code, doc, err), load, done) = under_load(&s, || berth(&s, "berth-rollback", &args));
     assert_eq!(code, 0, "{err}");
-    eprintln!("load: {}", load.summary());
-    assert_eq!(load.failed(), 0, "{}", load.summary());
+    no_failed(&load);
     assert_eq!(load.versions_after(done), ["v2".to_string()].into());
     assert_eq!(doc["tag"], "v2");
     assert_eq!(stage(&doc, "rollback")["detail"]["from"], "v1");
@@ -426,8 +434,10 @@ fn redis(s: &Stack, args: &[&str]) -> String {
     s.compose_ok(&a)
 }
 
+/// The worker swap (every job exactly once), then on the same stack (one start-up less
+/// for CI) the deploy lock: [`second_swap_while_one_runs_exits_75_and_changes_nothing`].
 #[test]
-fn worker_swap_processes_every_job_exactly_once() {
+fn worker_swap_processes_every_job_exactly_once_then_a_second_swap_exits_75() {
     let s = stack_at_v1("swap-worker");
     // Slower jobs, so that some are in hand when the old worker gets SIGTERM.
     s.set_env("DEMO_JOB_MS", "20");
@@ -514,18 +524,20 @@ fn worker_swap_processes_every_job_exactly_once() {
     );
     assert!(twice.is_empty(), "processed more than once: {twice:?}");
     assert_eq!(seen.len(), sent.len());
+    assert_eq!(versions(&s, "web"), ["berth-demo/app:v1"]);
+    second_swap_while_one_runs_exits_75_and_changes_nothing(&s);
 }
 
-#[test]
-fn second_swap_while_one_runs_exits_75_and_changes_nothing() {
-    let s = stack_at_v1("swap-lock");
+/// With web at v1: a second swap while one runs exits 75 and changes nothing; with
+/// `--lock-wait` it waits, then runs.
+fn second_swap_while_one_runs_exits_75_and_changes_nothing(s: &Stack) {
     let mut first = s
         .berth("berth-swap")
         .args([
             "--tag",
             "v2",
             "--drain",
-            "4s",
+            "2s",
             "--stop-timeout",
             "5s",
             "web",
@@ -546,7 +558,7 @@ fn second_swap_while_one_runs_exits_75_and_changes_nothing() {
         std::thread::sleep(Duration::from_millis(50));
     }
     let containers = s.container_ids();
-    let (code, doc, err) = berth(&s, "berth-swap", &["--tag", "broken", "web"]);
+    let (code, doc, err) = berth(s, "berth-swap", &["--tag", "broken", "web"]);
     assert_eq!(code, 75, "{err}");
     assert!(err.contains("lock"), "{err}");
     assert_eq!(stage(&doc, "swap")["exit_code"], 75);
@@ -560,7 +572,7 @@ fn second_swap_while_one_runs_exits_75_and_changes_nothing() {
     assert!(!containers.is_empty());
     let status = first.wait().unwrap();
     assert!(status.success());
-    assert_eq!(versions(&s, "web"), ["berth-demo/app:v2"]);
+    assert_eq!(versions(s, "web"), ["berth-demo/app:v2"]);
     // With --lock-wait the second one waits and then runs.
     let mut holder = s
         .berth("berth-swap")
@@ -584,14 +596,14 @@ fn second_swap_while_one_runs_exits_75_and_changes_nothing() {
         std::thread::sleep(Duration::from_millis(50));
     }
     let (code, _, err) = berth(
-        &s,
+        s,
         "berth-swap",
         &["--tag", "v2", "--lock-wait", "60s", "--drain", "1s", "web"],
     );
     assert!(holder.wait().unwrap().success());
     assert_eq!(code, 0, "{err}");
     assert!(err.contains("waiting for the deploy lock"), "{err}");
-    assert_eq!(versions(&s, "web"), ["berth-demo/app:v2"]);
+    assert_eq!(versions(s, "web"), ["berth-demo/app:v2"]);
 }
 
 fn kill9(child: &mut std::process::Child) {
@@ -669,8 +681,7 @@ fn kill_9_mid_swap_keeps_serving_and_the_next_run_converges() {
         assert_eq!(code, 0, "{err}");
         assert!(err.contains("converging the interrupted swap"), "{err}");
     });
-    eprintln!("load: {}", load.summary());
-    assert_eq!(load.failed(), 0, "{}", load.summary());
+    no_failed(&load);
     assert_eq!(versions(&s, "web"), ["berth-demo/app:v2"]);
     assert_eq!(s.env_value("BERTH_TAG").as_deref(), Some("v2"));
     assert!(!journal.exists());
@@ -678,14 +689,13 @@ fn kill_9_mid_swap_keeps_serving_and_the_next_run_converges() {
     assert!(up.contains("server web:8080;"), "{up}");
 }
 
-#[test]
-fn maintenance_on_and_off_under_load_only_503s_no_connection_errors() {
-    let s = stack_at_v1("swap-maint");
+/// Maintenance on and off under load: only 503s in between, no connection errors.
+fn maintenance_on_and_off_under_load(s: &Stack) {
     let file = s.dir.join("nginx/berth/server-maintenance.conf");
-    let load = Load::start_paced(&s.url("/version"), CLIENTS, Duration::from_secs(120), PAUSE);
+    let load = Clients::start(&s.url(""), &mix());
     std::thread::sleep(Duration::from_secs(1));
     let (code, doc, err) = berth(
-        &s,
+        s,
         "berth-swap",
         &[
             "maintenance",
@@ -698,7 +708,7 @@ fn maintenance_on_and_off_under_load_only_503s_no_connection_errors() {
     assert!(file.exists());
     assert_eq!(stage(&doc, "maintenance")["detail"]["state"], "on");
     // Idempotent.
-    let (code, doc2, err) = berth(&s, "berth-swap", &["maintenance", "on"]);
+    let (code, doc2, err) = berth(s, "berth-swap", &["maintenance", "on"]);
     assert_eq!(code, 0, "{err}");
     assert_eq!(stage(&doc2, "maintenance")["detail"]["already"], true);
     let page = berth_core::http::get(
@@ -717,39 +727,49 @@ fn maintenance_on_and_off_under_load_only_503s_no_connection_errors() {
     assert_eq!(berth_e2e::get(&s.url("/healthz")).unwrap().0, 200);
     assert_eq!(berth_e2e::get(&s.url("/readyz")).unwrap().0, 200);
     std::thread::sleep(Duration::from_secs(1));
-    let (code, doc, err) = berth(&s, "berth-swap", &["maintenance", "off"]);
+    let (code, doc, err) = berth(s, "berth-swap", &["maintenance", "off"]);
     assert_eq!(code, 0, "{err}");
     let d = &stage(&doc, "maintenance")["detail"];
     assert_eq!(d["state"], "off");
     assert!(d["window_ms"].as_u64().unwrap() >= 1000, "{d}");
     assert!(!file.exists());
-    let (code, _, err) = berth(&s, "berth-swap", &["maintenance", "off"]);
+    let (code, _, err) = berth(s, "berth-swap", &["maintenance", "off"]);
     assert_eq!(code, 0, "{err}");
     std::thread::sleep(Duration::from_secs(1));
     let off_at = load.elapsed();
     std::thread::sleep(Duration::from_secs(1));
     let report = load.stop();
     eprintln!("load: {}", report.summary());
+    // No connection dropped: every request got an answer, the app's (GET 200, POST 405)
+    // or the maintenance page (503, whatever the method).
     assert_eq!(report.transport_errors(), 0, "{}", report.summary());
-    let statuses: Vec<u16> = report.by_status().keys().copied().collect();
-    assert_eq!(statuses, [200, 503], "{}", report.summary());
-    assert!(report
-        .samples
-        .iter()
-        .filter(|x| x.at > off_at)
-        .all(|x| x.status == 200));
+    let want = [
+        (Method::Get, 200),
+        (Method::Get, 503),
+        (Method::Post, 405),
+        (Method::Post, 503),
+    ];
+    assert_eq!(report.statuses(), want.into(), "{}", report.summary());
+    let after = report.window(off_at, Duration::MAX);
+    assert!(
+        after.total() > 0 && after.failed() == 0,
+        "{}",
+        after.summary()
+    );
 }
 
-/// A switch is done when the new configuration answers: one request sent the instant
-/// each command returns sees it. `nginx -s reload` returns before nginx's new workers
-/// serve, so each switch waits for them. ROUNDS times each: maintenance on (503 page),
-/// off (the app), and a swap of web to v2 killed right after its switch
+/// Maintenance on and off under load (see [`maintenance_on_and_off_under_load`]), then, on
+/// the same stack: a switch is done when the new configuration answers: one request sent
+/// the instant each command returns sees it. `nginx -s reload` returns before nginx's new
+/// workers serve, so each switch waits for them. ROUNDS times each: maintenance on (503
+/// page), off (the app), and a swap of web to v2 killed right after its switch
 /// (`BERTH_FAULT_KILL_AFTER=reload`: the moment it would record `switched_at` and start
 /// draining; `--converge` then goes back to v1 for the next round).
 #[test]
-fn every_switch_is_done_when_the_new_configuration_answers() {
+fn maintenance_under_load_then_every_switch_is_done_when_the_new_configuration_answers() {
     const ROUNDS: usize = 5;
     let s = stack_at_v1("swap-done");
+    maintenance_on_and_off_under_load(&s);
     let took = |err: &str| -> Vec<String> {
         err.lines()
             .filter_map(|l| l.split_once("nginx serves the new configuration ("))
