@@ -190,6 +190,9 @@ pub struct SwappedService {
     #[serialize_always]
     pub time_to_ready_ms: Option<u64>,
     pub stop_grace_ms: u64,
+    /// Old containers still running at the end of their grace period, killed (SIGKILL):
+    /// what they held was cut (0 when every one stopped gracefully).
+    pub killed: Option<u64>,
     /// The HAProxy backend whose server slots it took (`--proxy haproxy`).
     pub haproxy_backend: Option<String>,
     #[serde(flatten)]
@@ -212,6 +215,16 @@ pub struct Swap {
     pub switch_ms: Option<u64>,
     pub switched_at: Option<String>,
     pub drain_ms: Option<u64>,
+    /// The drain's bound: how long the old containers got after the switch to finish what
+    /// they held before they were stopped.
+    pub drain_limit_ms: Option<u64>,
+    /// Where that bound came from: `--drain`, `stop_grace_period` (the longest of the
+    /// services that take traffic) or `default` (5 s).
+    pub drain_from: Option<String>,
+    /// Whether the proxy held nothing on the old containers any more before the bound
+    /// (null: not observable, the whole bound was waited; absent: nothing drained).
+    #[serde(default, deserialize_with = "nullable")]
+    pub drained: Option<Option<bool>>,
     pub stop_ms: Option<u64>,
     pub total_ms: Option<u64>,
     /// A failed swap that had switched: the new release serves, only a rollback undoes it.

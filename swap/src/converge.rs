@@ -182,7 +182,13 @@ impl Converge<'_> {
             ));
             moves.push(m);
         }
-        if !admin.wait_idle(&moves, self.opts.drain.max(Duration::from_secs(2))) {
+        if !admin.wait_idle(
+            &moves,
+            self.opts
+                .drain
+                .unwrap_or(crate::engine::DEFAULT_DRAIN)
+                .max(Duration::from_secs(2)),
+        ) {
             msg::warn(
                 "HAProxy still had sessions on the containers that go; stopping them gracefully",
             );
@@ -231,7 +237,11 @@ impl Converge<'_> {
             let names: Vec<&str> = f.keep.iter().map(|c| c.name.as_str()).collect();
             f.say(&format!("nginx names only {}", names.join(", ")));
         }
-        let bound = self.opts.drain.max(Duration::from_secs(2));
+        let bound = self
+            .opts
+            .drain
+            .unwrap_or(crate::engine::DEFAULT_DRAIN)
+            .max(Duration::from_secs(2));
         if !self.proxy.wait_workers_gone(&workers, bound) {
             msg::warn(format!(
                 "nginx's old workers still run after {}; stopping gracefully anyway",
@@ -243,7 +253,7 @@ impl Converge<'_> {
 
     /// Step 3: the others stop with their grace period (in-flight requests finish), all at once.
     fn stop_dropped(&self, fixes: &[Fix]) -> Result<()> {
-        let results: Vec<Result<()>> = std::thread::scope(|sc| {
+        let results: Vec<Result<usize>> = std::thread::scope(|sc| {
             let handles: Vec<_> = fixes
                 .iter()
                 .map(|f| {

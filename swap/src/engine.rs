@@ -57,8 +57,9 @@ pub struct Options {
     /// How long new containers get to become ready, and the pause between probes.
     pub timeout: Duration,
     pub interval: Duration,
-    /// How long the old containers keep running after the switch.
-    pub drain: Duration,
+    /// The bound of the drain: how long the old containers get after the switch to finish
+    /// what they hold before they are stopped (`None`: [`drain_limit`]'s default).
+    pub drain: Option<Duration>,
     /// Grace period before SIGKILL (`None`: the service's `stop_grace_period`).
     pub stop_timeout: Option<Duration>,
     /// Idle keep-alive connections nginx keeps to the upstream.
@@ -122,6 +123,10 @@ struct Service {
     image_id: String,
     pulled: bool,
     stop_grace: Duration,
+    /// The `stop_grace_period` the compose file sets (the default drain follows it).
+    declared_grace: Option<Duration>,
+    /// Old containers that did not exit within `stop_grace` and were killed.
+    killed: usize,
     /// The upstream file, for a service behind nginx.
     upstream: Option<PathBuf>,
     upstream_before: Option<String>,
@@ -141,6 +146,11 @@ struct Times {
     switch_ms: u64,
     switched_at: String,
     drain_ms: u64,
+    /// The drain's bound, where it came from, and whether the old containers were idle
+    /// before it (`None`: not observable, the whole bound was waited).
+    drain_limit: Duration,
+    drain_from: &'static str,
+    drained: Option<bool>,
     stop_ms: u64,
     total_ms: u64,
     all_stopped: bool,
@@ -159,6 +169,9 @@ struct Swap<'a> {
     /// did to its backends.
     admin: Option<Admin>,
     moves: Vec<haproxy::Moves>,
+    /// nginx's worker processes before the switch's reload: the drain waits until they
+    /// exited (an old worker exits once it has finished what it held).
+    old_workers: Option<Vec<String>>,
     previous_tag: Option<String>,
     services: Vec<Service>,
     times: Times,
@@ -198,12 +211,14 @@ impl<'a> Swap<'a> {
             proxy,
             admin: None,
             moves: Vec::new(),
+            old_workers: None,
             times: Times::default(),
         };
         for svc in services {
             let planned = s.plan_service(&cfg, svc)?;
             s.services.push(planned);
         }
+        (s.times.drain_limit, s.times.drain_from) = drain_limit(opts.drain, &s.services);
         s.check_owned_and_proxy()?;
         Ok(s)
     }
@@ -243,7 +258,11 @@ impl<'a> Swap<'a> {
             image,
             image_id: String::new(),
             pulled: false,
-            stop_grace: opts.stop_timeout.unwrap_or_else(|| stop_grace(cfg, svc)),
+            stop_grace: opts
+                .stop_timeout
+                .unwrap_or_else(|| declared_grace(cfg, svc).unwrap_or(DOCKER_GRACE)),
+            declared_grace: declared_grace(cfg, svc),
+            killed: 0,
             upstream,
             upstream_before,
             backend,
@@ -479,6 +498,7 @@ impl<'a> Swap<'a> {
             })
             .collect();
         if !files.is_empty() {
+            self.note_workers();
             if let Err(e) = nginx::apply(&self.proxy, self.runner, &files) {
                 self.undo(journals);
                 return Err(e.context("switching nginx to the new containers; removed them"));
@@ -571,54 +591,93 @@ impl<'a> Swap<'a> {
         self.moves.clear();
     }
 
-    /// Phase 5, drain and stop: drain, then stop the old containers with their grace period, all at once.
+    /// Before the switch's reload: nginx's workers now (they become the old ones).
+    fn note_workers(&mut self) {
+        if self.runner.dry_run || !self.drains() {
+            return;
+        }
+        self.old_workers = self.proxy.worker_pids().ok();
+    }
+
+    /// Whether the switch took traffic away from old containers (so they drain).
+    fn drains(&self) -> bool {
+        let any_old = self.services.iter().any(|p| !p.old.is_empty());
+        any_old
+            && self
+                .services
+                .iter()
+                .any(|p| proxied(p) && p.running_before > 0)
+    }
+
+    /// Phase 5, drain and stop: wait until the proxy holds nothing on the old containers
+    /// (at most the drain's bound), then stop them with their grace period, all at once.
     fn drain_and_stop(&mut self) {
         let drain_started = Instant::now();
-        let any_old = self.services.iter().any(|p| !p.old.is_empty());
-        let served = self
-            .services
-            .iter()
-            .any(|p| proxied(p) && p.running_before > 0);
-        if let (Some(admin), true) = (&self.admin, any_old && served) {
-            // HAProxy counts what the old slots still hold: done when nothing is in hand.
-            msg::info(format!(
-                "draining the old containers until HAProxy has no session on them (at most {})",
-                berth_core::human::limit(self.opts.drain)
-            ));
-            if !admin.wait_idle(&self.moves, self.opts.drain) {
-                msg::warn(
-                    "HAProxy still had sessions on the old containers; stopping them gracefully",
-                );
-            }
-        } else if any_old && served {
-            msg::info(format!(
-                "draining the old containers for {}",
-                berth_core::human::limit(self.opts.drain)
-            ));
-            std::thread::sleep(self.opts.drain);
+        if self.drains() {
+            self.times.drained = self.drain();
         }
         self.times.drain_ms = millis(drain_started.elapsed());
         fault::point("drain");
         let stop_started = Instant::now();
-        let all_stopped = AtomicBool::new(true);
-        std::thread::scope(|s| {
-            for p in self.services.iter().filter(|p| !p.old.is_empty()) {
-                let all_stopped = &all_stopped;
-                s.spawn(move || {
-                    let ids: Vec<String> = p.old.iter().map(|c| c.id.clone()).collect();
-                    if let Err(e) = stop_remove(&ids, p.stop_grace) {
-                        all_stopped.store(false, Ordering::SeqCst);
-                        msg::warn(format!("{}: {e:#}", p.name));
-                    }
-                });
-            }
-        });
+        self.stop_old();
         if let Some(admin) = &self.admin {
             for m in &self.moves {
                 admin.free(&m.backend, &m.old);
             }
         }
         self.times.stop_ms = millis(stop_started.elapsed());
+    }
+
+    /// The drain: HAProxy counts the sessions the old slots still hold; nginx's old workers
+    /// exit once they finished theirs. Without either, the whole bound is waited. Returns
+    /// whether the old containers were idle before the bound (`None`: not observable).
+    fn drain(&self) -> Option<bool> {
+        let limit = self.times.drain_limit;
+        let bound = berth_core::human::limit(limit);
+        let from = self.times.drain_from;
+        let idle = if let Some(admin) = &self.admin {
+            msg::info(format!(
+                "draining the old containers until HAProxy has no session on them (at most {bound}, {from})"
+            ));
+            Some(admin.wait_idle(&self.moves, limit))
+        } else if let Some(pids) = &self.old_workers {
+            msg::info(format!(
+                "draining the old containers until nginx's old workers have finished their requests (at most {bound}, {from})"
+            ));
+            Some(self.proxy.wait_workers_gone(pids, limit))
+        } else {
+            msg::info(format!("draining the old containers for {bound} ({from})"));
+            std::thread::sleep(limit);
+            None
+        };
+        if idle == Some(false) {
+            msg::warn(format!(
+                "the old containers still had requests in hand after {bound}; stopping them \
+                 gracefully (SIGTERM: the app finishes or closes them within its grace period)"
+            ));
+        }
+        idle
+    }
+
+    /// Stop and remove every service's old containers (SIGTERM, SIGKILL after the grace
+    /// period), all at once; count the ones that had to be killed.
+    fn stop_old(&mut self) {
+        let all_stopped = AtomicBool::new(true);
+        std::thread::scope(|s| {
+            for p in self.services.iter_mut().filter(|p| !p.old.is_empty()) {
+                let all_stopped = &all_stopped;
+                s.spawn(move || {
+                    let ids: Vec<String> = p.old.iter().map(|c| c.id.clone()).collect();
+                    match stop_remove(&ids, p.stop_grace) {
+                        Ok(killed) => p.killed = killed,
+                        Err(e) => {
+                            all_stopped.store(false, Ordering::SeqCst);
+                            msg::warn(format!("{}: {e:#}", p.name));
+                        }
+                    }
+                });
+            }
+        });
         self.times.all_stopped = all_stopped.load(Ordering::SeqCst);
     }
 
@@ -711,6 +770,9 @@ impl<'a> Swap<'a> {
             switch_ms: Some(t.switch_ms),
             switched_at: Some(t.switched_at.clone()),
             drain_ms: Some(t.drain_ms),
+            drain_limit_ms: Some(millis(t.drain_limit)),
+            drain_from: Some(t.drain_from.to_string()),
+            drained: self.drains().then_some(t.drained),
             stop_ms: Some(t.stop_ms),
             total_ms: Some(t.total_ms),
             ..record::Swap::default()
@@ -790,6 +852,7 @@ fn service_detail(p: &Service) -> record::SwappedService {
         new_containers: p.new.iter().map(c).collect(),
         time_to_ready_ms: p.time_to_ready_ms,
         stop_grace_ms: millis(p.stop_grace),
+        killed: Some(p.killed as u64),
         haproxy_backend: p.backend.clone(),
         extra: Map::new(),
     }
@@ -903,39 +966,86 @@ fn remove_new(compose: &Compose, p: &Service) {
     }
 }
 
-/// SIGTERM with the grace period (then SIGKILL), then remove.
-pub(crate) fn stop_remove(ids: &[String], grace: Duration) -> Result<()> {
-    let existing: Vec<String> = ids
-        .iter()
-        .filter(|id| docker::inspect(&[id.as_str()]).is_ok())
-        .cloned()
-        .collect();
-    if existing.is_empty() {
-        return Ok(());
+/// The drain's bound when `--drain` is not given: the longest `stop_grace_period` of the
+/// swapped services that take traffic (as long as the app is given to finish its
+/// requests when it stops), else this.
+pub const DEFAULT_DRAIN: Duration = Duration::from_secs(5);
+/// Docker's own grace period, for a service without `stop_grace_period`.
+const DOCKER_GRACE: Duration = Duration::from_secs(10);
+
+/// The drain's bound and where it came from (`--drain`, `stop_grace_period`, `default`).
+fn drain_limit(flag: Option<Duration>, services: &[Service]) -> (Duration, &'static str) {
+    if let Some(d) = flag {
+        return (d, "--drain");
     }
+    services
+        .iter()
+        .filter(|p| proxied(p))
+        .filter_map(|p| p.declared_grace)
+        .max()
+        .map_or((DEFAULT_DRAIN, "default"), |g| (g, "stop_grace_period"))
+}
+
+/// SIGTERM with the grace period (then SIGKILL), then remove. Returns how many of them
+/// were killed: still running at the end of the grace period (Docker's SIGKILL, exit
+/// 137), so whatever they still held was cut.
+pub(crate) fn stop_remove(ids: &[String], grace: Duration) -> Result<usize> {
+    let found: Vec<Container> = ids
+        .iter()
+        .filter_map(|id| docker::inspect(&[id.as_str()]).ok())
+        .flatten()
+        .collect();
+    if found.is_empty() {
+        return Ok(0);
+    }
+    let existing: Vec<String> = found.iter().map(|c| c.id.clone()).collect();
+    let running: Vec<String> = found
+        .iter()
+        .filter(|c| c.state.running)
+        .map(|c| c.id.clone())
+        .collect();
     docker::stop(&existing, grace)
         .run()
         .context("stopping containers")?;
     fault::point("stop");
+    let killed = killed_at_grace(&running, grace);
     docker::remove(&existing)
         .run()
         .context("removing containers")?;
     fault::point("rm");
-    Ok(())
+    Ok(killed)
+}
+
+/// How many of `running` (stopped just now) exited by SIGKILL, with a warning for each.
+fn killed_at_grace(running: &[String], grace: Duration) -> usize {
+    let refs: Vec<&str> = running.iter().map(String::as_str).collect();
+    let Ok(now) = docker::inspect(&refs) else {
+        return 0;
+    };
+    let killed: Vec<String> = now
+        .iter()
+        .filter(|c| !c.state.running && c.state.exit_code == 137)
+        .map(|c| c.name.clone())
+        .collect();
+    for name in &killed {
+        msg::warn(format!(
+            "{name} did not exit within its grace period ({}) and was killed (SIGKILL): \
+             requests it still held were cut (a longer stop_grace_period or --stop-timeout \
+             gives them time)",
+            berth_core::human::limit(grace)
+        ));
+    }
+    killed.len()
 }
 
 /// `stop_grace_period` from the resolved configuration (compose prints a duration
-/// string); docker's default 10 s otherwise.
-fn stop_grace(cfg: &Value, svc: &str) -> Duration {
-    let v = cfg.pointer(&format!("/services/{svc}/stop_grace_period"));
-    match v {
-        Some(Value::String(s)) => humantime::parse_duration(s).unwrap_or(Duration::from_secs(10)),
+/// string, or nanoseconds); `None` when the service sets none.
+fn declared_grace(cfg: &Value, svc: &str) -> Option<Duration> {
+    match cfg.pointer(&format!("/services/{svc}/stop_grace_period"))? {
+        Value::String(s) => humantime::parse_duration(s).ok(),
         // Nanoseconds, as compose's Go duration type marshals.
-        Some(Value::Number(n)) => n
-            .as_u64()
-            .map(Duration::from_nanos)
-            .unwrap_or(Duration::from_secs(10)),
-        _ => Duration::from_secs(10),
+        Value::Number(n) => n.as_u64().map(Duration::from_nanos),
+        _ => None,
     }
 }
 
@@ -948,8 +1058,49 @@ mod tests {
     fn grace_from_config() {
         let cfg = json!({"services": {"web": {"stop_grace_period": "15s"},
                                       "w": {"stop_grace_period": 30_000_000_000u64}, "x": {}}});
-        assert_eq!(stop_grace(&cfg, "web"), Duration::from_secs(15));
-        assert_eq!(stop_grace(&cfg, "w"), Duration::from_secs(30));
-        assert_eq!(stop_grace(&cfg, "x"), Duration::from_secs(10));
+        assert_eq!(declared_grace(&cfg, "web"), Some(Duration::from_secs(15)));
+        assert_eq!(declared_grace(&cfg, "w"), Some(Duration::from_secs(30)));
+        assert_eq!(declared_grace(&cfg, "x"), None);
+    }
+
+    fn svc(name: &str, grace: Option<u64>, proxied: bool) -> Service {
+        Service {
+            name: name.into(),
+            image: String::new(),
+            image_id: String::new(),
+            pulled: false,
+            stop_grace: DOCKER_GRACE,
+            declared_grace: grace.map(Duration::from_secs),
+            killed: 0,
+            upstream: proxied.then(|| PathBuf::from("/u.conf")),
+            upstream_before: None,
+            backend: None,
+            old: Vec::new(),
+            running_before: 1,
+            new: Vec::new(),
+            time_to_ready_ms: None,
+        }
+    }
+
+    #[test]
+    fn the_default_drain_follows_the_grace_period_of_what_takes_traffic() {
+        let s = Duration::from_secs;
+        let web = svc("web", Some(15), true);
+        // A worker's (longer) grace does not count: no traffic drains from it.
+        let worker = svc("worker", Some(30), false);
+        let bare = svc("api", None, true);
+        assert_eq!(
+            drain_limit(None, &[web.clone(), worker.clone()]),
+            (s(15), "stop_grace_period")
+        );
+        assert_eq!(
+            drain_limit(None, &[bare.clone(), worker]),
+            (s(5), "default")
+        );
+        assert_eq!(
+            drain_limit(None, &[bare, web.clone()]),
+            (s(15), "stop_grace_period")
+        );
+        assert_eq!(drain_limit(Some(s(1)), &[web]), (s(1), "--drain"));
     }
 }

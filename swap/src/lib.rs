@@ -177,9 +177,13 @@ pub struct SwapArgs {
     #[arg(long, default_value = "100ms", value_parser = parse_duration, value_name = "DURATION")]
     pub interval: Duration,
 
-    /// How long the old containers keep running after the switch (in-flight requests finish)
-    #[arg(long, env = "BERTH_DRAIN", default_value = "5s", value_parser = parse_duration, value_name = "DURATION")]
-    pub drain: Duration,
+    /// Longest the old containers get after the switch to finish what they hold before
+    /// they are stopped (SIGTERM, then --stop-timeout): the swap goes on as soon as the
+    /// proxy holds nothing on them (nginx: its old workers exited; HAProxy: no session on
+    /// the old slots) [default: the longest stop_grace_period of the services that take
+    /// traffic, else 5s]
+    #[arg(long, env = "BERTH_DRAIN", value_parser = parse_duration, value_name = "DURATION")]
+    pub drain: Option<Duration>,
 
     /// Grace period before SIGKILL when stopping old containers
     /// [default: the service's stop_grace_period, else 10s]

@@ -394,6 +394,11 @@ fn handle_connection(
                     "GET" | "HEAD" => handler(&req),
                     _ => Response::text(405, "only GET and HEAD\n"),
                 };
+                if crate::sse::is_stream(&resp) && req.method == "GET" {
+                    crate::sse::stream(&mut stream, &resp, version, shutdown)?;
+                    let _ = stream.shutdown(std::net::Shutdown::Write);
+                    return Ok(());
+                }
                 let keep_alive = req.keep_alive && !shutdown.requested();
                 stream.write_all(&encode_response(
                     &resp,

@@ -10,6 +10,7 @@ pub mod readiness;
 pub mod resp;
 pub mod serve;
 pub mod signals;
+pub mod sse;
 pub mod url;
 pub mod worker;
 

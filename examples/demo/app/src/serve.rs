@@ -81,6 +81,7 @@ impl App {
                     &json!({"status": "ok", "version": version, "slept_ms": ms}),
                 )
             }
+            (Mode::Serve, "/events") => crate::sse::start(req),
             (Mode::Serve, "/items") => match &self.db {
                 None => Response::json(503, &json!({"error": "no DATABASE_URL configured"})),
                 Some(db) => match db.item_count() {
