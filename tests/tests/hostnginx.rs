@@ -210,3 +210,32 @@ fn host_nginx_survives_a_swap_a_restart_and_down_up() {
     );
     eprintln!("swap, stop/start and down/up took {:?}", started.elapsed());
 }
+
+/// examples/host-nginx/shop.conf (a site as certbot leaves it, with the include) passes
+/// `nginx -t` under Debian's own nginx.conf, certbot's files stood in for by a
+/// self-signed certificate.
+#[test]
+fn the_example_site_passes_nginx_t() {
+    berth_e2e::require_images(&["berth-fixture/nginx:1"]);
+    const SCRIPT: &str = "set -e
+        le=/etc/letsencrypt; live=$le/live/shop.example.com
+        mkdir -p $live /etc/nginx/snippets
+        openssl req -x509 -newkey rsa:2048 -nodes -subj /CN=shop.example.com -days 1 \
+            -keyout $live/privkey.pem -out $live/fullchain.pem 2>/dev/null
+        echo 'ssl_protocols TLSv1.2 TLSv1.3;' > $le/options-ssl-nginx.conf
+        openssl dhparam -dsaparam -out $le/ssl-dhparams.pem 2048 2>/dev/null
+        cp /ex/berth-proxy.conf /etc/nginx/snippets/
+        rm -f /etc/nginx/sites-enabled/*
+        cp /ex/shop.conf /etc/nginx/sites-enabled/shop
+        nginx -t";
+    let name = format!("be-hostnginx-t-{}", std::process::id());
+    let out = Command::new("docker")
+        .args(["run", "--rm", "--name", &name, "-v"])
+        .arg(mount(&root().join("examples/host-nginx"), "/ex"))
+        .args(["berth-fixture/nginx:1", "sh", "-c", SCRIPT])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("test is successful"), "{err}");
+}
