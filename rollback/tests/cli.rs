@@ -160,6 +160,10 @@ fn check_args_parses_like_the_run_and_touches_nothing() {
         (&["--to", "a b", "web"][..], "not a valid image tag"),
         (&["--ready-path", "x"], "--ready-path"),
         (&["--lock-wait", "5"], "--lock-wait"),
+        (
+            &["--proxy", "host", "--to", "v1", "web"],
+            "--proxy host was removed",
+        ),
     ] {
         let (code, err) = run(bad);
         assert_eq!(code, 64, "{bad:?}: {err}");

@@ -202,7 +202,7 @@ impl Converge<'_> {
 
     fn servers(&self, keep: &[Container]) -> Vec<String> {
         keep.iter()
-            .map(|c| upstream::server(&self.proxy, self.opts, c))
+            .map(|c| upstream::server(self.opts, c))
             .collect()
     }
 
@@ -292,11 +292,7 @@ impl Converge<'_> {
             let text = if !f.forward {
                 f.j.upstream_before.clone()
             } else {
-                let servers: Vec<String> = if self.proxy.by_name() {
-                    vec![upstream::service_server(self.opts, &f.j.service)]
-                } else {
-                    self.servers(&f.keep)
-                };
+                let servers = vec![upstream::service_server(self.opts, &f.j.service)];
                 let what = format!("deploy {}): {} at {}", f.j.deploy_id, f.j.service, f.j.tag);
                 Some(upstream::text(
                     self.ctx,

@@ -492,7 +492,7 @@ impl<'a> Swap<'a> {
                 let servers: Vec<String> = p
                     .new
                     .iter()
-                    .map(|c| upstream::server(&self.proxy, self.opts, c))
+                    .map(|c| upstream::server(self.opts, c))
                     .collect();
                 Some((u.clone(), Some(self.upstream_text(p, &servers))))
             })
@@ -684,7 +684,7 @@ impl<'a> Swap<'a> {
     /// Phase 6, durable: the upstream names the service (restart-proof), compose itself reads
     /// the new tag, and the journal goes.
     fn durable(&self, journals: &Journals) -> Result<()> {
-        if self.proxy.by_name() && self.times.all_stopped {
+        if self.times.all_stopped {
             self.name_services();
         }
         let env_path = self.ctx.pin_file();

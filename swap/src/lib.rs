@@ -42,8 +42,9 @@ Examples:
   berth-swap --tag 3f9c2a1 web | berth-healthwait --url http://127.0.0.1/smoke --stage smoke \\
       | berth-rollback | berth-report
 
-  # nginx on the host instead of in the compose project
-  berth-swap --tag 3f9c2a1 --proxy host --upstream-file /etc/nginx/berth/upstream-web.conf web
+  # nginx (and certbot) on the host: it proxies to the project's nginx on a fixed loopback
+  # port and is never touched; berth swaps behind it as usual (docs/proxies.md#host-nginx-certbot)
+  berth-swap --tag 3f9c2a1 web
 
   # HAProxy instead of nginx: switched through its runtime API, never reloaded
   berth-swap --tag 3f9c2a1 --proxy haproxy web
@@ -125,11 +126,12 @@ pub enum Command {
 #[derive(Debug, Clone, clap::Args)]
 #[command(next_help_heading = "Swap")]
 pub struct SwapArgs {
-    /// Where nginx runs
+    /// The proxy in front of the services (nginx on the host goes in front of the
+    /// project's nginx: docs/proxies.md#host-nginx-certbot)
     #[arg(
         long,
         global = true,
-        value_enum,
+        value_parser = nginx::ProxyParser,
         env = "BERTH_PROXY",
         default_value = "compose"
     )]
@@ -194,7 +196,7 @@ pub struct SwapArgs {
     #[arg(long, default_value_t = 16, value_name = "N")]
     pub keepalive: u32,
 
-    /// The nginx binary (inside the proxy container, or on the host)
+    /// The nginx binary inside the proxy container
     #[arg(
         long,
         global = true,
@@ -455,7 +457,7 @@ mod tests {
         let c = Cli::try_parse_from([
             "berth-swap",
             "--proxy",
-            "host",
+            "haproxy",
             "preflight",
             "web",
             "--",
@@ -463,7 +465,15 @@ mod tests {
         ])
         .unwrap();
         assert!(matches!(&c.command, Some(Command::Preflight(p)) if p.command == ["x"]));
-        assert_eq!(c.swap.proxy, ProxyMode::Host);
+        assert_eq!(c.swap.proxy, ProxyMode::Haproxy);
+        // --proxy host is gone: refused with what to do instead.
+        let e = Cli::try_parse_from(["berth-swap", "--proxy", "host", "web"]).unwrap_err();
+        assert!(e.to_string().contains(nginx::HOST_REMOVED), "{e}");
+        let e = Cli::try_parse_from(["berth-swap", "--proxy", "nginx", "web"]).unwrap_err();
+        assert!(
+            e.to_string().contains("one of: compose, haproxy, none"),
+            "{e}"
+        );
         // No services: every service whose image uses the tag variable (resolved later).
         let c = Cli::try_parse_from(["berth-swap", "--tag", "v2"]).unwrap();
         assert!(c.services.is_empty() && c.command.is_none());

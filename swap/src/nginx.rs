@@ -1,5 +1,6 @@
-//! nginx, wherever it runs: the upstream file berth rewrites, `nginx -t`, graceful
-//! reload, and the maintenance snippet.
+//! nginx as a service of the compose project: the upstream file berth rewrites, `nginx
+//! -t`, graceful reload, and the maintenance snippet. (nginx on the host sits in front of
+//! it on a fixed loopback port and is never touched: docs/proxies.md#host-nginx-certbot.)
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -9,19 +10,70 @@ use berth_core::compose::Compose;
 use berth_core::process::{Cmd, Runner};
 use berth_core::{fail, fault, fsutil, msg};
 
-/// Where nginx runs.
+/// Which proxy is in front of the services.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum ProxyMode {
-    /// A service of the compose project (see --proxy-service); commands run through
-    /// `docker compose exec`, upstreams name containers (nginx resolves them by Docker DNS)
+    /// nginx as a service of the compose project (see --proxy-service); commands run
+    /// through `docker exec`, upstreams name containers (nginx resolves them by Docker DNS)
     Compose,
-    /// nginx on the host; commands run on the host, upstreams hold container addresses
-    Host,
     /// HAProxy as a service of the compose project (see --proxy-service), switched through
     /// its runtime API on the admin socket (see --haproxy-socket), never reloaded
     Haproxy,
     /// No proxy: every service is swapped as a worker (no traffic to move)
     None,
+}
+
+/// Why `--proxy host` is refused: it wrote container addresses into the host's upstream
+/// file, and a reboot or `down`/`up` hands those addresses to other containers.
+pub const HOST_REMOVED: &str = "--proxy host was removed: it wrote container addresses that a \
+     reboot or down/up changes (traffic could reach a wrong container); keep host nginx in front \
+     of the project's nginx on a fixed loopback port and use --proxy compose, see \
+     docs/proxies.md#host-nginx-certbot";
+
+/// `--proxy`'s parser: [`ProxyMode`]'s values (listed in `--help`), and `host` refused
+/// with [`HOST_REMOVED`] (exit 64, naming BERTH_PROXY when it came from there).
+#[derive(Debug, Clone, Copy)]
+pub struct ProxyParser;
+
+impl clap::builder::TypedValueParser for ProxyParser {
+    type Value = ProxyMode;
+
+    fn parse_ref(
+        &self,
+        cmd: &clap::Command,
+        arg: Option<&clap::Arg>,
+        value: &std::ffi::OsStr,
+    ) -> Result<ProxyMode, clap::Error> {
+        let parse = |s: &str| -> Result<ProxyMode, String> {
+            if s.eq_ignore_ascii_case("host") {
+                return Err(HOST_REMOVED.to_string());
+            }
+            <ProxyMode as clap::ValueEnum>::from_str(s, false)
+                .map_err(|_| format!("one of: {}", ProxyParser::names().join(", ")))
+        };
+        parse.parse_ref(cmd, arg, value)
+    }
+
+    fn possible_values(
+        &self,
+    ) -> Option<Box<dyn Iterator<Item = clap::builder::PossibleValue> + '_>> {
+        let all = <ProxyMode as clap::ValueEnum>::value_variants();
+        Some(Box::new(
+            all.iter().filter_map(clap::ValueEnum::to_possible_value),
+        ))
+    }
+}
+
+impl ProxyParser {
+    fn names() -> Vec<String> {
+        use clap::builder::TypedValueParser as _;
+        ProxyParser
+            .possible_values()
+            .into_iter()
+            .flatten()
+            .map(|v| v.get_name().to_string())
+            .collect()
+    }
 }
 
 /// How to talk to the nginx in front of the services.
@@ -63,20 +115,14 @@ impl Proxy {
 
     /// The command running `nginx ARGS` where nginx lives.
     pub fn nginx_cmd(&self, args: &[&str]) -> Cmd {
-        match self.mode {
-            ProxyMode::Compose if self.container.is_some() => {
-                let c = self.container.as_deref().unwrap_or_default();
-                berth_core::docker::docker()
-                    .args(["exec", c, &self.nginx])
-                    .args(args)
-            }
-            ProxyMode::Compose => {
+        match &self.container {
+            Some(c) => berth_core::docker::docker()
+                .args(["exec", c, &self.nginx])
+                .args(args),
+            None => {
                 let mut v = vec!["exec", "-T", &self.service, &self.nginx];
                 v.extend_from_slice(args);
                 self.compose.cmd(v)
-            }
-            ProxyMode::Host | ProxyMode::Haproxy | ProxyMode::None => {
-                Cmd::new(&self.nginx).args(args)
             }
         }
     }
@@ -103,17 +149,14 @@ impl Proxy {
             .context("nginx -s reload failed")
     }
 
-    /// nginx's worker processes now (as the host sees them: `docker top` for the proxy
-    /// container, `ps` for nginx on the host).
+    /// nginx's worker processes now (`docker top` of the proxy container).
     pub fn workers(&self) -> Result<Vec<Worker>> {
-        let cmd = match (&self.mode, &self.container) {
-            (ProxyMode::Compose, Some(c)) => {
-                berth_core::docker::docker().args(["top", c, "-eo", "pid,ppid,args"])
-            }
-            (ProxyMode::Compose, None) => anyhow::bail!("the nginx container is not located"),
-            _ => Cmd::new("ps").args(["-eo", "pid,ppid,args"]),
+        let Some(c) = &self.container else {
+            anyhow::bail!("the nginx container is not located");
         };
-        let out = cmd.read()?;
+        let out = berth_core::docker::docker()
+            .args(["top", c, "-eo", "pid,ppid,args"])
+            .read()?;
         Ok(workers_in(&out))
     }
 
@@ -190,12 +233,6 @@ impl Proxy {
             std::thread::sleep(Duration::from_millis(50));
         }
     }
-
-    /// Whether upstream files name containers (nginx inside the project's network) or
-    /// hold their addresses (nginx on the host).
-    pub fn by_name(&self) -> bool {
-        self.mode == ProxyMode::Compose
-    }
 }
 
 /// One nginx worker process, as `ps -eo pid,ppid,args` shows it.
@@ -228,8 +265,8 @@ fn workers_in(ps: &str) -> Vec<Worker> {
 }
 
 /// Whether a reload after `before` has taken, in `now`: one of the masters has a worker
-/// that is new and accepting, and each of its old workers is gone or shutting down. (On
-/// the host, `ps` also lists other nginx instances: those did not change.)
+/// that is new and accepting, and each of its old workers is gone or shutting down. (A
+/// master that did not change, e.g. another nginx in the container, does not count.)
 fn reloaded(before: &[Worker], now: &[Worker]) -> bool {
     let mut masters: Vec<&str> = before.iter().map(|w| w.master.as_str()).collect();
     masters.sort_unstable();
@@ -505,11 +542,5 @@ mod tests {
             p.nginx_cmd(&["-t"]).display(),
             "docker exec shop-proxy-1 nginx -t"
         );
-        let h = Proxy {
-            mode: ProxyMode::Host,
-            ..p
-        };
-        assert_eq!(h.nginx_cmd(&["-t"]).display(), "nginx -t");
-        assert!(!h.by_name());
     }
 }

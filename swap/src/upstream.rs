@@ -63,14 +63,11 @@ pub fn text(
     nginx::render_upstream(service, servers, opts.keepalive, &comment)
 }
 
-/// How an upstream file names one container: by name for nginx in the project's
-/// network, by address for nginx on the host.
-pub fn server(proxy: &Proxy, opts: &Options, c: &Container) -> String {
-    if proxy.by_name() {
-        format!("{}:{}", c.name, opts.port)
-    } else {
-        format!("{}:{}", address(c).unwrap_or_default(), opts.port)
-    }
+/// How an upstream file names one container: by name (nginx runs in the project's
+/// network and resolves it on every start and reload, so new addresses after a reboot do
+/// not matter).
+pub fn server(opts: &Options, c: &Container) -> String {
+    format!("{}:{}", c.name, opts.port)
 }
 
 /// How an upstream file names a whole service: its compose name, which resolves to every

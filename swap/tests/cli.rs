@@ -52,6 +52,31 @@ fn usage_errors_exit_64() {
     assert!(err.contains("compose configuration is invalid"), "{err}");
 }
 
+/// `--proxy host` wrote container addresses that a reboot changes: it is gone, and saying
+/// it (flag, BERTH_PROXY, a subcommand, --check-args) is one line naming what to use.
+#[test]
+fn proxy_host_is_refused_with_what_to_use_instead() {
+    let d = tempfile::tempdir().unwrap();
+    for (args, env) in [
+        (vec!["--proxy", "host", "--tag", "v2", "web"], None),
+        (vec!["maintenance", "on", "--proxy", "host"], None),
+        (vec!["--tag", "v2", "web"], Some("host")),
+        (vec!["--check-args", "--tag", "v2", "web"], Some("host")),
+    ] {
+        let mut c = cmd(d.path());
+        if let Some(v) = env {
+            c.env("BERTH_PROXY", v);
+        }
+        let (c, out, err) = code(c.args(&args), "");
+        assert_eq!(c, 64, "{args:?}: {err}");
+        assert!(out.is_empty(), "{out}");
+        assert_eq!(err.lines().count(), 1, "one line: {err}");
+        assert!(err.contains("--proxy host was removed"), "{err}");
+        assert!(err.contains("docs/proxies.md#host-nginx-certbot"), "{err}");
+        assert_eq!(err.contains("(from BERTH_PROXY)"), env.is_some(), "{err}");
+    }
+}
+
 #[test]
 fn docker_unreachable_is_a_preflight_failure() {
     let d = tempfile::tempdir().unwrap();
