@@ -10,6 +10,7 @@
 //! own [`engine::Options`]; nothing below imports it.
 
 pub mod converge;
+pub mod dns;
 pub mod engine;
 pub mod envfile;
 pub mod haproxy;
@@ -216,6 +217,22 @@ pub struct SwapArgs {
     )]
     pub haproxy_socket: String,
 
+    /// With --proxy nginx-dns: the compose network (its key in the compose file) on which
+    /// berth gives ready containers the name nginx resolves; the proxy is on it, the
+    /// swapped services are not
+    #[arg(long, global = true, default_value = "live", value_name = "NETWORK")]
+    pub dns_network: String,
+
+    /// With --proxy nginx-dns: the name nginx resolves per request (`set $backend NAME;`),
+    /// `{service}` is replaced by the service's name
+    #[arg(
+        long,
+        global = true,
+        default_value = "{service}-live",
+        value_name = "NAME"
+    )]
+    pub dns_alias: String,
+
     /// Wait this long for another deploy's lock instead of exiting 75 at once
     #[arg(long, global = true, env = "BERTH_LOCK_WAIT", default_value = "0s", value_parser = parse_duration, value_name = "DURATION")]
     pub lock_wait: Duration,
@@ -250,6 +267,8 @@ impl SwapArgs {
             keepalive: self.keepalive,
             nginx: self.nginx.clone(),
             haproxy_socket: self.haproxy_socket.clone(),
+            dns_network: self.dns_network.clone(),
+            dns_alias: self.dns_alias.clone(),
             pull_timeout: self.pull.pull_timeout,
         }
     }
@@ -271,6 +290,14 @@ impl SwapArgs {
         }
         if self.timeout.is_zero() {
             return Err(Failure::usage("--timeout must be more than 0"));
+        }
+        if self.proxy == ProxyMode::NginxDns
+            && self.drain.is_some_and(|d| d < Duration::from_secs(1))
+        {
+            return Err(Failure::usage(
+                "--drain with --proxy nginx-dns must be at least 1s (nginx's resolver keeps \
+                 an answer for its `valid`, 1s in examples/nginx-dns)",
+            ));
         }
         Ok(())
     }
