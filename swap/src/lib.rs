@@ -50,6 +50,10 @@ Examples:
   # HAProxy instead of nginx: switched through its runtime API, never reloaded
   berth-swap --tag 3f9c2a1 --proxy haproxy web
 
+  # nginx never reloaded: it resolves web-live per request; berth gives that alias only
+  # to ready containers (client keep-alive can stay on; examples/nginx-dns)
+  berth-swap --tag 3f9c2a1 --proxy nginx-dns web
+
   # Show the docker commands, change nothing
   berth-swap --tag 3f9c2a1 --dry-run web
 
@@ -138,7 +142,8 @@ pub struct SwapArgs {
     )]
     pub proxy: ProxyMode,
 
-    /// The compose service running nginx (with --proxy compose) or HAProxy (--proxy haproxy)
+    /// The compose service running nginx (with --proxy compose or nginx-dns) or HAProxy
+    /// (--proxy haproxy)
     #[arg(
         long,
         global = true,
@@ -505,5 +510,12 @@ mod tests {
         let c = Cli::try_parse_from(["berth-swap", "--tag", "v2"]).unwrap();
         assert!(c.services.is_empty() && c.command.is_none());
         assert!(check_services(&["web".into(), "web".into()]).is_err());
+        // nginx-dns: its name on the command line; a drain shorter than the resolver's
+        // `valid` is refused.
+        let c = Cli::try_parse_from(["berth-swap", "--proxy", "nginx-dns", "--drain", "500ms"])
+            .unwrap();
+        assert_eq!(c.swap.proxy, ProxyMode::NginxDns);
+        assert!(c.swap.check().is_err());
+        assert_eq!(c.swap.options().dns_alias, "{service}-live");
     }
 }
