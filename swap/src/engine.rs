@@ -1174,6 +1174,7 @@ mod tests {
             upstream: proxied.then(|| PathBuf::from("/u.conf")),
             upstream_before: None,
             backend: None,
+            live: None,
             old: Vec::new(),
             running_before: 1,
             new: Vec::new(),
