@@ -503,7 +503,8 @@ mod tests {
         assert!(e.to_string().contains(nginx::HOST_REMOVED), "{e}");
         let e = Cli::try_parse_from(["berth-swap", "--proxy", "nginx", "web"]).unwrap_err();
         assert!(
-            e.to_string().contains("one of: compose, nginx-dns, haproxy, none"),
+            e.to_string()
+                .contains("one of: compose, nginx-dns, haproxy, none"),
             "{e}"
         );
         // No services: every service whose image uses the tag variable (resolved later).
