@@ -364,7 +364,10 @@ fn critical(ctx: &Context, cli: &Cli, to: &str, words: &[String], why: &str) -> 
     cmd.extend(["--to".to_string(), to.to_string()]);
     if cli.swap.proxy != berth_swap::ProxyMode::Compose {
         cmd.push("--proxy".into());
-        cmd.push(format!("{:?}", cli.swap.proxy).to_lowercase());
+        let mode = clap::ValueEnum::to_possible_value(&cli.swap.proxy)
+            .map(|v| v.get_name().to_string())
+            .unwrap_or_default();
+        cmd.push(mode);
     }
     cmd.extend(words.iter().cloned());
     let shown: Vec<String> = cmd.iter().map(|w| quote(w)).collect();

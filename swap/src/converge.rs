@@ -30,6 +30,7 @@ use berth_core::docker::Container;
 use berth_core::process::Runner;
 use berth_core::{fail, msg};
 
+use crate::dns;
 use crate::engine::{stop_remove, Options};
 use crate::envfile;
 use crate::haproxy::{self, Admin};
@@ -80,7 +81,8 @@ pub fn converge(ctx: &Context, opts: &Options, tag: Option<&str>) -> Result<Vec<
         proxy: upstream::proxy(ctx, opts, tag),
         runner: Runner { dry_run: false },
     };
-    if c.proxied() && journals.iter().any(|j| j.upstream_file.is_some()) && !c.proxy.locate()? {
+    let nginx_named = |j: &Journal| j.upstream_file.is_some() || j.live.is_some();
+    if c.proxied() && journals.iter().any(nginx_named) && !c.proxy.locate()? {
         return Err(fail!(
             Preflight,
             "an interrupted swap needs converging, but the nginx service {:?} is not running",
@@ -99,6 +101,7 @@ pub fn converge(ctx: &Context, opts: &Options, tag: Option<&str>) -> Result<Vec<
         None => Vec::new(),
     };
     c.pin_kept(&fixes)?;
+    c.name_kept(&fixes)?;
     c.stop_dropped(&fixes)?;
     if let Some(a) = &admin {
         for m in &moves {
@@ -194,6 +197,35 @@ impl Converge<'_> {
             );
         }
         Ok(moves)
+    }
+
+    /// With `--proxy nginx-dns`: the containers that stay answer the alias nginx resolves
+    /// (given it if they lack it), and nginx's resolver cache has had the drain to see
+    /// that, before the others stop (leaving the name by their graceful stop).
+    fn name_kept(&self, fixes: &[Fix]) -> Result<()> {
+        let live: Vec<(&Fix, &dns::Live)> = fixes
+            .iter()
+            .filter(|_| self.opts.proxy == ProxyMode::NginxDns)
+            .filter_map(|f| Some((f, f.j.live.as_ref()?)))
+            .collect();
+        let Some(proxy) = self.proxy.container.as_deref() else {
+            return Ok(());
+        };
+        for (f, l) in &live {
+            dns::name_them(proxy, l, &f.keep, self.opts.timeout)
+                .map_err(|e| fail!(Swap, "converging {}: {e:#}", f.j.service))?;
+            let names: Vec<&str> = f.keep.iter().map(|c| c.name.as_str()).collect();
+            f.say(&format!("{} answers for {}", l.alias, names.join(", ")));
+        }
+        if live.iter().any(|(f, _)| !f.drop.is_empty()) {
+            std::thread::sleep(
+                self.opts
+                    .drain
+                    .unwrap_or(Duration::from_secs(2))
+                    .max(Duration::from_secs(1)),
+            );
+        }
+        Ok(())
     }
 
     fn upstream_of(&self, f: &Fix) -> Option<PathBuf> {

@@ -32,6 +32,7 @@ use berth_core::record;
 use berth_core::time::{self, millis};
 use berth_core::{fail, fault, msg};
 
+use crate::dns;
 use crate::envfile;
 use crate::haproxy::{self, Admin};
 use crate::journal::{Journal, Journals, Phase};
@@ -68,6 +69,10 @@ pub struct Options {
     pub nginx: String,
     /// HAProxy's admin socket inside its container (with [`ProxyMode::Haproxy`]).
     pub haproxy_socket: String,
+    /// The compose network whose alias nginx resolves, and the alias template
+    /// (`{service}` replaced), with [`ProxyMode::NginxDns`].
+    pub dns_network: String,
+    pub dns_alias: String,
     /// Bound on pulling one service's image.
     pub pull_timeout: Duration,
 }
@@ -132,6 +137,8 @@ struct Service {
     upstream_before: Option<String>,
     /// The HAProxy backend, for a service behind HAProxy (`--proxy haproxy`).
     backend: Option<String>,
+    /// The network alias nginx resolves, for a service behind `--proxy nginx-dns`.
+    live: Option<dns::Live>,
     /// Every container the service had before (any state), oldest first.
     old: Vec<Container>,
     running_before: usize,
@@ -226,10 +233,22 @@ impl<'a> Swap<'a> {
     fn plan_service(&self, cfg: &Value, svc: &str) -> Result<Service> {
         let (ctx, opts) = (self.ctx, self.opts);
         let image = compose::service_image_in(cfg, svc).map_err(|e| fail!(Usage, "{e:#}"))?;
-        let haproxy = opts.proxy == ProxyMode::Haproxy;
-        let upstream = (upstream::is_proxied(opts, svc) && !haproxy)
+        let (haproxy, by_dns) = (
+            opts.proxy == ProxyMode::Haproxy,
+            opts.proxy == ProxyMode::NginxDns,
+        );
+        let proxied = upstream::is_proxied(opts, svc);
+        let upstream = (proxied && !haproxy && !by_dns)
             .then(|| upstream::path(ctx, opts.upstream_file.as_deref(), svc));
-        let backend = (upstream::is_proxied(opts, svc) && haproxy).then(|| svc.to_string());
+        let backend = (proxied && haproxy).then(|| svc.to_string());
+        let live = match proxied && by_dns {
+            true => Some(dns::Live {
+                network: dns::network_name(cfg, &ctx.project, &opts.dns_network)
+                    .map_err(|e| fail!(Preflight, "{e:#}"))?,
+                alias: dns::alias(&opts.dns_alias, svc),
+            }),
+            false => None,
+        };
         let old = self.compose.containers(svc)?;
         let running_before = old.iter().filter(|c| c.state.running).count();
         let upstream_before = match &upstream {
@@ -266,6 +285,7 @@ impl<'a> Swap<'a> {
             upstream,
             upstream_before,
             backend,
+            live,
             old,
             running_before,
             new: Vec::new(),
@@ -288,15 +308,40 @@ impl<'a> Swap<'a> {
         if self.opts.proxy == ProxyMode::Haproxy {
             return self.check_haproxy();
         }
-        let proxied_any = self.services.iter().any(|p| p.upstream.is_some());
-        if proxied_any && self.opts.proxy == ProxyMode::Compose && !self.proxy.locate()? {
+        let proxied_any = self
+            .services
+            .iter()
+            .any(|p| p.upstream.is_some() || p.live.is_some());
+        if proxied_any && self.proxy.in_project() && !self.proxy.locate()? {
             return Err(fail!(
                 Preflight,
                 "the nginx service {:?} is not running (start the stack first, or pass --proxy-service)",
                 self.opts.proxy_service
             ));
         }
-        Ok(())
+        self.check_dns()
+    }
+
+    /// `--proxy nginx-dns`: the proxy is on the live network and its configuration
+    /// resolves each alias.
+    fn check_dns(&self) -> Result<()> {
+        let lives: Vec<&dns::Live> = self
+            .services
+            .iter()
+            .filter_map(|p| p.live.as_ref())
+            .collect();
+        let (Some(first), Some(name)) = (lives.first(), self.proxy.container.as_deref()) else {
+            return Ok(());
+        };
+        let proxy = docker::inspect(&[name])?.remove(0);
+        let conf = self
+            .proxy
+            .nginx_cmd(&["-T"])
+            .output()
+            .map(|o| o.stdout)
+            .map_err(|e| fail!(Preflight, "nginx -T in {name}: {e}"))?;
+        let aliases: Vec<String> = lives.iter().map(|l| l.alias.clone()).collect();
+        dns::check(&proxy, &conf, &first.network, &aliases).map_err(|e| fail!(Preflight, "{e:#}"))
     }
 
     /// HAProxy runs, and each backend exists with a free slot per new container.
@@ -348,14 +393,18 @@ impl<'a> Swap<'a> {
                 "would run: {}",
                 start_cmd(&self.compose, p).display()
             ));
-            let then = match &p.upstream {
-                Some(u) => format!(
+            let then = match (&p.upstream, &p.live) {
+                (_, Some(l)) => format!(
+                    "give them the name nginx resolves: {}",
+                    dns::connect_cmd(l, "NEW").display()
+                ),
+                (Some(u), _) => format!(
                     "rewrite {} to name them, run {} and {}",
                     u.display(),
                     self.proxy.nginx_cmd(&["-t"]).display(),
                     self.proxy.nginx_cmd(&["-s", "reload"]).display()
                 ),
-                None => "(a worker) stop the old ones".to_string(),
+                (None, None) => "(a worker) stop the old ones".to_string(),
             };
             msg::info(format!(
                 "would wait until the new {} container(s) are ready, then {then}",
@@ -431,6 +480,7 @@ impl<'a> Swap<'a> {
             upstream_file: p.upstream.clone(),
             upstream_before: p.upstream_before.clone(),
             backend: p.backend.clone(),
+            live: p.live.clone(),
             stop_grace_secs: p.stop_grace.as_secs(),
             updated_at: String::new(),
         }
@@ -513,6 +563,14 @@ impl<'a> Swap<'a> {
                     .join(", ")
             ));
         }
+        if let Err(e) = self.switch_dns() {
+            self.undo(journals);
+            return Err(fail!(
+                Swap,
+                "naming the new containers for nginx; removed them, the old ones still serve: {}",
+                berth_core::exit::one_line(&e)
+            ));
+        }
         if let Err(e) = self.switch_haproxy() {
             self.undo(journals);
             return Err(fail!(
@@ -579,6 +637,47 @@ impl<'a> Swap<'a> {
             ));
         }
         Ok(())
+    }
+
+    /// The switch without a reload (`--proxy nginx-dns`): the new containers get the
+    /// alias nginx resolves, done once the proxy's resolver answers every one of them
+    /// (nginx's own cache follows within its `valid`, the drain covers it). On a failure
+    /// the new containers stop gracefully (what nginx sent them finishes, a refused
+    /// connection goes on to the old ones) and are removed.
+    fn switch_dns(&mut self) -> Result<()> {
+        let Some(proxy) = self.proxy.container.clone() else {
+            return Ok(());
+        };
+        let mut failed = None;
+        for p in self.services.iter().filter(|p| p.live.is_some()) {
+            let live = p.live.as_ref().expect("filtered");
+            if let Err(e) = dns::name_them(&proxy, live, &p.new, self.opts.timeout) {
+                failed = Some(e.context(format!("{}: {}", p.name, live.alias)));
+                break;
+            }
+            msg::info(format!(
+                "{} on {} now answers for {} (nginx resolves it per request)",
+                live.alias,
+                live.network,
+                p.new
+                    .iter()
+                    .map(|c| c.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+        }
+        let Some(e) = failed else {
+            fault::point("dns-named");
+            return Ok(());
+        };
+        for p in self.services.iter_mut().filter(|p| p.live.is_some()) {
+            let ids: Vec<String> = p.new.iter().map(|c| c.id.clone()).collect();
+            match stop_remove(&ids, p.stop_grace) {
+                Ok(_) => p.new.clear(),
+                Err(e) => msg::warn(format!("{}: {e:#}", p.name)),
+            }
+        }
+        Err(e)
     }
 
     /// Free the slots the switch filled.
@@ -831,7 +930,7 @@ fn after_switch(e: anyhow::Error, tag: &str, previous_tag: Option<&str>) -> anyh
 
 /// Whether the service takes traffic through a proxy (nginx or HAProxy).
 fn proxied(p: &Service) -> bool {
-    p.upstream.is_some() || p.backend.is_some()
+    p.upstream.is_some() || p.backend.is_some() || p.live.is_some()
 }
 
 fn service_detail(p: &Service) -> record::SwappedService {
@@ -1075,6 +1174,7 @@ mod tests {
             upstream: proxied.then(|| PathBuf::from("/u.conf")),
             upstream_before: None,
             backend: None,
+            live: None,
             old: Vec::new(),
             running_before: 1,
             new: Vec::new(),

@@ -53,6 +53,10 @@ pub struct Journal {
     /// containers that stay.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backend: Option<String>,
+    /// The network alias nginx resolves for this service (`--proxy nginx-dns`), which
+    /// converges to name only the containers that stay.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub live: Option<crate::dns::Live>,
     /// Seconds the old containers get to stop.
     pub stop_grace_secs: u64,
     pub updated_at: String,
@@ -186,6 +190,7 @@ mod tests {
             upstream_file: Some("/x/upstream-web.conf".into()),
             upstream_before: None,
             backend: None,
+            live: None,
             stop_grace_secs: 10,
             updated_at: String::new(),
         };
@@ -215,6 +220,7 @@ mod tests {
             upstream_file: None,
             upstream_before: None,
             backend: None,
+            live: None,
             stop_grace_secs: 10,
             updated_at: String::new(),
         };

@@ -10,6 +10,7 @@
 //! own [`engine::Options`]; nothing below imports it.
 
 pub mod converge;
+pub mod dns;
 pub mod engine;
 pub mod envfile;
 pub mod haproxy;
@@ -48,6 +49,10 @@ Examples:
 
   # HAProxy instead of nginx: switched through its runtime API, never reloaded
   berth-swap --tag 3f9c2a1 --proxy haproxy web
+
+  # nginx never reloaded: it resolves web-live per request; berth gives that alias only
+  # to ready containers (client keep-alive can stay on; examples/nginx-dns)
+  berth-swap --tag 3f9c2a1 --proxy nginx-dns web
 
   # Show the docker commands, change nothing
   berth-swap --tag 3f9c2a1 --dry-run web
@@ -137,7 +142,8 @@ pub struct SwapArgs {
     )]
     pub proxy: ProxyMode,
 
-    /// The compose service running nginx (with --proxy compose) or HAProxy (--proxy haproxy)
+    /// The compose service running nginx (with --proxy compose or nginx-dns) or HAProxy
+    /// (--proxy haproxy)
     #[arg(
         long,
         global = true,
@@ -216,6 +222,22 @@ pub struct SwapArgs {
     )]
     pub haproxy_socket: String,
 
+    /// With --proxy nginx-dns: the compose network (its key in the compose file) on which
+    /// berth gives ready containers the name nginx resolves; the proxy is on it, the
+    /// swapped services are not
+    #[arg(long, global = true, default_value = "live", value_name = "NETWORK")]
+    pub dns_network: String,
+
+    /// With --proxy nginx-dns: the name nginx resolves per request (`set $backend NAME;`),
+    /// `{service}` is replaced by the service's name
+    #[arg(
+        long,
+        global = true,
+        default_value = "{service}-live",
+        value_name = "NAME"
+    )]
+    pub dns_alias: String,
+
     /// Wait this long for another deploy's lock instead of exiting 75 at once
     #[arg(long, global = true, env = "BERTH_LOCK_WAIT", default_value = "0s", value_parser = parse_duration, value_name = "DURATION")]
     pub lock_wait: Duration,
@@ -250,6 +272,8 @@ impl SwapArgs {
             keepalive: self.keepalive,
             nginx: self.nginx.clone(),
             haproxy_socket: self.haproxy_socket.clone(),
+            dns_network: self.dns_network.clone(),
+            dns_alias: self.dns_alias.clone(),
             pull_timeout: self.pull.pull_timeout,
         }
     }
@@ -271,6 +295,14 @@ impl SwapArgs {
         }
         if self.timeout.is_zero() {
             return Err(Failure::usage("--timeout must be more than 0"));
+        }
+        if self.proxy == ProxyMode::NginxDns
+            && self.drain.is_some_and(|d| d < Duration::from_secs(1))
+        {
+            return Err(Failure::usage(
+                "--drain with --proxy nginx-dns must be at least 1s (nginx's resolver keeps \
+                 an answer for its `valid`, 1s in examples/nginx-dns)",
+            ));
         }
         Ok(())
     }
@@ -471,12 +503,20 @@ mod tests {
         assert!(e.to_string().contains(nginx::HOST_REMOVED), "{e}");
         let e = Cli::try_parse_from(["berth-swap", "--proxy", "nginx", "web"]).unwrap_err();
         assert!(
-            e.to_string().contains("one of: compose, haproxy, none"),
+            e.to_string()
+                .contains("one of: compose, nginx-dns, haproxy, none"),
             "{e}"
         );
         // No services: every service whose image uses the tag variable (resolved later).
         let c = Cli::try_parse_from(["berth-swap", "--tag", "v2"]).unwrap();
         assert!(c.services.is_empty() && c.command.is_none());
         assert!(check_services(&["web".into(), "web".into()]).is_err());
+        // nginx-dns: its name on the command line; a drain shorter than the resolver's
+        // `valid` is refused.
+        let c = Cli::try_parse_from(["berth-swap", "--proxy", "nginx-dns", "--drain", "500ms"])
+            .unwrap();
+        assert_eq!(c.swap.proxy, ProxyMode::NginxDns);
+        assert!(c.swap.check().is_err());
+        assert_eq!(c.swap.options().dns_alias, "{service}-live");
     }
 }

@@ -64,7 +64,7 @@ struct Window {
 fn check(args: &Args, nginx: &Options) -> Result<(), berth_core::Failure> {
     if nginx.proxy == ProxyMode::None {
         return Err(berth_core::Failure::usage(
-            "maintenance mode needs nginx: --proxy compose",
+            "maintenance mode needs nginx: --proxy compose or nginx-dns",
         ));
     }
     if nginx.proxy == ProxyMode::Haproxy {

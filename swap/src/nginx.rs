@@ -16,6 +16,10 @@ pub enum ProxyMode {
     /// nginx as a service of the compose project (see --proxy-service); commands run
     /// through `docker exec`, upstreams name containers (nginx resolves them by Docker DNS)
     Compose,
+    /// nginx as a service of the compose project, never reloaded by a swap: it resolves a
+    /// network alias per request (Docker DNS) that berth gives only to ready containers
+    /// (see --dns-network, --dns-alias)
+    NginxDns,
     /// HAProxy as a service of the compose project (see --proxy-service), switched through
     /// its runtime API on the admin socket (see --haproxy-socket), never reloaded
     Haproxy,
@@ -99,9 +103,15 @@ impl Proxy {
         }
     }
 
-    /// Look up the proxy service's running container (compose mode). `false` when none runs.
+    /// nginx runs as a service of the compose project (commands through `docker exec`).
+    pub fn in_project(&self) -> bool {
+        matches!(self.mode, ProxyMode::Compose | ProxyMode::NginxDns)
+    }
+
+    /// Look up the proxy service's running container (nginx in the project). `false` when
+    /// none runs.
     pub fn locate(&mut self) -> Result<bool> {
-        if self.mode != ProxyMode::Compose {
+        if !self.in_project() {
             return Ok(true);
         }
         let running = self

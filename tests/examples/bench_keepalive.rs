@@ -14,6 +14,10 @@
 //!   the swap is done by hand: `compose up --no-recreate --scale web=2` starts the new
 //!   version beside the old one under the same DNS name, then (after the drain) the old
 //!   container is stopped gracefully and removed.
+//! - `berth-dns-ka75`: keep-alive 75 s, no reload: berth's own `berth-swap --proxy
+//!   nginx-dns` on the demo stack with examples/nginx-dns (nginx resolves the alias
+//!   `web-live`, which berth gives only to probed-ready containers; old ones leave it by
+//!   their graceful stop).
 //! - `haproxy-api`: HAProxy 2.6 instead of nginx (examples/haproxy: compose.override.yaml and
 //!   haproxy.cfg, client keep-alive 75 s), switched by hand through its runtime API, never
 //!   reloaded: the new container (`compose up --no-recreate --scale web=2`) goes into a free
@@ -34,7 +38,13 @@ use std::time::{Duration, Instant};
 use berth_e2e::clients::{ClientReport, Clients, Mix};
 use berth_e2e::{run_ok, Stack};
 
-const SETUPS: &[&str] = &["reload-ka0", "reload-ka75", "dns-ka75", "haproxy-api"];
+const SETUPS: &[&str] = &[
+    "reload-ka0",
+    "reload-ka75",
+    "dns-ka75",
+    "berth-dns-ka75",
+    "haproxy-api",
+];
 
 fn env_num(key: &str, default: u64) -> u64 {
     std::env::var(key)
@@ -122,6 +132,61 @@ fn dns_swap(s: &Stack, tag: &str, drain: Duration) {
     for name in &old {
         run_ok(Command::new("docker").args(["stop", "-t", "15", name]));
         run_ok(Command::new("docker").args(["rm", name]));
+    }
+}
+
+/// Which stack a setup runs on: nginx (its config rewritten per setup), nginx for
+/// `--proxy nginx-dns` (examples/nginx-dns), or HAProxy.
+fn stack_kind(setup: &str) -> &'static str {
+    if setup.starts_with("haproxy") {
+        "haproxy"
+    } else if setup.starts_with("berth-dns") {
+        "berth-dns"
+    } else {
+        "nginx"
+    }
+}
+
+/// One private demo stack of a kind, with HAProxy's slots when it is HAProxy.
+struct Bench {
+    kind: &'static str,
+    stack: Stack,
+    slots: Vec<(String, String)>,
+}
+
+impl Bench {
+    fn new(kind: &'static str) -> Bench {
+        if kind == "haproxy" {
+            let (stack, slots) = haproxy_stack();
+            return Bench { kind, stack, slots };
+        }
+        let stack = Stack::new(&format!("bench-{kind}"));
+        if kind == "berth-dns" {
+            stack.use_nginx_dns();
+        }
+        stack.start("v1");
+        stack.migrate("v2");
+        if kind == "berth-dns" {
+            // compose starts web without the alias: berth names it (swap onto itself).
+            berth_swap(&stack, "v1", "nginx-dns");
+        }
+        Bench {
+            kind,
+            stack,
+            slots: Vec::new(),
+        }
+    }
+
+    /// One swap to `next` the setup's way, under `mix`.
+    fn measure(&mut self, setup: &str, mix: &Mix, next: &str) -> (ClientReport, Duration) {
+        let (s, slots) = (&self.stack, &mut self.slots);
+        let drain = Duration::from_secs(2);
+        match self.kind {
+            "haproxy" => measure(s, mix, || haproxy_swap(s, slots, next, drain)),
+            "berth-dns" => measure(s, mix, || berth_swap(s, next, "nginx-dns")),
+            _ if setup.starts_with("dns") => measure(s, mix, || dns_swap(s, next, drain)),
+            _ => measure(s, mix, || berth_swap(s, next, "compose")),
+        }
     }
 }
 
@@ -244,10 +309,10 @@ fn haproxy_swap(s: &Stack, slots: &mut [(String, String)], tag: &str, drain: Dur
     }
 }
 
-fn berth_swap(s: &Stack, tag: &str) {
+fn berth_swap(s: &Stack, tag: &str, proxy: &str) {
     let out = s
         .berth("berth-swap")
-        .args(["--tag", tag, "--drain", "2s", "web"])
+        .args(["--tag", tag, "--drain", "2s", "--proxy", proxy, "web"])
         .stdin(Stdio::null())
         .output()
         .unwrap();
@@ -295,49 +360,28 @@ fn main() {
         pause.as_millis(),
         std::fs::read_to_string("/proc/loadavg").unwrap_or_default().trim()
     );
-    let mut nginx: Option<Stack> = None;
-    let mut haproxy: Option<(Stack, Vec<(String, String)>)> = None;
+    let mut bench: Option<Bench> = None;
     let mut tag = "v1";
     let mut table = Vec::new();
     for setup in &setups {
-        let on_haproxy = setup.starts_with("haproxy");
-        if on_haproxy {
-            nginx = None;
-            if haproxy.is_none() {
-                haproxy = Some(haproxy_stack());
-                tag = "v1";
-            }
-        } else if nginx.is_none() {
-            let s = Stack::new("bench-keepalive");
-            s.start("v1");
-            s.migrate("v2");
-            nginx = Some(s);
+        let kind = stack_kind(setup);
+        if bench.as_ref().is_none_or(|b| b.kind != kind) {
+            drop(bench.take()); // the previous stack goes first
+            bench = Some(Bench::new(kind));
             tag = "v1";
         }
-        if let Some(s) = &nginx {
-            set_nginx(s, setup);
+        let b = bench.as_mut().expect("a stack");
+        if kind == "nginx" {
+            set_nginx(&b.stack, setup);
         }
         for (mix_name, mix) in [("get", &get), ("get+post", &get_post)] {
             let mut fails = Vec::new();
             for run in 1..=runs {
                 let next = if tag == "v1" { "v2" } else { "v1" };
-                let (r, wall) = if let Some((s, slots)) = haproxy.as_mut().filter(|_| on_haproxy) {
-                    measure(s, mix, || {
-                        haproxy_swap(s, slots, next, Duration::from_secs(2))
-                    })
-                } else {
-                    let s = nginx.as_ref().unwrap();
-                    measure(s, mix, || {
-                        if setup.starts_with("dns") {
-                            dns_swap(s, next, Duration::from_secs(2))
-                        } else {
-                            berth_swap(s, next)
-                        }
-                    })
-                };
+                let (r, wall) = b.measure(setup, mix, next);
                 tag = next;
                 println!(
-                    "{setup:<12} {mix_name:<9} run {run}: swap to {next} in {:.1} s; {}",
+                    "{setup:<15} {mix_name:<9} run {run}: swap to {next} in {:.1} s; {}",
                     wall.as_secs_f64(),
                     r.summary()
                 );
@@ -358,7 +402,7 @@ fn main() {
             .iter()
             .map(|(f, p, g, t)| format!("{f}/{t} (POST {p}, GET-resend {g})"))
             .collect();
-        println!("{setup:<12} {mix:<9} {}", cells.join("  "));
+        println!("{setup:<15} {mix:<9} {}", cells.join("  "));
     }
     println!(
         "load average at end: {}",

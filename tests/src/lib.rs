@@ -249,6 +249,19 @@ impl Stack {
         std::fs::copy(ex.join("haproxy.cfg"), self.dir.join("haproxy/haproxy.cfg")).unwrap();
     }
 
+    /// nginx switched without a reload (`--proxy nginx-dns`): examples/nginx-dns's
+    /// compose.override.yaml, and its nginx.conf as nginx/nginx-dns.conf (before
+    /// [`Stack::start`]).
+    pub fn use_nginx_dns(&self) {
+        let ex = root().join("examples/nginx-dns");
+        std::fs::copy(
+            ex.join("compose.override.yaml"),
+            self.dir.join("compose.override.yaml"),
+        )
+        .unwrap();
+        std::fs::copy(ex.join("nginx.conf"), self.dir.join("nginx/nginx-dns.conf")).unwrap();
+    }
+
     /// One command on HAProxy's admin socket (socat in the proxy container); its answer.
     pub fn haproxy_admin(&self, cmd: &str) -> String {
         let out = output_with_stdin(
