@@ -387,6 +387,41 @@ impl Stack {
         get(&self.url(path)).unwrap_or_else(|e| panic!("GET {path}: {e}"))
     }
 
+    /// The version that answers `/version` through the proxy (a 200 is asserted).
+    pub fn version(&self) -> String {
+        let (status, v, body) = self.get("/version");
+        assert_eq!(status, 200, "{body}");
+        v
+    }
+
+    /// Run a berth program with `args` (stdin closed): its exit code, the document it
+    /// printed (`Null` when none) and its stderr.
+    pub fn run(&self, prog: &str, args: &[&str]) -> (i32, serde_json::Value, String) {
+        let out = self
+            .berth(prog)
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        let doc = serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null);
+        let err = String::from_utf8_lossy(&out.stderr).to_string();
+        (out.status.code().unwrap_or(-1), doc, err)
+    }
+
+    /// Keep-alive clients (GET, every third request a POST) through the proxy for the
+    /// whole of `f`, a second on either side.
+    pub fn under_clients<T>(&self, f: impl FnOnce() -> T) -> (T, clients::ClientReport) {
+        let mix = clients::Mix {
+            max_time: Duration::from_secs(120),
+            ..clients::Mix::default()
+        };
+        let load = clients::Clients::start(&format!("http://127.0.0.1:{}", self.port), &mix);
+        std::thread::sleep(Duration::from_secs(1));
+        let out = f();
+        std::thread::sleep(Duration::from_secs(1));
+        (out, load.stop())
+    }
+
     /// IDs of every container of this project (running or not), one-off runs included.
     pub fn container_ids(&self) -> Vec<String> {
         let out = Command::new("docker")

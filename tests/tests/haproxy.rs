@@ -3,9 +3,8 @@
 //! under keep-alive clients sending GETs and POSTs (tests/src/clients.rs; nothing resent).
 
 use std::process::Stdio;
-use std::time::Duration;
 
-use berth_e2e::clients::{ClientReport, Clients, Mix};
+use berth_e2e::clients::ClientReport;
 use berth_e2e::Stack;
 use serde_json::Value;
 
@@ -34,36 +33,16 @@ fn haproxy_stack() -> Stack {
 }
 
 fn berth(s: &Stack, prog: &str, args: &[&str]) -> (i32, Value, String) {
-    let out = s
-        .berth(prog)
-        .args(FAST)
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    let doc = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
-    let err = String::from_utf8_lossy(&out.stderr).to_string();
-    (out.status.code().unwrap_or(-1), doc, err)
+    let args: Vec<&str> = FAST.iter().chain(args).copied().collect();
+    s.run(prog, &args)
 }
 
 fn version(s: &Stack) -> String {
-    let (status, v, body) = s.get("/version");
-    assert_eq!(status, 200, "{body}");
-    v
+    s.version()
 }
 
-/// Keep-alive clients (GET, every third request a POST) for the whole of `f`, a second
-/// on either side.
 fn under_load<T>(s: &Stack, f: impl FnOnce() -> T) -> (T, ClientReport) {
-    let mix = Mix {
-        max_time: Duration::from_secs(120),
-        ..Mix::default()
-    };
-    let load = Clients::start(&format!("http://127.0.0.1:{}", s.port), &mix);
-    std::thread::sleep(Duration::from_secs(1));
-    let out = f();
-    std::thread::sleep(Duration::from_secs(1));
-    (out, load.stop())
+    s.under_clients(f)
 }
 
 /// The `show stat` rows of backend web's slots that take traffic (not in maintenance).
