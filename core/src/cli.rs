@@ -110,6 +110,8 @@ pub struct Context {
     pub tag: Option<String>,
     pub tag_var: String,
     pub dry_run: bool,
+    /// Compose on this host, or a Swarm stack (`--engine`).
+    pub engine: crate::swarm::Engine,
 }
 
 impl CommonArgs {
@@ -213,6 +215,7 @@ impl CommonArgs {
             tag: self.tag.clone(),
             tag_var: self.tag_var.clone(),
             dry_run: self.dry_run,
+            engine: self.engine,
         };
         ctx.project = match (&self.project_name, known) {
             (Some(p), _) => {
