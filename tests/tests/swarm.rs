@@ -18,6 +18,10 @@ use berth_e2e::swarm::{Node, Testbed};
 mod migrate;
 #[path = "swarm/pg.rs"]
 mod pg;
+#[path = "swarm/status.rs"]
+mod status;
+#[path = "swarm/swap.rs"]
+mod swap;
 use berth_e2e::{berth, bin, require_images, run_ok};
 use serde_json::Value;
 
@@ -361,7 +365,6 @@ fn other_commands_refuse_the_swarm_engine() {
             &["maintenance", "on"],
             "berth-swap maintenance",
         ),
-                "error: --engine swarm: {name} does not support Docker Swarm yet (so far only berth-swap (the swap, preflight and pull), berth-rollback, berth-backup pg, verify, restore (of pg backups), drill, list and prune, berth-migrate, berth-report status and history do); use --engine compose"
         (
             "berth-backup",
             &["copy", "/etc/hostname"],

@@ -255,9 +255,9 @@ impl<'a> Plan<'a> {
         }
         msg::info(format!(
             "nginx sends to {what}; draining the tasks it sent to before for {}",
-            berth_core::human::limit(self.opts.drain)
+            berth_core::human::limit(self.opts.drain.unwrap_or(crate::engine::DEFAULT_DRAIN))
         ));
-        std::thread::sleep(self.opts.drain);
+        std::thread::sleep(self.opts.drain.unwrap_or(crate::engine::DEFAULT_DRAIN));
         Ok(())
     }
 
@@ -357,7 +357,9 @@ impl<'a> Plan<'a> {
                 .get("switched_at")
                 .and_then(Value::as_str)
                 .map(str::to_string);
-            swap.drain_ms = Some(millis(self.opts.drain));
+            swap.drain_ms = Some(millis(
+                self.opts.drain.unwrap_or(crate::engine::DEFAULT_DRAIN),
+            ));
             swap.extra.insert("engine".into(), json!("swarm"));
             for k in ["converge_ms", "converge_switch_ms"] {
                 if let Some(v) = self.times.get(k) {
