@@ -197,9 +197,7 @@ impl CommonArgs {
             Some(d) => absolute(&cwd, d),
             None => project_dir.join(".berth"),
         };
-        if let Some(t) = &self.tag {
-            check_tag(t)?;
-        }
+        self.tag.as_deref().map(check_tag).transpose()?;
         if !is_env_name(&self.tag_var) {
             return Err(Failure::usage(format!(
                 "--tag-var {:?}: not a valid variable name (letters, digits, _)",
