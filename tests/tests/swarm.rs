@@ -429,12 +429,13 @@ fn other_commands_refuse_the_swarm_engine() {
     );
 }
 
-/// berth-swap on Swarm: a tag never ready is undone (exit 3) under load through nginx
-/// with 0 failed requests (swarm/swap.rs); the good swap is not proven yet.
+/// berth-swap on Swarm under load through nginx, 0 failed requests each (swarm/swap.rs):
+/// v1 -> v2 on two nodes, a tag never ready undone (exit 3), berth-rollback --to v1.
 #[test]
-fn swarm_swap_to_a_tag_never_ready_is_undone_with_zero_failed_requests() {
+fn swarm_swap_rollback_and_a_tag_never_ready_with_zero_failed_requests() {
     berth_e2e::require_images(&[
         "berth-demo/app:v1",
+        "berth-demo/app:v2",
         "berth-demo/app:unready",
         "berth-fixture/nginx:1",
     ]);
