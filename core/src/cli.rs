@@ -110,6 +110,8 @@ pub struct Context {
     pub tag: Option<String>,
     pub tag_var: String,
     pub dry_run: bool,
+    /// Compose on this host, or a Swarm stack (`--engine`).
+    pub engine: crate::swarm::Engine,
 }
 
 impl CommonArgs {
@@ -195,9 +197,7 @@ impl CommonArgs {
             Some(d) => absolute(&cwd, d),
             None => project_dir.join(".berth"),
         };
-        if let Some(t) = &self.tag {
-            check_tag(t)?;
-        }
+        self.tag.as_deref().map(check_tag).transpose()?;
         if !is_env_name(&self.tag_var) {
             return Err(Failure::usage(format!(
                 "--tag-var {:?}: not a valid variable name (letters, digits, _)",
@@ -213,6 +213,7 @@ impl CommonArgs {
             tag: self.tag.clone(),
             tag_var: self.tag_var.clone(),
             dry_run: self.dry_run,
+            engine: self.engine,
         };
         ctx.project = match (&self.project_name, known) {
             (Some(p), _) => {

@@ -163,10 +163,13 @@ pub struct Pulled {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct ContainerRef {
-    /// The short ID.
+    /// The short ID (of the task, on Swarm).
     pub id: String,
+    /// The container's name (on Swarm: the service's, `STACK_SERVICE`).
     pub name: String,
     pub image: String,
+    /// The Swarm node that runs the task (`--engine swarm` only).
+    pub node: Option<String>,
     #[serde(flatten)]
     pub extra: Detail,
 }

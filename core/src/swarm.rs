@@ -27,11 +27,13 @@ pub enum Engine {
 }
 
 /// The commands that work with `--engine swarm` so far.
-pub const SUPPORTED: &str = "berth-swap preflight and pull, berth-backup pg, verify, restore (of pg backups), drill, list and prune, berth-migrate, berth-report status and history";
+pub const SUPPORTED: &str = "berth-swap (the swap, preflight and pull), berth-rollback, berth-backup pg, verify, restore (of pg backups), drill, list and prune, berth-migrate, berth-report status and history";
 
 /// Commands that resolve their settings the usual way and handle Swarm themselves
 /// (the others that support it call [`crate::cli::CommonArgs::resolve_any_engine`]).
 const HANDLE_SWARM: &[&str] = &[
+    "berth-swap",
+    "berth-rollback",
     "berth-backup pg",
     "berth-backup verify",
     "berth-backup restore",

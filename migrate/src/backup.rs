@@ -173,6 +173,7 @@ mod tests {
             tag: Some("v2".into()),
             tag_var: "BERTH_TAG".into(),
             dry_run: false,
+            engine: Default::default(),
         }
     }
 

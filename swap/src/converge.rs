@@ -67,6 +67,10 @@ struct Converge<'a> {
 /// Converge every journal in the state directory. Returns one line per service done.
 /// Call with the deploy lock held.
 pub fn converge(ctx: &Context, opts: &Options, tag: Option<&str>) -> Result<Vec<String>> {
+    // A swap on Swarm keeps no journal (see docs/swarm.md: not converged after a crash).
+    if ctx.engine == berth_core::swarm::Engine::Swarm {
+        return Ok(Vec::new());
+    }
     let journals = journal::all(&ctx.state_dir)?;
     if journals.is_empty() {
         return Ok(Vec::new());

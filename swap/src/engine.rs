@@ -101,6 +101,9 @@ pub fn swap(
     tag: &str,
     deploy_id: &str,
 ) -> Result<SwapOutcome> {
+    if ctx.engine == berth_core::swarm::Engine::Swarm {
+        return crate::swarm::swap::swap(ctx, opts, services, tag, deploy_id);
+    }
     let started = Instant::now();
     let mut s = Swap::plan(ctx, opts, services, tag, deploy_id)?;
     s.images()?;

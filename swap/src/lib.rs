@@ -338,6 +338,12 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
     check()?;
     let input = stage::load(&cli.common)?;
     if cli.converge {
+        if cli.common.engine == berth_core::swarm::Engine::Swarm {
+            return Err(Failure::usage(
+                "--engine swarm: a swap on Swarm keeps no journal, so --converge has nothing to do there",
+            )
+            .into());
+        }
         return converge_stage(&cli.swap, input);
     }
     let spec = cli

@@ -62,6 +62,10 @@ pub struct Testbed {
     pub registry: String,
     pub manager: Node,
     pub workers: Vec<Node>,
+    /// A host directory that the manager sees at the same path (outside /tmp, which the
+    /// node mounts a tmpfs over): berth on the host writes there what a stack's bind
+    /// mount on the manager reads, as berth running on the manager would.
+    pub shared: tempfile::TempDir,
     /// Holds the nodes' sockets.
     _dir: tempfile::TempDir,
 }
@@ -78,6 +82,10 @@ impl Testbed {
             .prefix("berth-swarm-")
             .tempdir()
             .expect("a temp dir");
+        let shared = tempfile::Builder::new()
+            .prefix("berth-swarm-")
+            .tempdir_in("/var/tmp")
+            .expect("a temp dir in /var/tmp");
         let (network, subnet) = create_network(&name);
         let node = |role: &str, host: u8| Node {
             container: format!("{name}-{role}"),
@@ -91,6 +99,7 @@ impl Testbed {
             name,
             network,
             subnet,
+            shared,
             _dir: dir,
         };
         tb.start_registry();
@@ -152,6 +161,7 @@ impl Testbed {
     fn start_node(&self, n: &Node) {
         let sock_dir = n.socket.parent().expect("a socket directory");
         std::fs::create_dir_all(sock_dir).expect("the socket directory");
+        let shared = self.shared.path().display();
         run_ok(Command::new("docker").args([
             "run",
             "-d",
@@ -180,6 +190,8 @@ impl Testbed {
             "a *:* rwm",
             "-v",
             &format!("{}:/run/berth", sock_dir.display()),
+            "-v",
+            &format!("{shared}:{shared}"),
             NODE_IMAGE,
             "--host=unix:///run/berth/docker.sock",
             &format!("--insecure-registry={}", self.registry),

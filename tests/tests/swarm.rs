@@ -20,6 +20,8 @@ mod migrate;
 mod pg;
 #[path = "swarm/status.rs"]
 mod status;
+#[path = "swarm/swap.rs"]
+mod swap;
 use berth_e2e::{berth, bin, require_images, run_ok};
 use serde_json::Value;
 
@@ -358,13 +360,11 @@ fn swarm_preflight_and_lint_on_a_real_three_node_swarm() {
 fn other_commands_refuse_the_swarm_engine() {
     let tmp = tempfile::tempdir().unwrap();
     let cases: &[(&str, &[&str], &str)] = &[
-        ("berth-swap", &["--tag", "v1", "web"], "berth-swap"),
         (
             "berth-swap",
             &["maintenance", "on"],
             "berth-swap maintenance",
         ),
-        ("berth-rollback", &[], "berth-rollback"),
         (
             "berth-backup",
             &["copy", "/etc/hostname"],
@@ -397,7 +397,7 @@ fn other_commands_refuse_the_swarm_engine() {
             let stderr = String::from_utf8_lossy(&out.stderr);
             assert_eq!(out.status.code(), Some(64), "{bin} {args:?}: {stderr}");
             let want = format!(
-                "error: --engine swarm: {name} does not support Docker Swarm yet (so far only berth-swap preflight and pull, berth-backup pg, verify, restore (of pg backups), drill, list and prune, berth-migrate, berth-report status and history do); use --engine compose"
+                "error: --engine swarm: {name} does not support Docker Swarm yet (so far only berth-swap (the swap, preflight and pull), berth-rollback, berth-backup pg, verify, restore (of pg backups), drill, list and prune, berth-migrate, berth-report status and history do); use --engine compose"
             );
             assert!(stderr.contains(&want), "{bin} {args:?}: {stderr}");
             assert_eq!(stderr.lines().count(), 1, "{stderr}");
@@ -427,4 +427,21 @@ fn other_commands_refuse_the_swarm_engine() {
         String::from_utf8_lossy(&out.stderr),
         "berth-swap: error: --engine swarm: preflight does not support a pre-deploy check (-- CMD) on Swarm yet\n"
     );
+}
+
+/// berth-swap on Swarm under load through nginx, 0 failed requests each (swarm/swap.rs):
+/// v1 -> v2 on two nodes, a tag never ready undone (exit 3), berth-rollback --to v1.
+#[test]
+fn swarm_swap_rollback_and_a_tag_never_ready_with_zero_failed_requests() {
+    berth_e2e::require_images(&[
+        "berth-demo/app:v1",
+        "berth-demo/app:v2",
+        "berth-demo/app:unready",
+        "berth-fixture/nginx:1",
+    ]);
+    let t0 = Instant::now();
+    let tb = Testbed::up();
+    eprintln!("swarm test bed {} up in {:?}", tb.name, t0.elapsed());
+    swap::swap_and_rollback_under_load(&tb);
+    eprintln!("done at {:?}", t0.elapsed());
 }

@@ -10,6 +10,7 @@
 
 pub mod lint;
 pub mod pull;
+pub mod swap;
 pub mod tasks;
 
 pub use pull::pull;

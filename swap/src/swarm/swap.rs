@@ -1,0 +1,740 @@
+//! `berth-swap --engine swarm` (and `berth-rollback`, through [`crate::engine::swap`]):
+//! the zero-downtime swap on Docker Swarm.
+//!
+//! For the services behind nginx (nginx a service of the stack, its task on this manager,
+//! its upstream directory a bind mount of a directory here):
+//!
+//! 1. `docker stack deploy` of a generated file holding only `SERVICE--next` (the
+//!    service's own definition at the new tag) into the same stack, beside the old tasks.
+//! 2. Each new task is probed at its overlay address from inside nginx's container
+//!    (`docker exec PROXY curl ...`). Not ready in time: `SERVICE--next` is removed,
+//!    exit 3, nothing else changed.
+//! 3. Switch: the upstream file names the ready tasks' addresses, `nginx -t`, graceful
+//!    reload, wait for the new workers (the Compose path's [`nginx::apply`]); drain.
+//! 4. The stack's own service is updated to the new tag (no traffic reaches it), its
+//!    tasks probed, nginx switched to them, drained, and `SERVICE--next` removed: the
+//!    running stack is again what `docker stack deploy` of the project's file makes.
+//!
+//! Workers (no traffic) then take `docker service update --image --update-order
+//! start-first --update-failure-action rollback`, waited until converged. A failure after
+//! the first switch is exit 4: the new release serves (see [`AfterSwitch`]).
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result};
+use berth_core::cli::Context;
+use berth_core::process::Runner;
+use berth_core::time::millis;
+use berth_core::{docker, fail, msg, record, swarm, time, Failure};
+use serde_json::{json, Map, Value};
+
+use super::tasks::{self, Task};
+use crate::engine::{AfterSwitch, Options, SwapOutcome};
+use crate::nginx::{self, Proxy, ProxyMode};
+use crate::{envfile, owner, upstream};
+
+/// The suffix of the temporary service that holds the new release during a swap.
+pub const NEXT: &str = "--next";
+
+/// One service of the swap.
+struct Svc {
+    name: String,
+    /// Its definition at the new tag (compose's normalised configuration).
+    def: Value,
+    image: String,
+    replicas: usize,
+    upstream: Option<PathBuf>,
+    old: Vec<Task>,
+    new: Vec<Task>,
+    time_to_ready_ms: Option<u64>,
+}
+
+struct Plan<'a> {
+    ctx: &'a Context,
+    opts: &'a Options,
+    tag: &'a str,
+    deploy_id: &'a str,
+    cfg: Value,
+    proxy: Option<Proxy>,
+    services: Vec<Svc>,
+    previous_tag: Option<String>,
+    times: Map<String, Value>,
+}
+
+/// Swap `services` of the stack to `tag`. Errors carry their exit code (1 preflight, 3
+/// nothing moved, 4 after the switch, 64 what Swarm does not support here).
+pub fn swap(
+    ctx: &Context,
+    opts: &Options,
+    services: &[String],
+    tag: &str,
+    deploy_id: &str,
+) -> Result<SwapOutcome> {
+    let started = Instant::now();
+    let mut p = Plan::new(ctx, opts, services, tag, deploy_id)?;
+    if ctx.dry_run {
+        p.say_dry_run();
+        return Ok(p.outcome(true));
+    }
+    if p.proxied().next().is_some() {
+        p.start_next()?;
+        p.switch_to_next()?;
+        p.converge_own().map_err(|e| p.after_switch(e))?;
+    }
+    p.update_workers().map_err(|e| p.after_switch(e))?;
+    let pin = ctx.pin_file();
+    envfile::write_var(&pin, &ctx.tag_var, tag, &ctx.project)
+        .with_context(|| format!("recording {}={tag} in {}", ctx.tag_var, pin.display()))
+        .map_err(|e| p.after_switch(e))?;
+    p.time("total_ms", started);
+    msg::info(format!(
+        "swapped {} of stack {} to {tag} in {}",
+        services.join(", "),
+        ctx.project,
+        berth_core::human::elapsed_ms(millis(started.elapsed()))
+    ));
+    Ok(p.outcome(false))
+}
+
+impl<'a> Plan<'a> {
+    fn new(
+        ctx: &'a Context,
+        opts: &'a Options,
+        names: &[String],
+        tag: &'a str,
+        deploy_id: &'a str,
+    ) -> Result<Plan<'a>> {
+        if !matches!(opts.proxy, ProxyMode::Compose | ProxyMode::None) {
+            return Err(Failure::usage(
+                "--engine swarm: a swap goes through nginx as a service of the stack (--proxy compose) or no proxy (--proxy none)",
+            )
+            .into());
+        }
+        swarm::ensure_manager(&swarm::node_state()?)?;
+        let cfg = ctx
+            .compose_at(tag)
+            .config()
+            .map_err(|e| fail!(Preflight, "{e:#}"))?;
+        let mut services = Vec::new();
+        for name in names {
+            services.push(Svc::plan(ctx, opts, &cfg, name)?);
+        }
+        let previous_tag = services
+            .iter()
+            .flat_map(|s| &s.old)
+            .find_map(|t| tag_of(&t.image));
+        let mut p = Plan {
+            ctx,
+            opts,
+            tag,
+            deploy_id,
+            cfg,
+            proxy: None,
+            services,
+            previous_tag,
+            times: Map::new(),
+        };
+        if p.proxied().next().is_some() {
+            p.proxy = Some(locate_proxy(ctx, opts)?);
+        }
+        let pin = ctx.pin_file();
+        let files: Vec<_> = p
+            .proxied()
+            .filter_map(|s| s.upstream.as_deref())
+            .map(|u| (u, owner::Kind::Nginx))
+            .chain([(pin.as_path(), owner::Kind::Pin)])
+            .collect();
+        owner::check(ctx, &files)?;
+        Ok(p)
+    }
+
+    fn proxied(&self) -> impl Iterator<Item = &Svc> {
+        self.services.iter().filter(|s| s.upstream.is_some())
+    }
+
+    fn proxy(&self) -> &Proxy {
+        self.proxy.as_ref().expect("a located proxy")
+    }
+
+    fn say_dry_run(&self) {
+        for s in &self.services {
+            let how = if s.upstream.is_some() {
+                format!(
+                    "start {}{NEXT} ({} task(s)) beside {} old task(s), probe, switch nginx, update {} to it, switch back, remove {}{NEXT}",
+                    s.name,
+                    s.replicas,
+                    s.old.len(),
+                    s.name,
+                    s.name
+                )
+            } else {
+                format!(
+                    "docker service update --image {} (start-first, rollback on failure)",
+                    s.image
+                )
+            };
+            msg::info(format!("would swap {} to {}: {how}", s.name, s.image));
+        }
+    }
+
+    /// Step 1 and 2: `SERVICE--next` for every proxied service, its tasks ready.
+    fn start_next(&mut self) -> Result<()> {
+        let file = next_file(&self.cfg, self.proxied())?;
+        let started = Instant::now();
+        let deployed = docker::docker()
+            .args(["stack", "deploy", "--with-registry-auth", "-c", "-"])
+            .arg(&self.ctx.project)
+            .stdin_bytes(file.to_string())
+            .read();
+        if let Err(e) = deployed {
+            self.remove_next();
+            return Err(fail!(
+                Swap,
+                "docker stack deploy of the new tasks failed, removed them; the old ones still serve: {}",
+                berth_core::process::last_lines(e.stderr(), 2)
+            ));
+        }
+        if let Err(e) = self.wait_all_ready(NEXT, started) {
+            self.remove_next();
+            return Err(fail!(
+                Swap,
+                "{e:#}; removed the new tasks ({}); the old ones still serve",
+                self.next_names().join(", ")
+            ));
+        }
+        self.time("ready_ms", started);
+        Ok(())
+    }
+
+    /// Wait until every proxied service `NAME+suffix` has its replicas running and each
+    /// answers the ready path at its overlay address; records them as the new tasks.
+    fn wait_all_ready(&mut self, suffix: &str, started: Instant) -> Result<()> {
+        let deadline = started + self.opts.timeout;
+        let proxy = self.proxy.clone().expect("a located proxy");
+        for s in self.services.iter_mut().filter(|s| s.upstream.is_some()) {
+            let name = format!("{}{suffix}", s.name);
+            s.new = wait_ready(
+                &self.ctx.project,
+                &name,
+                s.replicas,
+                &proxy,
+                self.opts,
+                deadline,
+            )?;
+            s.time_to_ready_ms = Some(millis(started.elapsed()));
+        }
+        Ok(())
+    }
+
+    /// Step 3 (and the switch of step 4): nginx to the new tasks, then the drain.
+    fn switch(&mut self, key: &str, what: &str) -> Result<()> {
+        let started = Instant::now();
+        let files: Vec<(PathBuf, Option<String>)> = self
+            .proxied()
+            .map(|s| {
+                let servers: Vec<String> = s
+                    .new
+                    .iter()
+                    .filter_map(|t| t.addresses.first())
+                    .map(|a| format!("{a}:{}", self.opts.port))
+                    .collect();
+                let about = format!(
+                    "deploy {}): {} at {}, {what}",
+                    self.deploy_id, s.name, self.tag
+                );
+                let text = upstream::text(self.ctx, self.opts, &s.name, &servers, &about);
+                (s.upstream.clone().expect("proxied"), Some(text))
+            })
+            .collect();
+        nginx::apply(self.proxy(), Runner { dry_run: false }, &files)?;
+        self.time(key, started);
+        if key == "switch_ms" {
+            self.times
+                .insert("switched_at".into(), json!(time::now_rfc3339()));
+        }
+        msg::info(format!(
+            "nginx sends to {what}; draining the tasks it sent to before for {}",
+            berth_core::human::limit(self.opts.drain.unwrap_or(crate::engine::DEFAULT_DRAIN))
+        ));
+        std::thread::sleep(self.opts.drain.unwrap_or(crate::engine::DEFAULT_DRAIN));
+        Ok(())
+    }
+
+    fn switch_to_next(&mut self) -> Result<()> {
+        if let Err(e) = self.switch("switch_ms", &format!("the tasks of SERVICE{NEXT}")) {
+            self.remove_next();
+            return Err(fail!(
+                Swap,
+                "{e:#}; removed the new tasks; the old ones still serve"
+            ));
+        }
+        Ok(())
+    }
+
+    /// Step 4: the stack's own service at the new tag, nginx back on it, `--next` gone.
+    fn converge_own(&mut self) -> Result<()> {
+        let started = Instant::now();
+        let updates: Vec<(String, String)> = self
+            .proxied()
+            .map(|s| (s.name.clone(), s.image.clone()))
+            .collect();
+        for (name, image) in &updates {
+            update_service(&self.ctx.project, name, image, self.opts)?;
+        }
+        let ready = Instant::now();
+        self.wait_all_ready("", ready)?;
+        self.switch("converge_switch_ms", "the stack's own tasks")?;
+        self.remove_next();
+        self.time("converge_ms", started);
+        Ok(())
+    }
+
+    fn update_workers(&mut self) -> Result<()> {
+        for s in self.services.iter_mut().filter(|s| s.upstream.is_none()) {
+            let started = Instant::now();
+            update_service(&self.ctx.project, &s.name, &s.image, self.opts)?;
+            s.new = tasks::desired_running(&self.ctx.project, &s.name)?;
+            s.time_to_ready_ms = Some(millis(started.elapsed()));
+        }
+        Ok(())
+    }
+
+    fn next_names(&self) -> Vec<String> {
+        self.proxied()
+            .map(|s| format!("{}_{}{NEXT}", self.ctx.project, s.name))
+            .collect()
+    }
+
+    /// Remove the `--next` services (their tasks stop with their grace period).
+    fn remove_next(&self) {
+        let names = self.next_names();
+        let out = docker::docker().args(["service", "rm"]).args(&names).read();
+        if let Err(e) = out {
+            if !e.stderr().contains("not found") {
+                msg::warn(format!(
+                    "could not remove {}: {}",
+                    names.join(", "),
+                    berth_core::process::last_lines(e.stderr(), 1)
+                ));
+            }
+        }
+    }
+
+    fn after_switch(&self, e: anyhow::Error) -> anyhow::Error {
+        let line = berth_core::exit::one_line(&e);
+        fail!(Unhealthy, "{line}").context(AfterSwitch {
+            serving: self.tag.to_string(),
+            previous_tag: self.previous_tag.clone(),
+        })
+    }
+
+    fn time(&mut self, key: &str, since: Instant) {
+        self.times
+            .insert(key.into(), json!(millis(since.elapsed())));
+    }
+
+    fn outcome(self, dry_run: bool) -> SwapOutcome {
+        let services: Vec<record::SwappedService> = self
+            .services
+            .iter()
+            .map(|s| s.record(&self.ctx.project))
+            .collect();
+        let mut detail = Map::new();
+        let mut swap = record::Swap {
+            tag: Some(self.tag.to_string()),
+            previous_tag: Some(self.previous_tag.clone()),
+            services,
+            ..Default::default()
+        };
+        if !dry_run {
+            let ms = |k: &str| self.times.get(k).and_then(Value::as_u64);
+            swap.ready_ms = ms("ready_ms");
+            swap.switch_ms = ms("switch_ms");
+            swap.total_ms = ms("total_ms");
+            swap.switched_at = self
+                .times
+                .get("switched_at")
+                .and_then(Value::as_str)
+                .map(str::to_string);
+            swap.drain_ms = Some(millis(
+                self.opts.drain.unwrap_or(crate::engine::DEFAULT_DRAIN),
+            ));
+            swap.extra.insert("engine".into(), json!("swarm"));
+            for k in ["converge_ms", "converge_switch_ms"] {
+                if let Some(v) = self.times.get(k) {
+                    swap.extra.insert(k.into(), v.clone());
+                }
+            }
+        }
+        record::put(&mut detail, &swap);
+        SwapOutcome {
+            previous_tag: self.previous_tag,
+            images: self
+                .services
+                .iter()
+                .map(|s| (s.name.clone(), s.image.clone(), String::new()))
+                .collect(),
+            detail,
+            dry_run,
+        }
+    }
+}
+
+impl Svc {
+    fn plan(ctx: &Context, opts: &Options, cfg: &Value, name: &str) -> Result<Svc> {
+        let def = cfg["services"].get(name).cloned().ok_or_else(|| {
+            fail!(
+                Preflight,
+                "no service {name:?} in the compose configuration"
+            )
+        })?;
+        let image = def["image"].as_str().unwrap_or_default().to_string();
+        if def["deploy"]["mode"].as_str() == Some("global") {
+            return Err(Failure::usage(format!(
+                "--engine swarm: {name} is a global service; berth swaps replicated services only"
+            ))
+            .into());
+        }
+        let replicas = def["deploy"]["replicas"].as_u64().unwrap_or(1) as usize;
+        let proxied = upstream::is_proxied(opts, name);
+        if proxied && def["ports"].as_array().is_some_and(|p| !p.is_empty()) {
+            return Err(fail!(
+                Preflight,
+                "{name} publishes ports: a service behind nginx on Swarm publishes none (nginx is the way in; the new tasks start beside the old ones)"
+            ));
+        }
+        let stack_name = format!("{}_{name}", ctx.project);
+        let exists = docker::docker()
+            .args(["service", "inspect", "--format", "{{.ID}}", &stack_name])
+            .read();
+        if exists.is_err() {
+            return Err(fail!(
+                Preflight,
+                "stack {} has no service {stack_name}: deploy the stack first (docker stack deploy)",
+                ctx.project
+            ));
+        }
+        Ok(Svc {
+            name: name.to_string(),
+            image,
+            replicas,
+            upstream: proxied.then(|| upstream::path(ctx, opts.upstream_file.as_deref(), name)),
+            old: tasks::desired_running(&ctx.project, name)?,
+            new: Vec::new(),
+            time_to_ready_ms: None,
+            def,
+        })
+    }
+
+    fn record(&self, stack: &str) -> record::SwappedService {
+        let r = |t: &Task| record::ContainerRef {
+            id: t.id.chars().take(12).collect(),
+            name: format!("{stack}_{}", self.name),
+            image: t.image.clone(),
+            node: Some(t.node.clone()),
+            ..Default::default()
+        };
+        record::SwappedService {
+            name: self.name.clone(),
+            image: self.image.clone(),
+            proxied: self.upstream.is_some(),
+            upstream_file: self.upstream.as_ref().map(|u| u.display().to_string()),
+            old_containers: self.old.iter().map(r).collect(),
+            new_containers: self.new.iter().map(r).collect(),
+            time_to_ready_ms: self.time_to_ready_ms,
+            ..Default::default()
+        }
+    }
+}
+
+/// The tag of an image reference (`R/app:v1@sha256:...` is `v1`).
+fn tag_of(image: &str) -> Option<String> {
+    let name = image.split('@').next()?;
+    let last = name.rsplit('/').next()?;
+    last.split_once(':').map(|(_, t)| t.to_string())
+}
+
+/// nginx's running container on this manager: the task of `STACK_PROXY` placed here.
+fn locate_proxy(ctx: &Context, opts: &Options) -> Result<Proxy> {
+    let service = format!("{}_{}", ctx.project, opts.proxy_service);
+    let out = docker::docker()
+        .args(["ps", "--filter"])
+        .arg(format!("label=com.docker.swarm.service.name={service}"))
+        .args(["--filter", "status=running", "--format", "{{.Names}}"])
+        .read()?;
+    let Some(container) = out.lines().map(str::trim).find(|l| !l.is_empty()) else {
+        return Err(fail!(
+            Preflight,
+            "the proxy service {service} has no running task on this manager: place nginx here (deploy.placement.constraints: [node.role == manager]) or name it with --proxy-service"
+        ));
+    };
+    let mut proxy = Proxy::new(
+        ProxyMode::Compose,
+        ctx.compose(),
+        &opts.proxy_service,
+        &opts.nginx,
+    );
+    proxy.container = Some(container.to_string());
+    Ok(proxy)
+}
+
+/// The stack file that adds `SERVICE--next` for each service: its own definition at the
+/// new tag, on the stack's existing networks, volumes, secrets and configs (named as
+/// external). Every `$` is doubled: compose already interpolated the values, and `docker
+/// stack deploy` interpolates again.
+fn next_file<'s>(cfg: &Value, services: impl Iterator<Item = &'s Svc>) -> Result<Value> {
+    let mut out = json!({"version": "3.8", "services": {}});
+    for s in services {
+        let mut def = s.def.clone();
+        // `networks: {appnet: null}` attaches to appnet: keep the key.
+        if let Some(nets) = def["networks"].as_object_mut() {
+            nets.values_mut()
+                .filter(|v| v.is_null())
+                .for_each(|v| *v = json!({}));
+        }
+        strip_nulls(&mut def);
+        for kind in ["networks", "volumes", "secrets", "configs"] {
+            for used in referenced(&def, kind) {
+                let name = cfg[kind][&used]["name"].as_str().map(str::to_string);
+                let name = name.unwrap_or_else(|| used.clone());
+                out[kind][&used] = json!({"external": true, "name": name});
+            }
+        }
+        out["services"][format!("{}{NEXT}", s.name)] = def;
+    }
+    Ok(escape_dollars(out))
+}
+
+/// The top-level names of `kind` a service definition uses.
+fn referenced(def: &Value, kind: &str) -> Vec<String> {
+    match (&def[kind], kind) {
+        (Value::Object(m), "networks") => m.keys().cloned().collect(),
+        (Value::Array(list), _) => list
+            .iter()
+            .filter(|v| kind != "volumes" || v["type"] == "volume")
+            .filter_map(|v| v["source"].as_str().map(str::to_string))
+            .filter(|s| !s.is_empty())
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+fn strip_nulls(v: &mut Value) {
+    match v {
+        Value::Object(m) => {
+            m.retain(|_, v| !v.is_null());
+            m.values_mut().for_each(strip_nulls);
+        }
+        Value::Array(a) => a.iter_mut().for_each(strip_nulls),
+        _ => {}
+    }
+}
+
+fn escape_dollars(v: Value) -> Value {
+    match v {
+        Value::String(s) => Value::String(s.replace('$', "$$")),
+        Value::Array(a) => Value::Array(a.into_iter().map(escape_dollars).collect()),
+        Value::Object(m) => {
+            Value::Object(m.into_iter().map(|(k, v)| (k, escape_dollars(v))).collect())
+        }
+        other => other,
+    }
+}
+
+/// Wait (until `deadline`) for `replicas` running tasks of `STACK_NAME`, each answering
+/// the ready path at its overlay address, probed from inside nginx's container.
+fn wait_ready(
+    stack: &str,
+    name: &str,
+    replicas: usize,
+    proxy: &Proxy,
+    opts: &Options,
+    deadline: Instant,
+) -> Result<Vec<Task>> {
+    msg::info(format!(
+        "waiting for {replicas} task(s) of {stack}_{name} to be ready (timeout {})",
+        berth_core::human::limit(opts.timeout)
+    ));
+    let mut ready: Vec<String> = Vec::new();
+    let mut last = String::from("no task running yet");
+    loop {
+        let running: Vec<Task> = tasks::desired_running(stack, name)?
+            .into_iter()
+            .filter(|t| t.state == "running" && !t.addresses.is_empty())
+            .collect();
+        for t in &running {
+            if ready.contains(&t.id) {
+                continue;
+            }
+            match probe(proxy, opts, &t.addresses[0]) {
+                Ok(()) => ready.push(t.id.clone()),
+                Err(e) => last = format!("task {} on {}: {e}", &t.id[..12.min(t.id.len())], t.node),
+            }
+        }
+        let ok: Vec<Task> = running
+            .into_iter()
+            .filter(|t| ready.contains(&t.id))
+            .collect();
+        if ok.len() >= replicas {
+            msg::info(format!(
+                "{stack}_{name}: {} task(s) ready on {}",
+                ok.len(),
+                ok.iter()
+                    .map(|t| t.node.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+            return Ok(ok);
+        }
+        if Instant::now() >= deadline {
+            anyhow::bail!(
+                "{stack}_{name}: {} of {replicas} task(s) ready within {} ({last})",
+                ok.len(),
+                berth_core::human::limit(opts.timeout)
+            );
+        }
+        std::thread::sleep(opts.interval.max(Duration::from_millis(250)));
+    }
+}
+
+/// GET http://ADDRESS:PORT/READY_PATH from inside nginx's container: 2xx is ready;
+/// otherwise the status and the start of the answer say why.
+fn probe(proxy: &Proxy, opts: &Options, address: &str) -> Result<()> {
+    let url = format!("http://{address}:{}{}", opts.port, opts.ready_path);
+    let container = proxy.container.as_deref().unwrap_or_default();
+    let out = docker::docker()
+        .args(["exec", container, "curl", "-sS", "--max-time", "2"])
+        .args(["-w", "\n%{http_code}", &url])
+        .read()
+        .map_err(|e| {
+            anyhow::anyhow!("{url}: {}", berth_core::process::last_lines(e.stderr(), 1))
+        })?;
+    let (body, status) = out.trim_end().rsplit_once('\n').unwrap_or(("", out.trim()));
+    if status.starts_with('2') {
+        return Ok(());
+    }
+    let body: String = body.chars().take(120).collect();
+    anyhow::bail!("{url}: HTTP {status} {body}")
+}
+
+/// `docker service update --image` of `STACK_NAME`, waited until converged. Swarm rolls
+/// a failed update back (its tasks' healthchecks decide) and the CLI still exits 0, so
+/// the service's update state says how it ended. Nothing to do when it runs that image.
+fn update_service(stack: &str, name: &str, image: &str, opts: &Options) -> Result<()> {
+    let service = format!("{stack}_{name}");
+    let (state, current) = update_state(&service)?;
+    if current.split('@').next() == Some(image) {
+        return Ok(());
+    }
+    msg::info(format!(
+        "updating {service} to {image} (start-first, rollback on failure)"
+    ));
+    docker::docker()
+        .args([
+            "service",
+            "update",
+            "--with-registry-auth",
+            "--detach=false",
+            "--quiet",
+        ])
+        .args([
+            "--update-order",
+            "start-first",
+            "--update-failure-action",
+            "rollback",
+        ])
+        .args(["--image", image, &service])
+        .timeout(opts.timeout + berth_core::process::command_timeout())
+        .read()
+        .map_err(|e| {
+            fail!(
+                Swap,
+                "{service}: the update to {image} failed: {}",
+                berth_core::process::last_lines(e.stderr(), 2)
+            )
+        })?;
+    let (now, _) = update_state(&service)?;
+    match now["State"].as_str() {
+        Some("completed") => Ok(()),
+        Some(other) => Err(fail!(
+            Swap,
+            "{service}: the update to {image} did not complete: {other} ({})",
+            now["Message"].as_str().unwrap_or_default()
+        )),
+        None if state.is_null() => Ok(()),
+        None => Err(fail!(
+            Swap,
+            "{service}: no update state after the update to {image}"
+        )),
+    }
+}
+
+/// A service's `UpdateStatus` (null before any update) and the image its spec runs.
+fn update_state(service: &str) -> Result<(Value, String)> {
+    let out = docker::docker()
+        .args(["service", "inspect", "--format"])
+        .arg("{{json .UpdateStatus}}\t{{.Spec.TaskTemplate.ContainerSpec.Image}}")
+        .arg(service)
+        .read()?;
+    let (status, image) = out.trim().split_once('\t').unwrap_or((out.trim(), ""));
+    Ok((
+        serde_json::from_str(status).unwrap_or(Value::Null),
+        image.to_string(),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tags_of_references() {
+        assert_eq!(tag_of("r:5000/app:v1@sha256:ab").as_deref(), Some("v1"));
+        assert_eq!(tag_of("app:v2").as_deref(), Some("v2"));
+        assert_eq!(tag_of("r:5000/app").as_deref(), None);
+    }
+
+    #[test]
+    fn next_file_names_the_stacks_own_resources() {
+        let cfg = json!({
+            "services": {"web": {
+                "image": "r/app:v2", "command": null,
+                "environment": {"GREETING": "a$b"},
+                "networks": {"appnet": null},
+                "volumes": [{"type": "volume", "source": "data", "target": "/d"},
+                            {"type": "bind", "source": "/srv", "target": "/s"}],
+                "secrets": [{"source": "pw", "target": "pw"}]}},
+            "networks": {"appnet": {"name": "shop_appnet"}},
+            "volumes": {"data": {"name": "shop_data"}},
+            "secrets": {"pw": {"name": "shop_pw", "file": "/x"}},
+        });
+        let svc = Svc {
+            name: "web".into(),
+            def: cfg["services"]["web"].clone(),
+            image: "r/app:v2".into(),
+            replicas: 2,
+            upstream: None,
+            old: vec![],
+            new: vec![],
+            time_to_ready_ms: None,
+        };
+        let f = next_file(&cfg, [&svc].into_iter()).unwrap();
+        let web = &f["services"]["web--next"];
+        assert!(web.get("command").is_none(), "{f}");
+        assert_eq!(web["networks"], json!({"appnet": {}}));
+        assert_eq!(web["environment"]["GREETING"], "a$$b");
+        assert_eq!(
+            f["networks"]["appnet"],
+            json!({"external": true, "name": "shop_appnet"})
+        );
+        assert_eq!(
+            f["volumes"],
+            json!({"data": {"external": true, "name": "shop_data"}})
+        );
+        assert_eq!(
+            f["secrets"]["pw"],
+            json!({"external": true, "name": "shop_pw"})
+        );
+    }
+}

@@ -1,0 +1,220 @@
+//! `berth-swap --engine swarm` and `berth-rollback --engine swarm` on the real test bed
+//! (issue 11): nginx as a service of the stack on the manager (host-mode port 80, its
+//! config and upstream directory bind-mounted from a directory the manager shares with
+//! the host at the same path, `Testbed::shared`), the demo app's `web` with 2 replicas
+//! on 2 nodes (`endpoint_mode: dnsrr`, no published port), under load through nginx: a
+//! swap v1 -> v2 (0 failed, the stack's own tasks at v2 on two nodes, `web--next` gone);
+//! a tag whose tasks never get ready: exit 3, 0 failed, v2 still serves; then
+//! `berth-rollback --to v1`, 0 failed.
+
+use std::path::Path;
+use std::process::{Output, Stdio};
+use std::time::{Duration, Instant};
+
+use berth_e2e::swarm::Testbed;
+use berth_e2e::{berth, run_ok, Load};
+use serde_json::Value;
+
+const STACK: &str = "berthswap";
+const CLIENTS: usize = 6;
+const PAUSE: Duration = Duration::from_millis(10);
+
+const STACK_FILE: &str = r#"services:
+  proxy:
+    image: REGISTRY/nginx:1
+    ports:
+      - target: 80
+        published: 80
+        protocol: tcp
+        mode: host
+    volumes:
+      - type: bind
+        source: DIR/nginx/nginx.conf
+        target: /etc/nginx/nginx.conf
+        read_only: true
+      - type: bind
+        source: DIR/nginx/berth
+        target: /etc/nginx/berth
+    networks: [appnet]
+    deploy:
+      replicas: 1
+      endpoint_mode: dnsrr
+      placement:
+        constraints: [node.role == manager]
+  web:
+    image: REGISTRY/app:${BERTH_TAG}
+    init: true
+    healthcheck:
+      test: ["CMD", "/app", "healthcheck", "/readyz"]
+      interval: 1s
+      timeout: 2s
+      retries: 3
+    stop_grace_period: 15s
+    networks: [appnet]
+    deploy:
+      replicas: 2
+      endpoint_mode: dnsrr
+      placement:
+        max_replicas_per_node: 1
+networks:
+  appnet:
+    driver: overlay
+    attachable: true
+"#;
+
+/// Pushes the images, deploys the stack at v1 and waits until nginx answers with v1.
+fn deploy(tb: &Testbed) -> std::path::PathBuf {
+    for (image, name) in [
+        ("berth-demo/app:v1", "app:v1"),
+        ("berth-demo/app:v2", "app:v2"),
+        ("berth-demo/app:unready", "app:unready"),
+        ("berth-fixture/nginx:1", "nginx:1"),
+    ] {
+        tb.push(image, name);
+    }
+    let dir = tb.shared.path().join(STACK);
+    std::fs::create_dir_all(dir.join("nginx/berth")).unwrap();
+    let conf =
+        std::fs::read_to_string(berth_e2e::root().join("examples/demo/nginx/nginx.conf")).unwrap();
+    std::fs::write(dir.join("nginx/nginx.conf"), conf).unwrap();
+    // Before berth's first swap, nginx finds the tasks by the service's name (dnsrr).
+    std::fs::write(
+        dir.join("nginx/berth/upstream-web.conf"),
+        "upstream web {\n    server web:8080;\n}\n",
+    )
+    .unwrap();
+    let file = STACK_FILE
+        .replace("REGISTRY", &tb.registry)
+        .replace("DIR", &dir.display().to_string());
+    std::fs::write(dir.join("compose.yaml"), file).unwrap();
+    run_ok(
+        tb.manager
+            .docker()
+            .env("BERTH_TAG", "v1")
+            .args([
+                "stack",
+                "deploy",
+                "--with-registry-auth",
+                "-c",
+                "compose.yaml",
+                STACK,
+            ])
+            .current_dir(&dir),
+    );
+    let url = format!("http://{}/version", tb.manager.ip);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        match berth_e2e::get(&url) {
+            Ok((200, v, _)) if v == "v1" => break,
+            other => assert!(
+                Instant::now() < deadline,
+                "nginx did not answer v1 within 120 s: {other:?}"
+            ),
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    dir
+}
+
+/// Run a berth command with DOCKER_HOST at the manager, for the stack: (exit, document, stderr).
+fn run(tb: &Testbed, dir: &Path, bin: &str, args: &[&str]) -> (i32, Value, String) {
+    let out: Output = berth(bin)
+        .env("DOCKER_HOST", tb.manager.docker_host())
+        .args(args)
+        .args(["--engine", "swarm", "-p", STACK, "--drain", "2s"])
+        .arg("--project-dir")
+        .arg(dir)
+        .stdin(Stdio::null())
+        .output()
+        .expect("berth runs");
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    let doc: Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{bin}: no document ({e}): {stderr}"));
+    (out.status.code().unwrap_or(-1), doc, stderr)
+}
+
+/// `args` under load through nginx; asserts 0 failed requests; (exit, document, stderr).
+fn under_load(tb: &Testbed, dir: &Path, bin: &str, args: &[&str]) -> (i32, Value, String) {
+    let url = format!("http://{}/version", tb.manager.ip);
+    let load = Load::start_paced(&url, CLIENTS, Duration::from_secs(240), PAUSE);
+    let t0 = Instant::now();
+    let res = run(tb, dir, bin, args);
+    std::thread::sleep(Duration::from_millis(500));
+    let report = load.stop();
+    eprintln!(
+        "{bin} {args:?}: exit {} in {:?}; load: {}",
+        res.0,
+        t0.elapsed(),
+        report.summary()
+    );
+    assert!(report.total() > 100, "{}", report.summary());
+    assert_eq!(report.failed(), 0, "{}\n{}", report.summary(), res.2);
+    res
+}
+
+fn services(tb: &Testbed) -> String {
+    tb.manager
+        .docker_ok(&["service", "ls", "--format", "{{.Name}} {{.Image}}"])
+}
+
+pub fn swap_and_rollback_under_load(tb: &Testbed) {
+    let t0 = Instant::now();
+    let dir = deploy(tb);
+    eprintln!("stack {STACK} at v1 behind nginx at {:?}", t0.elapsed());
+
+    let url = format!("http://{}/version", tb.manager.ip);
+    // v1 -> v2 under load: 0 failed, the stack's own tasks at v2 on two nodes.
+    let (code, doc, stderr) = under_load(tb, &dir, "berth-swap", &["--tag", "v2", "web"]);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(doc["stages"][0]["status"], "ok", "{doc}");
+    assert_eq!(berth_e2e::get(&url).map(|r| r.1), Ok("v2".to_string()));
+    at_tag_on_two_nodes(tb, "v2");
+    assert!(!services(tb).contains("--next"), "{}", services(tb));
+    eprintln!("swapped to v2 at {:?}", t0.elapsed());
+    // A tag whose tasks never get ready: exit 3, 0 failed, v1 still serves.
+    let (code, doc, stderr) = under_load(
+        tb,
+        &dir,
+        "berth-swap",
+        &["--tag", "unready", "--timeout", "15s", "web"],
+    );
+    assert_eq!(code, 3, "{stderr}");
+    let error = doc["stages"][0]["error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("web--next: 0 of 2 task(s) ready within 15s")
+            && error.contains("the old ones still serve"),
+        "{error}"
+    );
+    assert!(!services(tb).contains("--next"), "{}", services(tb));
+    assert_eq!(berth_e2e::get(&url).map(|r| r.1), Ok("v2".to_string()));
+    eprintln!("unready refused at {:?}", t0.elapsed());
+
+    // berth-rollback --to v1 through the same path: 0 failed.
+    let (code, _, stderr) = under_load(tb, &dir, "berth-rollback", &["--to", "v1", "web"]);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(berth_e2e::get(&url).map(|r| r.1), Ok("v1".to_string()));
+    at_tag_on_two_nodes(tb, "v1");
+    eprintln!("rolled back to v1 at {:?}", t0.elapsed());
+}
+
+/// The running tasks of the stack's `web` all run `app:TAG`, on two different nodes.
+fn at_tag_on_two_nodes(tb: &Testbed, tag: &str) {
+    let ps = tb.manager.docker_ok(&[
+        "service",
+        "ps",
+        "--filter",
+        "desired-state=running",
+        "--format",
+        "{{.Node}} {{.Image}}",
+        &format!("{STACK}_web"),
+    ]);
+    let lines: Vec<&str> = ps.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 2, "{ps}");
+    assert!(
+        lines.iter().all(|l| l.contains(&format!("/app:{tag}"))),
+        "{ps}"
+    );
+    let nodes: std::collections::BTreeSet<&str> =
+        lines.iter().filter_map(|l| l.split(' ').next()).collect();
+    assert_eq!(nodes.len(), 2, "{ps}");
+}
