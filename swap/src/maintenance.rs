@@ -156,12 +156,14 @@ pub fn run(
                     nginx.proxy_service
                 ));
             }
-            crate::owner::check(ctx, &[(file.as_path(), crate::owner::Kind::Nginx)])?;
             Switch::Nginx { proxy, file }
         };
         record::update(detail, |m: &mut record::Maintenance| {
             m.file = Some(switch.place())
         });
+        if let Switch::Nginx { file, .. } = &switch {
+            crate::owner::check(ctx, &[(file.as_path(), crate::owner::Kind::Nginx)])?;
+        }
         let page = Page {
             ctx,
             switch: &switch,

@@ -596,6 +596,46 @@ pub fn events(body: &str) -> Vec<(String, serde_json::Value)> {
         .collect()
 }
 
+/// What a swap from `old` to `new` did to a `/slow?ms=4000` request and an `/events`
+/// stream ([`get_raw`] answers) open across it (issue 12 §3): the slow request answered
+/// whole by `old`; the stream got `old`'s ticks in order, then its `shutdown` event and
+/// the end of the body (never torn); a stream opened now through `port` reaches `new`.
+pub fn assert_outlived_the_drain(
+    port: u16,
+    slow: (String, String, bool),
+    stream: (String, String, bool),
+    old: &str,
+    new: &str,
+) {
+    let (head, body, _) = slow;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}{body}");
+    assert!(
+        head.to_ascii_lowercase()
+            .contains(&format!("x-demo-version: {old}")),
+        "{head}"
+    );
+    assert!(body.contains("\"slept_ms\":4000"), "{body}");
+    let (head, body, ended) = stream;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(ended, "the stream was cut: {body:?}");
+    let evs = events(&body);
+    let (last, ticks) = evs.split_last().expect("events");
+    assert_eq!(last.0, "shutdown", "{body}");
+    assert!(ticks.len() >= 5, "{body}");
+    for (i, (kind, data)) in ticks.iter().enumerate() {
+        assert_eq!(
+            (kind.as_str(), data["version"].as_str()),
+            ("tick", Some(old))
+        );
+        assert_eq!(data["n"], i as u64 + 1, "{body}");
+    }
+    let (_, body, ended) = get_raw(port, "/events?count=3");
+    assert!(ended);
+    let evs = events(&body);
+    assert_eq!(evs.len(), 3, "{body}");
+    assert!(evs.iter().all(|(_, d)| d["version"] == new), "{body}");
+}
+
 /// One answered (or failed) request of the load.
 #[derive(Debug, Clone)]
 pub struct Sample {

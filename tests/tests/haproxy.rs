@@ -7,8 +7,8 @@
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use berth_e2e::clients::{ClientReport, Clients, Method, Mix};
-use berth_e2e::{events, get_raw, Stack};
+use berth_e2e::clients::{ClientReport, Clients, Mix};
+use berth_e2e::{assert_outlived_the_drain, get_raw, Stack};
 use serde_json::Value;
 
 const FAST: &[&str] = &[
@@ -172,19 +172,11 @@ fn maintenance_on_and_off_under_load(s: &Stack) {
         let st = doc["stages"].as_array().unwrap().last().unwrap().clone();
         assert_eq!(st["detail"]["state"], "on", "{st}");
         assert_eq!(st["detail"]["file"], "/etc/haproxy/maintenance.map", "{st}");
-        let page = berth_core::http::get(
-            &berth_core::http::agent(Duration::from_secs(5)),
-            &s.url("/anything"),
-            &[],
-            Duration::from_secs(5),
-        )
-        .unwrap();
-        assert_eq!(page.status, 503);
+        let (status, _, page) = berth_e2e::get(&s.url("/anything")).unwrap();
+        assert_eq!(status, 503);
         assert!(
-            page.body
-                .contains("Back at 5 o&#39;clock; &#36;5 &#123;x&#125; &#92; é"),
-            "{}",
-            page.body
+            page.contains("Back at 5 o&#39;clock; &#36;5 &#123;x&#125; &#92; é"),
+            "{page}"
         );
         let agent = berth_core::http::agent(Duration::from_secs(5));
         let r = agent.get(&s.url("/version")).call().unwrap();
@@ -214,16 +206,7 @@ fn maintenance_on_and_off_under_load(s: &Stack) {
     });
     eprintln!("maintenance on/off: {}", load.summary());
     assert!(wrong.is_empty(), "{wrong:#?}");
-    // No connection dropped: every request got an answer, the app's (GET 200, POST 405)
-    // or the maintenance page (503, whatever the method).
-    assert_eq!(load.transport_errors(), 0, "{}", load.summary());
-    let want = [
-        (Method::Get, 200),
-        (Method::Get, 503),
-        (Method::Post, 405),
-        (Method::Post, 503),
-    ];
-    assert_eq!(load.statuses(), want.into(), "{}", load.summary());
+    load.assert_app_or_maintenance_page();
     assert_eq!(before.len(), 2, "{before:?}");
     assert_eq!(pids(), before, "HAProxy's processes changed");
 }
@@ -253,32 +236,7 @@ fn slow_request_and_stream_outlive_a_short_drain(s: &Stack) {
     assert_eq!(load.failed(), 0, "{}", load.summary());
     let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
 
-    let (head, body, _) = slow;
-    assert!(head.starts_with("HTTP/1.1 200"), "{head}{body}");
-    assert!(
-        head.to_ascii_lowercase().contains("x-demo-version: v2"),
-        "{head}"
-    );
-    assert!(body.contains("\"slept_ms\":4000"), "{body}");
-    let (head, body, ended) = stream;
-    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
-    assert!(ended, "the stream was cut: {body:?}");
-    let evs = events(&body);
-    let (last, ticks) = evs.split_last().expect("events");
-    assert_eq!(last.0, "shutdown", "{body}");
-    assert!(ticks.len() >= 5, "{body}");
-    for (i, (kind, data)) in ticks.iter().enumerate() {
-        assert_eq!(
-            (kind.as_str(), &data["version"]),
-            ("tick", &Value::from("v2"))
-        );
-        assert_eq!(data["n"], i as u64 + 1, "{body}");
-    }
-    let (_, body, ended) = get_raw(port, "/events?count=3");
-    assert!(ended);
-    let evs = events(&body);
-    assert_eq!(evs.len(), 3, "{body}");
-    assert!(evs.iter().all(|(_, d)| d["version"] == "v1"), "{body}");
+    assert_outlived_the_drain(port, slow, stream, "v2", "v1");
 
     let d = &doc["stages"].as_array().unwrap().last().unwrap()["detail"];
     assert_eq!(d["drain_limit_ms"], 1000, "{d}");
