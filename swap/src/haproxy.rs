@@ -2,7 +2,7 @@
 //! slots of a backend without a reload, so no client keep-alive connection is closed.
 //!
 //! Convention (docs/proxies.md): the backend is named after the compose service, and
-//! declares server slots (`server s1 127.0.0.1:8080` ... with `disabled`); a free slot is
+//! declares server slots (`server s1 localhost:8080` ... with `disabled`); a free slot is
 //! one in maintenance. A switch fills free slots with the new containers' addresses, sets
 //! them `ready`, waits until HAProxy's own check says they are UP, and only then sets the
 //! old slots to `drain` (no new requests). After the old containers stopped, their slots
@@ -120,7 +120,7 @@ impl Admin {
         if slots.is_empty() {
             bail!(
                 "HAProxy has no backend {backend:?} with server slots (add `backend {backend}` \
-                 with `server s1 127.0.0.1:8080 disabled` ... lines to haproxy.cfg)"
+                 with `server s1 localhost:8080 disabled` ... lines to haproxy.cfg)"
             );
         }
         Ok(slots)
@@ -133,7 +133,7 @@ impl Admin {
         if free < need {
             bail!(
                 "HAProxy backend {backend:?} has {free} free server slot(s) (in maintenance), the \
-                 swap needs {need}: add `server s{} 127.0.0.1:8080 disabled` (and more) to it in \
+                 swap needs {need}: add `server s{} localhost:8080 disabled` (and more) to it in \
                  haproxy.cfg",
                 slots.len() + 1
             );
