@@ -161,7 +161,12 @@ impl Converge<'_> {
         if self.opts.proxy != ProxyMode::Haproxy || !fixes.iter().any(|f| f.j.backend.is_some()) {
             return Ok(None);
         }
-        let admin = Admin::locate(compose, &self.opts.proxy_service, &self.opts.haproxy_socket)?;
+        let admin = Admin::locate(
+            compose,
+            &self.opts.proxy_service,
+            &self.opts.haproxy_socket,
+            &self.opts.haproxy_state_file,
+        )?;
         match admin {
             Some(a) => Ok(Some(a)),
             None => Err(fail!(

@@ -69,6 +69,8 @@ pub struct Options {
     pub nginx: String,
     /// HAProxy's admin socket inside its container (with [`ProxyMode::Haproxy`]).
     pub haproxy_socket: String,
+    /// HAProxy's server-state file inside its container ("" none).
+    pub haproxy_state_file: String,
     /// The compose network whose alias nginx resolves, and the alias template
     /// (`{service}` replaced), with [`ProxyMode::NginxDns`].
     pub dns_network: String,
@@ -356,6 +358,7 @@ impl<'a> Swap<'a> {
             &self.compose,
             &self.opts.proxy_service,
             &self.opts.haproxy_socket,
+            &self.opts.haproxy_state_file,
         )?
         .ok_or_else(|| {
             fail!(

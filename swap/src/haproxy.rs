@@ -2,7 +2,7 @@
 //! slots of a backend without a reload, so no client keep-alive connection is closed.
 //!
 //! Convention (docs/proxies.md): the backend is named after the compose service, and
-//! declares server slots (`server s1 127.0.0.1:8080` ... with `disabled`); a free slot is
+//! declares server slots (`server s1 localhost:8080` ... with `disabled`); a free slot is
 //! one in maintenance. A switch fills free slots with the new containers' addresses, sets
 //! them `ready`, waits until HAProxy's own check says they are UP, and only then sets the
 //! old slots to `drain` (no new requests). After the old containers stopped, their slots
@@ -24,6 +24,10 @@ use berth_core::process::Cmd;
 pub struct Admin {
     pub container: String,
     pub socket: String,
+    /// Where HAProxy loads its server state from at start (its `server-state-file`,
+    /// inside the proxy container); rewritten after every change of the slots, so that a
+    /// restarted HAProxy comes back serving what it served. `None`: not kept.
+    pub state_file: Option<String>,
 }
 
 /// One server slot of a backend, from `show stat`.
@@ -59,8 +63,14 @@ pub struct Moves {
 }
 
 impl Admin {
-    /// The running container of `service` in the project, with the socket at `socket`.
-    pub fn locate(compose: &Compose, service: &str, socket: &str) -> Result<Option<Admin>> {
+    /// The running container of `service` in the project, with the socket at `socket`,
+    /// keeping the server state in `state_file` (empty: not kept).
+    pub fn locate(
+        compose: &Compose,
+        service: &str,
+        socket: &str,
+        state_file: &str,
+    ) -> Result<Option<Admin>> {
         let running = compose
             .containers(service)?
             .into_iter()
@@ -68,6 +78,7 @@ impl Admin {
         Ok(running.map(|c| Admin {
             container: c.name,
             socket: socket.to_string(),
+            state_file: (!state_file.is_empty()).then(|| state_file.to_string()),
         }))
     }
 
@@ -109,7 +120,7 @@ impl Admin {
         if slots.is_empty() {
             bail!(
                 "HAProxy has no backend {backend:?} with server slots (add `backend {backend}` \
-                 with `server s1 127.0.0.1:8080 disabled` ... lines to haproxy.cfg)"
+                 with `server s1 localhost:8080 disabled` ... lines to haproxy.cfg)"
             );
         }
         Ok(slots)
@@ -122,7 +133,7 @@ impl Admin {
         if free < need {
             bail!(
                 "HAProxy backend {backend:?} has {free} free server slot(s) (in maintenance), the \
-                 swap needs {need}: add `server s{} 127.0.0.1:8080 disabled` (and more) to it in \
+                 swap needs {need}: add `server s{} localhost:8080 disabled` (and more) to it in \
                  haproxy.cfg",
                 slots.len() + 1
             );
@@ -195,6 +206,7 @@ impl Admin {
         for s in slots {
             self.set(&format!("set server {backend}/{s} state drain"))?;
         }
+        self.save_state();
         Ok(())
     }
 
@@ -205,6 +217,82 @@ impl Admin {
                 msg::warn(format!("{e:#}"));
             }
         }
+        self.save_state();
+    }
+
+    /// Write HAProxy's `show servers state` into its server-state file (atomically: a
+    /// temporary file renamed over it, inside the proxy container), which HAProxy loads
+    /// when it starts (`load-server-state-from-file`): a restarted HAProxy comes back
+    /// with the slots as they are now. Best effort: the switch is done, a failure here is
+    /// a warning.
+    pub fn save_state(&self) {
+        let Some(file) = &self.state_file else {
+            return;
+        };
+        let r = self.send("show servers state").and_then(|state| {
+            if !state.starts_with("1\n# be_id") {
+                bail!("`show servers state` answered {:?}", one_line(&state));
+            }
+            // The path is an argument of the fixed script, never part of it.
+            berth_core::docker::docker()
+                .args(["exec", "-i", &self.container, "sh", "-c"])
+                .args([SAVE_SCRIPT, "berth-save-state", file])
+                .stdin_bytes(format!("{state}\n"))
+                .read()?;
+            Ok(())
+        });
+        if let Err(e) = r {
+            msg::warn(format!(
+                "could not save HAProxy's server state to {file} in {} (a restart of HAProxy \
+                 would lose the slots until the next swap): {e:#}",
+                self.container
+            ));
+        }
+    }
+
+    /// The entries of the map `map` (`show map`): (key, value) in order.
+    pub fn map_entries(&self, map: &str) -> Result<Vec<(String, String)>> {
+        let out = self.send(&format!("show map {}", cli_escape(map)))?;
+        if out.starts_with("Unknown map") || out.starts_with("Missing map") {
+            bail!(
+                "HAProxy has no map {map:?} (declare it in haproxy.cfg: see \
+                 examples/haproxy/haproxy.cfg): {}",
+                one_line(&out)
+            );
+        }
+        Ok(parse_map(&out))
+    }
+
+    /// Replace the whole content of `map` by `entries`, atomically (`prepare map`, the
+    /// entries into that version, `commit map`): a request sees the old map or the new
+    /// one, never a part. Done when `show map` lists exactly `entries`.
+    pub fn replace_map(&self, map: &str, entries: &[(String, String)]) -> Result<()> {
+        let m = cli_escape(map);
+        let reply = self.send(&format!("prepare map {m}"))?;
+        let version = reply
+            .trim()
+            .strip_prefix("New version created: ")
+            .and_then(|v| v.parse::<u64>().ok())
+            .with_context(|| {
+                format!("HAProxy refused `prepare map {map}`: {}", one_line(&reply))
+            })?;
+        let mut line: Vec<String> = entries
+            .iter()
+            .map(|(k, v)| format!("add map @{version} {m} {} {}", cli_escape(k), cli_escape(v)))
+            .collect();
+        line.push(format!("commit map @{version} {m}"));
+        let reply = self.send(&line.join("; "))?;
+        if !reply.trim().is_empty() {
+            bail!("HAProxy refused to update map {map}: {}", one_line(&reply));
+        }
+        let blank = |s: &str| s.replace(|c: char| c.is_control(), " ");
+        let want: Vec<(String, String)> =
+            entries.iter().map(|(k, v)| (blank(k), blank(v))).collect();
+        let now = self.map_entries(map)?;
+        if now != want {
+            bail!("HAProxy's map {map} does not hold what berth committed: {now:?}");
+        }
+        Ok(())
     }
 
     /// Wait (at most `bound`) until no session is in hand on the old slots. Returns
@@ -264,6 +352,37 @@ impl Admin {
         self.drain(backend, &m.old)?;
         Ok(m)
     }
+}
+
+/// Writes stdin to `$1` atomically (a sibling temporary file renamed over it).
+const SAVE_SCRIPT: &str = r#"cat > "$1.berth-tmp" && mv -f "$1.berth-tmp" "$1""#;
+
+/// A word for HAProxy's CLI: backslash before the characters that split arguments or
+/// commands (blanks, `;`) and before `\` itself; control characters become blanks.
+pub fn cli_escape(s: &str) -> String {
+    let mut out = String::new();
+    for c in s.chars() {
+        match c {
+            ' ' | '\t' | ';' | '\\' => {
+                out.push('\\');
+                out.push(if c == '\t' { ' ' } else { c });
+            }
+            c if c.is_control() => out.push_str("\\ "),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// `show map` output: `0xADDR KEY VALUE` per line (the value may hold blanks).
+fn parse_map(out: &str) -> Vec<(String, String)> {
+    out.lines()
+        .filter_map(|l| {
+            let (_, rest) = l.split_once(' ')?;
+            let (k, v) = rest.split_once(' ').unwrap_or((rest, ""));
+            Some((k.to_string(), v.to_string()))
+        })
+        .collect()
 }
 
 /// A reply that means success: empty, or the line `set server ... addr` answers with.
@@ -355,10 +474,29 @@ mod tests {
     }
 
     #[test]
+    fn map_words_are_escaped_and_read_back() {
+        assert_eq!(
+            cli_escape("<p>5 o&#39;clock\\ \tx\n</p>"),
+            "<p>5\\ o&#39\\;clock\\\\\\ \\ x\\ </p>"
+        );
+        let out = "0x7f06dc0465b0 page <p>x é y</p>\n0x7f06dc0466d0 retry 30\n0x7f06dc0467f0 /healthz except\n";
+        assert_eq!(
+            parse_map(out),
+            [
+                ("page".to_string(), "<p>x é y</p>".to_string()),
+                ("retry".into(), "30".into()),
+                ("/healthz".into(), "except".into())
+            ]
+        );
+        assert!(parse_map("\n").is_empty());
+    }
+
+    #[test]
     fn commands_go_on_stdin() {
         let a = Admin {
             container: "shop-proxy-1".into(),
             socket: "/run/haproxy/admin.sock".into(),
+            state_file: None,
         };
         assert_eq!(
             a.cmd("show stat").display(),

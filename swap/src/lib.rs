@@ -222,6 +222,17 @@ pub struct SwapArgs {
     )]
     pub haproxy_socket: String,
 
+    /// HAProxy's `server-state-file` inside its container: berth rewrites it after every
+    /// change of the slots, so a restarted HAProxy loads the slots as they were
+    /// (`load-server-state-from-file global`); "" keeps none
+    #[arg(
+        long,
+        global = true,
+        default_value = "/run/haproxy/server-state",
+        value_name = "PATH"
+    )]
+    pub haproxy_state_file: String,
+
     /// With --proxy nginx-dns: the compose network (its key in the compose file) on which
     /// berth gives ready containers the name nginx resolves; the proxy is on it, the
     /// swapped services are not
@@ -272,6 +283,7 @@ impl SwapArgs {
             keepalive: self.keepalive,
             nginx: self.nginx.clone(),
             haproxy_socket: self.haproxy_socket.clone(),
+            haproxy_state_file: self.haproxy_state_file.clone(),
             dns_network: self.dns_network.clone(),
             dns_alias: self.dns_alias.clone(),
             pull_timeout: self.pull.pull_timeout,

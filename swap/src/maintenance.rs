@@ -1,10 +1,13 @@
-//! `berth-swap maintenance on|off`: nginx answers 503 with a small page and `Retry-After`
-//! (health paths still reach the app), switched by graceful reload. Idempotent; the
-//! window's start is kept in `<state>/maintenance.json` so `off` records its length.
-//! nginx's settings (`--proxy`, `--proxy-service`, `--nginx`) and `--lock-wait` are the
+//! `berth-swap maintenance on|off`: the proxy answers 503 with a small page and
+//! `Retry-After` (health paths still reach the app). nginx: a snippet it includes,
+//! switched by graceful reload. HAProxy (`--proxy haproxy`): a map its frontend reads
+//! (`--haproxy-map`), replaced atomically through the runtime API, no reload, so no
+//! client connection is closed. Idempotent; the window's start is kept in
+//! `<state>/maintenance.json` so `off` records its length. The proxy's settings
+//! (`--proxy`, `--proxy-service`, `--nginx`, `--haproxy-socket`) and `--lock-wait` are the
 //! swap's global options.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Result;
@@ -17,6 +20,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::engine::Options;
+use crate::haproxy::Admin;
 use crate::nginx::{self, Proxy, ProxyMode};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -52,6 +56,15 @@ pub struct Args {
     /// [default: <project dir>/nginx/berth/server-maintenance.conf]
     #[arg(long, env = "BERTH_MAINTENANCE_FILE", value_name = "PATH")]
     pub maintenance_file: Option<PathBuf>,
+
+    /// With --proxy haproxy: the map HAProxy's frontend reads (its path as haproxy.cfg
+    /// names it, inside the proxy container; examples/haproxy/haproxy.cfg)
+    #[arg(
+        long,
+        default_value = "/etc/haproxy/maintenance.map",
+        value_name = "PATH"
+    )]
+    pub haproxy_map: String,
 }
 
 /// When the window opened, kept between `on` and `off`.
@@ -64,13 +77,7 @@ struct Window {
 fn check(args: &Args, nginx: &Options) -> Result<(), berth_core::Failure> {
     if nginx.proxy == ProxyMode::None {
         return Err(berth_core::Failure::usage(
-            "maintenance mode needs nginx: --proxy compose or nginx-dns",
-        ));
-    }
-    if nginx.proxy == ProxyMode::Haproxy {
-        return Err(berth_core::Failure::usage(
-            "maintenance mode is not available with --proxy haproxy yet (set the backend's \
-             slots to maint by hand: docs/proxies.md)",
+            "maintenance mode needs a proxy: --proxy compose, nginx-dns or haproxy",
         ));
     }
     for p in &args.except {
@@ -105,39 +112,62 @@ pub fn run(
         .acting_on_failure(args.state == OnOff::Off)
         .locked(lock::DEPLOY, lock_wait);
     stage::run(spec, input, |ctx, _doc, detail| {
-        let file = match &args.maintenance_file {
-            Some(f) if f.is_absolute() => f.clone(),
-            Some(f) => ctx.project_dir.join(f),
-            None => ctx
-                .project_dir
-                .join("nginx")
-                .join("berth")
-                .join("server-maintenance.conf"),
+        let runner = Runner {
+            dry_run: ctx.dry_run,
         };
-        let mut proxy = Proxy::new(
-            nginx.proxy,
-            ctx.compose(),
-            &nginx.proxy_service,
-            &nginx.nginx,
-        );
-        if !ctx.dry_run && !proxy.locate()? {
-            return Err(berth_core::fail!(
-                Preflight,
-                "the nginx service {:?} is not running",
-                nginx.proxy_service
-            ));
-        }
+        let switch = if nginx.proxy == ProxyMode::Haproxy {
+            let admin = Admin::locate(
+                &ctx.compose(),
+                &nginx.proxy_service,
+                &nginx.haproxy_socket,
+                "",
+            )?;
+            if admin.is_none() && !ctx.dry_run {
+                return Err(berth_core::fail!(
+                    Preflight,
+                    "the HAProxy service {:?} is not running",
+                    nginx.proxy_service
+                ));
+            }
+            Switch::Haproxy {
+                admin,
+                map: args.haproxy_map.clone(),
+            }
+        } else {
+            let file = match &args.maintenance_file {
+                Some(f) if f.is_absolute() => f.clone(),
+                Some(f) => ctx.project_dir.join(f),
+                None => ctx
+                    .project_dir
+                    .join("nginx")
+                    .join("berth")
+                    .join("server-maintenance.conf"),
+            };
+            let mut proxy = Proxy::new(
+                nginx.proxy,
+                ctx.compose(),
+                &nginx.proxy_service,
+                &nginx.nginx,
+            );
+            if !ctx.dry_run && !proxy.locate()? {
+                return Err(berth_core::fail!(
+                    Preflight,
+                    "the nginx service {:?} is not running",
+                    nginx.proxy_service
+                ));
+            }
+            Switch::Nginx { proxy, file }
+        };
         record::update(detail, |m: &mut record::Maintenance| {
-            m.file = Some(file.display().to_string())
+            m.file = Some(switch.place())
         });
-        crate::owner::check(ctx, &[(file.as_path(), crate::owner::Kind::Nginx)])?;
+        if let Switch::Nginx { file, .. } = &switch {
+            crate::owner::check(ctx, &[(file.as_path(), crate::owner::Kind::Nginx)])?;
+        }
         let page = Page {
             ctx,
-            proxy: &proxy,
-            runner: Runner {
-                dry_run: ctx.dry_run,
-            },
-            file: &file,
+            switch: &switch,
+            runner,
             state_file: ctx.state_dir.join("maintenance.json"),
         };
         match args.state {
@@ -151,31 +181,122 @@ pub fn run(
     })
 }
 
-/// The maintenance page of one project: the snippet nginx includes, and the window's
-/// start kept between `on` and `off`.
+/// Where the maintenance page is switched on and off.
+enum Switch {
+    /// A snippet nginx includes in its server block, applied by graceful reload.
+    Nginx { proxy: Proxy, file: PathBuf },
+    /// A map HAProxy's frontend reads (`on`, `page`, `retry`, and the paths that still
+    /// reach the app with the value `except`), replaced through the runtime API. `admin`
+    /// is `None` only in a dry run without a running HAProxy.
+    Haproxy { admin: Option<Admin>, map: String },
+}
+
+impl Switch {
+    /// What the record's `file` names: the snippet's path, or the HAProxy map.
+    fn place(&self) -> String {
+        match self {
+            Switch::Nginx { file, .. } => file.display().to_string(),
+            Switch::Haproxy { map, .. } => map.clone(),
+        }
+    }
+
+    fn is_on(&self) -> Result<bool> {
+        match self {
+            Switch::Nginx { file, .. } => Ok(nginx::read_opt(file)?.is_some()),
+            Switch::Haproxy { admin: None, .. } => Ok(false),
+            Switch::Haproxy {
+                admin: Some(a),
+                map,
+            } => Ok(a.map_entries(map)?.iter().any(|(k, _)| k == "on")),
+        }
+    }
+
+    /// Serve the page (`Some`) or the app (`None`); done when the proxy answers so.
+    fn set(
+        &self,
+        runner: Runner,
+        ctx: &Context,
+        page: Option<(&str, Duration, &[String])>,
+    ) -> Result<()> {
+        match self {
+            Switch::Nginx { proxy, file } => {
+                let text = page.map(|(message, retry_after, except)| {
+                    crate::owner::marked(
+                        &nginx::render_maintenance(message, retry_after, except),
+                        &ctx.project,
+                    )
+                });
+                nginx::apply(proxy, runner, &[(file.clone(), text)])
+            }
+            Switch::Haproxy { admin, map } => {
+                let entries = page
+                    .map(|(message, retry_after, except)| {
+                        haproxy_entries(message, retry_after, except)
+                    })
+                    .unwrap_or_default();
+                match admin {
+                    Some(a) if !runner.dry_run => a.replace_map(map, &entries).map_err(|e| {
+                        berth_core::fail!(Swap, "switching HAProxy's maintenance map: {e:#}")
+                    }),
+                    _ => {
+                        msg::info(format!(
+                            "would replace HAProxy's map {map} by {} entries",
+                            entries.len()
+                        ));
+                        Ok(())
+                    }
+                }
+            }
+        }
+    }
+
+    fn who(&self) -> &'static str {
+        match self {
+            Switch::Nginx { .. } => "nginx",
+            Switch::Haproxy { .. } => "HAProxy",
+        }
+    }
+}
+
+/// The HAProxy map of maintenance mode: the page, its Retry-After, the paths that still
+/// reach the app, and last the switch itself.
+fn haproxy_entries(
+    message: &str,
+    retry_after: Duration,
+    except: &[String],
+) -> Vec<(String, String)> {
+    let mut e = vec![
+        ("page".to_string(), nginx::maintenance_page(message)),
+        (
+            "retry".to_string(),
+            retry_after.as_secs().max(1).to_string(),
+        ),
+    ];
+    e.extend(except.iter().map(|p| (p.clone(), "except".to_string())));
+    e.push(("on".to_string(), "1".to_string()));
+    e
+}
+
+/// The maintenance page of one project: the proxy's switch, and the window's start kept
+/// between `on` and `off`.
 struct Page<'a> {
     ctx: &'a Context,
-    proxy: &'a Proxy,
+    switch: &'a Switch,
     runner: Runner,
-    file: &'a Path,
     state_file: PathBuf,
 }
 
 impl Page<'_> {
     fn on(&self, args: &Args, detail: &mut Map<String, Value>) -> Result<()> {
         let ctx = self.ctx;
-        let was_on = nginx::read_opt(self.file)?.is_some();
-        // Already on: keep the page (and nginx) as they are unless asked otherwise.
+        let was_on = self.switch.is_on()?;
+        // Already on: keep the page (and the proxy) as they are unless asked otherwise.
         if !was_on || args.message.is_some() {
             let message = args.message.as_deref().unwrap_or(DEFAULT_MESSAGE);
-            let text = crate::owner::marked(
-                &nginx::render_maintenance(message, args.retry_after, &args.except),
-                &ctx.project,
-            );
-            nginx::apply(
-                self.proxy,
+            self.switch.set(
                 self.runner,
-                &[(self.file.to_path_buf(), Some(text))],
+                ctx,
+                Some((message, args.retry_after, &args.except)),
             )?;
         }
         let since = match read_window(&self.state_file) {
@@ -202,7 +323,7 @@ impl Page<'_> {
         msg::info(if was_on {
             format!("maintenance mode was already on (since {since})")
         } else {
-            "maintenance mode on: nginx answers 503".to_string()
+            format!("maintenance mode on: {} answers 503", self.switch.who())
         });
         record::update(detail, |m: &mut record::Maintenance| {
             m.state = Some("on".into());
@@ -213,9 +334,9 @@ impl Page<'_> {
     }
 
     fn off(&self, detail: &mut Map<String, Value>) -> Result<()> {
-        let was_on = nginx::read_opt(self.file)?.is_some();
+        let was_on = self.switch.is_on()?;
         if was_on {
-            nginx::apply(self.proxy, self.runner, &[(self.file.to_path_buf(), None)])?;
+            self.switch.set(self.runner, self.ctx, None)?;
         }
         let window = read_window(&self.state_file);
         let window_ms = window

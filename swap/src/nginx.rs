@@ -399,11 +399,7 @@ pub fn apply(proxy: &Proxy, runner: Runner, files: &[(PathBuf, Option<String>)])
 /// for everything except the health paths.
 pub fn render_maintenance(message: &str, retry_after: Duration, except: &[String]) -> String {
     let secs = retry_after.as_secs().max(1);
-    let page = format!(
-        "<!doctype html><html><head><meta charset=\"utf-8\"><title>Maintenance</title></head>\
-<body><h1>Back soon</h1><p>{}</p></body></html>",
-        html_escape(message)
-    );
+    let page = maintenance_page(message);
     let mut s = String::new();
     s.push_str("# Maintenance mode, written by `berth-swap maintenance on`; removed by `off`.\n");
     s.push_str("set $berth_maintenance 1;\n");
@@ -423,6 +419,16 @@ pub fn render_maintenance(message: &str, retry_after: Duration, except: &[String
     s.push_str(&format!("    return 503 '{page}';\n"));
     s.push_str("}\n");
     s
+}
+
+/// The maintenance page (HTML, one line) with `message` escaped: safe inside nginx's
+/// single-quoted string and as one word of HAProxy's CLI once blanks are escaped.
+pub fn maintenance_page(message: &str) -> String {
+    format!(
+        "<!doctype html><html><head><meta charset=\"utf-8\"><title>Maintenance</title></head>\
+<body><h1>Back soon</h1><p>{}</p></body></html>",
+        html_escape(message)
+    )
 }
 
 /// HTML-escape, and keep nginx's string syntax safe: no `'`, `\` or `$` survive raw.

@@ -526,6 +526,20 @@ impl ClientReport {
             .count()
     }
 
+    /// Across a maintenance window: no connection dropped, every request got an answer,
+    /// the app's (GET 200, POST 405) or the maintenance page (503, whatever the method),
+    /// and each of the four at least once.
+    pub fn assert_app_or_maintenance_page(&self) {
+        assert_eq!(self.transport_errors(), 0, "{}", self.summary());
+        let want = [
+            (Method::Get, 200),
+            (Method::Get, 503),
+            (Method::Post, 405),
+            (Method::Post, 503),
+        ];
+        assert_eq!(self.statuses(), want.into(), "{}", self.summary());
+    }
+
     /// The (method, status) pairs of the answered requests.
     pub fn statuses(&self) -> BTreeSet<(Method, u16)> {
         self.attempts

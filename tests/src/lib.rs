@@ -237,7 +237,7 @@ impl Stack {
     }
 
     /// HAProxy in place of nginx: examples/haproxy's compose.override.yaml, and its
-    /// haproxy.cfg as haproxy/haproxy.cfg (before [`Stack::start`]).
+    /// haproxy.cfg and maintenance.map in haproxy/ (before [`Stack::start`]).
     pub fn use_haproxy(&self) {
         let ex = root().join("examples/haproxy");
         std::fs::copy(
@@ -246,7 +246,9 @@ impl Stack {
         )
         .unwrap();
         std::fs::create_dir_all(self.dir.join("haproxy")).unwrap();
-        std::fs::copy(ex.join("haproxy.cfg"), self.dir.join("haproxy/haproxy.cfg")).unwrap();
+        for f in ["haproxy.cfg", "maintenance.map"] {
+            std::fs::copy(ex.join(f), self.dir.join("haproxy").join(f)).unwrap();
+        }
     }
 
     /// nginx switched without a reload (`--proxy nginx-dns`): examples/nginx-dns's
@@ -521,6 +523,117 @@ pub fn get(url: &str) -> Result<(u16, String, String), String> {
         .to_string();
     let body = resp.body_mut().read_to_string().unwrap_or_default();
     Ok((status, version, body))
+}
+
+/// One GET on a fresh connection to the proxy on loopback `port`; the whole response (status line,
+/// headers, decoded chunked body) and whether the chunked body ended with its last chunk.
+pub fn get_raw(port: u16, path: &str) -> (String, String, bool) {
+    use std::io::{BufRead, Read, Write};
+    let mut c = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    write!(
+        c,
+        "GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut r = std::io::BufReader::new(c);
+    let mut head = String::new();
+    loop {
+        let mut line = String::new();
+        r.read_line(&mut line).unwrap();
+        head.push_str(&line);
+        if line == "\r\n" || line.is_empty() {
+            break;
+        }
+    }
+    if !head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        let mut body = String::new();
+        let _ = r.read_to_string(&mut body);
+        return (head, body, false);
+    }
+    let (mut body, mut ended) = (String::new(), false);
+    loop {
+        let mut size = String::new();
+        if r.read_line(&mut size).unwrap_or(0) == 0 {
+            break; // closed without the last chunk: torn
+        }
+        let n = usize::from_str_radix(size.trim(), 16).unwrap();
+        let mut chunk = vec![0; n + 2];
+        if r.read_exact(&mut chunk).is_err() {
+            break;
+        }
+        if n == 0 {
+            ended = true;
+            break;
+        }
+        body.push_str(std::str::from_utf8(&chunk[..n]).unwrap());
+    }
+    (head, body, ended)
+}
+
+/// The events of an SSE body: (event, data) per complete event (a torn last one panics).
+pub fn events(body: &str) -> Vec<(String, serde_json::Value)> {
+    assert!(
+        body.is_empty() || body.ends_with("\n\n"),
+        "torn event: {body:?}"
+    );
+    body.split_terminator("\n\n")
+        .map(|ev| {
+            let field = |k: &str| {
+                ev.lines()
+                    .find_map(|l| l.strip_prefix(&format!("{k}: ")))
+                    .unwrap_or_default()
+                    .to_string()
+            };
+            (
+                field("event"),
+                serde_json::from_str(&field("data")).unwrap(),
+            )
+        })
+        .collect()
+}
+
+/// What a swap from `old` to `new` did to a `/slow?ms=4000` request and an `/events`
+/// stream ([`get_raw`] answers) open across it (issue 12 §3): the slow request answered
+/// whole by `old`; the stream got `old`'s ticks in order, then its `shutdown` event and
+/// the end of the body (never torn); a stream opened now through `port` reaches `new`.
+pub fn assert_outlived_the_drain(
+    port: u16,
+    slow: (String, String, bool),
+    stream: (String, String, bool),
+    old: &str,
+    new: &str,
+) {
+    let (head, body, _) = slow;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}{body}");
+    assert!(
+        head.to_ascii_lowercase()
+            .contains(&format!("x-demo-version: {old}")),
+        "{head}"
+    );
+    assert!(body.contains("\"slept_ms\":4000"), "{body}");
+    let (head, body, ended) = stream;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(ended, "the stream was cut: {body:?}");
+    let evs = events(&body);
+    let (last, ticks) = evs.split_last().expect("events");
+    assert_eq!(last.0, "shutdown", "{body}");
+    assert!(ticks.len() >= 5, "{body}");
+    for (i, (kind, data)) in ticks.iter().enumerate() {
+        assert_eq!(
+            (kind.as_str(), data["version"].as_str()),
+            ("tick", Some(old))
+        );
+        assert_eq!(data["n"], i as u64 + 1, "{body}");
+    }
+    let (_, body, ended) = get_raw(port, "/events?count=3");
+    assert!(ended);
+    let evs = events(&body);
+    assert_eq!(evs.len(), 3, "{body}");
+    assert!(evs.iter().all(|(_, d)| d["version"] == new), "{body}");
 }
 
 /// One answered (or failed) request of the load.

@@ -4,83 +4,11 @@
 //! open `/events` stream ends cleanly with the app's `shutdown` event and the end of the
 //! chunked body, never torn; a stream opened after the switch reaches the new release.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
 use std::process::Stdio;
 use std::time::Duration;
 
-use berth_e2e::{Load, Stack};
+use berth_e2e::{assert_outlived_the_drain, get_raw, Load, Stack};
 use serde_json::Value;
-
-/// One GET on a fresh connection through nginx; the whole response (status line,
-/// headers, decoded chunked body) and whether the chunked body ended with its last chunk.
-fn get_raw(port: u16, path: &str) -> (String, String, bool) {
-    let mut c = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    c.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    write!(
-        c,
-        "GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut r = BufReader::new(c);
-    let mut head = String::new();
-    loop {
-        let mut line = String::new();
-        r.read_line(&mut line).unwrap();
-        head.push_str(&line);
-        if line == "\r\n" || line.is_empty() {
-            break;
-        }
-    }
-    if !head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked")
-    {
-        let mut body = String::new();
-        let _ = r.read_to_string(&mut body);
-        return (head, body, false);
-    }
-    let (mut body, mut ended) = (String::new(), false);
-    loop {
-        let mut size = String::new();
-        if r.read_line(&mut size).unwrap_or(0) == 0 {
-            break; // closed without the last chunk: torn
-        }
-        let n = usize::from_str_radix(size.trim(), 16).unwrap();
-        let mut chunk = vec![0; n + 2];
-        if r.read_exact(&mut chunk).is_err() {
-            break;
-        }
-        if n == 0 {
-            ended = true;
-            break;
-        }
-        body.push_str(std::str::from_utf8(&chunk[..n]).unwrap());
-    }
-    (head, body, ended)
-}
-
-/// The events of an SSE body: (event, data) per complete event (a torn last one panics).
-fn events(body: &str) -> Vec<(String, Value)> {
-    assert!(
-        body.is_empty() || body.ends_with("\n\n"),
-        "torn event: {body:?}"
-    );
-    body.split_terminator("\n\n")
-        .map(|ev| {
-            let field = |k: &str| {
-                ev.lines()
-                    .find_map(|l| l.strip_prefix(&format!("{k}: ")))
-                    .unwrap_or_default()
-                    .to_string()
-            };
-            (
-                field("event"),
-                serde_json::from_str(&field("data")).unwrap(),
-            )
-        })
-        .collect()
-}
 
 #[test]
 fn a_slow_request_and_an_event_stream_outlive_a_short_drain() {
@@ -109,31 +37,16 @@ fn a_slow_request_and_an_event_stream_outlive_a_short_drain() {
     let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
 
     // The slow request: answered by v1, whole, although it outlived the 1 s drain.
-    let (head, body, _) = slow.join().unwrap();
-    assert!(head.starts_with("HTTP/1.1 200"), "{head}{body}");
-    assert!(head.contains("X-Demo-Version: v1"), "{head}");
-    assert!(body.contains("\"slept_ms\":4000"), "{body}");
-    // The stream: v1's ticks in order, then its shutdown event, then the end of the body.
-    let (head, body, ended) = stream.join().unwrap();
-    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
-    assert!(ended, "the stream was cut: {body:?}");
-    let evs = events(&body);
-    let (last, ticks) = evs.split_last().expect("events");
-    assert_eq!(last.0, "shutdown", "{body}");
-    assert!(ticks.len() >= 5, "{body}");
-    for (i, (kind, data)) in ticks.iter().enumerate() {
-        assert_eq!(
-            (kind.as_str(), &data["version"]),
-            ("tick", &Value::from("v1"))
-        );
-        assert_eq!(data["n"], i as u64 + 1, "{body}");
-    }
-    // A stream opened now (the client reconnecting) reaches v2.
-    let (_, body, ended) = get_raw(port, "/events?count=3");
-    assert!(ended);
-    let evs = events(&body);
-    assert_eq!(evs.len(), 3, "{body}");
-    assert!(evs.iter().all(|(_, d)| d["version"] == "v2"), "{body}");
+    // The slow request: answered by v1, whole, although it outlived the 1 s drain. The
+    // stream: v1's ticks in order, then its shutdown event, then the end of the body. A
+    // stream opened now (the client reconnecting) reaches v2.
+    assert_outlived_the_drain(
+        port,
+        slow.join().unwrap(),
+        stream.join().unwrap(),
+        "v1",
+        "v2",
+    );
 
     let report = load.stop();
     eprintln!("load: {}", report.summary());
