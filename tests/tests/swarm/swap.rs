@@ -168,7 +168,7 @@ pub fn swap_and_rollback_under_load(tb: &Testbed) {
     assert_eq!(code, 0, "{stderr}");
     assert_eq!(doc["stages"][0]["status"], "ok", "{doc}");
     assert_eq!(berth_e2e::get(&url).map(|r| r.1), Ok("v2".to_string()));
-    at_tag_on_two_nodes(tb, "v2");
+    at_tag_on_two_nodes(tb, STACK, "v2");
     assert!(!services(tb).contains("--next"), "{}", services(tb));
     eprintln!("swapped to v2 at {:?}", t0.elapsed());
     // A tag whose tasks never get ready: exit 3, 0 failed, v1 still serves.
@@ -193,12 +193,12 @@ pub fn swap_and_rollback_under_load(tb: &Testbed) {
     let (code, _, stderr) = under_load(tb, &dir, "berth-rollback", &["--to", "v1", "web"]);
     assert_eq!(code, 0, "{stderr}");
     assert_eq!(berth_e2e::get(&url).map(|r| r.1), Ok("v1".to_string()));
-    at_tag_on_two_nodes(tb, "v1");
+    at_tag_on_two_nodes(tb, STACK, "v1");
     eprintln!("rolled back to v1 at {:?}", t0.elapsed());
 }
 
-/// The running tasks of the stack's `web` all run `app:TAG`, on two different nodes.
-fn at_tag_on_two_nodes(tb: &Testbed, tag: &str) {
+/// The running tasks of `stack`'s `web` all run `app:TAG`, on two different nodes.
+pub fn at_tag_on_two_nodes(tb: &Testbed, stack: &str, tag: &str) {
     let ps = tb.manager.docker_ok(&[
         "service",
         "ps",
@@ -206,7 +206,7 @@ fn at_tag_on_two_nodes(tb: &Testbed, tag: &str) {
         "desired-state=running",
         "--format",
         "{{.Node}} {{.Image}}",
-        &format!("{STACK}_web"),
+        &format!("{stack}_web"),
     ]);
     let lines: Vec<&str> = ps.lines().filter(|l| !l.trim().is_empty()).collect();
     assert_eq!(lines.len(), 2, "{ps}");
