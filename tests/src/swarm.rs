@@ -201,6 +201,19 @@ impl Testbed {
         ]));
     }
 
+    /// `docker stack deploy --with-registry-auth -c compose.yaml STACK` on the manager, in
+    /// `dir`, with `BERTH_TAG=tag` (what the stack files name their images with).
+    pub fn deploy_stack(&self, dir: &std::path::Path, stack: &str, tag: &str) {
+        run_ok(
+            self.manager
+                .docker()
+                .env("BERTH_TAG", tag)
+                .args(["stack", "deploy", "--with-registry-auth"])
+                .args(["-c", "compose.yaml", stack])
+                .current_dir(dir),
+        );
+    }
+
     /// Put a local image into the registry as `REGISTRY/NAME` (no pull from anywhere: the
     /// image is loaded into the manager, tagged and pushed from there); returns the
     /// reference the nodes pull. Pushed once per test bed: a second call returns at once.

@@ -6,7 +6,7 @@
 //! load through nginx, 0 failed requests each:
 //! - v1 -> v2: exit 0, the stack's tasks at v2 on 2 nodes, schema 2, and the deploy
 //!   document, ledger, `history` and `status` as on Compose (stage by stage);
-//! - a tag whose tasks never get ready (`broken`): exit 3, v2 still serves;
+//! - a tag whose tasks never get ready (`unready`): exit 3, v2 still serves;
 //! - a release that fails the smoke check after the switch (`sick`): exit 4, rolled back
 //!   to v2 by the pipe's rollback stage.
 
@@ -15,7 +15,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use berth_e2e::swarm::Testbed;
-use berth_e2e::{berth, bin, root, run_ok, Load};
+use berth_e2e::{berth, bin, root, stages, Load};
 use serde_json::Value;
 
 pub const STACK: &str = "berthdeploy";
@@ -25,46 +25,26 @@ const PASSWORD: &str = "d3ploy-Pw-71ab";
 const CLIENTS: usize = 6;
 const PAUSE: Duration = Duration::from_millis(10);
 
-const STACK_FILE: &str = r#"services:
-  proxy:
-    image: REGISTRY/nginx:1
-    ports:
-      - target: 80
-        published: @PORT@
-        protocol: tcp
-        mode: host
-    volumes:
-      - type: bind
-        source: DIR/nginx/nginx.conf
-        target: /etc/nginx/nginx.conf
-        read_only: true
-      - type: bind
-        source: DIR/nginx/berth
-        target: /etc/nginx/berth
-    networks: [appnet]
-    deploy:
-      replicas: 1
-      endpoint_mode: dnsrr
-      placement:
-        constraints: [node.role == manager]
-  web:
-    image: REGISTRY/app:${BERTH_TAG}
-    init: true
-    environment:
-      DATABASE_URL: "postgres://demo:@PW@@db:5432/demo"
-    healthcheck:
-      test: ["CMD", "/app", "healthcheck", "/readyz"]
-      interval: 1s
-      timeout: 2s
-      retries: 3
-    stop_grace_period: 15s
-    networks: [appnet]
-    deploy:
-      replicas: 2
-      endpoint_mode: dnsrr
-      placement:
-        max_replicas_per_node: 1
-  db:
+/// The swap part's stack file (nginx on the manager, `web` with 2 replicas) on port
+/// @PORT@, `web` with the database's URL, and the database on a worker.
+fn stack_file() -> String {
+    let file = super::swap::STACK_FILE
+        .replace("        published: 80\n", "        published: @PORT@\n")
+        .replace(
+            "    init: true\n",
+            "    init: true\n    environment:\n      DATABASE_URL: \"postgres://demo:@PW@@db:5432/demo\"\n",
+        )
+        .replace("networks:\n  appnet:\n", &format!("{DB}networks:\n  appnet:\n"));
+    for part in ["published: @PORT@", "DATABASE_URL", "  db:\n"] {
+        assert!(
+            file.contains(part),
+            "swap.rs's stack file changed shape: {file}"
+        );
+    }
+    file
+}
+
+const DB: &str = r#"  db:
     image: REGISTRY/postgres:15
     environment:
       POSTGRES_USER: demo
@@ -76,10 +56,6 @@ const STACK_FILE: &str = r#"services:
       endpoint_mode: dnsrr
       placement:
         constraints: [node.role == worker]
-networks:
-  appnet:
-    driver: overlay
-    attachable: true
 "#;
 
 /// The stack's directory (in the directory the manager shares: nginx's bind mounts).
@@ -90,21 +66,13 @@ pub struct Stack {
 /// Push the images and deploy the stack at v1 (its tasks start meanwhile; web is ready
 /// only once [`deploy_under_load`] has migrated the database).
 pub fn start(tb: &Testbed) -> Stack {
-    for tag in ["v1", "v2", "broken", "sick"] {
+    for tag in ["v1", "v2", "unready", "sick"] {
         tb.push(&format!("berth-demo/app:{tag}"), &format!("app:{tag}"));
     }
     tb.push("berth-fixture/nginx:1", "nginx:1");
     tb.push("berth-fixture/postgres:15", "postgres:15");
-    let dir = tb.shared.path().join(STACK);
-    std::fs::create_dir_all(dir.join("nginx/berth")).unwrap();
-    let conf = std::fs::read_to_string(root().join("examples/demo/nginx/nginx.conf")).unwrap();
-    std::fs::write(dir.join("nginx/nginx.conf"), conf).unwrap();
-    std::fs::write(
-        dir.join("nginx/berth/upstream-web.conf"),
-        "upstream web {\n    server web:8080;\n}\n",
-    )
-    .unwrap();
-    let file = STACK_FILE
+    let dir = super::swap::nginx_files(tb, STACK);
+    let file = stack_file()
         .replace("REGISTRY", &tb.registry)
         .replace("DIR", &dir.display().to_string())
         .replace("@PORT@", &PORT.to_string())
@@ -120,24 +88,11 @@ pub fn start(tb: &Testbed) -> Stack {
          DEPLOY_MIGRATE_SERVICE=web\n\
          DEPLOY_SMOKE_URL=http://{}:{PORT}/smoke\n\
          DEPLOY_SMOKE_SUCCESSES=2\n\
-         DEPLOY_SMOKE_TIMEOUT=8s\n",
+         DEPLOY_SMOKE_TIMEOUT=6s\n",
         tb.manager.ip
     );
     std::fs::write(dir.join("deploy.swarm.env"), env).unwrap();
-    run_ok(
-        tb.manager
-            .docker()
-            .env("BERTH_TAG", "v1")
-            .args([
-                "stack",
-                "deploy",
-                "--with-registry-auth",
-                "-c",
-                "compose.yaml",
-                STACK,
-            ])
-            .current_dir(&dir),
-    );
+    tb.deploy_stack(&dir, STACK, "v1");
     Stack { dir }
 }
 
@@ -224,33 +179,14 @@ fn deploy(tb: &Testbed, s: &Stack, tag: &str, timeout: &str) -> (i32, String) {
     (code, stderr)
 }
 
-/// The newest deploy document in the state directory.
+/// The newest deploy document in the state directory (no password in it).
 fn last_document(s: &Stack) -> Value {
-    let dir = s.dir.join(".berth/deploys");
-    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "json"))
-        .collect();
-    files.sort();
-    let text = std::fs::read_to_string(files.last().expect("a deploy document")).unwrap();
-    assert!(!text.contains(PASSWORD), "the password leaked: {text}");
-    serde_json::from_str(&text).unwrap()
-}
-
-fn stages(doc: &Value) -> Vec<(String, String, i64)> {
-    doc["stages"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| {
-            (
-                r["stage"].as_str().unwrap().to_string(),
-                r["status"].as_str().unwrap().to_string(),
-                r["exit_code"].as_i64().unwrap(),
-            )
-        })
-        .collect()
+    let doc = berth_e2e::last_document(&s.dir.join(".berth"));
+    assert!(
+        !doc.to_string().contains(PASSWORD),
+        "the password leaked: {doc}"
+    );
+    doc
 }
 
 fn st(stage: &str, status: &str, code: i64) -> (String, String, i64) {
@@ -391,16 +327,20 @@ pub fn deploy_under_load(tb: &Testbed, s: &Stack) {
     eprintln!("deploy: v1 -> v2 at {:?}", t0.elapsed());
 
     // A tag whose tasks never get ready: 3, nothing after the swap acted, v2 serves.
-    let (code, stderr) = deploy(tb, s, "broken", "20s");
+    let (code, stderr) = deploy(tb, s, "unready", "15s");
     assert_eq!(code, 3, "{stderr}");
     let doc = last_document(s);
     assert_eq!(stages(&doc).last(), Some(&st("swap", "failed", 3)), "{doc}");
+    let error = doc["stages"][4]["error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("web--next: 0 of 2 task(s) ready within 15s")
+            && error.contains("the old ones still serve"),
+        "{error}"
+    );
     assert_eq!(serving(tb), "v2");
     super::swap::at_tag_on_two_nodes(tb, STACK, "v2");
     assert!(pinned(s).contains("BERTH_TAG=v2"), "{}", pinned(s));
-    let services = tb
-        .manager
-        .docker_ok(&["service", "ls", "--format", "{{.Name}}"]);
+    let services = super::swap::services(tb, STACK);
     assert!(!services.contains("--next"), "{services}");
     let history = report(tb, s, &["history"]);
     assert_eq!(
@@ -409,10 +349,10 @@ pub fn deploy_under_load(tb: &Testbed, s: &Stack) {
             &history[0]["status"],
             &history[0]["outcome"]["code"]
         ),
-        (&"broken".into(), &"failed".into(), &3.into()),
+        (&"unready".into(), &"failed".into(), &3.into()),
         "{history}"
     );
-    eprintln!("deploy: broken refused at {:?}", t0.elapsed());
+    eprintln!("deploy: unready refused at {:?}", t0.elapsed());
 
     // Sick after the switch: the smoke check fails, the pipe's rollback stage swaps back
     // to v2 through the same path: 4.

@@ -191,13 +191,7 @@ pub fn deploy(tb: &Testbed) -> Good {
     // The test bed is a real swarm: the good stack runs, its 2 tasks on 2 nodes (pulled
     // from the registry), each answering on its node's host-mode port.
     let dir = project(tmp.path(), "good", GOOD, &tb.registry);
-    run_ok(
-        tb.manager
-            .docker()
-            .env("BERTH_TAG", "v1")
-            .args(["stack", "deploy", "-c", "compose.yaml", STACK])
-            .current_dir(&dir),
-    );
+    tb.deploy_stack(&dir, STACK, "v1");
     Good {
         dir,
         image,
