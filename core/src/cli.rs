@@ -79,10 +79,9 @@ pub struct CommonArgs {
     pub check_args: bool,
 
     /// The engine that runs the project: compose (this host) or swarm (berth runs on a
-    /// Swarm manager; so far only `berth-swap preflight` and `pull`, `berth-backup pg`,
-    /// `verify`, `restore` (of pg backups), `drill`, `list` and `prune`, `berth-migrate`
-    /// and `berth-report status` and `history` support it, the other commands refuse
-    /// it with exit 64)
+    /// Swarm manager; every stage of scripts/deploy.sh supports it; `berth-swap
+    /// maintenance`, `berth-backup copy`, `volume` and `berth-healthwait --container`
+    /// refuse it with exit 64)
     #[arg(
         long,
         global = true,

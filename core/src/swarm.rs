@@ -1,9 +1,10 @@
 //! Docker Swarm as berth's engine (`--engine swarm`, `BERTH_ENGINE=swarm`): berth runs on a
 //! Swarm manager and talks to the stack by its name (the project name).
 //!
-//! So far only `berth-swap preflight` and `pull`, `berth-backup pg`, `verify`, `restore`
-//! (of pg backups), `drill`, `list` and `prune`, `berth-migrate` and `berth-report status` and
-//! `history` support Swarm; every other
+//! So far `berth-swap` (the swap, `preflight` and `pull`), `berth-rollback`, `berth-backup
+//! pg`, `verify`, `restore` (of pg backups), `drill`, `list` and `prune`, `berth-migrate`,
+//! `berth-healthwait` (`--url`, `--tcp`), the `berth-report` stage, `status`, `history` and
+//! `record-failure` support Swarm (every stage of `scripts/deploy.sh`); every other
 //! command refuses `--engine swarm` with one line and exit 64 ([`refuse`]) rather than
 //! act on Compose.
 
@@ -27,7 +28,7 @@ pub enum Engine {
 }
 
 /// The commands that work with `--engine swarm` so far.
-pub const SUPPORTED: &str = "berth-swap (the swap, preflight and pull), berth-rollback, berth-backup pg, verify, restore (of pg backups), drill, list and prune, berth-migrate, berth-report status and history";
+pub const SUPPORTED: &str = "berth-swap (the swap, preflight and pull), berth-rollback, berth-backup pg, verify, restore (of pg backups), drill, list and prune, berth-migrate, berth-healthwait (--url, --tcp), berth-report (the stage), status, history and record-failure";
 
 /// Commands that resolve their settings the usual way and handle Swarm themselves
 /// (the others that support it call [`crate::cli::CommonArgs::resolve_any_engine`]).
@@ -41,8 +42,13 @@ const HANDLE_SWARM: &[&str] = &[
     "berth-backup list",
     "berth-backup prune",
     "berth-migrate",
+    // --url and --tcp need no engine; --container is refused on Swarm by healthwait.
+    "berth-healthwait",
+    // The report stage reads the document and writes the ledger: no docker.
+    "berth-report",
     "berth-report status",
     "berth-report history",
+    "berth-report record-failure",
 ];
 
 static COMMAND: OnceLock<String> = OnceLock::new();

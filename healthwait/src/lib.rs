@@ -156,6 +156,11 @@ impl Cli {
             }
             out.push(Target::Tcp(t.clone()));
         }
+        if !self.containers.is_empty() && self.common.engine == berth_core::swarm::Engine::Swarm {
+            return Err(Failure::usage(
+                "--engine swarm: --container is not supported on Swarm (a task may run on another node, where this manager cannot inspect its container); wait for the service with --url through the proxy, or see berth-report status",
+            ));
+        }
         for c in &self.containers {
             if c.trim().is_empty() {
                 return Err(Failure::usage("--container: empty name"));

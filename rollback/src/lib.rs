@@ -297,26 +297,43 @@ fn serving_other(
         let Some(started) = started_containers(d, svc) else {
             continue;
         };
-        // Ours while every container it started is still there (a crashed or restarting
-        // one too: undoing a release that dies is the point) and nothing else runs.
-        let now = compose.containers(svc)?;
+        // Ours while every container (on Swarm: task) it started is still there (a crashed
+        // or restarting one too: undoing a release that dies is the point) and nothing
+        // else runs.
+        let now: Vec<(String, bool)> = if ctx.engine == berth_core::swarm::Engine::Swarm {
+            berth_swap::swarm::tasks::desired_running(&ctx.project, svc)?
+                .into_iter()
+                .map(|t| (t.id, true))
+                .collect()
+        } else {
+            compose
+                .containers(svc)?
+                .into_iter()
+                .map(|c| (c.id.clone(), c.state.running))
+                .collect()
+        };
+        let what = match ctx.engine {
+            berth_core::swarm::Engine::Swarm => "tasks",
+            berth_core::swarm::Engine::Compose => "containers",
+        };
+        let short = |id: &str| id.chars().take(12).collect::<String>();
         let is_started = |id: &str| started.iter().any(|s| id.starts_with(s.as_str()));
         let gone = started
             .iter()
-            .any(|s| !now.iter().any(|c| c.id.starts_with(s.as_str())));
+            .any(|s| !now.iter().any(|(id, _)| id.starts_with(s.as_str())));
         let others: Vec<String> = now
             .iter()
-            .filter(|c| c.state.running && !is_started(&c.id))
-            .map(|c| c.short_id().to_string())
+            .filter(|(id, running)| *running && !is_started(id))
+            .map(|(id, _)| short(id))
             .collect();
         if gone || !others.is_empty() {
             let running: Vec<String> = now
                 .iter()
-                .filter(|c| c.state.running)
-                .map(|c| c.short_id().to_string())
+                .filter(|(_, running)| *running)
+                .map(|(id, _)| short(id))
                 .collect();
             return Ok(Some(format!(
-                "{svc} runs containers {} now, not {} that this deploy started",
+                "{svc} runs {what} {} now, not {} that this deploy started",
                 list(&running),
                 list(&started)
             )));

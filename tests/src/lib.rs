@@ -510,6 +510,35 @@ fn copy_dir(from: &Path, to: &Path) {
     }
 }
 
+/// The newest deploy document scripts/deploy.sh kept in `<state dir>/deploys`.
+pub fn last_document(state_dir: &Path) -> serde_json::Value {
+    let dir = state_dir.join("deploys");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "json"))
+        .collect();
+    files.sort();
+    let text = std::fs::read_to_string(files.last().expect("a deploy document")).unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
+/// (stage, status, exit code) of each record of a deploy document, in order.
+pub fn stages(doc: &serde_json::Value) -> Vec<(String, String, i64)> {
+    doc["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["stage"].as_str().unwrap().to_string(),
+                r["status"].as_str().unwrap().to_string(),
+                r["exit_code"].as_i64().unwrap(),
+            )
+        })
+        .collect()
+}
+
 /// One GET with a 5 s bound: (status, X-Demo-Version, body).
 pub fn get(url: &str) -> Result<(u16, String, String), String> {
     let agent = berth_core::http::agent(Duration::from_secs(5));

@@ -66,6 +66,8 @@ pub struct Testbed {
     /// node mounts a tmpfs over): berth on the host writes there what a stack's bind
     /// mount on the manager reads, as berth running on the manager would.
     pub shared: tempfile::TempDir,
+    /// The references [`Testbed::push`] pushed already (the parts share the test bed).
+    pushed: std::sync::Mutex<Vec<String>>,
     /// Holds the nodes' sockets.
     _dir: tempfile::TempDir,
 }
@@ -100,6 +102,7 @@ impl Testbed {
             network,
             subnet,
             shared,
+            pushed: std::sync::Mutex::new(Vec::new()),
             _dir: dir,
         };
         tb.start_registry();
@@ -198,11 +201,28 @@ impl Testbed {
         ]));
     }
 
+    /// `docker stack deploy --with-registry-auth -c compose.yaml STACK` on the manager, in
+    /// `dir`, with `BERTH_TAG=tag` (what the stack files name their images with).
+    pub fn deploy_stack(&self, dir: &std::path::Path, stack: &str, tag: &str) {
+        run_ok(
+            self.manager
+                .docker()
+                .env("BERTH_TAG", tag)
+                .args(["stack", "deploy", "--with-registry-auth"])
+                .args(["-c", "compose.yaml", stack])
+                .current_dir(dir),
+        );
+    }
+
     /// Put a local image into the registry as `REGISTRY/NAME` (no pull from anywhere: the
     /// image is loaded into the manager, tagged and pushed from there); returns the
-    /// reference the nodes pull.
+    /// reference the nodes pull. Pushed once per test bed: a second call returns at once.
     pub fn push(&self, image: &str, name: &str) -> String {
         let reference = format!("{}/{name}", self.registry);
+        let mut pushed = self.pushed.lock().unwrap_or_else(|p| p.into_inner());
+        if pushed.contains(&reference) {
+            return reference;
+        }
         let mut saved = Command::new("docker")
             .args(["save", image])
             .stdout(std::process::Stdio::piped())
@@ -224,6 +244,7 @@ impl Testbed {
         );
         self.manager.docker_ok(&["tag", image, &reference]);
         self.manager.docker_ok(&["push", "-q", &reference]);
+        pushed.push(reference.clone());
         reference
     }
 }

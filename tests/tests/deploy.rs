@@ -7,7 +7,7 @@ use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 use berth_e2e::clients::{ClientReport, Clients, Method, Mix};
-use berth_e2e::{bin, root, Stack, TestServer};
+use berth_e2e::{bin, root, stages, Stack, TestServer};
 use serde_json::Value;
 
 const TOKEN: &str = "123456:telegram-secret-token";
@@ -76,30 +76,7 @@ fn run(mut c: Command) -> Run {
 
 /// The deploy documents berth kept in the state directory, newest last.
 fn last_document(s: &Stack) -> Value {
-    let dir = s.state_dir().join("deploys");
-    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "json"))
-        .collect();
-    files.sort();
-    let text = std::fs::read_to_string(files.last().expect("a deploy document")).unwrap();
-    serde_json::from_str(&text).unwrap()
-}
-
-fn stages(doc: &Value) -> Vec<(String, String, i64)> {
-    doc["stages"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| {
-            (
-                r["stage"].as_str().unwrap().to_string(),
-                r["status"].as_str().unwrap().to_string(),
-                r["exit_code"].as_i64().unwrap(),
-            )
-        })
-        .collect()
+    berth_e2e::last_document(&s.state_dir())
 }
 
 fn ledger_lines(s: &Stack) -> usize {

@@ -1,361 +1,203 @@
-//! berth on a real multi-node Docker Swarm (issue 11, its foundation): a test bed of 1
-//! manager + 2 workers + a registry (tests/src/swarm.rs), a stack deployed on it with
-//! tasks on two nodes, and `berth-swap preflight --engine swarm` against it: a good stack
-//! passes on the manager, the lint names each key of a compose file that Swarm ignores
-//! or rejects (exact lines), and a worker node is refused; then berth-backup's round trip
-//! with a database task on a worker (swarm/pg.rs), berth-migrate reaching that database
-//! from the new image (swarm/migrate.rs), and `berth-report status` showing the tasks per
-//! node (swarm/status.rs). Every other command refuses
-//! `--engine swarm` (exit 64) rather than act on Compose.
+//! berth on a real multi-node Docker Swarm (issue 11): ONE test bed of 1 manager + 2
+//! workers + a registry (tests/src/swarm.rs) shared by every part, each part a function
+//! in tests/tests/swarm/*.rs on a stack of its own. After the test bed and the stacks,
+//! three lanes run at once (much of a part's time is waiting on Swarm, not CPU): lanes 1
+//! and 2 the parts under load through nginx (0 failed requests each), lane 3 the parts
+//! that assert no timing. [`Parts`] prints each part's elapsed time and, when one fails,
+//! names it; the test bed is removed all the same (its Drop).
+//!
+//! - lane 1, deploy: `scripts/deploy.sh --env swarm` (the whole pipeline) under load, 0
+//!   failed: v1 -> v2, a tag never ready (3), a release sick after the switch rolled
+//!   back (4), the document and ledger as on Compose;
+//! - lane 2, swap: `berth-swap`/`berth-rollback --to --engine swarm` under load, 0 failed;
+//! - lane 3, preflight: `berth-swap preflight` and `pull --engine swarm` on a stack whose
+//!   tasks run on two nodes, the lint's exact lines, a worker refused, `berth-report status`;
+//! - lane 3, migrate: berth-migrate reaching a database task on a worker;
+//! - lane 3, pg: berth-backup's round trip with that database task.
+//!
+//! Every command that does not support Swarm refuses `--engine swarm` (exit 64) rather
+//! than act on Compose (`other_commands_refuse_the_swarm_engine`, no test bed).
 
-use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use berth_e2e::swarm::{Node, Testbed};
+use berth_e2e::swarm::Testbed;
+use berth_e2e::{berth, require_images};
 
+#[path = "swarm/deploy.rs"]
+mod deploy;
 #[path = "swarm/migrate.rs"]
 mod migrate;
 #[path = "swarm/pg.rs"]
 mod pg;
+#[path = "swarm/preflight.rs"]
+mod preflight;
 #[path = "swarm/status.rs"]
 mod status;
 #[path = "swarm/swap.rs"]
 mod swap;
-use berth_e2e::{berth, bin, require_images, run_ok};
-use serde_json::Value;
 
-/// A stack that suits Swarm on this kernel (no IPVS): host-mode port, dnsrr.
-const GOOD: &str = r#"services:
-  web:
-    image: REGISTRY/app:${BERTH_TAG}
-    init: true
-    ports:
-      - target: 8080
-        published: 8080
-        protocol: tcp
-        mode: host
-    healthcheck:
-      test: ["CMD", "/app", "healthcheck", "/healthz"]
-      interval: 2s
-      timeout: 2s
-      retries: 3
-    networks: [appnet]
-    deploy:
-      replicas: 2
-      endpoint_mode: dnsrr
-      restart_policy:
-        condition: any
-networks:
-  appnet:
-    driver: overlay
-    attachable: true
-"#;
-
-/// A compose project as many are written for one host.
-const COMPOSE_ONLY: &str = r#"services:
-  web:
-    image: REGISTRY/app:${BERTH_TAG}
-    build: .
-    container_name: shop-web
-    restart: always
-    links: [db]
-    mem_limit: 64m
-    ports: ["8080:8080"]
-    environment:
-      GREETING: ${GREETING}
-    depends_on:
-      db:
-        condition: service_healthy
-  db:
-    image: REGISTRY/app:${BERTH_TAG}
-    network_mode: host
-    devices: ["/dev/null:/dev/berth-null"]
-"#;
-
-fn project(dir: &Path, name: &str, compose: &str, registry: &str) -> std::path::PathBuf {
-    let p = dir.join(name);
-    std::fs::create_dir_all(&p).unwrap();
-    std::fs::write(
-        p.join("compose.yaml"),
-        compose.replace("REGISTRY", registry),
-    )
-    .unwrap();
-    p
+/// Runs parts in order on one test bed: each part's elapsed time printed; a panicking
+/// part ends the run of its lane with its name in the message.
+struct Parts {
+    lane: &'static str,
+    t0: Instant,
+    done: Vec<(&'static str, Duration)>,
 }
 
-const SWARM_PREFLIGHT: &[&str] = &["preflight", "--engine", "swarm", "--tag", "v1"];
-
-/// `berth-swap preflight --engine swarm` on `node`, for the project in `dir`.
-fn preflight(node: &Node, dir: &Path, project: &str) -> (i32, Value, String) {
-    swap_stage(node, dir, project, &["preflight", "--tag", "v1"])
-}
-
-/// `berth-swap ARGS --engine swarm` on `node`: (exit code, document, stderr).
-fn swap_stage(node: &Node, dir: &Path, project: &str, args: &[&str]) -> (i32, Value, String) {
-    let out: Output = berth("berth-swap")
-        .env("DOCKER_HOST", node.docker_host())
-        .args(args)
-        .args(["--engine", "swarm", "-p", project])
-        .arg("--project-dir")
-        .arg(dir)
-        .stdin(Stdio::null())
-        .output()
-        .expect("berth-swap runs");
-    let doc: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "no document ({e}): {}",
-            String::from_utf8_lossy(&out.stderr)
-        )
-    });
-    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
-    (out.status.code().unwrap_or(-1), doc, stderr)
-}
-
-/// `berth-swap preflight --engine swarm` run inside the manager's container (the binary,
-/// the host's Compose v2 plugin and the project copied in): (exit code, document, stderr).
-fn on_the_manager(tb: &Testbed, dir: &Path, project: &str) -> (i32, Value, String) {
-    let m = &tb.manager.container;
-    let plugins = "/usr/local/lib/docker/cli-plugins";
-    run_ok(Command::new("docker").args(["exec", m, "mkdir", "-p", plugins, "/srv"]));
-    for (from, to) in [
-        (bin("berth-swap"), "/usr/local/bin/berth-swap".to_string()),
-        (
-            Path::new(plugins).join("docker-compose"),
-            format!("{plugins}/docker-compose"),
-        ),
-        (dir.to_path_buf(), format!("/srv/{project}")),
-    ] {
-        run_ok(
-            Command::new("docker")
-                .arg("cp")
-                .arg(from)
-                .arg(format!("{m}:{to}")),
-        );
+/// `BERTH_SWARM_PARTS=deploy,pg` runs only those parts (and the stacks they need), for
+/// working on one part; unset (as in CI): every part.
+fn wanted(part: &str) -> bool {
+    match std::env::var("BERTH_SWARM_PARTS") {
+        Ok(list) if !list.trim().is_empty() => list.split(',').any(|p| p.trim() == part),
+        _ => true,
     }
-    let out = run_ok(Command::new("docker").args([
-        "exec",
-        m,
-        "docker",
-        "version",
-        "-f",
-        "{{.Client.Version}}",
-    ]));
-    assert!(
-        String::from_utf8_lossy(&out.stdout).starts_with("20.10."),
-        "{out:?}"
-    );
-    let out = Command::new("docker")
-        .args(["exec", "-w", &format!("/srv/{project}"), m, "berth-swap"])
-        .args(SWARM_PREFLIGHT)
-        .args(["-p", project])
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    let doc: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
-    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
-    (out.status.code().unwrap_or(-1), doc, stderr)
 }
 
-/// The nodes running the stack's web tasks, once `want` are running (bounded).
-fn running_nodes(manager: &Node, service: &str, want: usize) -> Vec<String> {
-    let deadline = Instant::now() + Duration::from_secs(90);
-    loop {
-        let out = manager.docker_ok(&[
-            "service",
-            "ps",
-            service,
-            "--filter",
-            "desired-state=running",
-            "--format",
-            "{{.Node}} {{.CurrentState}}",
-        ]);
-        let nodes: Vec<String> = out
-            .lines()
-            .filter(|l| l.contains(" Running"))
-            .filter_map(|l| l.split_whitespace().next().map(str::to_string))
-            .collect();
-        if nodes.len() == want {
-            return nodes;
+impl Parts {
+    fn new(lane: &'static str, t0: Instant) -> Parts {
+        Parts {
+            lane,
+            t0,
+            done: Vec::new(),
         }
-        assert!(
-            Instant::now() < deadline,
-            "{service}: not {want} running tasks within 90 s:\n{out}"
-        );
-        std::thread::sleep(Duration::from_millis(500));
     }
+
+    fn run<T>(&mut self, name: &'static str, part: impl FnOnce() -> T) -> T {
+        let started = Instant::now();
+        let lane = self.lane;
+        eprintln!(
+            "=== swarm part {name} ({lane}): start at {:?}",
+            self.t0.elapsed()
+        );
+        match catch_unwind(AssertUnwindSafe(part)) {
+            Ok(v) => {
+                self.done.push((name, started.elapsed()));
+                eprintln!(
+                    "=== swarm part {name} ({lane}): ok in {:?} (at {:?})",
+                    started.elapsed(),
+                    self.t0.elapsed()
+                );
+                v
+            }
+            Err(panic) => {
+                let why = panic_text(&*panic);
+                eprintln!(
+                    "=== swarm part {name} ({lane}): FAILED after {:?}; done before it: {:?}",
+                    started.elapsed(),
+                    self.done
+                );
+                resume_unwind(Box::new(format!("swarm part {name} failed: {why}")))
+            }
+        }
+    }
+
+    /// Run `part` if wanted (see [`wanted`]).
+    fn maybe(&mut self, name: &'static str, part: impl FnOnce()) {
+        if wanted(name) {
+            self.run(name, part);
+        } else {
+            eprintln!("=== swarm part {name}: skipped (BERTH_SWARM_PARTS)");
+        }
+    }
+}
+
+fn panic_text(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_else(|| "(no message)".into())
 }
 
 #[test]
-fn swarm_preflight_and_lint_on_a_real_three_node_swarm() {
-    require_images(&["berth-demo/app:v1", "berth-fixture/postgres:15"]);
+fn swarm_parts_on_one_three_node_test_bed() {
+    require_images(&[
+        "berth-demo/app:v1",
+        "berth-demo/app:v2",
+        "berth-demo/app:unready",
+        "berth-demo/app:sick",
+        "berth-demo/app:badmigrate",
+        "berth-fixture/nginx:1",
+        "berth-fixture/postgres:15",
+    ]);
     let t0 = Instant::now();
-    let tb = Testbed::up();
-    eprintln!("swarm test bed {} up in {:?}", tb.name, t0.elapsed());
-    let image = tb.push("berth-demo/app:v1", "app:v1");
-    let tmp = tempfile::tempdir().unwrap();
-
-    // The test bed is a real swarm: the good stack runs, its 2 tasks on 2 nodes (pulled
-    // from the registry), each answering on its node's host-mode port.
-    let good = project(tmp.path(), "good", GOOD, &tb.registry);
-    let stack = "berthgood";
-    run_ok(
-        tb.manager
-            .docker()
-            .env("BERTH_TAG", "v1")
-            .args(["stack", "deploy", "-c", "compose.yaml", stack])
-            .current_dir(&good),
-    );
-    // The database stack of the berth-backup part starts meanwhile, and the stack
-    // whose web service runs the migrations.
-    let db = pg::deploy(&tb);
-    let mig = migrate::deploy(&tb);
-    eprintln!("stacks berthdb and berthmig deployed at {:?}", t0.elapsed());
-    let nodes = running_nodes(&tb.manager, &format!("{stack}_web"), 2);
-    assert_ne!(nodes[0], nodes[1], "the 2 replicas share a node: {nodes:?}");
-    for n in tb.nodes().filter(|n| nodes.contains(&n.container)) {
-        let (status, version, _) = berth_e2e::get(&format!("http://{}:8080/version", n.ip))
-            .unwrap_or_else(|e| panic!("{}: {e}", n.container));
-        assert_eq!((status, version.as_str()), (200, "v1"), "{}", n.container);
-    }
-    eprintln!(
-        "stack {stack} running on {nodes:?} ({image}) at {:?}",
-        t0.elapsed()
-    );
-    status::shows_the_tasks_per_node(&tb, &good, stack, &nodes, "v1");
-    eprintln!("status shown at {:?}", t0.elapsed());
-
-    // preflight on the manager: passes, records the node and an empty lint.
-    let (code, doc, stderr) = preflight(&tb.manager, &good, stack);
-    assert_eq!(code, 0, "{stderr}");
-    let rec = &doc["stages"][0];
-    assert_eq!(rec["stage"], "preflight");
-    assert_eq!(rec["status"], "ok");
-    assert_eq!(rec["detail"]["engine"], "swarm");
-    assert_eq!(rec["detail"]["node"]["manager"], true);
-    assert_eq!(rec["detail"]["node"]["nodes"], 3);
-    assert_eq!(rec["detail"]["services"], serde_json::json!(["web"]));
-    assert_eq!(rec["detail"]["lint"], serde_json::json!([]));
-    // The running tasks, each on its node at an overlay address, at the pushed image.
-    let tasks = rec["detail"]["tasks"]["web"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default();
-    let mut on: Vec<&str> = tasks.iter().filter_map(|t| t["node"].as_str()).collect();
-    on.sort_unstable();
-    let mut want: Vec<&str> = nodes.iter().map(String::as_str).collect();
-    want.sort_unstable();
-    assert_eq!(on, want, "{tasks:?}");
-    for t in &tasks {
-        assert_eq!(t["state"], "running", "{t}");
-        assert!(
-            t["image"].as_str().unwrap_or_default().starts_with(&image),
-            "{t}"
-        );
-        let addrs = t["addresses"].as_array().map(Vec::len);
-        assert_eq!(addrs, Some(1), "one address, on appnet: {t}");
-    }
-    assert!(
-        !stderr.contains("lint:"),
-        "a Swarm-ready file has no findings: {stderr}"
-    );
-
-    // berth on the manager itself, with Debian's docker CLI (20.10, no `docker stack
-    // config`) and Compose v2 beside it: passes, saying what it could not ask.
-    let (code, doc, stderr) = on_the_manager(&tb, &good, stack);
-    assert_eq!(code, 0, "{stderr}");
-    assert_eq!(doc["stages"][0]["detail"]["stack_config"], "unavailable");
-    assert!(
-        stderr.contains("berth-swap: warning: this docker CLI has no `docker stack config`"),
-        "{stderr}"
-    );
-    assert_eq!(rec["detail"]["stack_config"], "ok", "the host's CLI has it");
-
-    // pull: the tag is in the registry (ID and digest recorded); a tag that is not: exit 2.
-    let (code, doc, stderr) = swap_stage(&tb.manager, &good, stack, &["pull", "--tag", "v1"]);
-    assert_eq!(code, 0, "{stderr}");
-    let pulled = &doc["stages"][0]["detail"]["services"][0];
-    assert_eq!(pulled["image"], image.as_str());
-    let digest = pulled["digest"].as_str().unwrap_or_default();
-    assert!(
-        digest.starts_with(&format!("{}/app@sha256:", tb.registry)),
-        "{pulled}"
-    );
-    let (code, doc, stderr) = swap_stage(&tb.manager, &good, stack, &["pull", "--tag", "v9"]);
-    assert_eq!(code, 2, "{stderr}");
-    assert_eq!(doc["stages"][0]["status"], "failed");
-    let error = doc["stages"][0]["error"].as_str().unwrap_or_default();
-    assert!(
-        error.starts_with(&format!(
-            "web: image {}/app:v9 cannot be pulled from its registry, so no Swarm node could run it: ",
-            tb.registry
-        )),
-        "{error}"
-    );
-
-    // The same on a worker: refused, exit 1.
-    let (code, doc, stderr) = preflight(&tb.workers[0], &good, stack);
-    assert_eq!(code, 1, "{stderr}");
-    assert_eq!(doc["stages"][0]["status"], "failed");
-    assert!(
-        stderr.contains("this docker node is a Swarm worker, not a manager"),
-        "{stderr}"
-    );
-
-    // A compose project written for one host: every key named, one line each; the keys
-    // Swarm rejects fail the stage (exit 1).
-    let shop = project(tmp.path(), "shop", COMPOSE_ONLY, &tb.registry);
-    std::fs::write(shop.join(".env"), "GREETING=hello\n").unwrap();
-    let (code, doc, stderr) = preflight(&tb.manager, &shop, "shop");
-    // As README's "When one server is not enough" shows it.
-    eprintln!("preflight of a compose-only project printed:\n{stderr}");
-    let lint: Vec<&str> = stderr
-        .lines()
-        .filter_map(|l| l.strip_prefix("berth-swap: lint: "))
+    let mut parts = Parts::new("main", t0);
+    let tb = parts.run("up", Testbed::up);
+    eprintln!("swarm test bed {} up", tb.name);
+    // The stacks of the later parts start meanwhile (their images pushed once).
+    let (good, db, mig, dep) = parts.run("stacks", || {
+        let db_needed = wanted("migrate") || wanted("pg");
+        (
+            wanted("preflight").then(|| preflight::deploy(&tb)),
+            db_needed.then(|| pg::deploy(&tb)),
+            wanted("migrate").then(|| migrate::deploy(&tb)),
+            wanted("deploy").then(|| deploy::start(&tb)),
+        )
+    });
+    // Three lanes at once, each on stacks of its own: the two parts under load through
+    // nginx (0 failed requests each), and the parts that assert no timing.
+    type Lane<'a> = Box<dyn FnOnce() -> Vec<(&'static str, Duration)> + Send + 'a>;
+    let lanes: Vec<Lane> = vec![
+        Box::new(|| {
+            let mut p = Parts::new("lane 1", t0);
+            if let Some(dep) = &dep {
+                p.maybe("deploy", || deploy::deploy_under_load(&tb, dep));
+            }
+            p.done
+        }),
+        Box::new(|| {
+            let mut p = Parts::new("lane 2", t0);
+            p.maybe("swap", || swap::swap_and_rollback_under_load(&tb));
+            p.done
+        }),
+        Box::new(|| {
+            let mut p = Parts::new("lane 3", t0);
+            if let Some(good) = &good {
+                p.maybe("preflight", || {
+                    preflight::preflight_pull_and_lint(&tb, good)
+                });
+            }
+            if let (Some(db), Some(mig)) = (&db, &mig) {
+                p.maybe("migrate", || {
+                    migrate::migrations_reach_the_db_task_on_a_worker(&tb, db, mig)
+                });
+            }
+            if let Some(db) = &db {
+                p.maybe("pg", || {
+                    pg::backup_and_restore_reach_the_db_task_on_a_worker(&tb, db)
+                });
+            }
+            p.done
+        }),
+    ];
+    let results: Vec<std::thread::Result<_>> = std::thread::scope(|s| {
+        let running: Vec<_> = lanes.into_iter().map(|lane| s.spawn(lane)).collect();
+        running.into_iter().map(|h| h.join()).collect()
+    });
+    let failed: Vec<String> = results
+        .iter()
+        .filter_map(|r| r.as_ref().err().map(|p| panic_text(&**p)))
         .collect();
-    assert_eq!(
-        lint,
-        [
-            "service db: devices: ignored by docker stack deploy; Swarm services cannot map devices; run that part outside the stack",
-            "service db: network_mode: ignored by docker stack deploy; attach the service to networks: (overlay); for the host's network use the network named host",
-            "service db: deploy.endpoint_mode vip: does not work on this host; service VIPs need IPVS, which this kernel lacks: set deploy.endpoint_mode: dnsrr",
-            "service web: build: ignored by docker stack deploy; build and push the image before the deploy; a stack only runs image:",
-            "service web: container_name: ignored by docker stack deploy; Swarm names the tasks itself; reach the service by its name",
-            "service web: depends_on condition (db: service_healthy): rejected by docker stack deploy; Swarm has no start conditions: list the services only, and let each service wait for (retry) what it needs",
-            "service web: links: ignored by docker stack deploy; services on the same overlay network reach each other by name",
-            "service web: mem_limit: rejected by docker stack deploy; use deploy.resources.limits.memory",
-            "service web: restart: ignored by docker stack deploy; use deploy.restart_policy (condition: any | on-failure | none)",
-            "service web: ports 8080:8080 (mode ingress): does not work on this host; the routing mesh needs IPVS, which this kernel lacks: publish with mode: host",
-            "service web: deploy.endpoint_mode vip: does not work on this host; service VIPs need IPVS, which this kernel lacks: set deploy.endpoint_mode: dnsrr",
-            ".env: ignored by docker stack deploy; the stack file uses GREETING from it: set them in the deploy's environment (berth sets BERTH_TAG itself)",
-        ],
-        "{stderr}"
-    );
-    assert_eq!(code, 1, "{stderr}");
-    let rec = &doc["stages"][0];
-    assert_eq!(rec["status"], "failed");
-    assert_eq!(rec["detail"]["lint"].as_array().map(Vec::len), Some(12));
-    let error = rec["error"].as_str().unwrap_or_default();
-    assert!(
-        error.starts_with(
-            "the stack file is not valid for Swarm: 2 key(s) docker stack deploy rejects"
-        ) && error.contains("docker stack config: "),
-        "{error}"
-    );
-    eprintln!("swap part done at {:?}", t0.elapsed());
-
-    // berth-migrate, then berth-backup, on the same swarm (tests/tests/swarm/*.rs).
-    migrate::migrations_reach_the_db_task_on_a_worker(&tb, &db, &mig);
-    pg::backup_and_restore_reach_the_db_task_on_a_worker(&tb, &db);
-    eprintln!("done at {:?}", t0.elapsed());
+    assert!(failed.is_empty(), "{}", failed.join("\n"));
+    // The node-drain part (tests/tests/swarm/drain.rs) goes here, after both lanes:
+    // draining a node moves the tasks of every stack on it.
+    let done: Vec<_> = results
+        .into_iter()
+        .filter_map(Result::ok)
+        .flatten()
+        .collect();
+    eprintln!("swarm parts done in {:?}: {done:?}", t0.elapsed());
 }
 
-/// Every command but `berth-swap preflight` and `pull`, `berth-backup pg`, `verify`,
-/// `restore`, `drill`, `list` and `prune`, `berth-migrate` and `berth-report status` and
-/// `history`
-/// (tests/tests/swarm/*.rs) refuses Swarm with one line and exit 64,
-/// from the flag and from BERTH_ENGINE alike (as `--check-args`, which scripts/deploy.sh
-/// runs first: nothing runs, nothing changes).
+/// Every command but the stages of scripts/deploy.sh (`berth-swap` and its `preflight`
+/// and `pull`, `berth-backup pg`, `berth-migrate`, `berth-healthwait --url`,
+/// `berth-rollback`, the `berth-report` stage and `record-failure`) and `berth-backup`'s
+/// `verify`, `restore`, `drill`, `list` and `prune`, `berth-report status` and `history`
+/// (tests/tests/swarm/*.rs) refuses Swarm with one line and exit 64, from the flag and
+/// from BERTH_ENGINE alike (as `--check-args`, which scripts/deploy.sh runs first:
+/// nothing runs, nothing changes); `berth-healthwait --container` too, naming why.
 #[test]
 fn other_commands_refuse_the_swarm_engine() {
     let tmp = tempfile::tempdir().unwrap();
@@ -370,12 +212,6 @@ fn other_commands_refuse_the_swarm_engine() {
             &["copy", "/etc/hostname"],
             "berth-backup copy",
         ),
-        (
-            "berth-healthwait",
-            &["--url", "http://127.0.0.1:1/"],
-            "berth-healthwait",
-        ),
-        ("berth-report", &[], "berth-report"),
     ];
     for (bin, args, name) in cases {
         for from_env in [false, true] {
@@ -397,25 +233,58 @@ fn other_commands_refuse_the_swarm_engine() {
             let stderr = String::from_utf8_lossy(&out.stderr);
             assert_eq!(out.status.code(), Some(64), "{bin} {args:?}: {stderr}");
             let want = format!(
-                "error: --engine swarm: {name} does not support Docker Swarm yet (so far only berth-swap (the swap, preflight and pull), berth-rollback, berth-backup pg, verify, restore (of pg backups), drill, list and prune, berth-migrate, berth-report status and history do); use --engine compose"
+                "error: --engine swarm: {name} does not support Docker Swarm yet (so far only berth-swap (the swap, preflight and pull), berth-rollback, berth-backup pg, verify, restore (of pg backups), drill, list and prune, berth-migrate, berth-healthwait (--url, --tcp), berth-report (the stage), status, history and record-failure do); use --engine compose"
             );
             assert!(stderr.contains(&want), "{bin} {args:?}: {stderr}");
             assert_eq!(stderr.lines().count(), 1, "{stderr}");
         }
     }
-    // preflight and pull take it (a check of the arguments only here).
-    for stage in ["preflight", "pull"] {
-        let out = berth("berth-swap")
-            .args([stage, "--engine", "swarm", "--tag", "v1", "--check-args"])
-            .arg("--project-dir")
+    // Every stage of scripts/deploy.sh takes it (a check of the arguments only here).
+    let stages: &[(&str, &[&str])] = &[
+        ("berth-swap", &["preflight", "--tag", "v1"]),
+        ("berth-swap", &["pull", "--tag", "v1"]),
+        ("berth-backup", &["pg", "--service", "db"]),
+        ("berth-migrate", &["web", "--", "migrate"]),
+        ("berth-swap", &["--tag", "v1", "web"]),
+        (
+            "berth-healthwait",
+            &["--url", "http://127.0.0.1:1/", "--stage", "smoke"],
+        ),
+        ("berth-rollback", &[]),
+        ("berth-report", &[]),
+        (
+            "berth-report",
+            &["record-failure", "--stage", "smoke", "--exit", "4"],
+        ),
+    ];
+    for (bin, args) in stages {
+        let cut = args.iter().position(|a| *a == "--").unwrap_or(args.len());
+        let out = berth(bin)
+            .args(&args[..cut])
+            .args(["--engine", "swarm", "--check-args", "--project-dir"])
             .arg(tmp.path())
+            .args(&args[cut..])
+            .stdin(Stdio::null())
             .output()
             .unwrap();
-        assert_eq!(out.status.code(), Some(0), "{stage}: {out:?}");
+        assert_eq!(out.status.code(), Some(0), "{bin} {args:?}: {out:?}");
     }
+    // berth-healthwait --container: a task may run on another node; refused, naming why.
+    let out = berth("berth-healthwait")
+        .args(["--container", "web", "--engine", "swarm", "--check-args"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).starts_with(
+            "berth-healthwait: error: --engine swarm: --container is not supported on Swarm"
+        ),
+        "{out:?}"
+    );
     // ... but not yet preflight's pre-deploy check: refused, not skipped.
     let out = berth("berth-swap")
-        .args(SWARM_PREFLIGHT)
+        .args(preflight::SWARM_PREFLIGHT)
         .arg("--check-args")
         .arg("--project-dir")
         .arg(tmp.path())
@@ -427,21 +296,4 @@ fn other_commands_refuse_the_swarm_engine() {
         String::from_utf8_lossy(&out.stderr),
         "berth-swap: error: --engine swarm: preflight does not support a pre-deploy check (-- CMD) on Swarm yet\n"
     );
-}
-
-/// berth-swap on Swarm under load through nginx, 0 failed requests each (swarm/swap.rs):
-/// v1 -> v2 on two nodes, a tag never ready undone (exit 3), berth-rollback --to v1.
-#[test]
-fn swarm_swap_rollback_and_a_tag_never_ready_with_zero_failed_requests() {
-    berth_e2e::require_images(&[
-        "berth-demo/app:v1",
-        "berth-demo/app:v2",
-        "berth-demo/app:unready",
-        "berth-fixture/nginx:1",
-    ]);
-    let t0 = Instant::now();
-    let tb = Testbed::up();
-    eprintln!("swarm test bed {} up in {:?}", tb.name, t0.elapsed());
-    swap::swap_and_rollback_under_load(&tb);
-    eprintln!("done at {:?}", t0.elapsed());
 }

@@ -1,5 +1,5 @@
 //! `berth-migrate --engine swarm` on the test bed (a part of
-//! `swarm_preflight_and_lint_on_a_real_three_node_swarm`, sharing its Swarm and the
+//! `swarm_parts_on_one_three_node_test_bed`, sharing its Swarm and the
 //! database stack of swarm/pg.rs, whose task runs on a worker): a stack `berthmig` whose
 //! `web` service (the demo app, 0 replicas) has the database's URL in its environment
 //! and the database stack's attachable overlay network. berth on the manager runs the
@@ -14,8 +14,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Output, Stdio};
 use std::time::{Duration, Instant};
 
+use berth_e2e::berth;
 use berth_e2e::swarm::Testbed;
-use berth_e2e::{berth, run_ok};
 use serde_json::Value;
 
 use super::pg::{self, Db, PASSWORD};
@@ -55,13 +55,7 @@ pub fn deploy(tb: &Testbed) -> Mig {
         .replace("@PW@", PASSWORD)
         .replace("DBSTACK", pg::STACK);
     std::fs::write(dir.join("compose.yaml"), file).unwrap();
-    run_ok(
-        tb.manager
-            .docker()
-            .env("BERTH_TAG", "v1")
-            .args(["stack", "deploy", "-c", "compose.yaml", STACK])
-            .current_dir(&dir),
-    );
+    tb.deploy_stack(&dir, STACK, "v1");
     Mig { dir, _tmp: tmp }
 }
 

@@ -1,4 +1,4 @@
-//! `berth-backup` on the test bed (a part of `swarm_preflight_and_lint_on_a_real_three_node_swarm`,
+//! `berth-backup` on the test bed (a part of `swarm_parts_on_one_three_node_test_bed`,
 //! sharing its Swarm; issue 11): the PostgreSQL task of a stack placed on a worker, berth
 //! on the manager (`DOCKER_HOST`) reaching it through a one-off client container on the
 //! stack's attachable overlay network. A verified backup (restore-level: restored into
@@ -12,8 +12,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Output, Stdio};
 use std::time::{Duration, Instant};
 
+use berth_e2e::berth;
 use berth_e2e::swarm::{Node, Testbed};
-use berth_e2e::{berth, run_ok};
 use serde_json::Value;
 
 pub const PASSWORD: &str = "sw4rm-Pw-9c1e";
@@ -120,12 +120,7 @@ pub fn deploy(tb: &Testbed) -> Db {
         .replace("REGISTRY", &tb.registry)
         .replace("@PW@", PASSWORD);
     std::fs::write(dir.join("compose.yaml"), stack_file).unwrap();
-    run_ok(
-        tb.manager
-            .docker()
-            .args(["stack", "deploy", "-c", "compose.yaml", STACK])
-            .current_dir(&dir),
-    );
+    tb.deploy_stack(&dir, STACK, "v1");
     eprintln!("pg: image pushed, stack deployed in {:?}", t0.elapsed());
     Db {
         dir,
@@ -293,7 +288,15 @@ pub fn backup_and_restore_reach_the_db_task_on_a_worker(tb: &Testbed, db: &Db) {
     );
     assert_eq!(files(&backups), before);
     // Each run removed its client container.
-    let left = m.docker_ok(&["ps", "-aq", "--filter", "label=berth.backup.client"]);
+    // This stack's clients only (the deploy part's backups run beside this part).
+    let left = m.docker_ok(&[
+        "ps",
+        "-aq",
+        "--filter",
+        "label=berth.backup.client",
+        "--filter",
+        &format!("network={STACK}_data"),
+    ]);
     assert_eq!(left, "", "client containers left behind");
     // A volume lives on one node: refused with one line.
     let (code, _, err) = backup(tb, dir, &["volume", "data"], &[]);

@@ -1,5 +1,5 @@
 //! `berth-report status --engine swarm` (and `history`) on the test bed (a part of
-//! `swarm_preflight_and_lint_on_a_real_three_node_swarm`): the good stack's `web`, 2
+//! `swarm_parts_on_one_three_node_test_bed`): the good stack's `web`, 2
 //! replicas on 2 nodes, shown task by task with node, tag and health, as JSON and as text;
 //! the database stack's backup and restore drill (after swarm/pg.rs made them).
 
