@@ -14,6 +14,8 @@ use std::time::{Duration, Instant};
 
 use berth_e2e::swarm::{Node, Testbed};
 
+#[path = "swarm/drain.rs"]
+mod drain;
 #[path = "swarm/migrate.rs"]
 mod migrate;
 #[path = "swarm/pg.rs"]
@@ -443,5 +445,17 @@ fn swarm_swap_rollback_and_a_tag_never_ready_with_zero_failed_requests() {
     let tb = Testbed::up();
     eprintln!("swarm test bed {} up in {:?}", tb.name, t0.elapsed());
     swap::swap_and_rollback_under_load(&tb);
+    eprintln!("done at {:?}", t0.elapsed());
+}
+
+/// A node drained under load (swarm/drain.rs): its task moves, nginx follows through
+/// Swarm's DNS, 0 failed requests.
+#[test]
+fn swarm_drained_node_tasks_move_with_zero_failed_requests() {
+    berth_e2e::require_images(&["berth-demo/app:v1", "berth-fixture/nginx:1"]);
+    let t0 = Instant::now();
+    let tb = Testbed::up();
+    eprintln!("swarm test bed {} up in {:?}", tb.name, t0.elapsed());
+    drain::tasks_follow_a_drained_node(&tb);
     eprintln!("done at {:?}", t0.elapsed());
 }

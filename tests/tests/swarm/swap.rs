@@ -1,6 +1,7 @@
 //! `berth-swap --engine swarm` and `berth-rollback --engine swarm` on the real test bed
 //! (issue 11): nginx as a service of the stack on the manager (host-mode port 80, its
-//! config and upstream directory bind-mounted from a directory the manager shares with
+//! config (examples/swarm/nginx.conf: `proxy_pass http://$berth_web;`, resolved per
+//! request) and berth's directory bind-mounted from a directory the manager shares with
 //! the host at the same path, `Testbed::shared`), the demo app's `web` with 2 replicas
 //! on 2 nodes (`endpoint_mode: dnsrr`, no published port), under load through nginx: a
 //! swap v1 -> v2 (0 failed, the stack's own tasks at v2 on two nodes, `web--next` gone);
@@ -24,7 +25,7 @@ const STACK_FILE: &str = r#"services:
     image: REGISTRY/nginx:1
     ports:
       - target: 80
-        published: 80
+        published: PORT
         protocol: tcp
         mode: host
     volumes:
@@ -62,29 +63,31 @@ networks:
     attachable: true
 "#;
 
-/// Pushes the images, deploys the stack at v1 and waits until nginx answers with v1.
-fn deploy(tb: &Testbed) -> std::path::PathBuf {
-    for (image, name) in [
-        ("berth-demo/app:v1", "app:v1"),
-        ("berth-demo/app:v2", "app:v2"),
-        ("berth-demo/app:unready", "app:unready"),
-        ("berth-fixture/nginx:1", "nginx:1"),
-    ] {
+/// Pushes `images` (local image, name in the registry), deploys the stack `stack` at v1
+/// with nginx (`conf`) on the manager's `port` and waits until nginx answers with v1.
+pub fn deploy(
+    tb: &Testbed,
+    stack: &str,
+    port: u16,
+    conf: &str,
+    images: &[(&str, &str)],
+) -> std::path::PathBuf {
+    for (image, name) in images {
         tb.push(image, name);
     }
-    let dir = tb.shared.path().join(STACK);
+    let dir = tb.shared.path().join(stack);
     std::fs::create_dir_all(dir.join("nginx/berth")).unwrap();
-    let conf =
-        std::fs::read_to_string(berth_e2e::root().join("examples/demo/nginx/nginx.conf")).unwrap();
     std::fs::write(dir.join("nginx/nginx.conf"), conf).unwrap();
-    // Before berth's first swap, nginx finds the tasks by the service's name (dnsrr).
+    // Before berth's first swap: the file berth will own, as examples/swarm/nginx.conf
+    // says to write it.
     std::fs::write(
         dir.join("nginx/berth/upstream-web.conf"),
-        "upstream web {\n    server web:8080;\n}\n",
+        format!("map $scheme $berth_web {{\n    default tasks.{stack}_web:8080;\n}}\n"),
     )
     .unwrap();
     let file = STACK_FILE
         .replace("REGISTRY", &tb.registry)
+        .replace("PORT", &port.to_string())
         .replace("DIR", &dir.display().to_string());
     std::fs::write(dir.join("compose.yaml"), file).unwrap();
     run_ok(
@@ -97,11 +100,11 @@ fn deploy(tb: &Testbed) -> std::path::PathBuf {
                 "--with-registry-auth",
                 "-c",
                 "compose.yaml",
-                STACK,
+                stack,
             ])
             .current_dir(&dir),
     );
-    let url = format!("http://{}/version", tb.manager.ip);
+    let url = format!("http://{}:{port}/version", tb.manager.ip);
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
         match berth_e2e::get(&url) {
@@ -157,9 +160,25 @@ fn services(tb: &Testbed) -> String {
         .docker_ok(&["service", "ls", "--format", "{{.Name}} {{.Image}}"])
 }
 
+/// examples/swarm/nginx.conf, the layout berth-swap on Swarm switches.
+pub fn nginx_conf() -> String {
+    std::fs::read_to_string(berth_e2e::root().join("examples/swarm/nginx.conf")).unwrap()
+}
+
 pub fn swap_and_rollback_under_load(tb: &Testbed) {
     let t0 = Instant::now();
-    let dir = deploy(tb);
+    let dir = deploy(
+        tb,
+        STACK,
+        80,
+        &nginx_conf(),
+        &[
+            ("berth-demo/app:v1", "app:v1"),
+            ("berth-demo/app:v2", "app:v2"),
+            ("berth-demo/app:unready", "app:unready"),
+            ("berth-fixture/nginx:1", "nginx:1"),
+        ],
+    );
     eprintln!("stack {STACK} at v1 behind nginx at {:?}", t0.elapsed());
 
     let url = format!("http://{}/version", tb.manager.ip);
@@ -168,8 +187,16 @@ pub fn swap_and_rollback_under_load(tb: &Testbed) {
     assert_eq!(code, 0, "{stderr}");
     assert_eq!(doc["stages"][0]["status"], "ok", "{doc}");
     assert_eq!(berth_e2e::get(&url).map(|r| r.1), Ok("v2".to_string()));
-    at_tag_on_two_nodes(tb, "v2");
+    at_tag_on_two_nodes(tb, STACK, "v2");
     assert!(!services(tb).contains("--next"), "{}", services(tb));
+    // nginx is back on the stack's own service, by its Swarm DNS name (no address).
+    let file = std::fs::read_to_string(dir.join("nginx/berth/upstream-web.conf")).unwrap();
+    assert!(
+        file.starts_with("# berth: project=berthswap\n")
+            && file
+                .ends_with("map $scheme $berth_web {\n    default tasks.berthswap_web:8080;\n}\n"),
+        "{file}"
+    );
     eprintln!("swapped to v2 at {:?}", t0.elapsed());
     // A tag whose tasks never get ready: exit 3, 0 failed, v1 still serves.
     let (code, doc, stderr) = under_load(
@@ -193,12 +220,12 @@ pub fn swap_and_rollback_under_load(tb: &Testbed) {
     let (code, _, stderr) = under_load(tb, &dir, "berth-rollback", &["--to", "v1", "web"]);
     assert_eq!(code, 0, "{stderr}");
     assert_eq!(berth_e2e::get(&url).map(|r| r.1), Ok("v1".to_string()));
-    at_tag_on_two_nodes(tb, "v1");
+    at_tag_on_two_nodes(tb, STACK, "v1");
     eprintln!("rolled back to v1 at {:?}", t0.elapsed());
 }
 
 /// The running tasks of the stack's `web` all run `app:TAG`, on two different nodes.
-fn at_tag_on_two_nodes(tb: &Testbed, tag: &str) {
+pub fn at_tag_on_two_nodes(tb: &Testbed, stack: &str, tag: &str) {
     let ps = tb.manager.docker_ok(&[
         "service",
         "ps",
@@ -206,7 +233,7 @@ fn at_tag_on_two_nodes(tb: &Testbed, tag: &str) {
         "desired-state=running",
         "--format",
         "{{.Node}} {{.Image}}",
-        &format!("{STACK}_web"),
+        &format!("{stack}_web"),
     ]);
     let lines: Vec<&str> = ps.lines().filter(|l| !l.trim().is_empty()).collect();
     assert_eq!(lines.len(), 2, "{ps}");
