@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use berth_e2e::clients::{Clients, Mix};
 use berth_e2e::swarm::Testbed;
+use berth_e2e::swarmstack;
 
 const STACK: &str = "berthdrain";
 /// On the manager's address of the test bed (the swap part's stack publishes 80).
@@ -63,7 +64,7 @@ fn upstream_of(url: &str) -> Option<String> {
 
 pub fn tasks_follow_a_drained_node(tb: &Testbed) {
     let t0 = Instant::now();
-    let conf = super::swap::nginx_conf();
+    let conf = swarmstack::nginx_conf();
     let marked = conf.replacen(
         "proxy_pass http://$berth_web;",
         "proxy_pass http://$berth_web;\n            add_header X-Berth-Upstream $upstream_addr always;",
@@ -73,7 +74,7 @@ pub fn tasks_follow_a_drained_node(tb: &Testbed) {
         marked, conf,
         "examples/swarm/nginx.conf has no `proxy_pass http://$berth_web;`"
     );
-    super::swap::deploy(
+    swarmstack::deploy(
         tb,
         STACK,
         PORT,

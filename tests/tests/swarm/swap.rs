@@ -13,111 +13,12 @@ use std::process::{Output, Stdio};
 use std::time::{Duration, Instant};
 
 use berth_e2e::swarm::Testbed;
-use berth_e2e::{berth, run_ok, Load};
+use berth_e2e::{berth, swarmstack, Load};
 use serde_json::Value;
 
 const STACK: &str = "berthswap";
 const CLIENTS: usize = 6;
 const PAUSE: Duration = Duration::from_millis(10);
-
-const STACK_FILE: &str = r#"services:
-  proxy:
-    image: REGISTRY/nginx:1
-    ports:
-      - target: 80
-        published: PORT
-        protocol: tcp
-        mode: host
-    volumes:
-      - type: bind
-        source: DIR/nginx/nginx.conf
-        target: /etc/nginx/nginx.conf
-        read_only: true
-      - type: bind
-        source: DIR/nginx/berth
-        target: /etc/nginx/berth
-    networks: [appnet]
-    deploy:
-      replicas: 1
-      endpoint_mode: dnsrr
-      placement:
-        constraints: [node.role == manager]
-  web:
-    image: REGISTRY/app:${BERTH_TAG}
-    init: true
-    healthcheck:
-      test: ["CMD", "/app", "healthcheck", "/readyz"]
-      interval: 1s
-      timeout: 2s
-      retries: 3
-    stop_grace_period: 15s
-    networks: [appnet]
-    deploy:
-      replicas: 2
-      endpoint_mode: dnsrr
-      placement:
-        max_replicas_per_node: 1
-networks:
-  appnet:
-    driver: overlay
-    attachable: true
-"#;
-
-/// Pushes `images` (local image, name in the registry), deploys the stack `stack` at v1
-/// with nginx (`conf`) on the manager's `port` and waits until nginx answers with v1.
-pub fn deploy(
-    tb: &Testbed,
-    stack: &str,
-    port: u16,
-    conf: &str,
-    images: &[(&str, &str)],
-) -> std::path::PathBuf {
-    for (image, name) in images {
-        tb.push(image, name);
-    }
-    let dir = tb.shared.path().join(stack);
-    std::fs::create_dir_all(dir.join("nginx/berth")).unwrap();
-    std::fs::write(dir.join("nginx/nginx.conf"), conf).unwrap();
-    // Before berth's first swap: the file berth will own, as examples/swarm/nginx.conf
-    // says to write it.
-    std::fs::write(
-        dir.join("nginx/berth/upstream-web.conf"),
-        format!("map $scheme $berth_web {{\n    default tasks.{stack}_web:8080;\n}}\n"),
-    )
-    .unwrap();
-    let file = STACK_FILE
-        .replace("REGISTRY", &tb.registry)
-        .replace("PORT", &port.to_string())
-        .replace("DIR", &dir.display().to_string());
-    std::fs::write(dir.join("compose.yaml"), file).unwrap();
-    run_ok(
-        tb.manager
-            .docker()
-            .env("BERTH_TAG", "v1")
-            .args([
-                "stack",
-                "deploy",
-                "--with-registry-auth",
-                "-c",
-                "compose.yaml",
-                stack,
-            ])
-            .current_dir(&dir),
-    );
-    let url = format!("http://{}:{port}/version", tb.manager.ip);
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        match berth_e2e::get(&url) {
-            Ok((200, v, _)) if v == "v1" => break,
-            other => assert!(
-                Instant::now() < deadline,
-                "nginx did not answer v1 within 120 s: {other:?}"
-            ),
-        }
-        std::thread::sleep(Duration::from_millis(500));
-    }
-    dir
-}
 
 /// Run a berth command with DOCKER_HOST at the manager, for the stack: (exit, document, stderr).
 fn run(tb: &Testbed, dir: &Path, bin: &str, args: &[&str]) -> (i32, Value, String) {
@@ -160,18 +61,13 @@ fn services(tb: &Testbed) -> String {
         .docker_ok(&["service", "ls", "--format", "{{.Name}} {{.Image}}"])
 }
 
-/// examples/swarm/nginx.conf, the layout berth-swap on Swarm switches.
-pub fn nginx_conf() -> String {
-    std::fs::read_to_string(berth_e2e::root().join("examples/swarm/nginx.conf")).unwrap()
-}
-
 pub fn swap_and_rollback_under_load(tb: &Testbed) {
     let t0 = Instant::now();
-    let dir = deploy(
+    let dir = swarmstack::deploy(
         tb,
         STACK,
         80,
-        &nginx_conf(),
+        &swarmstack::nginx_conf(),
         &[
             ("berth-demo/app:v1", "app:v1"),
             ("berth-demo/app:v2", "app:v2"),
