@@ -2,7 +2,8 @@
 //! (`docker service inspect`: image, environment, networks, secrets), its first
 //! attachable overlay network (where berth's one-off containers join it: the pg
 //! clients of `berth-backup`, the migration of `berth-migrate`), and its tasks per node
-//! (`docker service ps` + `docker inspect --type task`, for `berth-report status`).
+//! with their overlay addresses (`docker service ps` + `docker inspect --type task`, for
+//! `berth-report status` and the swap on Swarm, which probes them).
 
 use anyhow::Result;
 use serde::Deserialize;
@@ -186,6 +187,19 @@ pub struct Task {
     pub image: String,
     /// Why it is not running, when Swarm says (`Status.Err`).
     pub error: String,
+    /// Its addresses on the stack's overlay networks, without the prefix length (the
+    /// ingress network, which carries only the routing mesh, left out).
+    pub addresses: Vec<String>,
+}
+
+impl Task {
+    /// What a stage records of a task (`berth-swap preflight`'s `detail.tasks`).
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "id": self.id, "node": self.node, "state": self.state,
+            "image": self.image, "addresses": self.addresses,
+        })
+    }
 }
 
 #[derive(Deserialize)]
@@ -206,6 +220,29 @@ struct Inspected {
     id: String,
     status: TaskStatus,
     spec: TaskSpec,
+    #[serde(default)]
+    networks_attachments: Vec<Attachment>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct Attachment {
+    #[serde(default)]
+    addresses: Vec<String>,
+    network: AttachedNetwork,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct AttachedNetwork {
+    spec: AttachedNetworkSpec,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct AttachedNetworkSpec {
+    #[serde(default)]
+    name: String,
 }
 
 #[derive(Deserialize)]
@@ -266,6 +303,13 @@ fn join(lines: &[PsLine], inspected: Vec<Inspected>) -> Vec<Task> {
                 since: t.status.timestamp,
                 image: t.spec.container_spec.image,
                 error: t.status.err,
+                addresses: t
+                    .networks_attachments
+                    .iter()
+                    .filter(|a| a.network.spec.name != "ingress")
+                    .flat_map(|a| &a.addresses)
+                    .map(|a| a.split('/').next().unwrap_or(a).to_string())
+                    .collect(),
                 id: t.id,
             }
         })
@@ -345,7 +389,10 @@ mod tests {
             r#"[{"ID":"t2","Status":{"State":"starting","Timestamp":"2026-12-06T14:00:00Z"},
                  "Spec":{"ContainerSpec":{"Image":"r:5000/app:v2@sha256:cd"}}},
                 {"ID":"t1","Status":{"State":"running","Timestamp":"2026-12-06T13:00:00Z","Err":""},
-                 "Spec":{"ContainerSpec":{"Image":"r:5000/app:v1@sha256:ab"}}}]"#,
+                 "Spec":{"ContainerSpec":{"Image":"r:5000/app:v1@sha256:ab"}},
+                 "NetworksAttachments":[
+                   {"Network":{"Spec":{"Name":"ingress"}},"Addresses":["10.0.0.5/24"]},
+                   {"Network":{"Spec":{"Name":"s_appnet"}},"Addresses":["10.0.1.7/24"]}]}]"#,
         )
         .unwrap();
         let tasks = join(&lines, inspected);
@@ -355,6 +402,8 @@ mod tests {
         );
         assert_eq!(tasks[1].state, "starting");
         assert_eq!(tasks[0].since, "2026-12-06T13:00:00Z");
+        assert_eq!(tasks[0].addresses, ["10.0.1.7"]);
+        assert!(tasks[1].addresses.is_empty());
     }
 
     #[test]

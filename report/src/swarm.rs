@@ -228,6 +228,7 @@ mod tests {
             since: "2026-12-06T13:00:00Z".into(),
             image: image.into(),
             error: String::new(),
+            addresses: Vec::new(),
         }
     }
 

@@ -301,7 +301,7 @@ fn serving_other(
         // or restarting one too: undoing a release that dies is the point) and nothing
         // else runs.
         let now: Vec<(String, bool)> = if ctx.engine == berth_core::swarm::Engine::Swarm {
-            berth_swap::swarm::tasks::desired_running(&ctx.project, svc)?
+            berth_core::stack::tasks(&format!("{}_{svc}", ctx.project))?
                 .into_iter()
                 .map(|t| (t.id, true))
                 .collect()

@@ -60,11 +60,8 @@ pub fn check(proxy: &Container, nginx_t: &str, network: &str, aliases: &[String]
             proxy.name
         );
     }
-    let code: Vec<&str> = nginx_t
-        .lines()
-        .map(|l| l.split('#').next().unwrap_or(""))
-        .collect();
-    if !code.iter().any(|l| l.trim_start().starts_with("resolver ")) {
+    let code = code_lines(nginx_t);
+    if !has_resolver(&code) {
         bail!(
             "--proxy nginx-dns: nginx's configuration has no `resolver` (add `resolver \
              127.0.0.11 valid=1s ipv6=off;`, see examples/nginx-dns/nginx.conf)"
@@ -83,6 +80,20 @@ pub fn check(proxy: &Container, nginx_t: &str, network: &str, aliases: &[String]
         }
     }
     Ok(())
+}
+
+/// The lines of `nginx -T`'s output without their comments.
+pub fn code_lines(nginx_t: &str) -> Vec<&str> {
+    nginx_t
+        .lines()
+        .map(|l| l.split('#').next().unwrap_or(""))
+        .collect()
+}
+
+/// Whether nginx's configuration has a `resolver` (without one a name in a variable
+/// `proxy_pass` is never resolved at request time).
+pub fn has_resolver(code: &[&str]) -> bool {
+    code.iter().any(|l| l.trim_start().starts_with("resolver "))
 }
 
 /// `docker network connect --alias ALIAS NETWORK CONTAINER`.

@@ -53,14 +53,19 @@ pub fn text(
     servers: &[String],
     what: &str,
 ) -> String {
-    // The first line marks the file as this project's (see [`crate::owner`]).
-    let comment = format!(
+    nginx::render_upstream(service, servers, opts.keepalive, &comment(ctx, what))
+}
+
+/// The comment that opens every file berth writes for nginx; `what` ends its second line
+/// ("Written by berth-swap at TIME (" WHAT "."). Its first line marks the file as this
+/// project's (see [`crate::owner`]).
+pub fn comment(ctx: &Context, what: &str) -> String {
+    format!(
         "berth: project={}\nWritten by berth-swap at {} ({what}.\n\
          berth rewrites this file on every swap; edits here are overwritten.",
         ctx.project,
         time::now_rfc3339()
-    );
-    nginx::render_upstream(service, servers, opts.keepalive, &comment)
+    )
 }
 
 /// How an upstream file names one container: by name (nginx runs in the project's

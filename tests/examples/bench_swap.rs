@@ -13,8 +13,17 @@
 //! - `berth haproxy`: `berth-swap --proxy haproxy` on examples/haproxy (runtime API, no
 //!   reload; client keep-alive 75 s).
 //!
-//! Places are kept for the nginx DNS mode (helper nginxka) and Swarm (helper swarmswap):
-//! see [`PENDING`].
+//! On the 3-node Swarm test bed ([`Testbed`], one stack: nginx resolving the tasks by
+//! Swarm DNS name, examples/swarm/nginx.conf; `web` with 2 replicas on 2 nodes), a second
+//! table whose baseline is Swarm's own rolling update:
+//! - `swarm update`: `docker service update --image R/app:v2 --update-order start-first`
+//!   of the stack's `web` (raw Swarm; nginx follows Swarm's DNS, which lists a task once
+//!   its healthcheck passes).
+//! - `berth swarm`: `berth-swap --engine swarm --tag v1 --drain 2s web` on the same stack,
+//!   back to v1.
+//!
+//! `BENCH_ROWS=compose` or `swarm` runs one table only (default: both). A place is kept for
+//! the nginx DNS mode (helper nginxka): see [`PENDING`].
 //!
 //! Per row: requests and failed ones (GET, POST) from the start of the rollout until 1 s
 //! after it returned, the longest time without an answer, p99 latency, the time from the
@@ -25,13 +34,11 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use berth_e2e::clients::{ClientReport, Clients, Method, Mix};
-use berth_e2e::Stack;
+use berth_e2e::swarm::Testbed;
+use berth_e2e::{swarmstack, Stack};
 
 /// Rows not measured yet, printed as such: (name, who adds it).
-const PENDING: &[(&str, &str)] = &[
-    ("berth nginx dns", "nginx DNS mode, helper nginxka"),
-    ("berth swarm", "Swarm, helper swarmswap"),
-];
+const PENDING: &[(&str, &str)] = &[("berth nginx dns", "nginx DNS mode, helper nginxka")];
 
 struct Row {
     name: &'static str,
@@ -50,8 +57,8 @@ fn env_num(key: &str, default: u64) -> u64 {
 }
 
 /// Load for 3 s, then `op` (a rollout to `to`), then 2 s more.
-fn measure(s: &Stack, mix: &Mix, name: &'static str, to: &str, op: impl FnOnce()) -> Row {
-    let load = Clients::start(&s.url(""), mix);
+fn measure(base: &str, mix: &Mix, name: &'static str, to: &str, op: impl FnOnce()) -> Row {
+    let load = Clients::start(base, mix);
     std::thread::sleep(Duration::from_secs(3));
     let from = load.elapsed();
     let t = Instant::now();
@@ -114,17 +121,17 @@ fn compose_recreate(s: &Stack, tag: &str) {
 fn nginx_rows(mix: &Mix) -> Vec<Row> {
     let s = Stack::new("bench-swap");
     s.start_on_schema("v1", "v2");
-    let base = measure(&s, mix, "compose recreate", "v2", || {
+    let base = measure(&s.url(""), mix, "compose recreate", "v2", || {
         compose_recreate(&s, "v2")
     });
     // Back to v1 the same way (not measured).
     compose_recreate(&s, "v1");
     std::thread::sleep(Duration::from_secs(1));
-    let off = measure(&s, mix, "berth nginx ka off", "v2", || {
+    let off = measure(&s.url(""), mix, "berth nginx ka off", "v2", || {
         berth_swap(&s, &["--tag", "v2", "web"])
     });
     nginx_keepalive(&s, "75s");
-    let on = measure(&s, mix, "berth nginx ka on", "v1", || {
+    let on = measure(&s.url(""), mix, "berth nginx ka on", "v1", || {
         berth_swap(&s, &["--tag", "v1", "web"])
     });
     vec![base, off, on]
@@ -136,9 +143,79 @@ fn haproxy_row(mix: &Mix) -> Row {
     s.start_on_schema("v1", "v2");
     // HAProxy starts with every slot in maintenance: the first swap fills one.
     berth_swap(&s, &["--proxy", "haproxy", "--tag", "v1", "web"]);
-    measure(&s, mix, "berth haproxy", "v2", || {
+    measure(&s.url(""), mix, "berth haproxy", "v2", || {
         berth_swap(&s, &["--proxy", "haproxy", "--tag", "v2", "web"])
     })
+}
+
+/// The Swarm table: raw `docker service update` start-first, then berth-swap, on one
+/// stack of a test bed of its own (removed at the end).
+fn swarm_rows(mix: &Mix) -> Vec<Row> {
+    const STACK: &str = "benchswarm";
+    let tb = Testbed::up();
+    let dir = swarmstack::deploy(
+        &tb,
+        STACK,
+        80,
+        &swarmstack::nginx_conf(),
+        &[
+            ("berth-demo/app:v1", "app:v1"),
+            ("berth-demo/app:v2", "app:v2"),
+            ("berth-fixture/nginx:1", "nginx:1"),
+        ],
+    );
+    // Both tasks up (nginx answered with the first one).
+    let service = format!("{STACK}_web");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    // `2/2 (max 1 per node)`.
+    while !tb
+        .manager
+        .docker_ok(&[
+            "service",
+            "ls",
+            "--filter",
+            &format!("name={service}"),
+            "--format",
+            "{{.Replicas}}",
+        ])
+        .starts_with("2/2")
+    {
+        assert!(Instant::now() < deadline, "{service}: not 2/2 within 120 s");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    let base = format!("http://{}:80", tb.manager.ip);
+    let image = format!("{}/app:v2", tb.registry);
+    let raw = measure(&base, mix, "swarm update", "v2", || {
+        tb.manager.docker_ok(&[
+            "service",
+            "update",
+            "--detach=false",
+            "--quiet",
+            "--update-order",
+            "start-first",
+            "--image",
+            &image,
+            &service,
+        ]);
+    });
+    let berth = measure(&base, mix, "berth swarm", "v1", || {
+        let out = berth_e2e::berth("berth-swap")
+            .env("DOCKER_HOST", tb.manager.docker_host())
+            .args(["--engine", "swarm", "-p", STACK, "--drain", "2s"])
+            .args(["--tag", "v1", "web"])
+            .arg("--project-dir")
+            .arg(&dir)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "berth-swap --engine swarm: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    });
+    vec![raw, berth]
 }
 
 fn failed(r: &ClientReport, m: Method) -> usize {
@@ -156,7 +233,8 @@ fn ratio(a: f64, b: f64) -> String {
     }
 }
 
-fn print_rows(rows: &[Row]) {
+/// One table; failed/base and total/base against its first row.
+fn print_rows(rows: &[Row], pending: &[(&str, &str)]) {
     println!(
         "{:<20} {:>8} {:>6} {:>5} {:>5} {:>7} {:>7} {:>8} {:>7} {:>11} {:>10}",
         "rollout",
@@ -193,7 +271,7 @@ fn print_rows(rows: &[Row]) {
             ratio(r.total.as_secs_f64(), base.total.as_secs_f64()),
         );
     }
-    for (name, what) in PENDING {
+    for (name, what) in pending {
         println!("{name:<20} (not measured yet: {what})");
     }
 }
@@ -218,10 +296,19 @@ fn main() {
         posts(mix.post_every),
         load_avg()
     );
-    let mut rows = nginx_rows(&mix);
-    rows.push(haproxy_row(&mix));
-    println!();
-    print_rows(&rows);
+    let which = std::env::var("BENCH_ROWS").unwrap_or_default();
+    if which != "swarm" {
+        let mut rows = nginx_rows(&mix);
+        rows.push(haproxy_row(&mix));
+        println!();
+        print_rows(&rows, PENDING);
+    }
+    if which != "compose" {
+        let rows = swarm_rows(&mix);
+        println!();
+        println!("Swarm, 3-node test bed (1 manager, 2 workers), nginx on the manager:");
+        print_rows(&rows, &[]);
+    }
     println!();
     println!(
         "(requests, failed, gap, p99: from the start of the rollout until 1 s after it returned;"

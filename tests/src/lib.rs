@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 /// A load generator that behaves like real HTTP clients (keep-alive, GET and POST).
 pub mod clients;
 pub mod swarm;
+pub mod swarmstack;
 
 /// The workspace root.
 pub fn root() -> PathBuf {

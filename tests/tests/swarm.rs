@@ -13,7 +13,9 @@
 //! - lane 3, preflight: `berth-swap preflight` and `pull --engine swarm` on a stack whose
 //!   tasks run on two nodes, the lint's exact lines, a worker refused, `berth-report status`;
 //! - lane 3, migrate: berth-migrate reaching a database task on a worker;
-//! - lane 3, pg: berth-backup's round trip with that database task.
+//! - lane 3, pg: berth-backup's round trip with that database task;
+//! - then, alone (a drain moves every stack's tasks), drain: a node drained under load
+//!   through nginx, its task moves and nginx follows by Swarm's DNS, 0 failed.
 //!
 //! Every command that does not support Swarm refuses `--engine swarm` (exit 64) rather
 //! than act on Compose (`other_commands_refuse_the_swarm_engine`, no test bed).
@@ -27,6 +29,8 @@ use berth_e2e::{berth, require_images};
 
 #[path = "swarm/deploy.rs"]
 mod deploy;
+#[path = "swarm/drain.rs"]
+mod drain;
 #[path = "swarm/migrate.rs"]
 mod migrate;
 #[path = "swarm/pg.rs"]
@@ -181,8 +185,8 @@ fn swarm_parts_on_one_three_node_test_bed() {
         .filter_map(|r| r.as_ref().err().map(|p| panic_text(&**p)))
         .collect();
     assert!(failed.is_empty(), "{}", failed.join("\n"));
-    // The node-drain part (tests/tests/swarm/drain.rs) goes here, after both lanes:
-    // draining a node moves the tasks of every stack on it.
+    // After the lanes: draining a node moves the tasks of every stack on it.
+    parts.maybe("drain", || drain::tasks_follow_a_drained_node(&tb));
     let done: Vec<_> = results
         .into_iter()
         .filter_map(Result::ok)

@@ -11,7 +11,6 @@
 pub mod lint;
 pub mod pull;
 pub mod swap;
-pub mod tasks;
 
 pub use pull::pull;
 
@@ -19,6 +18,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Result;
 use berth_core::cli::{checked, CommonArgs, Context};
+use berth_core::stack::Task;
 use berth_core::stage::{self, Completed};
 use berth_core::swarm::{self, NodeState};
 use berth_core::{doc, docker, fail, msg, ExitCode, Failure};
@@ -77,8 +77,8 @@ pub fn preflight(
         // What runs now, per service: the tasks a swap will replace.
         let mut running = serde_json::Map::new();
         for s in &services {
-            let tasks = tasks::desired_running(&ctx.project, s)?;
-            running.insert(s.clone(), tasks.iter().map(tasks::Task::json).collect());
+            let tasks = berth_core::stack::tasks(&format!("{}_{s}", ctx.project))?;
+            running.insert(s.clone(), tasks.iter().map(Task::json).collect());
         }
         detail.insert("tasks".into(), Value::Object(running));
         let files = swarm::stack_files(&ctx.project_dir, &ctx.files)?;

@@ -9,11 +9,20 @@
 //! 2. Each new task is probed at its overlay address from inside nginx's container
 //!    (`docker exec PROXY curl ...`). Not ready in time: `SERVICE--next` is removed,
 //!    exit 3, nothing else changed.
-//! 3. Switch: the upstream file names the ready tasks' addresses, `nginx -t`, graceful
-//!    reload, wait for the new workers (the Compose path's [`nginx::apply`]); drain.
+//! 3. Switch: once the proxy's resolver lists exactly the ready tasks under
+//!    `tasks.STACK_SERVICE--next`, berth's file for the service sets nginx's variable
+//!    `$berth_SERVICE` to that name (`nginx -t`, graceful reload, wait for the new
+//!    workers: the Compose path's [`nginx::apply`]); drain.
 //! 4. The stack's own service is updated to the new tag (no traffic reaches it), its
-//!    tasks probed, nginx switched to them, drained, and `SERVICE--next` removed: the
-//!    running stack is again what `docker stack deploy` of the project's file makes.
+//!    tasks probed, nginx switched back to `tasks.STACK_SERVICE`, drained, and
+//!    `SERVICE--next` removed: the running stack is again what `docker stack deploy` of
+//!    the project's file makes.
+//!
+//! nginx resolves that name per request (`resolver 127.0.0.11 valid=1s`, the variable in
+//! `proxy_pass`), so it follows tasks that Swarm moves (a drained node, a task restarted
+//! elsewhere) without berth: Swarm's DNS lists a task once its healthcheck passes and
+//! drops it before the task gets SIGTERM. No task address is ever written down, so none
+//! goes stale. See docs/swarm.md.
 //!
 //! Workers (no traffic) then take `docker service update --image --update-order
 //! start-first --update-failure-action rollback`, waited until converged. A failure after
@@ -29,10 +38,10 @@ use berth_core::time::millis;
 use berth_core::{docker, fail, msg, record, swarm, time, Failure};
 use serde_json::{json, Map, Value};
 
-use super::tasks::{self, Task};
 use crate::engine::{AfterSwitch, Options, SwapOutcome};
 use crate::nginx::{self, Proxy, ProxyMode};
 use crate::{envfile, owner, upstream};
+use berth_core::stack::{self, Task};
 
 /// The suffix of the temporary service that holds the new release during a swap.
 pub const NEXT: &str = "--next";
@@ -136,7 +145,15 @@ impl<'a> Plan<'a> {
             times: Map::new(),
         };
         if p.proxied().next().is_some() {
-            p.proxy = Some(locate_proxy(ctx, opts)?);
+            let proxy = locate_proxy(ctx, opts)?;
+            let conf = proxy
+                .nginx_cmd(&["-T"])
+                .output()
+                .map(|o| o.stdout)
+                .map_err(|e| fail!(Preflight, "nginx -T in the proxy's task: {e}"))?;
+            let names: Vec<&str> = p.proxied().map(|s| s.name.as_str()).collect();
+            check_nginx(&conf, &names).map_err(|e| fail!(Preflight, "{e:#}"))?;
+            p.proxy = Some(proxy);
         }
         let pin = ctx.pin_file();
         let files: Vec<_> = p
@@ -227,28 +244,34 @@ impl<'a> Plan<'a> {
         Ok(())
     }
 
-    /// Step 3 (and the switch of step 4): nginx to the new tasks, then the drain.
-    fn switch(&mut self, key: &str, what: &str) -> Result<()> {
+    /// Step 3 (and the switch of step 4): nginx to the tasks of `SERVICE+suffix` by
+    /// their Swarm DNS name, once it lists exactly the probed ready tasks; then the drain.
+    fn switch(&mut self, key: &str, suffix: &str) -> Result<()> {
         let started = Instant::now();
-        let files: Vec<(PathBuf, Option<String>)> = self
-            .proxied()
-            .map(|s| {
-                let servers: Vec<String> = s
-                    .new
-                    .iter()
-                    .filter_map(|t| t.addresses.first())
-                    .map(|a| format!("{a}:{}", self.opts.port))
-                    .collect();
-                let about = format!(
-                    "deploy {}): {} at {}, {what}",
-                    self.deploy_id, s.name, self.tag
-                );
-                let text = upstream::text(self.ctx, self.opts, &s.name, &servers, &about);
-                (s.upstream.clone().expect("proxied"), Some(text))
-            })
-            .collect();
+        let deadline = started + self.opts.timeout;
+        let mut files: Vec<(PathBuf, Option<String>)> = Vec::new();
+        let mut names = Vec::new();
+        for s in self.proxied() {
+            let name = dns_name(&self.ctx.project, &format!("{}{suffix}", s.name));
+            names.push(name.clone());
+            let ready: Vec<String> = s
+                .new
+                .iter()
+                .filter_map(|t| t.addresses.first().cloned())
+                .collect();
+            wait_listed(self.proxy(), &name, &ready, deadline, self.opts.timeout)?;
+            let about = format!(
+                "deploy {}): {} at {}, the tasks of {}{suffix}",
+                self.deploy_id, s.name, self.tag, s.name
+            );
+            let target = format!("{name}:{}", self.opts.port);
+            let text = render_map(&s.name, &target, &upstream::comment(self.ctx, &about));
+            files.push((s.upstream.clone().expect("proxied"), Some(text)));
+        }
+        let what = names.join(", ");
+        let switching = Instant::now();
         nginx::apply(self.proxy(), Runner { dry_run: false }, &files)?;
-        self.time(key, started);
+        self.time(key, switching);
         if key == "switch_ms" {
             self.times
                 .insert("switched_at".into(), json!(time::now_rfc3339()));
@@ -262,7 +285,7 @@ impl<'a> Plan<'a> {
     }
 
     fn switch_to_next(&mut self) -> Result<()> {
-        if let Err(e) = self.switch("switch_ms", &format!("the tasks of SERVICE{NEXT}")) {
+        if let Err(e) = self.switch("switch_ms", NEXT) {
             self.remove_next();
             return Err(fail!(
                 Swap,
@@ -284,7 +307,7 @@ impl<'a> Plan<'a> {
         }
         let ready = Instant::now();
         self.wait_all_ready("", ready)?;
-        self.switch("converge_switch_ms", "the stack's own tasks")?;
+        self.switch("converge_switch_ms", "")?;
         self.remove_next();
         self.time("converge_ms", started);
         Ok(())
@@ -294,7 +317,7 @@ impl<'a> Plan<'a> {
         for s in self.services.iter_mut().filter(|s| s.upstream.is_none()) {
             let started = Instant::now();
             update_service(&self.ctx.project, &s.name, &s.image, self.opts)?;
-            s.new = tasks::desired_running(&self.ctx.project, &s.name)?;
+            s.new = stack::tasks(&format!("{}_{}", self.ctx.project, s.name))?;
             s.time_to_ready_ms = Some(millis(started.elapsed()));
         }
         Ok(())
@@ -404,6 +427,12 @@ impl Svc {
                 "{name} publishes ports: a service behind nginx on Swarm publishes none (nginx is the way in; the new tasks start beside the old ones)"
             ));
         }
+        if proxied && !has_healthcheck(&def) {
+            return Err(fail!(
+                Preflight,
+                "{name} has no healthcheck: on Swarm nginx follows a service's tasks through Swarm's DNS, which lists a task as soon as it starts when there is none; give it a healthcheck that passes only once the task is ready (its /readyz)"
+            ));
+        }
         let stack_name = format!("{}_{name}", ctx.project);
         let exists = docker::docker()
             .args(["service", "inspect", "--format", "{{.ID}}", &stack_name])
@@ -420,7 +449,7 @@ impl Svc {
             image,
             replicas,
             upstream: proxied.then(|| upstream::path(ctx, opts.upstream_file.as_deref(), name)),
-            old: tasks::desired_running(&ctx.project, name)?,
+            old: stack::tasks(&stack_name)?,
             new: Vec::new(),
             time_to_ready_ms: None,
             def,
@@ -542,6 +571,123 @@ fn escape_dollars(v: Value) -> Value {
     }
 }
 
+/// Whether a service definition (compose's normalised configuration) has a healthcheck.
+fn has_healthcheck(def: &Value) -> bool {
+    let h = &def["healthcheck"];
+    h.is_object()
+        && h["disable"] != json!(true)
+        && h["test"]
+            .as_array()
+            .and_then(|t| t.first())
+            .is_some_and(|t| t != "NONE")
+}
+
+/// The nginx variable berth sets for `service`: `berth_` and the name, with `_` for every
+/// character a variable name cannot hold (`web-api`: `$berth_web_api`).
+pub fn variable(service: &str) -> String {
+    let name: String = service
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect();
+    format!("berth_{name}")
+}
+
+/// The Swarm DNS name of the tasks of `STACK_SERVICE`: every task address, listed once
+/// the task's healthcheck passes, dropped before the task is stopped.
+fn dns_name(stack: &str, service: &str) -> String {
+    format!("tasks.{stack}_{service}")
+}
+
+/// berth's file for `service`, included at nginx's http level: its variable set to
+/// `target` (`tasks.STACK_SERVICE:PORT`), which nginx resolves per request.
+fn render_map(service: &str, target: &str, comment: &str) -> String {
+    let mut s = String::new();
+    for line in comment.lines() {
+        s.push_str(&format!("# {line}\n"));
+    }
+    s.push_str(&format!(
+        "map $scheme ${} {{\n    default {target};\n}}\n",
+        variable(service)
+    ));
+    s
+}
+
+/// nginx's configuration (`nginx -T`) resolves names at request time (a `resolver`) and
+/// sends each service's traffic to its variable, which berth's file sets; otherwise nginx
+/// would not follow the tasks.
+fn check_nginx(nginx_t: &str, services: &[&str]) -> Result<()> {
+    let code = crate::dns::code_lines(nginx_t);
+    if !crate::dns::has_resolver(&code) {
+        anyhow::bail!(
+            "--engine swarm: nginx's configuration has no `resolver` (add `resolver 127.0.0.11 valid=1s ipv6=off;`, see examples/swarm/nginx.conf)"
+        );
+    }
+    for s in services {
+        let var = format!("${}", variable(s));
+        let used = code.iter().any(|l| {
+            l.trim_start().starts_with("proxy_pass ")
+                && l.split(|c: char| c.is_whitespace() || c == ';' || c == '/')
+                    .any(|w| w == var)
+        });
+        if !used {
+            anyhow::bail!(
+                "--engine swarm: nginx's configuration never sends to {var} (write `proxy_pass http://{var};` for {s}, see examples/swarm/nginx.conf): berth switches that variable between Swarm DNS names"
+            );
+        }
+    }
+    Ok(())
+}
+
+/// The addresses the proxy's resolver gives for `name` (`getent ahostsv4` in its
+/// container, which asks what nginx's `resolver 127.0.0.11` asks); none when it has none.
+fn resolve(proxy: &Proxy, name: &str) -> Result<Vec<String>> {
+    let container = proxy.container.as_deref().unwrap_or_default();
+    let out = docker::docker()
+        .args(["exec", container, "getent", "ahostsv4", name])
+        .output()
+        .with_context(|| format!("getent ahostsv4 {name} in {container}"))?;
+    let mut addrs: Vec<String> = out
+        .stdout
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .map(str::to_string)
+        .collect();
+    addrs.sort();
+    addrs.dedup();
+    Ok(addrs)
+}
+
+/// Wait (until `deadline`) until the proxy resolves `name` to exactly the `ready`
+/// addresses: Swarm adds a task to its DNS when its healthcheck passes, which may be a
+/// little after berth's own probe, and a switch to a name that lists a task berth has not
+/// probed, or lacks one, is not made.
+fn wait_listed(
+    proxy: &Proxy,
+    name: &str,
+    ready: &[String],
+    deadline: Instant,
+    bound: Duration,
+) -> Result<()> {
+    let mut want = ready.to_vec();
+    want.sort();
+    want.dedup();
+    loop {
+        let got = resolve(proxy, name)?;
+        if got == want {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            anyhow::bail!(
+                "the proxy's resolver did not list exactly the ready tasks under {name} within {} (it lists [{}], ready: [{}])",
+                berth_core::human::limit(bound),
+                got.join(", "),
+                want.join(", ")
+            );
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
 /// Wait (until `deadline`) for `replicas` running tasks of `STACK_NAME`, each answering
 /// the ready path at its overlay address, probed from inside nginx's container.
 fn wait_ready(
@@ -559,7 +705,7 @@ fn wait_ready(
     let mut ready: Vec<String> = Vec::new();
     let mut last = String::from("no task running yet");
     loop {
-        let running: Vec<Task> = tasks::desired_running(stack, name)?
+        let running: Vec<Task> = stack::tasks(&format!("{stack}_{name}"))?
             .into_iter()
             .filter(|t| t.state == "running" && !t.addresses.is_empty())
             .collect();
@@ -687,6 +833,39 @@ fn update_state(service: &str) -> Result<(Value, String)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn nginx_follows_a_variable_berth_sets_to_a_swarm_dns_name() {
+        assert_eq!(variable("web-api.v2"), "berth_web_api_v2");
+        assert_eq!(dns_name("shop", "web--next"), "tasks.shop_web--next");
+        assert_eq!(
+            render_map("web", "tasks.shop_web--next:8080", "berth: project=shop\nWritten"),
+            "# berth: project=shop\n# Written\nmap $scheme $berth_web {\n    default tasks.shop_web--next:8080;\n}\n"
+        );
+        let good = "http {\n  resolver 127.0.0.11 valid=1s;\n  location / {\n    proxy_pass http://$berth_web;\n  }\n}\n";
+        assert!(check_nginx(good, &["web"]).is_ok());
+        let err = check_nginx(good, &["api"]).unwrap_err().to_string();
+        assert!(err.contains("never sends to $berth_api"), "{err}");
+        let no_resolver = good.replace("resolver", "# resolver");
+        let err = check_nginx(&no_resolver, &["web"]).unwrap_err().to_string();
+        assert!(err.contains("has no `resolver`"), "{err}");
+        let commented = good.replace("proxy_pass", "# proxy_pass");
+        assert!(check_nginx(&commented, &["web"]).is_err());
+    }
+
+    #[test]
+    fn healthchecks_of_definitions() {
+        assert!(has_healthcheck(
+            &json!({"healthcheck": {"test": ["CMD", "/app", "healthcheck"]}})
+        ));
+        assert!(!has_healthcheck(&json!({})));
+        assert!(!has_healthcheck(
+            &json!({"healthcheck": {"test": ["NONE"]}})
+        ));
+        assert!(!has_healthcheck(
+            &json!({"healthcheck": {"disable": true, "test": ["CMD", "x"]}})
+        ));
+    }
 
     #[test]
     fn tags_of_references() {

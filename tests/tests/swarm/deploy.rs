@@ -25,11 +25,11 @@ const PASSWORD: &str = "d3ploy-Pw-71ab";
 const CLIENTS: usize = 6;
 const PAUSE: Duration = Duration::from_millis(10);
 
-/// The swap part's stack file (nginx on the manager, `web` with 2 replicas) on port
+/// The swap part's stack file (tests/src/swarmstack.rs) (nginx on the manager, `web` with 2 replicas) on port
 /// @PORT@, `web` with the database's URL, and the database on a worker.
 fn stack_file() -> String {
-    let file = super::swap::STACK_FILE
-        .replace("        published: 80\n", "        published: @PORT@\n")
+    let file = berth_e2e::swarmstack::STACK_FILE
+        .replace("        published: PORT\n", "        published: @PORT@\n")
         .replace(
             "    init: true\n",
             "    init: true\n    environment:\n      DATABASE_URL: \"postgres://demo:@PW@@db:5432/demo\"\n",
@@ -38,7 +38,7 @@ fn stack_file() -> String {
     for part in ["published: @PORT@", "DATABASE_URL", "  db:\n"] {
         assert!(
             file.contains(part),
-            "swap.rs's stack file changed shape: {file}"
+            "swarmstack.rs's stack file changed shape: {file}"
         );
     }
     file
@@ -71,7 +71,7 @@ pub fn start(tb: &Testbed) -> Stack {
     }
     tb.push("berth-fixture/nginx:1", "nginx:1");
     tb.push("berth-fixture/postgres:15", "postgres:15");
-    let dir = super::swap::nginx_files(tb, STACK);
+    let dir = berth_e2e::swarmstack::nginx_files(tb, STACK, &berth_e2e::swarmstack::nginx_conf());
     let file = stack_file()
         .replace("REGISTRY", &tb.registry)
         .replace("DIR", &dir.display().to_string())

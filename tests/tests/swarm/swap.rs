@@ -1,6 +1,7 @@
 //! `berth-swap --engine swarm` and `berth-rollback --engine swarm` on the real test bed
 //! (issue 11): nginx as a service of the stack on the manager (host-mode port 80, its
-//! config and upstream directory bind-mounted from a directory the manager shares with
+//! config (examples/swarm/nginx.conf: `proxy_pass http://$berth_web;`, resolved per
+//! request) and berth's directory bind-mounted from a directory the manager shares with
 //! the host at the same path, `Testbed::shared`), the demo app's `web` with 2 replicas
 //! on 2 nodes (`endpoint_mode: dnsrr`, no published port), under load through nginx: a
 //! swap v1 -> v2 (0 failed, the stack's own tasks at v2 on two nodes, `web--next` gone);
@@ -12,102 +13,12 @@ use std::process::{Output, Stdio};
 use std::time::{Duration, Instant};
 
 use berth_e2e::swarm::Testbed;
-use berth_e2e::{berth, Load};
+use berth_e2e::{berth, swarmstack, Load};
 use serde_json::Value;
 
 const STACK: &str = "berthswap";
 const CLIENTS: usize = 6;
 const PAUSE: Duration = Duration::from_millis(10);
-
-pub const STACK_FILE: &str = r#"services:
-  proxy:
-    image: REGISTRY/nginx:1
-    ports:
-      - target: 80
-        published: 80
-        protocol: tcp
-        mode: host
-    volumes:
-      - type: bind
-        source: DIR/nginx/nginx.conf
-        target: /etc/nginx/nginx.conf
-        read_only: true
-      - type: bind
-        source: DIR/nginx/berth
-        target: /etc/nginx/berth
-    networks: [appnet]
-    deploy:
-      replicas: 1
-      endpoint_mode: dnsrr
-      placement:
-        constraints: [node.role == manager]
-  web:
-    image: REGISTRY/app:${BERTH_TAG}
-    init: true
-    healthcheck:
-      test: ["CMD", "/app", "healthcheck", "/readyz"]
-      interval: 1s
-      timeout: 2s
-      retries: 3
-    stop_grace_period: 15s
-    networks: [appnet]
-    deploy:
-      replicas: 2
-      endpoint_mode: dnsrr
-      placement:
-        max_replicas_per_node: 1
-networks:
-  appnet:
-    driver: overlay
-    attachable: true
-"#;
-
-/// Pushes the images, deploys the stack at v1 and waits until nginx answers with v1.
-fn deploy(tb: &Testbed) -> std::path::PathBuf {
-    for (image, name) in [
-        ("berth-demo/app:v1", "app:v1"),
-        ("berth-demo/app:v2", "app:v2"),
-        ("berth-fixture/nginx:1", "nginx:1"),
-    ] {
-        tb.push(image, name);
-    }
-    let dir = nginx_files(tb, STACK);
-    let file = STACK_FILE
-        .replace("REGISTRY", &tb.registry)
-        .replace("DIR", &dir.display().to_string());
-    std::fs::write(dir.join("compose.yaml"), file).unwrap();
-    tb.deploy_stack(&dir, STACK, "v1");
-    let url = format!("http://{}/version", tb.manager.ip);
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        match berth_e2e::get(&url) {
-            Ok((200, v, _)) if v == "v1" => break,
-            other => assert!(
-                Instant::now() < deadline,
-                "nginx did not answer v1 within 120 s: {other:?}"
-            ),
-        }
-        std::thread::sleep(Duration::from_millis(500));
-    }
-    dir
-}
-
-/// The directory of `stack` in the one the manager shares, with the demo's nginx.conf and
-/// an upstream that, before berth's first swap, finds the tasks by the service's name
-/// (dnsrr).
-pub fn nginx_files(tb: &Testbed, stack: &str) -> std::path::PathBuf {
-    let dir = tb.shared.path().join(stack);
-    std::fs::create_dir_all(dir.join("nginx/berth")).unwrap();
-    let conf =
-        std::fs::read_to_string(berth_e2e::root().join("examples/demo/nginx/nginx.conf")).unwrap();
-    std::fs::write(dir.join("nginx/nginx.conf"), conf).unwrap();
-    std::fs::write(
-        dir.join("nginx/berth/upstream-web.conf"),
-        "upstream web {\n    server web:8080;\n}\n",
-    )
-    .unwrap();
-    dir
-}
 
 /// Run a berth command with DOCKER_HOST at the manager, for the stack: (exit, document, stderr).
 fn run(tb: &Testbed, dir: &Path, bin: &str, args: &[&str]) -> (i32, Value, String) {
@@ -160,7 +71,17 @@ pub fn services(tb: &Testbed, stack: &str) -> String {
 
 pub fn swap_and_rollback_under_load(tb: &Testbed) {
     let t0 = Instant::now();
-    let dir = deploy(tb);
+    let dir = swarmstack::deploy(
+        tb,
+        STACK,
+        80,
+        &swarmstack::nginx_conf(),
+        &[
+            ("berth-demo/app:v1", "app:v1"),
+            ("berth-demo/app:v2", "app:v2"),
+            ("berth-fixture/nginx:1", "nginx:1"),
+        ],
+    );
     eprintln!("stack {STACK} at v1 behind nginx at {:?}", t0.elapsed());
 
     let url = format!("http://{}/version", tb.manager.ip);
@@ -174,6 +95,14 @@ pub fn swap_and_rollback_under_load(tb: &Testbed) {
         !services(tb, STACK).contains("--next"),
         "{}",
         services(tb, STACK)
+    );
+    // nginx is back on the stack's own service, by its Swarm DNS name (no address).
+    let file = std::fs::read_to_string(dir.join("nginx/berth/upstream-web.conf")).unwrap();
+    assert!(
+        file.starts_with("# berth: project=berthswap\n")
+            && file
+                .ends_with("map $scheme $berth_web {\n    default tasks.berthswap_web:8080;\n}\n"),
+        "{file}"
     );
     eprintln!("swapped to v2 at {:?}", t0.elapsed());
     // berth-rollback --to v1 through the same path: 0 failed.
