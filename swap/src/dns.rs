@@ -96,6 +96,34 @@ pub fn has_resolver(code: &[&str]) -> bool {
     code.iter().any(|l| l.trim_start().starts_with("resolver "))
 }
 
+/// How long nginx may keep an answer of its `resolver`, a "no such name" included: the
+/// `valid=` of the first `resolver` line in `nginx -T` output (`30s`, `1m`, `2` seconds),
+/// else nginx's own 10 s for a failed lookup (Docker's DNS gives names a longer TTL, but
+/// what matters here is how long nginx remembers that a name did not resolve).
+pub fn cache_time(nginx_t: &str) -> Duration {
+    let valid = nginx_t
+        .lines()
+        .map(|l| l.split('#').next().unwrap_or("").trim())
+        .find(|l| l.starts_with("resolver "))
+        .and_then(|l| {
+            l.split(|c: char| c.is_whitespace() || c == ';')
+                .find_map(|w| w.strip_prefix("valid="))
+                .and_then(nginx_secs)
+        });
+    Duration::from_secs(valid.unwrap_or(10))
+}
+
+/// nginx's time syntax in whole seconds (`5`, `5s`, `2m`, `1h`); `None` for anything else.
+fn nginx_secs(v: &str) -> Option<u64> {
+    let (num, mult) = match v.char_indices().last()? {
+        (i, 's') => (&v[..i], 1),
+        (i, 'm') => (&v[..i], 60),
+        (i, 'h') => (&v[..i], 3600),
+        _ => (v, 1),
+    };
+    num.parse::<u64>().ok().map(|n| n * mult)
+}
+
 /// `docker network connect --alias ALIAS NETWORK CONTAINER`.
 pub fn connect_cmd(live: &Live, container: &str) -> Cmd {
     docker::docker().args([
@@ -249,6 +277,21 @@ mod tests {
             &["web-live".into()],
         );
         assert!(e.is_err());
+    }
+
+    #[test]
+    fn resolver_cache_time() {
+        let t = |c: &str| cache_time(c).as_secs();
+        assert_eq!(t("  resolver 127.0.0.11 valid=1s ipv6=off;\n"), 1);
+        assert_eq!(t("resolver 127.0.0.11 ipv6=off valid=2m;"), 120);
+        assert_eq!(t("resolver 127.0.0.11 valid=30;"), 30);
+        // Commented out, absent or unreadable: nginx's 10 s for a failed lookup.
+        assert_eq!(
+            t("# resolver 127.0.0.11 valid=1s;\nresolver 127.0.0.11;"),
+            10
+        );
+        assert_eq!(t("http {}"), 10);
+        assert_eq!(t("resolver 127.0.0.11 valid=soon;"), 10);
     }
 
     #[test]
