@@ -145,10 +145,10 @@ fn dns_rows(mix: &Mix) -> Vec<Row> {
     s.use_nginx_dns();
     s.start_on_schema("v1", "v2");
     let dns = ["--proxy", "nginx-dns"];
-    let first = measure(&s, mix, "nginx dns 1st", "v2", || {
+    let first = measure(&s.url(""), mix, "nginx dns 1st", "v2", || {
         berth_swap(&s, &[&dns[..], &["--tag", "v2", "web"]].concat())
     });
-    let next = measure(&s, mix, "berth nginx dns", "v1", || {
+    let next = measure(&s.url(""), mix, "berth nginx dns", "v1", || {
         berth_swap(&s, &[&dns[..], &["--tag", "v1", "web"]].concat())
     });
     vec![first, next]
