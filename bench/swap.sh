@@ -3,11 +3,13 @@
 # that behave like real ones, tests/src/clients.rs: keep-alive when the proxy allows it,
 # every third request a POST, nothing resent): `docker compose up -d --wait` with the new
 # tag (recreate, the baseline), berth-swap through nginx with client keep-alive off (as
-# shipped) and on (75 s), and berth-swap --proxy haproxy (examples/haproxy); then, on a
-# 3-node Swarm test bed of its own, raw `docker service update` (start-first) against
-# berth-swap --engine swarm on the same stack. Prints failed requests by method, requests,
-# the longest gap, p99, the time until the new version first answers and the command's
-# wall time, with ratios against each table's baseline (compose recreate; swarm update).
+# shipped) and on (75 s), berth-swap --proxy nginx-dns (examples/nginx-dns, keep-alive on;
+# the first swap after `up` and the next), and berth-swap --proxy haproxy
+# (examples/haproxy); then, on a 3-node Swarm test bed of its own, raw `docker service
+# update` (start-first) against berth-swap --engine swarm on the same stack. Prints failed
+# requests by method, requests, the longest gap, p99, the time until the new version first
+# answers and the command's wall time, with ratios against each table's baseline (compose
+# recreate; swarm update).
 # Private stacks (own project names and ports) and test bed, removed at the end.
 # See tests/examples/bench_swap.rs.
 #

@@ -18,8 +18,12 @@ use anyhow::{bail, Context as _, Result};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use berth_core::cli::Context;
 use berth_core::docker::{self, Container};
 use berth_core::process::Cmd;
+
+use crate::engine::Options;
+use crate::upstream;
 
 /// Where one service's containers are named for nginx: `alias` on `network` (the
 /// network's name as Docker knows it, e.g. `shop_live`).
@@ -68,11 +72,7 @@ pub fn check(proxy: &Container, nginx_t: &str, network: &str, aliases: &[String]
         );
     }
     for a in aliases {
-        let named = code.iter().any(|l| {
-            l.split(|c: char| c.is_whitespace() || c == ';' || c == '/' || c == ':')
-                .any(|w| w == a)
-        });
-        if !named {
+        if !names(&code, a) {
             bail!(
                 "--proxy nginx-dns: nginx's configuration never names {a} (add `set $backend \
                  {a};` and `proxy_pass http://$backend:PORT;`, see examples/nginx-dns/nginx.conf)"
@@ -94,6 +94,93 @@ pub fn code_lines(nginx_t: &str) -> Vec<&str> {
 /// `proxy_pass` is never resolved at request time).
 pub fn has_resolver(code: &[&str]) -> bool {
     code.iter().any(|l| l.trim_start().starts_with("resolver "))
+}
+
+/// Whether the configuration's code lines (comments cut) name `alias` as a word.
+fn names(code: &[&str], alias: &str) -> bool {
+    code.iter().any(|l| {
+        l.split(|c: char| c.is_whitespace() || c == ';' || c == '/' || c == ':')
+            .any(|w| w == alias)
+    })
+}
+
+/// `berth-swap --proxy nginx-dns --converge`, with no swap to converge: the running
+/// containers of every service whose alias nginx's configuration names get it if they
+/// lack it (compose created them: a first `up`, `down` + `up`), so that nginx stops
+/// answering through compose's service name (slower: a failed lookup per request). No
+/// container starts, so nothing waits for nginx to forget the failed lookup. Returns
+/// what it named, e.g. `web: shop-web-1 named web-live`.
+pub fn name_running(ctx: &Context, opts: &Options) -> Result<Vec<String>> {
+    let mut proxy = upstream::proxy(ctx, opts, None);
+    if !proxy.locate()? {
+        return Ok(Vec::new());
+    }
+    let Some(name) = proxy.container.clone() else {
+        return Ok(Vec::new());
+    };
+    let cfg = proxy.compose.config()?;
+    let conf = proxy
+        .nginx_cmd(&["-T"])
+        .output()
+        .map(|o| o.stdout)
+        .with_context(|| format!("nginx -T in {name}"))?;
+    let code = code_lines(&conf);
+    let services: Vec<String> = cfg
+        .pointer("/services")
+        .and_then(Value::as_object)
+        .map(|m| m.keys().cloned().collect())
+        .unwrap_or_default();
+    let mut done = Vec::new();
+    for svc in services.iter().filter(|s| **s != opts.proxy_service) {
+        let live = Live {
+            network: network_name(&cfg, &ctx.project, &opts.dns_network)?,
+            alias: alias(&opts.dns_alias, svc),
+        };
+        if !names(&code, &live.alias) {
+            continue;
+        }
+        let bare: Vec<Container> = proxy
+            .compose
+            .containers(svc)?
+            .into_iter()
+            .filter(|c| c.state.running && address_on(c, &live.network).is_none())
+            .collect();
+        if bare.is_empty() {
+            continue;
+        }
+        name_them(&name, &live, &bare, opts.timeout).with_context(|| svc.clone())?;
+        let named: Vec<&str> = bare.iter().map(|c| c.name.as_str()).collect();
+        done.push(format!("{svc}: {} named {}", named.join(", "), live.alias));
+    }
+    Ok(done)
+}
+
+/// How long nginx may keep an answer of its `resolver`, a "no such name" included: the
+/// `valid=` of the first `resolver` line in `nginx -T` output (`30s`, `1m`, `2` seconds),
+/// else nginx's own 10 s for a failed lookup (Docker's DNS gives names a longer TTL, but
+/// what matters here is how long nginx remembers that a name did not resolve).
+pub fn cache_time(nginx_t: &str) -> Duration {
+    let valid = nginx_t
+        .lines()
+        .map(|l| l.split('#').next().unwrap_or("").trim())
+        .find(|l| l.starts_with("resolver "))
+        .and_then(|l| {
+            l.split(|c: char| c.is_whitespace() || c == ';')
+                .find_map(|w| w.strip_prefix("valid="))
+                .and_then(nginx_secs)
+        });
+    Duration::from_secs(valid.unwrap_or(10))
+}
+
+/// nginx's time syntax in whole seconds (`5`, `5s`, `2m`, `1h`); `None` for anything else.
+fn nginx_secs(v: &str) -> Option<u64> {
+    let (num, mult) = match v.char_indices().last()? {
+        (i, 's') => (&v[..i], 1),
+        (i, 'm') => (&v[..i], 60),
+        (i, 'h') => (&v[..i], 3600),
+        _ => (v, 1),
+    };
+    num.parse::<u64>().ok().map(|n| n * mult)
 }
 
 /// `docker network connect --alias ALIAS NETWORK CONTAINER`.
@@ -249,6 +336,21 @@ mod tests {
             &["web-live".into()],
         );
         assert!(e.is_err());
+    }
+
+    #[test]
+    fn resolver_cache_time() {
+        let t = |c: &str| cache_time(c).as_secs();
+        assert_eq!(t("  resolver 127.0.0.11 valid=1s ipv6=off;\n"), 1);
+        assert_eq!(t("resolver 127.0.0.11 ipv6=off valid=2m;"), 120);
+        assert_eq!(t("resolver 127.0.0.11 valid=30;"), 30);
+        // Commented out, absent or unreadable: nginx's 10 s for a failed lookup.
+        assert_eq!(
+            t("# resolver 127.0.0.11 valid=1s;\nresolver 127.0.0.11;"),
+            10
+        );
+        assert_eq!(t("http {}"), 10);
+        assert_eq!(t("resolver 127.0.0.11 valid=soon;"), 10);
     }
 
     #[test]

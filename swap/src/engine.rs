@@ -113,6 +113,7 @@ pub fn swap(
         s.dry_run();
         return Ok(s.outcome(Map::new(), true));
     }
+    s.name_serving()?;
     let mut journals = s.start_beside()?;
     s.ready(&journals)?;
     s.switch(&journals)?;
@@ -123,6 +124,21 @@ pub fn swap(
     s.say_swapped();
     let detail = s.detail();
     Ok(s.outcome(detail, false))
+}
+
+impl Service {
+    /// `--proxy nginx-dns`: the running containers without the alias nginx resolves
+    /// (compose created them, a first `up` or `down` + `up`), each with its `Live`.
+    fn unnamed(&self) -> Vec<(&dns::Live, &Container)> {
+        let Some(l) = &self.live else {
+            return Vec::new();
+        };
+        self.old
+            .iter()
+            .filter(|c| c.state.running && dns::address_on(c, &l.network).is_none())
+            .map(|c| (l, c))
+            .collect()
+    }
 }
 
 /// One service in a swap.
@@ -187,6 +203,9 @@ struct Swap<'a> {
     previous_tag: Option<String>,
     services: Vec<Service>,
     times: Times,
+    /// `--proxy nginx-dns`: how long nginx may remember an answer of its resolver
+    /// (`valid=`), a failed lookup included.
+    dns_cache: Duration,
 }
 
 impl<'a> Swap<'a> {
@@ -225,6 +244,7 @@ impl<'a> Swap<'a> {
             moves: Vec::new(),
             old_workers: None,
             times: Times::default(),
+            dns_cache: Duration::ZERO,
         };
         for svc in services {
             let planned = s.plan_service(&cfg, svc)?;
@@ -329,7 +349,7 @@ impl<'a> Swap<'a> {
 
     /// `--proxy nginx-dns`: the proxy is on the live network and its configuration
     /// resolves each alias.
-    fn check_dns(&self) -> Result<()> {
+    fn check_dns(&mut self) -> Result<()> {
         let lives: Vec<&dns::Live> = self
             .services
             .iter()
@@ -346,7 +366,53 @@ impl<'a> Swap<'a> {
             .map(|o| o.stdout)
             .map_err(|e| fail!(Preflight, "nginx -T in {name}: {e}"))?;
         let aliases: Vec<String> = lives.iter().map(|l| l.alias.clone()).collect();
-        dns::check(&proxy, &conf, &first.network, &aliases).map_err(|e| fail!(Preflight, "{e:#}"))
+        dns::check(&proxy, &conf, &first.network, &aliases)
+            .map_err(|e| fail!(Preflight, "{e:#}"))?;
+        self.dns_cache = dns::cache_time(&conf);
+        Ok(())
+    }
+
+    /// `--proxy nginx-dns`, before any new container starts: the containers that serve
+    /// now get the name nginx resolves if they lack it. Compose creates containers without
+    /// it (a first `up`, `down` + `up`), and until one has it nginx answers from compose's
+    /// service name (examples/nginx-dns's `@web_unnamed`), which would list a new container
+    /// the moment it starts, ready or not. Then wait out nginx's memory of the failed
+    /// lookup (`valid=`, plus 2 s: nginx counts in whole seconds), so that nothing is sent by the service name when
+    /// the new containers start.
+    fn name_serving(&mut self) -> Result<()> {
+        let Some(proxy) = self.proxy.container.clone() else {
+            return Ok(());
+        };
+        let mut named = false;
+        for p in &self.services {
+            let bare: Vec<Container> = p.unnamed().into_iter().map(|(_, c)| c.clone()).collect();
+            let Some(live) = p.live.as_ref().filter(|_| !bare.is_empty()) else {
+                continue;
+            };
+            dns::name_them(&proxy, live, &bare, self.opts.timeout).map_err(|e| {
+                fail!(
+                    Swap,
+                    "{}: giving the running containers the name {}; nothing started: {}",
+                    p.name,
+                    live.alias,
+                    berth_core::exit::one_line(&e)
+                )
+            })?;
+            msg::info(format!(
+                "{} on {} now answers for the running {} (compose had created them without it)",
+                live.alias,
+                live.network,
+                bare.iter()
+                    .map(|c| c.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+            named = true;
+        }
+        if named {
+            std::thread::sleep(self.dns_cache + Duration::from_secs(2));
+        }
+        Ok(())
     }
 
     /// HAProxy runs, and each backend exists with a free slot per new container.
@@ -395,6 +461,13 @@ impl<'a> Swap<'a> {
     /// Dry run: say what each phase would run, change nothing.
     fn dry_run(&self) {
         for p in &self.services {
+            for (l, c) in p.unnamed() {
+                msg::info(format!(
+                    "would first give the running {} the name nginx resolves: {}",
+                    c.name,
+                    dns::connect_cmd(l, &c.name).display()
+                ));
+            }
             msg::info(format!(
                 "would run: {}",
                 start_cmd(&self.compose, p).display()

@@ -58,7 +58,8 @@ Examples:
   berth-swap --tag 3f9c2a1 --dry-run web
 
   # After a crash (kill -9, power cut) mid-swap: back to one consistent release, no
-  # request lost (the next swap or rollback also does this first)
+  # request lost (the next swap or rollback also does this first). With --proxy
+  # nginx-dns also after a `docker compose up`: names the running containers for nginx
   berth-swap --converge
 
   # Maintenance page on and off (503 with Retry-After; /healthz and /readyz still pass)
@@ -410,7 +411,16 @@ fn converge_stage(args: &SwapArgs, input: stage::Input) -> Result<ExitCode> {
         if ctx.dry_run {
             return Ok(Completed::Skipped("dry run: nothing changed".into()));
         }
-        let done = converge::converge(ctx, &opts, ctx.tag.as_deref())?;
+        let mut done = converge::converge(ctx, &opts, ctx.tag.as_deref())?;
+        if opts.proxy == ProxyMode::NginxDns {
+            let named = dns::name_running(ctx, &opts).map_err(|e| {
+                berth_core::fail!(Swap, "naming the running containers for nginx: {e:#}")
+            })?;
+            for n in &named {
+                msg::info(n);
+            }
+            done.extend(named);
+        }
         msg::info(if done.is_empty() {
             "nothing to converge: no swap was interrupted".to_string()
         } else {

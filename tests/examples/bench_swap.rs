@@ -3,13 +3,19 @@
 //! keep-alive clients when the proxy allows it, every third request a POST, nothing
 //! resent). Run through `bench/swap.sh`.
 //!
-//! Rows (one nginx stack for the first three, one HAProxy stack for the fourth):
+//! Rows (one nginx stack for the first three, one for the nginx DNS rows, one HAProxy
+//! stack for the last):
 //! - `compose recreate`: the baseline, what compose does by itself: `BERTH_TAG=v2`, `docker
 //!   compose up -d --wait --no-deps web` (stop-first), then `nginx -s reload` so that nginx
 //!   resolves the new container (without it every request fails until someone reloads).
 //! - `berth nginx ka off`: `berth-swap --drain 2s web`, the demo's nginx.conf as shipped
 //!   (`keepalive_timeout 0`: one request per client connection).
 //! - `berth nginx ka on`: the same with nginx's default client keep-alive (75 s).
+//! - `nginx dns 1st`: `berth-swap --proxy nginx-dns --drain 2s web` on examples/nginx-dns
+//!   (no reload; client keep-alive 75 s), the first swap after `docker compose up`: it
+//!   first gives the running container the alias and waits out nginx's memory of the
+//!   failed lookup (3 s), then swaps.
+//! - `berth nginx dns`: the next swap on that stack (the steady state).
 //! - `berth haproxy`: `berth-swap --proxy haproxy` on examples/haproxy (runtime API, no
 //!   reload; client keep-alive 75 s).
 //!
@@ -22,8 +28,7 @@
 //! - `berth swarm`: `berth-swap --engine swarm --tag v1 --drain 2s web` on the same stack,
 //!   back to v1.
 //!
-//! `BENCH_ROWS=compose` or `swarm` runs one table only (default: both). A place is kept for
-//! the nginx DNS mode (helper nginxka): see [`PENDING`].
+//! `BENCH_ROWS=compose` or `swarm` runs one table only (default: both).
 //!
 //! Per row: requests and failed ones (GET, POST) from the start of the rollout until 1 s
 //! after it returned, the longest time without an answer, p99 latency, the time from the
@@ -36,9 +41,6 @@ use std::time::{Duration, Instant};
 use berth_e2e::clients::{ClientReport, Clients, Method, Mix};
 use berth_e2e::swarm::Testbed;
 use berth_e2e::{swarmstack, Stack};
-
-/// Rows not measured yet, printed as such: (name, who adds it).
-const PENDING: &[(&str, &str)] = &[("berth nginx dns", "nginx DNS mode, helper nginxka")];
 
 struct Row {
     name: &'static str,
@@ -135,6 +137,21 @@ fn nginx_rows(mix: &Mix) -> Vec<Row> {
         berth_swap(&s, &["--tag", "v1", "web"])
     });
     vec![base, off, on]
+}
+
+/// examples/nginx-dns: the first swap after `up` (web has no alias yet), then the next.
+fn dns_rows(mix: &Mix) -> Vec<Row> {
+    let s = Stack::new("bench-swap-dns");
+    s.use_nginx_dns();
+    s.start_on_schema("v1", "v2");
+    let dns = ["--proxy", "nginx-dns"];
+    let first = measure(&s.url(""), mix, "nginx dns 1st", "v2", || {
+        berth_swap(&s, &[&dns[..], &["--tag", "v2", "web"]].concat())
+    });
+    let next = measure(&s.url(""), mix, "berth nginx dns", "v1", || {
+        berth_swap(&s, &[&dns[..], &["--tag", "v1", "web"]].concat())
+    });
+    vec![first, next]
 }
 
 fn haproxy_row(mix: &Mix) -> Row {
@@ -234,7 +251,7 @@ fn ratio(a: f64, b: f64) -> String {
 }
 
 /// One table; failed/base and total/base against its first row.
-fn print_rows(rows: &[Row], pending: &[(&str, &str)]) {
+fn print_rows(rows: &[Row]) {
     println!(
         "{:<20} {:>8} {:>6} {:>5} {:>5} {:>7} {:>7} {:>8} {:>7} {:>11} {:>10}",
         "rollout",
@@ -271,9 +288,6 @@ fn print_rows(rows: &[Row], pending: &[(&str, &str)]) {
             ratio(r.total.as_secs_f64(), base.total.as_secs_f64()),
         );
     }
-    for (name, what) in pending {
-        println!("{name:<20} (not measured yet: {what})");
-    }
 }
 
 fn main() {
@@ -299,15 +313,16 @@ fn main() {
     let which = std::env::var("BENCH_ROWS").unwrap_or_default();
     if which != "swarm" {
         let mut rows = nginx_rows(&mix);
+        rows.extend(dns_rows(&mix));
         rows.push(haproxy_row(&mix));
         println!();
-        print_rows(&rows, PENDING);
+        print_rows(&rows);
     }
     if which != "compose" {
         let rows = swarm_rows(&mix);
         println!();
         println!("Swarm, 3-node test bed (1 manager, 2 workers), nginx on the manager:");
-        print_rows(&rows, &[]);
+        print_rows(&rows);
     }
     println!();
     println!(

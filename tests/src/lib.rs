@@ -425,6 +425,37 @@ impl Stack {
         (out, load.stop())
     }
 
+    /// A swap of web to v2 with `flags` (the proxy's), killed (SIGKILL) right after the
+    /// fault point `at`, then `berth-swap FLAGS --converge` under keep-alive clients: 0
+    /// failed requests (POSTs included), `serving` answers, one web container runs. The
+    /// caller checks what its proxy names; the load's report is returned.
+    pub fn killed_then_converged(
+        &self,
+        flags: &[&str],
+        at: &str,
+        serving: &str,
+    ) -> clients::ClientReport {
+        let out = self
+            .berth("berth-swap")
+            .args(flags)
+            .args(["--tag", "v2", "web"])
+            .env(berth_core::fault::VAR, at)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), None, "not killed at {at}");
+        let args: Vec<&str> = flags.iter().copied().chain(["--converge"]).collect();
+        let ((code, _, err), load) = self.under_clients(|| self.run("berth-swap", &args));
+        eprintln!("converge after a kill at {at}: {}", load.summary());
+        assert_eq!(code, 0, "{err}");
+        assert_eq!(load.failed(), 0, "at {at}: {}", load.summary());
+        assert_eq!(load.failed_posts(), 0, "at {at}: {}", load.summary());
+        assert!(load.total() > 100, "at {at}: {}", load.summary());
+        assert_eq!(self.version(), serving);
+        assert_eq!(self.service_containers("web").len(), 1);
+        load
+    }
+
     /// IDs of every container of this project (running or not), one-off runs included.
     pub fn container_ids(&self) -> Vec<String> {
         let out = Command::new("docker")

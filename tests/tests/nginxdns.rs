@@ -3,8 +3,6 @@
 //! containers) on the demo stack with examples/nginx-dns (client keep-alive ON, 75 s),
 //! under keep-alive clients sending GETs and POSTs (tests/src/clients.rs; nothing resent).
 
-use std::process::Stdio;
-
 use berth_e2e::clients::ClientReport;
 use berth_e2e::Stack;
 use serde_json::Value;
@@ -20,19 +18,38 @@ const FAST: &[&str] = &[
     "30s",
 ];
 
-/// The demo stack with examples/nginx-dns, web at v1 (named `web-live` by a first
-/// `berth-swap --tag v1`), the database at v2's schema.
+/// The demo stack with examples/nginx-dns, web at v1 as compose created it (without the
+/// alias: nginx answers from the service name `web`), the database at v2's schema.
 fn dns_stack() -> Stack {
     let s = Stack::new("nginxdns");
     s.use_nginx_dns();
-    s.start("v1");
-    s.migrate("v2");
-    // compose started web without the alias: nginx cannot resolve web-live yet.
-    assert_eq!(s.get("/version").0, 502);
-    let (code, _, err) = berth(&s, "berth-swap", &["--tag", "v1", "web"]);
-    assert_eq!(code, 0, "{err}");
-    assert_eq!(version(&s), "v1");
+    s.start_on_schema("v1", "v2");
     s
+}
+
+/// Poll (at most 90 s) until nginx answers `/version` with a 200: the stack has
+/// recovered from a `start` or `up`. Returns how long that took.
+fn until_answers(s: &Stack) -> std::time::Duration {
+    let t = std::time::Instant::now();
+    while t.elapsed() < std::time::Duration::from_secs(90) {
+        if berth_e2e::get(&s.url("/version")).is_ok_and(|(code, _, _)| code == 200) {
+            return t.elapsed();
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    panic!("nginx did not answer /version with 200 within 90 s");
+}
+
+/// Keep-alive clients for 4 s from now: every request answered, all by `serving`.
+fn all_answered_by(s: &Stack, what: &str, serving: &str) {
+    let ((), load) = under_load(s, || std::thread::sleep(std::time::Duration::from_secs(2)));
+    assert_clean(what, &load);
+    assert_eq!(
+        load.by_version().keys().collect::<Vec<_>>(),
+        [serving],
+        "{what}: {}",
+        load.summary()
+    );
 }
 
 fn berth(s: &Stack, prog: &str, args: &[&str]) -> (i32, Value, String) {
@@ -89,13 +106,21 @@ fn assert_clean(what: &str, load: &ClientReport) {
 #[test]
 fn swap_rollback_and_broken_tag_without_a_reload_fail_no_request() {
     let s = dns_stack();
+    let t = std::time::Instant::now();
+    // Right after `docker compose up` no container has the name web-live: nginx answers
+    // from compose's service name (examples/nginx-dns's @web_unnamed), every request.
+    assert!(live(&s).is_empty(), "{:?}", live(&s));
+    all_answered_by(&s, "after the first up", "v1");
     let first = std::time::Instant::now();
     let before = workers(&s);
 
-    // v1 -> v2: 0 failed requests with keep-alive GET+POST clients, no reload.
+    // v1 -> v2: 0 failed requests with keep-alive GET+POST clients, no reload. The swap
+    // first gives the running v1 container the name (else the service name would list the
+    // new container before it is ready).
     let ((code, doc, err), load) =
         under_load(&s, || berth(&s, "berth-swap", &["--tag", "v2", "web"]));
     assert_eq!(code, 0, "{err}");
+    assert!(err.contains("compose had created them without it"), "{err}");
     assert_clean("swap v2", &load);
     assert!(load.by_version().contains_key("v1"), "{}", load.summary());
     assert_eq!(version(&s), "v2");
@@ -144,27 +169,52 @@ fn swap_rollback_and_broken_tag_without_a_reload_fail_no_request() {
 
     // Killed (SIGKILL) with the new container named but the swap not yet switched:
     // converging goes back, and only v1's container answers the name.
-    killed_then_converged(&s, "dns-named", "v1");
+    s.killed_then_converged(FAST, "dns-named", "v1");
+    assert_eq!(live(&s).len(), 1, "{:?}", live(&s));
     // Killed after the switch and the drain, before the old container stopped: forward.
-    killed_then_converged(&s, "drain", "v2");
-}
+    s.killed_then_converged(FAST, "drain", "v2");
+    assert_eq!(live(&s).len(), 1, "{:?}", live(&s));
+    eprintln!("swaps, rollback, maintenance, kills: {:?}", t.elapsed());
 
-/// A swap to v2 killed (SIGKILL) right after the fault point `at`, then `berth-swap
-/// --converge` under load: 0 failed, `serving` answers, the name names its one container.
-fn killed_then_converged(s: &Stack, at: &str, serving: &str) {
-    let out = s
-        .berth("berth-swap")
-        .args(FAST)
-        .args(["--tag", "v2", "web"])
-        .env(berth_core::fault::VAR, at)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), None, "not killed at {at}");
-    let ((code, _, err), load) = under_load(s, || berth(s, "berth-swap", &["--converge"]));
+    // What a reboot does: `stop` + `start`. Docker keeps the alias (the container may come
+    // back at another address); once nginx answers, every request is v2's.
+    let t = std::time::Instant::now();
+    s.compose_ok(&["stop", "-t", "5"]);
+    s.compose_ok(&["start"]);
+    eprintln!(
+        "stop + start: answering again after {:?}",
+        until_answers(&s)
+    );
+    assert_eq!(live(&s).len(), 1, "{:?}", live(&s));
+    all_answered_by(&s, "after stop + start", "v2");
+    // Nothing to name (Docker kept the alias): --converge changes nothing.
+    let (code, _, err) = berth(&s, "berth-swap", &["--converge"]);
     assert_eq!(code, 0, "{err}");
-    assert_clean(&format!("converge after a kill at {at}"), &load);
-    assert_eq!(version(s), serving);
-    assert_eq!(live(s).len(), 1, "{:?}", live(s));
-    assert_eq!(s.service_containers("web").len(), 1);
+    assert!(!err.contains("named web-live"), "{err}");
+    eprintln!("stop + start, checked: {:?}", t.elapsed());
+
+    // `down` + `up`: compose creates the containers afresh, without the alias, at the tag
+    // berth pinned (v2); nginx answers from the service name until the next swap.
+    let t = std::time::Instant::now();
+    s.compose_ok(&["down", "-t", "5"]);
+    s.compose_ok(&["up", "-d", "--wait"]);
+    eprintln!("down + up: answering again after {:?}", until_answers(&s));
+    assert!(live(&s).is_empty(), "{:?}", live(&s));
+    all_answered_by(&s, "after down + up", "v2");
+    // `berth-swap --converge` names the running container (nothing else to converge), so
+    // nginx stops going through the service name; under load, 0 failed.
+    let ((code, _, err), load) = under_load(&s, || berth(&s, "berth-swap", &["--converge"]));
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("named web-live"), "{err}");
+    assert_clean("converge naming after down + up", &load);
+    assert_eq!(load.by_version().keys().collect::<Vec<_>>(), ["v2"]);
+    assert_eq!(live(&s).len(), 1, "{:?}", live(&s));
+    // And a swap from there: 0 failed.
+    let ((code, _, err), load) =
+        under_load(&s, || berth(&s, "berth-swap", &["--tag", "v1", "web"]));
+    assert_eq!(code, 0, "{err}");
+    assert_clean("swap v1 after down + up", &load);
+    assert_eq!(version(&s), "v1");
+    assert_eq!(live(&s).len(), 1, "{:?}", live(&s));
+    eprintln!("down + up, checked, swapped: {:?}", t.elapsed());
 }
