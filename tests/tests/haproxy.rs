@@ -146,6 +146,9 @@ fn maintenance_on_and_off_under_load(s: &Stack) {
         s.compose_ok(&["top", "proxy"])
             .lines()
             .skip(1)
+            // HAProxy's own master and worker, not a healthcheck's curl or berth's socat
+            // caught running at that instant.
+            .filter(|l| l.contains("haproxy -"))
             .filter_map(|l| l.split_whitespace().nth(3).map(str::to_string))
             .collect()
     };
