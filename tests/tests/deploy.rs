@@ -156,20 +156,21 @@ fn schema(s: &Stack) -> String {
     .to_string()
 }
 
-/// From v1 on schema 1, the database up: the whole deploy to v2 under load.
-fn v1_to_v2_with_migration_backup_ledger_and_notifications(s: &Stack) {
+#[test]
+fn v1_to_v2_with_migration_backup_ledger_and_notifications() {
     let notify = TestServer::start(|_| (200, r#"{"ok":true}"#.into()));
+    let s = stack("deploy-v2", "v1");
     let mut r = None;
-    let load = under_load(s, || r = Some(run(deploy_cmd(s, "v2", Some(&notify)))));
+    let load = under_load(&s, || r = Some(run(deploy_cmd(&s, "v2", Some(&notify)))));
     let r = r.unwrap();
     assert_eq!(r.code, 0, "{}", r.stderr);
     assert_eq!(load.failed(), 0, "{}", load.summary());
     assert!(load.total() > 200, "{}", load.summary());
-    assert_eq!(serving(s), "v2");
-    assert_eq!(schema(s), "2");
+    assert_eq!(serving(&s), "v2");
+    assert_eq!(schema(&s), "2");
     assert_eq!(s.env_value("BERTH_TAG").as_deref(), Some("v2"));
 
-    let doc = last_document(s);
+    let doc = last_document(&s);
     let names: Vec<String> = stages(&doc).into_iter().map(|t| t.0).collect();
     assert_eq!(
         names,
@@ -211,7 +212,7 @@ fn v1_to_v2_with_migration_backup_ledger_and_notifications(s: &Stack) {
     }
 
     // The ledger holds the release; the report's line is the last of this deploy.
-    assert!(ledger_lines(s) >= 1);
+    assert!(ledger_lines(&s) >= 1);
     let ledger = std::fs::read_to_string(s.state_dir().join("releases.jsonl")).unwrap();
     let last: Value = serde_json::from_str(ledger.lines().last().unwrap()).unwrap();
     assert_eq!(last["deploy_id"], doc["deploy_id"]);
@@ -228,43 +229,12 @@ fn v1_to_v2_with_migration_backup_ledger_and_notifications(s: &Stack) {
     assert!(!r.stderr.contains(TOKEN) && !ledger.contains(TOKEN));
 }
 
-/// The failures first, then (on the same stack, once its database is back: one start-up
-/// less for CI) the good deploy:
-/// [`v1_to_v2_with_migration_backup_ledger_and_notifications`].
 #[test]
-fn dry_run_then_failures_before_the_switch_exit_with_their_code_then_v1_to_v2() {
-    let t0 = Instant::now();
+fn dry_run_then_failures_before_the_switch_exit_with_their_code_and_v1_keeps_serving() {
     let s = stack("deploy-before", "v1");
-    eprintln!("stack up: {:?}", t0.elapsed());
-    let t = Instant::now();
-    dry_run_then_failures_before_the_switch_exit_with_their_code_and_v1_keeps_serving(&s);
-    eprintln!("dry run and failures: {:?}", t.elapsed());
-    // The known state the good deploy starts from: the database back, v1 ready on
-    // schema 1 (its readiness checks the database), one web container.
-    s.compose_ok(&["up", "-d", "--wait", "db"]);
-    let t = Instant::now();
-    while s.get("/readyz").0 != 200 {
-        assert!(
-            t.elapsed() < Duration::from_secs(60),
-            "v1 never ready again"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    assert_eq!(schema(&s), "1");
-    assert_eq!(serving(&s), "v1");
-    assert_eq!(s.service_containers("web").len(), 1);
-    let t = Instant::now();
-    v1_to_v2_with_migration_backup_ledger_and_notifications(&s);
-    eprintln!("v1 to v2: {:?}", t.elapsed());
-    eprintln!("whole test: {:?}", t0.elapsed());
-}
-
-/// From v1 on schema 1: a dry run, then failures before the switch (2, 6, 3 under load,
-/// then 5 with the database stopped, which it leaves stopped).
-fn dry_run_then_failures_before_the_switch_exit_with_their_code_and_v1_keeps_serving(s: &Stack) {
     // A dry run of the whole deploy: every stage says what it would do, nothing moves.
     let before = s.container_ids();
-    let dry = deploy_cmd_args(s, &["--dry-run", "v2"], None);
+    let dry = deploy_cmd_args(&s, &["--dry-run", "v2"], None);
     let r = run(dry);
     assert_eq!(r.code, 0, "{}", r.stderr);
     assert!(
@@ -274,15 +244,15 @@ fn dry_run_then_failures_before_the_switch_exit_with_their_code_and_v1_keeps_ser
     );
     assert_eq!(s.container_ids(), before);
     assert_eq!(s.env_value("BERTH_TAG").as_deref(), Some("v1"));
-    assert_eq!(ledger_lines(s), 0);
-    assert_eq!(schema(s), "1");
+    assert_eq!(ledger_lines(&s), 0);
+    assert_eq!(schema(&s), "1");
 
     // Under load: a missing image, a failing migration, a release that never gets ready.
-    let load = under_load(s, || {
+    let load = under_load(&s, || {
         // An image that exists nowhere: 2, nothing changed.
-        let r = run(deploy_cmd(s, "no-such-tag-3f9c2a1", None));
+        let r = run(deploy_cmd(&s, "no-such-tag-3f9c2a1", None));
         assert_eq!(r.code, 2, "{}", r.stderr);
-        let doc = last_document(s);
+        let doc = last_document(&s);
         assert!(
             stages(&doc)
                 .iter()
@@ -295,23 +265,23 @@ fn dry_run_then_failures_before_the_switch_exit_with_their_code_and_v1_keeps_ser
         );
 
         // A migration that fails: 6, the backup is there and the restore command printed.
-        let r = run(deploy_cmd(s, "badmigrate", None));
+        let r = run(deploy_cmd(&s, "badmigrate", None));
         assert_eq!(r.code, 6, "{}", r.stderr);
         assert!(r.stderr.contains("berth-backup restore"), "{}", r.stderr);
-        let doc = last_document(s);
+        let doc = last_document(&s);
         let file = doc["stages"][2]["detail"]["file"]
             .as_str()
             .unwrap()
             .to_string();
         assert!(PathBuf::from(&file).is_file());
-        assert_eq!(schema(s), "1");
+        assert_eq!(schema(&s), "1");
 
         // An image that never becomes ready: 3.
-        let r = run(deploy_cmd(s, "broken", None));
+        let r = run(deploy_cmd(&s, "broken", None));
         assert_eq!(r.code, 3, "{}", r.stderr);
     });
     assert_eq!(load.failed(), 0, "{}", load.summary());
-    assert_eq!(serving(s), "v1");
+    assert_eq!(serving(&s), "v1");
     assert_eq!(s.env_value("BERTH_TAG").as_deref(), Some("v1"));
     assert_eq!(
         s.service_containers("web").len(),
@@ -321,9 +291,9 @@ fn dry_run_then_failures_before_the_switch_exit_with_their_code_and_v1_keeps_ser
 
     // The database is down: the backup fails, 5, and nothing after it runs.
     s.compose_ok(&["stop", "db"]);
-    let r = run(deploy_cmd(s, "v2", None));
+    let r = run(deploy_cmd(&s, "v2", None));
     assert_eq!(r.code, 5, "{}", r.stderr);
-    let doc = last_document(s);
+    let doc = last_document(&s);
     let st = stages(&doc);
     assert!(
         st.iter()
@@ -334,7 +304,7 @@ fn dry_run_then_failures_before_the_switch_exit_with_their_code_and_v1_keeps_ser
         !st.iter().any(|t| t.0 == "migrate" || t.0 == "swap"),
         "{doc}"
     );
-    assert_eq!(serving(s), "v1");
+    assert_eq!(serving(&s), "v1");
     assert_eq!(s.env_value("BERTH_TAG").as_deref(), Some("v1"));
 }
 
