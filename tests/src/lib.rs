@@ -234,6 +234,11 @@ impl Stack {
         std::fs::write(stack.dir.join(".env"), example).unwrap();
         stack.set_env("BERTH_TAG", "v1");
         stack.set_env("DEMO_HTTP_PORT", &port.to_string());
+        // CI time: compose healthchecks every second (not the demo's 2 s: every `up
+        // --wait` and every worker swap waits for a first check), and initdb without
+        // fsync (a throwaway database; halves its first start on a loaded machine).
+        stack.set_env("DEMO_HEALTH_INTERVAL", "1s");
+        stack.set_env("POSTGRES_INITDB_ARGS", "--no-sync");
         stack
     }
 

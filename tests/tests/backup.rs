@@ -901,9 +901,10 @@ fn failures_exit_5_and_leave_nothing_that_could_pass_for_a_backup() {
     assert_eq!(files(&dir), baseline3);
 }
 
-#[test]
-fn a_held_lock_is_waited_for_then_75() {
-    let s = db_stack("bk-lock");
+/// On a stack with no backup yet: a held lock is waited for, then 75 and no dump; once
+/// released, the next backup runs (its output returned: the rotation test's real backup).
+fn a_held_lock_is_waited_for_then_75(s: &Stack) -> Output {
+    assert!(files(&backups_dir(s)).iter().all(|f| !f.ends_with(".dump")));
     let lock = s
         .state_dir()
         .join("locks")
@@ -919,16 +920,14 @@ fn a_held_lock_is_waited_for_then_75() {
         .unwrap();
     std::thread::sleep(std::time::Duration::from_millis(300));
     let t = std::time::Instant::now();
-    let o = bb(&s, &["pg", "--service", "db", "--lock-wait", "2s"], "");
+    let o = bb(s, &["pg", "--service", "db", "--lock-wait", "2s"], "");
     let _ = holder.kill();
     let _ = holder.wait();
     assert_eq!(code(&o), 75, "{}", stderr(&o));
     assert!(t.elapsed() >= std::time::Duration::from_secs(2));
-    assert!(files(&backups_dir(&s))
-        .iter()
-        .all(|f| !f.ends_with(".dump")));
+    assert!(files(&backups_dir(s)).iter().all(|f| !f.ends_with(".dump")));
     // Released: the next one runs.
-    ok(bb(&s, &["pg", "--service", "db", "--lock-wait", "2s"], ""));
+    ok(bb(s, &["pg", "--service", "db", "--lock-wait", "2s"], ""))
 }
 
 /// Copy a real backup under a made-up date (file name and manifest).
@@ -950,11 +949,22 @@ fn fake_copy(
     name
 }
 
+/// The held lock first (its own stack cost CI a start-up): the backup it lets through
+/// once released is the one real backup the rotation starts from.
 #[test]
-fn rotation_on_real_files_keeps_exactly_what_gfs_says_and_pinned_backups() {
+fn a_held_lock_is_waited_for_then_75_then_rotation_keeps_exactly_what_gfs_says_and_pinned() {
+    let t0 = std::time::Instant::now();
     let s = db_stack("bk-rotate");
+    eprintln!("database up: {:?}", t0.elapsed());
     let dir = backups_dir(&s);
-    let o = ok(bb(&s, &["pg", "--service", "db"], ""));
+    let o = a_held_lock_is_waited_for_then_75(&s);
+    eprintln!("held lock: {:?}", t0.elapsed());
+    assert_eq!(
+        files(&dir).iter().filter(|f| f.ends_with(".dump")).count(),
+        1,
+        "{:?}",
+        files(&dir)
+    );
     let real = PathBuf::from(stage_detail(&doc(&o))["file"].as_str().unwrap());
     let p = s.project.clone();
     // Made-up history (the real one is newest, today).
@@ -1073,6 +1083,7 @@ fn rotation_on_real_files_keeps_exactly_what_gfs_says_and_pinned_backups() {
     .into_iter()
     .collect();
     assert_eq!(after, expect);
+    eprintln!("whole test: {:?}", t0.elapsed());
 }
 
 #[test]

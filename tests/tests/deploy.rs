@@ -4,7 +4,7 @@
 
 use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use berth_e2e::clients::{ClientReport, Clients, Method, Mix};
 use berth_e2e::{bin, root, stages, Stack, TestServer};
@@ -14,8 +14,10 @@ const TOKEN: &str = "123456:telegram-secret-token";
 
 /// Start the stack at `tag` (database migrated to its schema).
 fn stack(name: &str, tag: &str) -> Stack {
+    let t = Instant::now();
     let s = Stack::new(name);
     s.start(tag);
+    eprintln!("{name}: stack up at {tag} in {:?}", t.elapsed());
     s
 }
 
@@ -67,7 +69,15 @@ struct Run {
 }
 
 fn run(mut c: Command) -> Run {
+    let t = Instant::now();
     let out: Output = c.output().expect("deploy.sh runs");
+    let args: Vec<_> = c.get_args().map(|a| a.to_string_lossy()).collect();
+    eprintln!(
+        "deploy.sh {}: exit {:?} in {:?}",
+        args.join(" "),
+        out.status.code(),
+        t.elapsed()
+    );
     Run {
         code: out.status.code().unwrap_or(-1),
         stderr: String::from_utf8_lossy(&out.stderr).to_string(),
@@ -290,7 +300,13 @@ fn unhealthy_after_the_switch_rolls_back_4_and_an_impossible_rollback_is_7() {
 
     // sick passes its readiness check but fails the smoke test after the switch.
     let mut r = None;
-    let load = under_load(&s, || r = Some(run(deploy_cmd(&s, "sick", Some(&notify)))));
+    // Its smoke check fails for as long as it is given: 4 s of it is plenty (CI time).
+    let sick = || {
+        let mut c = deploy_cmd(&s, "sick", Some(&notify));
+        c.env("DEPLOY_SMOKE_TIMEOUT", "4s");
+        c
+    };
+    let load = under_load(&s, || r = Some(run(sick())));
     let r = r.unwrap();
     assert_eq!(r.code, 4, "{}", r.stderr);
     assert_eq!(load.failed(), 0, "{}", load.summary());
@@ -312,7 +328,7 @@ fn unhealthy_after_the_switch_rolls_back_4_and_an_impossible_rollback_is_7() {
 
     // Now the previous tag disappears, and the same bad release comes again.
     berth_e2e::run_ok(Command::new("docker").args(["rmi", &format!("berth-demo/app:{prev}")]));
-    let r = run(deploy_cmd(&s, "sick", Some(&notify)));
+    let r = run(sick());
     assert_eq!(r.code, 7, "{}", r.stderr);
     let critical: Vec<&str> = r
         .stderr

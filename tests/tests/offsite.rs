@@ -165,10 +165,16 @@ fn detail(o: &Output) -> Value {
 
 #[test]
 fn copies_to_restic_and_rclone_over_sftp_list_check_rotate_and_restore_from_a_snapshot() {
+    let t0 = std::time::Instant::now();
     let s = Stack::new("offsite");
-    s.compose_ok(&["up", "-d", "--wait", "db"]);
-    s.compose_ok(&["run", "--rm", "--no-deps", "-T", "web", "migrate"]);
-    let sftp = Sftp::start(&s.project);
+    // The database and the SFTP server start side by side (CI time).
+    let sftp = std::thread::scope(|sc| {
+        let sftp = sc.spawn(|| Sftp::start(&s.project));
+        s.compose_ok(&["up", "-d", "--wait", "db"]);
+        s.compose_ok(&["run", "--rm", "--no-deps", "-T", "web", "migrate"]);
+        sftp.join().expect("the SFTP server starts")
+    });
+    eprintln!("database and SFTP server up: {:?}", t0.elapsed());
     let pw = sftp.path("restic-pw");
     let pw = pw.to_str().unwrap();
     run_ok(
@@ -373,4 +379,5 @@ fn copies_to_restic_and_rclone_over_sftp_list_check_rotate_and_restore_from_a_sn
         &["copy", local.to_str().unwrap(), "--copy-to", RCLONE],
     );
     assert_eq!(code(&o), 5, "{}", err(&o));
+    eprintln!("whole test: {:?}", t0.elapsed());
 }

@@ -136,12 +136,9 @@ fn every_compose_naming_source_finds_the_same_project() {
     s.set_env("COMPOSE_FILE", "compose.yaml;override.yaml");
     s.set_env("COMPOSE_PATH_SEPARATOR", ";");
     s.port = port;
-    s.start("v1");
-    // v2's migration, run beforehand (v1 serves on it), as a deploy's migrate stage would.
-    let mut m = s.compose();
-    m.env("BERTH_TAG", "v2")
-        .args(["run", "--rm", "--no-deps", "-T", "web", "migrate"]);
-    berth_e2e::run_ok(&mut m);
+    // v1 on v2's schema (v1 serves on it), as after a deploy's migrate stage: one migrate
+    // run of v2's image.
+    s.start_on_schema("v1", "v2");
 
     // 1. The compose file's top-level name:.
     let compose = s.dir.join("compose.yaml");
@@ -218,6 +215,11 @@ fn staging_beside_production_cannot_touch_it() {
                 format!("{l}\n")
             }
         })
+        // CI time, as Stack::new sets for production's .env.
+        .chain([
+            "DEMO_HEALTH_INTERVAL=1s\n".into(),
+            "POSTGRES_INITDB_ARGS=--no-sync\n".into(),
+        ])
         .collect();
     std::fs::write(prod.dir.join(".env.staging"), staging_env).unwrap();
     // Both environments start at v1, side by side.

@@ -323,11 +323,53 @@ fn failed_swaps_change_nothing_broken_3_missing_image_2_nginx_t_3_dry_run_0_then
     v1_to_v2_zero_failed_requests_then_durable_across_restart_and_up(&s);
 }
 
+/// Three scenarios on one stack (two start-ups less for CI), each from v1 (web and
+/// worker) on schema 2 with no swap journal, which is asserted before each:
+/// [`sick_release_is_rolled_back_after_the_switch_and_standalone_rollback_works`] first
+/// (it reads the ledger, so on a fresh stack), then
+/// [`maintenance_under_load_then_every_switch_is_done_when_the_new_configuration_answers`]
+/// and [`kill_9_mid_swap_keeps_serving_and_the_next_run_converges`].
 #[test]
-fn sick_release_is_rolled_back_after_the_switch_and_standalone_rollback_works() {
+fn sick_rolled_back_then_maintenance_and_switch_timing_then_kill_9_mid_swap_converges() {
+    let t0 = Instant::now();
     let s = stack_at_v1("swap-sick");
+    eprintln!("stack up: {:?}", t0.elapsed());
+    let t = Instant::now();
+    sick_release_is_rolled_back_after_the_switch_and_standalone_rollback_works(&s);
+    eprintln!("sick and rollback: {:?}", t.elapsed());
+    assert_at_v1(&s, "after the rollbacks");
+    let t = Instant::now();
+    maintenance_under_load_then_every_switch_is_done_when_the_new_configuration_answers(&s);
+    // The last round's swap was killed after its switch: back to v1 as between rounds.
+    let (code, _, err) = berth(&s, "berth-swap", &["--converge"]);
+    assert_eq!(code, 0, "{err}");
+    eprintln!("maintenance and switches: {:?}", t.elapsed());
+    assert_at_v1(&s, "after the maintenance rounds");
+    let t = Instant::now();
+    kill_9_mid_swap_keeps_serving_and_the_next_run_converges(&s);
+    eprintln!("kill -9 mid-swap: {:?}", t.elapsed());
+    eprintln!("whole test: {:?}", t0.elapsed());
+}
+
+/// The state every scenario of the shared stack starts from: web and worker at v1
+/// (`.env` too), no swap journal, v1 answering through nginx.
+fn assert_at_v1(s: &Stack, when: &str) {
+    assert_eq!(versions(s, "web"), ["berth-demo/app:v1"], "{when}");
+    assert_eq!(versions(s, "worker"), ["berth-demo/app:v1"], "{when}");
+    assert_eq!(s.env_value("BERTH_TAG").as_deref(), Some("v1"), "{when}");
+    assert!(journal_is_empty(s), "{when}: a swap journal is left");
+    assert_eq!(
+        wait_serving(s, "/version", Duration::from_secs(5)).1,
+        "v1",
+        "{when}"
+    );
+}
+
+/// From v1 on schema 2, nothing in the ledger: a sick release rolled back after the
+/// switch; then the standalone rollback (to the newest good release, `--to`).
+fn sick_release_is_rolled_back_after_the_switch_and_standalone_rollback_works(s: &Stack) {
     let smoke = s.url("/smoke");
-    let ((codes, doc, errs), load, done) = under_load(&s, || {
+    let ((codes, doc, errs), load, done) = under_load(s, || {
         let mut args = vec!["--tag", "sick"];
         args.extend_from_slice(FAST);
         args.extend_from_slice(&["--worker", "worker", "web", "worker"]);
@@ -381,9 +423,9 @@ fn sick_release_is_rolled_back_after_the_switch_and_standalone_rollback_works() 
     );
     assert_eq!(rb["detail"]["to"], "v1");
     assert_eq!(s.env_value("BERTH_TAG").as_deref(), Some("v1"));
-    assert_eq!(versions(&s, "web"), ["berth-demo/app:v1"]);
-    assert_eq!(versions(&s, "worker"), ["berth-demo/app:v1"]);
-    assert!(journal_is_empty(&s));
+    assert_eq!(versions(s, "web"), ["berth-demo/app:v1"]);
+    assert_eq!(versions(s, "worker"), ["berth-demo/app:v1"]);
+    assert!(journal_is_empty(s));
     // The ledger no longer counts the sick release as good: last line of its deploy wins.
     let ledger = std::fs::read_to_string(s.state_dir().join("releases.jsonl")).unwrap();
     let last: Value = serde_json::from_str(ledger.lines().last().unwrap()).unwrap();
@@ -394,7 +436,7 @@ fn sick_release_is_rolled_back_after_the_switch_and_standalone_rollback_works() 
     // so: a swap's own ledger line is provisional), then `berth-rollback web worker`
     // goes back to v2, the newest good release that is not the one running.
     for tag in ["v2", "v1"] {
-        let (code, doc, err) = swap(&s, tag, &[]);
+        let (code, doc, err) = swap(s, tag, &[]);
         assert_eq!(code, 0, "{err}");
         let out =
             berth_e2e::output_with_stdin(&mut s.berth("berth-report"), doc.to_string().as_bytes());
@@ -402,7 +444,7 @@ fn sick_release_is_rolled_back_after_the_switch_and_standalone_rollback_works() 
     }
     let mut args = FAST.to_vec();
     args.extend_from_slice(&["--worker", "worker", "web", "worker"]);
-    let ((code, doc, err), load, done) = under_load(&s, || berth(&s, "berth-rollback", &args));
+    let ((code, doc, err), load, done) = under_load(s, || berth(s, "berth-rollback", &args));
     assert_eq!(code, 0, "{err}");
     no_failed(&load);
     assert_eq!(load.versions_after(done), ["v2".to_string()].into());
@@ -410,15 +452,15 @@ fn sick_release_is_rolled_back_after_the_switch_and_standalone_rollback_works() 
     assert_eq!(stage(&doc, "rollback")["detail"]["from"], "v1");
     assert_eq!(s.env_value("BERTH_TAG").as_deref(), Some("v2"));
     // v1 is now marked rolled back and sick failed: nothing good but the running v2...
-    let (code, _, err) = berth(&s, "berth-rollback", &args);
+    let (code, _, err) = berth(s, "berth-rollback", &args);
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("pass --to"), "{err}");
     // ...and --to goes to any tag.
     let mut to = vec!["--to", "v1"];
     to.extend_from_slice(&args);
-    let (code, _, err) = berth(&s, "berth-rollback", &to);
+    let (code, _, err) = berth(s, "berth-rollback", &to);
     assert_eq!(code, 0, "{err}");
-    assert_eq!(wait_serving(&s, "/version", Duration::from_secs(5)).1, "v1");
+    assert_eq!(wait_serving(s, "/version", Duration::from_secs(5)).1, "v1");
 }
 
 /// RPUSH job ids onto demo:jobs through redis-cli in the redis container.
@@ -438,10 +480,11 @@ fn redis(s: &Stack, args: &[&str]) -> String {
 /// for CI) the deploy lock: [`second_swap_while_one_runs_exits_75_and_changes_nothing`].
 #[test]
 fn worker_swap_processes_every_job_exactly_once_then_a_second_swap_exits_75() {
-    let s = stack_at_v1("swap-worker");
-    // Slower jobs, so that some are in hand when the old worker gets SIGTERM.
+    let s = Stack::new("swap-worker");
+    // Slower jobs, so that some are in hand when the old worker gets SIGTERM (set before
+    // the start: recreating the worker for it cost CI a stop and a health wait).
     s.set_env("DEMO_JOB_MS", "20");
-    s.compose_ok(&["up", "-d", "--wait", "worker"]);
+    s.start_on_schema("v1", "v2");
     let stop = std::sync::atomic::AtomicBool::new(false);
     let mut sent: Vec<String> = Vec::new();
     let code = std::thread::scope(|sc| {
@@ -620,9 +663,9 @@ fn wait_for(limit: Duration, what: &str, mut f: impl FnMut() -> bool) {
     }
 }
 
-#[test]
-fn kill_9_mid_swap_keeps_serving_and_the_next_run_converges() {
-    let s = stack_at_v1("swap-kill9");
+/// From v1: killed while waiting for readiness, then killed during the drain; each next
+/// run converges.
+fn kill_9_mid_swap_keeps_serving_and_the_next_run_converges(s: &Stack) {
     let upstream = s.dir.join("nginx/berth/upstream-web.conf");
     let journal = s.state_dir().join("swap/web.json");
     let spawn = |tag: &str, drain: &str| {
@@ -644,11 +687,11 @@ fn kill_9_mid_swap_keeps_serving_and_the_next_run_converges() {
             .spawn()
             .unwrap()
     };
-    let ((), load, _) = under_load(&s, || {
+    let ((), load, _) = under_load(s, || {
         // 1. Killed while waiting for a new container that never gets ready.
         let mut c = spawn("unready", "1s");
         wait_for(Duration::from_secs(30), "the unready container", || {
-            versions(&s, "web").iter().any(|i| i.ends_with(":unready"))
+            versions(s, "web").iter().any(|i| i.ends_with(":unready"))
         });
         kill9(&mut c);
         assert!(journal.exists());
@@ -660,13 +703,13 @@ fn kill_9_mid_swap_keeps_serving_and_the_next_run_converges() {
                 .map(|j| j.contains("\"switched\""))
                 .unwrap_or(false)
         });
-        assert!(!versions(&s, "web").iter().any(|i| i.ends_with(":unready")));
+        assert!(!versions(s, "web").iter().any(|i| i.ends_with(":unready")));
         kill9(&mut c);
         // Old v1 and new v2 both still run; nginx sends everything to v2.
-        assert_eq!(versions(&s, "web").len(), 2);
+        assert_eq!(versions(s, "web").len(), 2);
         // 3. The next run converges forwards (stops v1, records v2), then swaps again.
         let (code, _, err) = berth(
-            &s,
+            s,
             "berth-swap",
             &[
                 "--tag",
@@ -682,7 +725,7 @@ fn kill_9_mid_swap_keeps_serving_and_the_next_run_converges() {
         assert!(err.contains("converging the interrupted swap"), "{err}");
     });
     no_failed(&load);
-    assert_eq!(versions(&s, "web"), ["berth-demo/app:v2"]);
+    assert_eq!(versions(s, "web"), ["berth-demo/app:v2"]);
     assert_eq!(s.env_value("BERTH_TAG").as_deref(), Some("v2"));
     assert!(!journal.exists());
     let up = std::fs::read_to_string(&upstream).unwrap();
@@ -756,11 +799,9 @@ fn maintenance_on_and_off_under_load(s: &Stack) {
 /// page), off (the app), and a swap of web to v2 killed right after its switch
 /// (`BERTH_FAULT_KILL_AFTER=reload`: the moment it would record `switched_at` and start
 /// draining; `--converge` then goes back to v1 for the next round).
-#[test]
-fn maintenance_under_load_then_every_switch_is_done_when_the_new_configuration_answers() {
+fn maintenance_under_load_then_every_switch_is_done_when_the_new_configuration_answers(s: &Stack) {
     const ROUNDS: usize = 5;
-    let s = stack_at_v1("swap-done");
-    maintenance_on_and_off_under_load(&s);
+    maintenance_on_and_off_under_load(s);
     let took = |err: &str| -> Vec<String> {
         err.lines()
             .filter_map(|l| l.split_once("nginx serves the new configuration ("))
@@ -777,11 +818,11 @@ fn maintenance_under_load_then_every_switch_is_done_when_the_new_configuration_a
             Err(e) => wrong.push(format!("{what} #{i}: {e}")),
         };
     for i in 0..ROUNDS {
-        let (code, _, err) = berth(&s, "berth-swap", &["maintenance", "on"]);
+        let (code, _, err) = berth(s, "berth-swap", &["maintenance", "on"]);
         assert_eq!(code, 0, "{err}");
         check("maintenance on", i, "/version", (503, ""));
         eprintln!("maintenance on #{i}: switched in {:?}", took(&err));
-        let (code, _, err) = berth(&s, "berth-swap", &["maintenance", "off"]);
+        let (code, _, err) = berth(s, "berth-swap", &["maintenance", "off"]);
         assert_eq!(code, 0, "{err}");
         check("maintenance off", i, "/version", (200, "v1"));
         eprintln!("maintenance off #{i}: switched in {:?}", took(&err));
@@ -790,7 +831,7 @@ fn maintenance_under_load_then_every_switch_is_done_when_the_new_configuration_a
         if i > 0 {
             // Back to v1 (the killed swap had not drained: converge undoes it), so that
             // the next swap's first reload is its switch.
-            let (code, _, err) = berth(&s, "berth-swap", &["--converge"]);
+            let (code, _, err) = berth(s, "berth-swap", &["--converge"]);
             assert_eq!(code, 0, "{err}");
         }
         let mut args = vec!["--tag", "v2"];
