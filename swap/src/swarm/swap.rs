@@ -639,15 +639,24 @@ fn check_nginx(nginx_t: &str, services: &[&str]) -> Result<()> {
 }
 
 /// The addresses the proxy's resolver gives for `name` (`getent ahostsv4` in its
-/// container, which asks what nginx's `resolver 127.0.0.11` asks); none when it has none.
+/// container, which asks what nginx's `resolver 127.0.0.11` asks); none when it has none
+/// (getent's exit 2: the name is not known yet; Swarm lists a new service's tasks a
+/// moment after their healthcheck passes, so that is "not yet", not an error).
 fn resolve(proxy: &Proxy, name: &str) -> Result<Vec<String>> {
     let container = proxy.container.as_deref().unwrap_or_default();
-    let out = docker::docker()
+    let stdout = match docker::docker()
         .args(["exec", container, "getent", "ahostsv4", name])
         .output()
-        .with_context(|| format!("getent ahostsv4 {name} in {container}"))?;
-    let mut addrs: Vec<String> = out
-        .stdout
+    {
+        Ok(out) => out.stdout,
+        Err(berth_core::process::ProcessError::Failed { code: Some(2), .. }) => String::new(),
+        Err(e) => {
+            return Err(
+                anyhow::Error::new(e).context(format!("getent ahostsv4 {name} in {container}"))
+            )
+        }
+    };
+    let mut addrs: Vec<String> = stdout
         .lines()
         .filter_map(|l| l.split_whitespace().next())
         .map(str::to_string)

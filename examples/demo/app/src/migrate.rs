@@ -59,7 +59,10 @@ pub fn run(cfg: &Config) -> Result<ExitCode> {
         cfg.schema,
         params.describe()
     ));
-    let mut client = params.connect_retrying(Duration::from_secs(10), |e| {
+    // 30 s: the database may be starting, and on Swarm a fresh one-off container on the
+    // stack's overlay network was seen waiting more than 10 s for the embedded DNS to
+    // list the database's task (CI, 2026-12-06).
+    let mut client = params.connect_retrying(Duration::from_secs(30), |e| {
         log::warn(format!("{e:#} (retrying)"))
     })?;
     let sql_err =
