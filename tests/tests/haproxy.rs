@@ -7,7 +7,7 @@
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use berth_e2e::clients::{ClientReport, Clients, Mix};
+use berth_e2e::clients::{Clients, Mix};
 use berth_e2e::{assert_outlived_the_drain, get_raw, Stack};
 use serde_json::Value;
 
@@ -31,21 +31,13 @@ fn haproxy_stack() -> Stack {
     // HAProxy starts with every slot in maintenance: the first swap fills one.
     let (code, _, err) = berth(&s, "berth-swap", &["--tag", "v1", "web"]);
     assert_eq!(code, 0, "{err}");
-    assert_eq!(version(&s), "v1");
+    assert_eq!(s.version(), "v1");
     s
 }
 
 fn berth(s: &Stack, prog: &str, args: &[&str]) -> (i32, Value, String) {
     let args: Vec<&str> = FAST.iter().chain(args).copied().collect();
     s.run(prog, &args)
-}
-
-fn version(s: &Stack) -> String {
-    s.version()
-}
-
-fn under_load<T>(s: &Stack, f: impl FnOnce() -> T) -> (T, ClientReport) {
-    s.under_clients(f)
 }
 
 /// The `show stat` rows of backend web's slots that take traffic (not in maintenance).
@@ -64,7 +56,7 @@ fn every_switch_through_the_runtime_api_fails_no_request() {
 
     // v1 -> v2: 0 failed requests with keep-alive GET+POST clients.
     let ((code, doc, err), load) =
-        under_load(&s, || berth(&s, "berth-swap", &["--tag", "v2", "web"]));
+        s.under_clients(|| berth(&s, "berth-swap", &["--tag", "v2", "web"]));
     eprintln!("swap v2: {}", load.summary());
     assert_eq!(code, 0, "{err}");
     assert_eq!(load.failed(), 0, "{}", load.summary());
@@ -74,7 +66,7 @@ fn every_switch_through_the_runtime_api_fails_no_request() {
         load.summary()
     );
     assert!(load.by_version().contains_key("v1"), "{}", load.summary());
-    assert_eq!(version(&s), "v2");
+    assert_eq!(s.version(), "v2");
     let st = doc["stages"].as_array().unwrap().last().unwrap().clone();
     assert_eq!(
         st["detail"]["services"][0]["haproxy_backend"], "web",
@@ -85,22 +77,22 @@ fn every_switch_through_the_runtime_api_fails_no_request() {
 
     // Back to v1 with berth-rollback (the swap engine), under the same load.
     let ((code, _, err), load) =
-        under_load(&s, || berth(&s, "berth-rollback", &["--to", "v1", "web"]));
+        s.under_clients(|| berth(&s, "berth-rollback", &["--to", "v1", "web"]));
     eprintln!("rollback v1: {}", load.summary());
     assert_eq!(code, 0, "{err}");
     assert_eq!(load.failed(), 0, "{}", load.summary());
     assert!(load.by_version().contains_key("v2"), "{}", load.summary());
-    assert_eq!(version(&s), "v1");
+    assert_eq!(s.version(), "v1");
     assert_eq!(live_slots(&s).len(), 1, "{:?}", live_slots(&s));
 
     // A tag that never gets ready (it exits at start): exit 3, nothing moved, v1 serves, no slot left filled.
     let ((code, _, err), load) =
-        under_load(&s, || berth(&s, "berth-swap", &["--tag", "broken", "web"]));
+        s.under_clients(|| berth(&s, "berth-swap", &["--tag", "broken", "web"]));
     eprintln!("broken: {}", load.summary());
     assert_eq!(code, 3, "{err}");
     assert_eq!(load.failed(), 0, "{}", load.summary());
     assert_eq!(load.by_version().keys().collect::<Vec<_>>(), ["v1"]);
-    assert_eq!(version(&s), "v1");
+    assert_eq!(s.version(), "v1");
     assert_eq!(live_slots(&s).len(), 1, "{:?}", live_slots(&s));
     eprintln!("three switches under load took {:?}", first.elapsed());
 
@@ -161,7 +153,7 @@ fn maintenance_on_and_off_under_load(s: &Stack) {
         }
         Err(e) => wrong.push(format!("{what}: {e}")),
     };
-    let ((), load) = under_load(s, || {
+    let ((), load) = s.under_clients(|| {
         let (code, doc, err) = berth(
             s,
             "berth-swap",
@@ -222,7 +214,7 @@ fn maintenance_on_and_off_under_load(s: &Stack) {
 /// container's graceful stop), a stream opened after the switch reaches v1, 0 failed.
 fn slow_request_and_stream_outlive_a_short_drain(s: &Stack) {
     let port = s.port;
-    let ((out, slow, stream), load) = under_load(s, || {
+    let ((out, slow, stream), load) = s.under_clients(|| {
         let stream = std::thread::spawn(move || get_raw(port, "/events"));
         let slow = std::thread::spawn(move || get_raw(port, "/slow?ms=4000"));
         std::thread::sleep(Duration::from_millis(500));
@@ -248,7 +240,7 @@ fn slow_request_and_stream_outlive_a_short_drain(s: &Stack) {
     // The open stream held a session on the old slot for the whole bound.
     assert_eq!(d["drained"], false, "{d}");
     assert_eq!(d["services"][0]["killed"], 0, "{d}");
-    assert_eq!(version(s), "v1");
+    assert_eq!(s.version(), "v1");
     assert_eq!(live_slots(s).len(), 1, "{:?}", live_slots(s));
 }
 
@@ -291,6 +283,6 @@ fn restarted_haproxy_serves_the_live_release(s: &Stack, serving: &str) {
         "{}",
         after.summary()
     );
-    assert_eq!(version(s), serving);
+    assert_eq!(s.version(), serving);
     assert_eq!(live_slots(s).len(), 1, "{:?}", live_slots(s));
 }

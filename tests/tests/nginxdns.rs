@@ -42,7 +42,7 @@ fn until_answers(s: &Stack) -> std::time::Duration {
 
 /// Keep-alive clients for 4 s from now: every request answered, all by `serving`.
 fn all_answered_by(s: &Stack, what: &str, serving: &str) {
-    let ((), load) = under_load(s, || std::thread::sleep(std::time::Duration::from_secs(2)));
+    let ((), load) = s.under_clients(|| std::thread::sleep(std::time::Duration::from_secs(2)));
     assert_clean(what, &load);
     assert_eq!(
         load.by_version().keys().collect::<Vec<_>>(),
@@ -55,14 +55,6 @@ fn all_answered_by(s: &Stack, what: &str, serving: &str) {
 fn berth(s: &Stack, prog: &str, args: &[&str]) -> (i32, Value, String) {
     let args: Vec<&str> = FAST.iter().chain(args).copied().collect();
     s.run(prog, &args)
-}
-
-fn version(s: &Stack) -> String {
-    s.version()
-}
-
-fn under_load<T>(s: &Stack, f: impl FnOnce() -> T) -> (T, ClientReport) {
-    s.under_clients(f)
 }
 
 /// The addresses the proxy's resolver answers for web-live.
@@ -118,12 +110,12 @@ fn swap_rollback_and_broken_tag_without_a_reload_fail_no_request() {
     // first gives the running v1 container the name (else the service name would list the
     // new container before it is ready).
     let ((code, doc, err), load) =
-        under_load(&s, || berth(&s, "berth-swap", &["--tag", "v2", "web"]));
+        s.under_clients(|| berth(&s, "berth-swap", &["--tag", "v2", "web"]));
     assert_eq!(code, 0, "{err}");
     assert!(err.contains("compose had created them without it"), "{err}");
     assert_clean("swap v2", &load);
     assert!(load.by_version().contains_key("v1"), "{}", load.summary());
-    assert_eq!(version(&s), "v2");
+    assert_eq!(s.version(), "v2");
     let st = doc["stages"].as_array().unwrap().last().unwrap().clone();
     assert_eq!(st["detail"]["services"][0]["proxied"], true, "{st}");
     assert_eq!(live(&s).len(), 1, "{:?}", live(&s));
@@ -131,21 +123,21 @@ fn swap_rollback_and_broken_tag_without_a_reload_fail_no_request() {
 
     // Back to v1 with berth-rollback (the swap engine), under the same load.
     let ((code, _, err), load) =
-        under_load(&s, || berth(&s, "berth-rollback", &["--to", "v1", "web"]));
+        s.under_clients(|| berth(&s, "berth-rollback", &["--to", "v1", "web"]));
     assert_eq!(code, 0, "{err}");
     assert_clean("rollback v1", &load);
     assert!(load.by_version().contains_key("v2"), "{}", load.summary());
-    assert_eq!(version(&s), "v1");
+    assert_eq!(s.version(), "v1");
     assert_eq!(live(&s).len(), 1, "{:?}", live(&s));
 
     // A tag that never gets ready (it exits at start): exit 3, never given the name, v1
     // serves.
     let ((code, _, err), load) =
-        under_load(&s, || berth(&s, "berth-swap", &["--tag", "broken", "web"]));
+        s.under_clients(|| berth(&s, "berth-swap", &["--tag", "broken", "web"]));
     assert_eq!(code, 3, "{err}");
     assert_clean("broken", &load);
     assert_eq!(load.by_version().keys().collect::<Vec<_>>(), ["v1"]);
-    assert_eq!(version(&s), "v1");
+    assert_eq!(s.version(), "v1");
     assert_eq!(live(&s).len(), 1, "{:?}", live(&s));
     assert_eq!(workers(&s), before, "nginx reloaded during a switch");
     eprintln!("three switches under load took {:?}", first.elapsed());
@@ -156,7 +148,7 @@ fn swap_rollback_and_broken_tag_without_a_reload_fail_no_request() {
     assert_eq!(s.get("/version").0, 503);
     let (code, _, err) = berth(&s, "berth-swap", &["maintenance", "off"]);
     assert_eq!(code, 0, "{err}");
-    assert_eq!(version(&s), "v1");
+    assert_eq!(s.version(), "v1");
 
     // A service nginx's configuration does not resolve: exit 1 before anything starts,
     // naming what to add.
@@ -203,7 +195,7 @@ fn swap_rollback_and_broken_tag_without_a_reload_fail_no_request() {
     all_answered_by(&s, "after down + up", "v2");
     // `berth-swap --converge` names the running container (nothing else to converge), so
     // nginx stops going through the service name; under load, 0 failed.
-    let ((code, _, err), load) = under_load(&s, || berth(&s, "berth-swap", &["--converge"]));
+    let ((code, _, err), load) = s.under_clients(|| berth(&s, "berth-swap", &["--converge"]));
     assert_eq!(code, 0, "{err}");
     assert!(err.contains("named web-live"), "{err}");
     assert_clean("converge naming after down + up", &load);
@@ -211,10 +203,10 @@ fn swap_rollback_and_broken_tag_without_a_reload_fail_no_request() {
     assert_eq!(live(&s).len(), 1, "{:?}", live(&s));
     // And a swap from there: 0 failed.
     let ((code, _, err), load) =
-        under_load(&s, || berth(&s, "berth-swap", &["--tag", "v1", "web"]));
+        s.under_clients(|| berth(&s, "berth-swap", &["--tag", "v1", "web"]));
     assert_eq!(code, 0, "{err}");
     assert_clean("swap v1 after down + up", &load);
-    assert_eq!(version(&s), "v1");
+    assert_eq!(s.version(), "v1");
     assert_eq!(live(&s).len(), 1, "{:?}", live(&s));
     eprintln!("down + up, checked, swapped: {:?}", t.elapsed());
 }
