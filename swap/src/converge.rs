@@ -183,7 +183,8 @@ impl Converge<'_> {
         let mut moves = Vec::new();
         for f in fixes {
             let Some(b) = &f.j.backend else { continue };
-            let keep: Vec<String> = f.keep.iter().filter_map(upstream::address).collect();
+            let keep: Vec<haproxy::Target> =
+                f.keep.iter().filter_map(haproxy::Target::of).collect();
             let m = admin
                 .point(b, &keep, self.opts.port, self.opts.timeout)
                 .map_err(|e| fail!(Swap, "converging {}: {e:#}", f.j.service))?;

@@ -670,16 +670,16 @@ impl<'a> Swap<'a> {
         let Some(admin) = self.admin.clone() else {
             return Ok(());
         };
-        let wanted: Vec<(String, Vec<String>)> = self
+        let wanted: Vec<(String, Vec<haproxy::Target>)> = self
             .services
             .iter()
             .filter_map(|p| {
-                let addrs = p.new.iter().filter_map(upstream::address).collect();
-                Some((p.backend.clone()?, addrs))
+                let targets = p.new.iter().filter_map(haproxy::Target::of).collect();
+                Some((p.backend.clone()?, targets))
             })
             .collect();
-        for (b, addrs) in wanted {
-            match admin.fill(&b, &addrs, self.opts.port) {
+        for (b, targets) in wanted {
+            match admin.fill(&b, &targets, self.opts.port) {
                 Ok(m) => self.moves.push(m),
                 Err(e) => {
                     self.unfill();

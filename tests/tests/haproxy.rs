@@ -27,6 +27,7 @@ const FAST: &[&str] = &[
 fn haproxy_stack() -> Stack {
     let s = Stack::new("haproxy");
     s.use_haproxy();
+    fixed_subnet(&s);
     s.start_on_schema("v1", "v2");
     // HAProxy starts with every slot in maintenance: the first swap fills one.
     let (code, _, err) = berth(&s, "berth-swap", &["--tag", "v1", "web"]);
@@ -40,11 +41,12 @@ fn berth(s: &Stack, prog: &str, args: &[&str]) -> (i32, Value, String) {
     s.run(prog, &args)
 }
 
-/// The `show stat` rows of backend web's slots that take traffic (not in maintenance).
+/// The `show stat` rows of backend web's slots that take traffic (not in maintenance,
+/// whether set by berth or because the slot's name does not resolve).
 fn live_slots(s: &Stack) -> Vec<String> {
     s.haproxy_admin("show stat -1 4 -1")
         .lines()
-        .filter(|l| l.starts_with("web,s") && !l.contains(",MAINT,"))
+        .filter(|l| l.starts_with("web,s") && !l.contains(",MAINT"))
         .map(str::to_string)
         .collect()
 }
@@ -125,6 +127,12 @@ fn every_switch_through_the_runtime_api_fails_no_request() {
     let t = Instant::now();
     restarted_haproxy_serves_the_live_release(&s, "v1");
     eprintln!("HAProxy restart took {:?}", t.elapsed());
+    let t = Instant::now();
+    stop_start_never_reaches_the_old_address(&s, "v1");
+    eprintln!("stop + start with an impostor took {:?}", t.elapsed());
+    let t = Instant::now();
+    down_up_then_a_swap(&s);
+    eprintln!("down + up and a swap took {:?}", t.elapsed());
     eprintln!("the whole test took {:?}", first.elapsed());
 }
 
@@ -246,43 +254,156 @@ fn slow_request_and_stream_outlive_a_short_drain(s: &Stack) {
 
 /// `docker compose restart proxy` under keep-alive clients: HAProxy loads the server
 /// state berth saved after the last switch, so once it answers again, every request is
-/// answered by `serving` (without it, every slot would be in maintenance: 503s).
+/// answered by `serving` through the slot that served before (without the state, no
+/// slot would be live and only the backup servers would answer).
 fn restarted_haproxy_serves_the_live_release(s: &Stack, serving: &str) {
+    recovers_serving(s, "HAProxy restart", serving, || {
+        s.compose_ok(&["restart", "-t", "5", "proxy"]);
+    });
+    assert_eq!(live_slots(s).len(), 1, "{:?}", live_slots(s));
+}
+
+/// Under keep-alive clients, `disrupt` the stack; once the proxy answers 200 again,
+/// every request (at least 50 in 2 s) is answered by `serving`: 0 failed.
+fn recovers_serving(s: &Stack, what: &str, serving: &str, disrupt: impl FnOnce()) {
     let mix = Mix {
-        max_time: Duration::from_secs(120),
+        max_time: Duration::from_secs(180),
         ..Mix::default()
     };
     let clients = Clients::start(&s.url(""), &mix);
     std::thread::sleep(Duration::from_secs(1));
     let t = Instant::now();
-    s.compose_ok(&["restart", "-t", "5", "proxy"]);
-    let deadline = Instant::now() + Duration::from_secs(30);
+    disrupt();
+    let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         match berth_e2e::get(&s.url("/version")) {
             Ok((200, _, _)) => break,
             _ if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(50)),
-            other => panic!("HAProxy did not answer 200 within 30 s of its restart: {other:?}"),
+            other => panic!("{what}: no 200 within 60 s: {other:?}"),
         }
     }
     eprintln!(
-        "HAProxy answered 200 again {:?} after `restart` began",
+        "{what}: answered 200 again {:?} after it began",
         t.elapsed()
     );
-    // The clients' clock at the first 200 after the restart.
+    // The clients' clock at the first 200 after the disruption.
     let since = clients.elapsed();
     std::thread::sleep(Duration::from_secs(2));
     let load = clients.stop();
     let after = load.window(since, Duration::MAX);
-    eprintln!("HAProxy restart, all: {}", load.summary());
-    eprintln!("HAProxy restart, after recovery: {}", after.summary());
-    assert!(after.total() > 50, "{}", after.summary());
-    assert_eq!(after.failed(), 0, "{}", after.summary());
+    eprintln!("{what}, all: {}", load.summary());
+    eprintln!("{what}, after recovery: {}", after.summary());
+    assert!(after.total() > 50, "{what}: {}", after.summary());
+    assert_eq!(after.failed(), 0, "{what}: {}", after.summary());
     assert_eq!(
         after.by_version().into_keys().collect::<Vec<_>>(),
         [serving],
-        "{}",
+        "{what}: {}",
         after.summary()
     );
     assert_eq!(s.version(), serving);
+}
+
+/// The stack's network gets a fixed subnet (so a test can give a container a chosen
+/// address): appended to the override before the stack starts.
+fn fixed_subnet(s: &Stack) {
+    let f = s.dir.join("compose.override.yaml");
+    let mut text = std::fs::read_to_string(&f).unwrap();
+    text.push_str(&format!(
+        "\nnetworks:\n  default:\n    ipam:\n      config:\n        - subnet: {SUBNET}\n"
+    ));
+    std::fs::write(f, text).unwrap();
+}
+
+/// Not used by any other test or by Docker's default address pools.
+const SUBNET: &str = "10.213.57.0/24";
+
+/// An HTTP server that answers 200 to everything (HAProxy's check included), with the
+/// version header `impostor`.
+const IMPOSTOR: &str = "printf 'defaults\\n mode http\\n timeout client 5s\\n timeout server 5s\\n timeout connect 1s\\nfrontend f\\n bind :8080\\n http-request return status 200 content-type text/plain string impostor hdr x-demo-version impostor\\n' > /tmp/i.cfg && exec haproxy -db -f /tmp/i.cfg";
+
+/// The web container's name and address now.
+fn web_address(s: &Stack) -> (String, String) {
+    let web = s.service_containers("web");
+    assert_eq!(web.len(), 1, "{web:?}");
+    let name = web[0].0.clone();
+    let out = berth_e2e::run_ok(std::process::Command::new("docker").args([
+        "inspect",
+        "-f",
+        "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}",
+        &name,
+    ]));
+    let ip = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    (name, ip)
+}
+
+/// What a reboot does: `docker compose stop` and `start` of the whole stack, while
+/// another container took the live web container's address. The slot names the
+/// container, not the address: HAProxy finds it at its new address, and the impostor
+/// never answers (with addresses restored from the saved state, it would).
+fn stop_start_never_reaches_the_old_address(s: &Stack, serving: &str) {
+    let (web, ip) = web_address(s);
+    let impostor = format!("{}-impostor", s.project);
+    recovers_serving(s, "stop + start", serving, || {
+        s.compose_ok(&["stop", "-t", "5"]);
+        berth_e2e::run_ok(std::process::Command::new("docker").args([
+            "run",
+            "-d",
+            "--name",
+            &impostor,
+            // Removed with the stack, whatever happens here.
+            "--label",
+            &format!("com.docker.compose.project={}", s.project),
+            "--network",
+            &format!("{}_default", s.project),
+            "--ip",
+            &ip,
+            "berth-fixture/haproxy:2.6",
+            "sh",
+            "-c",
+            IMPOSTOR,
+        ]));
+        s.compose_ok(&["start"]);
+    });
+    let (again, moved) = web_address(s);
+    assert_eq!(again, web);
+    assert_ne!(moved, ip, "the impostor holds {ip}: web must have moved");
+    // The trap was real: the old address answers, and not as web.
+    let body = s.compose_ok(&[
+        "exec",
+        "-T",
+        "proxy",
+        "curl",
+        "-sS",
+        "-m",
+        "5",
+        &format!("http://{ip}:8080/readyz"),
+    ]);
+    assert_eq!(body.trim(), "impostor");
+    assert_eq!(live_slots(s).len(), 1, "{:?}", live_slots(s));
+    berth_e2e::run_ok(std::process::Command::new("docker").args(["rm", "-f", &impostor]));
+}
+
+/// `docker compose down` and `up`: new containers under new names, while the saved
+/// server state names the old ones. No slot names anything but a web container (a name
+/// that no longer resolves takes its slot out of service); the backup servers, on the
+/// service's compose name, serve what compose started, 0 failed once HAProxy answers;
+/// the next swap names the new container in a slot, 0 failed.
+fn down_up_then_a_swap(s: &Stack) {
+    let tag = s.env_value("BERTH_TAG").expect("BERTH_TAG in .env");
+    recovers_serving(s, "down + up", &tag, || {
+        s.compose_ok(&["down", "-t", "5"]);
+        s.compose_ok(&["up", "-d", "--wait"]);
+    });
+    let (_, ip) = web_address(s);
+    for l in live_slots(s) {
+        assert!(l.contains(&format!(",{ip}:8080,")), "{l} (web is at {ip})");
+    }
+    let to = if tag == "v1" { "v2" } else { "v1" };
+    let ((code, _, err), load) = s.under_clients(|| berth(s, "berth-swap", &["--tag", to, "web"]));
+    eprintln!("swap {to} after down + up: {}", load.summary());
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(load.failed(), 0, "{}", load.summary());
+    assert_eq!(s.version(), to);
     assert_eq!(live_slots(s).len(), 1, "{:?}", live_slots(s));
 }
