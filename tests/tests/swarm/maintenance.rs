@@ -3,6 +3,7 @@
 //! the directory it shares with the host; swarm/swap.rs), after that part (at v1), under
 //! the project's keep-alive clients (tests/src/clients.rs: GET, every third request a
 //! POST) through nginx:
+//! - a proxy service with no task on this manager: exit 1, one line, nothing written;
 //! - on, on again with another message, off, off again, each checked by one request sent
 //!   the instant the command returns (issue 12 §6: a switch is done when the new
 //!   configuration answers); the record and `<state>/maintenance.json` as on Compose; the
@@ -56,6 +57,15 @@ pub fn on_and_off_under_clients_then_deploy_with_maintenance(tb: &Testbed, dir: 
         max_time: Duration::from_secs(240),
         ..Mix::default()
     };
+    // No nginx task of that name on this manager: exit 1, one line, nothing written.
+    let (code, st, err) = maintenance(tb, dir, &["on", "--proxy-service", "nope"]);
+    assert_eq!((code, &st["status"]), (1, &"failed".into()), "{err}");
+    assert!(
+        err.contains("the proxy service berthswap_nope has no running task on this manager")
+            && err.lines().filter(|l| l.contains("error")).count() == 1,
+        "{err}"
+    );
+    assert!(!file.exists() && !window.exists());
     let load = Clients::start(&base, &mix);
     std::thread::sleep(Duration::from_secs(1));
 
