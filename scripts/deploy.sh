@@ -35,7 +35,7 @@
 #                           as for every berth command (see the README)
 #   BERTH_ENGINE=swarm      the same stages on a Docker Swarm manager, the project being the
 #                           stack (e.g. in deploy.swarm.env, with BERTH_PROJECT_NAME; not
-#                           with DEPLOY_MAINTENANCE or DEPLOY_TEST_CMD yet: exit 64)
+#                           with DEPLOY_TEST_CMD yet: exit 64)
 #   DEPLOY_SERVICES         services to swap when none are named (default: every service
 #                           whose image uses the tag variable)
 #   DEPLOY_WORKERS          of those, the ones that take no traffic (e.g. "worker")

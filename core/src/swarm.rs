@@ -1,10 +1,11 @@
 //! Docker Swarm as berth's engine (`--engine swarm`, `BERTH_ENGINE=swarm`): berth runs on a
 //! Swarm manager and talks to the stack by its name (the project name).
 //!
-//! So far `berth-swap` (the swap, `preflight` and `pull`), `berth-rollback`, `berth-backup
-//! pg`, `verify`, `restore` (of pg backups), `drill`, `list` and `prune`, `berth-migrate`,
-//! `berth-healthwait` (`--url`, `--tcp`), the `berth-report` stage, `status`, `history` and
-//! `record-failure` support Swarm (every stage of `scripts/deploy.sh`); every other
+//! So far `berth-swap` (the swap, `preflight`, `pull` and `maintenance`), `berth-rollback`,
+//! `berth-backup pg`, `verify`, `restore` (of pg backups), `drill`, `list` and `prune`,
+//! `berth-migrate`, `berth-healthwait` (`--url`, `--tcp`), the `berth-report` stage,
+//! `status`, `history` and `record-failure` support Swarm (every stage of
+//! `scripts/deploy.sh`, `DEPLOY_MAINTENANCE=1` included); every other
 //! command refuses `--engine swarm` with one line and exit 64 ([`refuse`]) rather than
 //! act on Compose.
 
@@ -28,12 +29,13 @@ pub enum Engine {
 }
 
 /// The commands that work with `--engine swarm` so far.
-pub const SUPPORTED: &str = "berth-swap (the swap, preflight and pull), berth-rollback, berth-backup pg, verify, restore (of pg backups), drill, list and prune, berth-migrate, berth-healthwait (--url, --tcp), berth-report (the stage), status, history and record-failure";
+pub const SUPPORTED: &str = "berth-swap (the swap, preflight, pull and maintenance), berth-rollback, berth-backup pg, verify, restore (of pg backups), drill, list and prune, berth-migrate, berth-healthwait (--url, --tcp), berth-report (the stage), status, history and record-failure";
 
 /// Commands that resolve their settings the usual way and handle Swarm themselves
 /// (the others that support it call [`crate::cli::CommonArgs::resolve_any_engine`]).
 const HANDLE_SWARM: &[&str] = &[
     "berth-swap",
+    "berth-swap maintenance",
     "berth-rollback",
     "berth-backup pg",
     "berth-backup verify",

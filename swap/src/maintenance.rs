@@ -5,7 +5,8 @@
 //! client connection is closed. Idempotent; the window's start is kept in
 //! `<state>/maintenance.json` so `off` records its length. The proxy's settings
 //! (`--proxy`, `--proxy-service`, `--nginx`, `--haproxy-socket`) and `--lock-wait` are the
-//! swap's global options.
+//! swap's global options. On Swarm (`--engine swarm`) it is the nginx path, in the swap's
+//! layout there: nginx's task on this manager, the snippet in the bind-mounted directory.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -15,6 +16,7 @@ use berth_core::cli::{parse_duration, CommonArgs, Context};
 use berth_core::lock;
 use berth_core::process::Runner;
 use berth_core::stage::{self, Completed, Spec};
+use berth_core::swarm::{self, Engine};
 use berth_core::{fsutil, msg, record, time, ExitCode};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -74,11 +76,20 @@ struct Window {
     message: String,
 }
 
-fn check(args: &Args, nginx: &Options) -> Result<(), berth_core::Failure> {
+fn check(args: &Args, nginx: &Options, engine: Engine) -> Result<(), berth_core::Failure> {
     if nginx.proxy == ProxyMode::None {
         return Err(berth_core::Failure::usage(
             "maintenance mode needs a proxy: --proxy compose, nginx-dns or haproxy",
         ));
+    }
+    if engine == Engine::Swarm && nginx.proxy != ProxyMode::Compose {
+        return Err(berth_core::Failure::usage(format!(
+            "--engine swarm: maintenance mode goes through nginx as a service of the stack \
+             (--proxy compose), not --proxy {}",
+            clap::ValueEnum::to_possible_value(&nginx.proxy)
+                .map(|v| v.get_name().to_string())
+                .unwrap_or_default()
+        )));
     }
     for p in &args.except {
         if !p.starts_with('/') {
@@ -100,11 +111,11 @@ pub fn run(
 ) -> Result<ExitCode> {
     if common.check_args {
         return berth_core::cli::checked(|| {
-            check(&args, nginx)?;
+            check(&args, nginx, common.engine)?;
             Ok(common.check()?)
         });
     }
-    check(&args, nginx)?;
+    check(&args, nginx, common.engine)?;
     let input = stage::load(common)?;
     // Turning maintenance off must happen even when an earlier stage failed.
     let prior = input.doc.outcome();
@@ -143,19 +154,27 @@ pub fn run(
                     .join("berth")
                     .join("server-maintenance.conf"),
             };
-            let mut proxy = Proxy::new(
-                nginx.proxy,
-                ctx.compose(),
-                &nginx.proxy_service,
-                &nginx.nginx,
-            );
-            if !ctx.dry_run && !proxy.locate()? {
-                return Err(berth_core::fail!(
-                    Preflight,
-                    "the nginx service {:?} is not running",
-                    nginx.proxy_service
-                ));
-            }
+            let proxy = if ctx.engine == Engine::Swarm {
+                // nginx is a service of the stack, its task on this manager, berth's
+                // directory bind-mounted into it: the swap's layout on Swarm.
+                swarm::ensure_manager(&swarm::node_state()?)?;
+                crate::swarm::swap::locate_proxy(ctx, nginx)?
+            } else {
+                let mut proxy = Proxy::new(
+                    nginx.proxy,
+                    ctx.compose(),
+                    &nginx.proxy_service,
+                    &nginx.nginx,
+                );
+                if !ctx.dry_run && !proxy.locate()? {
+                    return Err(berth_core::fail!(
+                        Preflight,
+                        "the nginx service {:?} is not running",
+                        nginx.proxy_service
+                    ));
+                }
+                proxy
+            };
             Switch::Nginx { proxy, file }
         };
         record::update(detail, |m: &mut record::Maintenance| {

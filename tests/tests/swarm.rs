@@ -10,6 +10,9 @@
 //!   failed: v1 -> v2, a tag never ready (3), a release sick after the switch rolled
 //!   back (4), the document and ledger as on Compose;
 //! - lane 2, swap: `berth-swap`/`berth-rollback --to --engine swarm` under load, 0 failed;
+//! - lane 2, then on the swap part's stack, maintenance: `berth-swap maintenance on|off
+//!   --engine swarm` and `scripts/deploy.sh` with `DEPLOY_MAINTENANCE=1` under keep-alive
+//!   GET+POST clients, each switch seen by a request sent the instant it returns;
 //! - lane 3, preflight: `berth-swap preflight` and `pull --engine swarm` on a stack whose
 //!   tasks run on two nodes, the lint's exact lines, a worker refused, `berth-report status`;
 //! - lane 3, migrate: berth-migrate reaching a database task on a worker;
@@ -31,6 +34,8 @@ use berth_e2e::{berth, require_images};
 mod deploy;
 #[path = "swarm/drain.rs"]
 mod drain;
+#[path = "swarm/maintenance.rs"]
+mod maintenance;
 #[path = "swarm/migrate.rs"]
 mod migrate;
 #[path = "swarm/pg.rs"]
@@ -153,7 +158,13 @@ fn swarm_parts_on_one_three_node_test_bed() {
         }),
         Box::new(|| {
             let mut p = Parts::new("lane 2", t0);
-            p.maybe("swap", || swap::swap_and_rollback_under_load(&tb));
+            // maintenance goes on with the swap part's stack (at v1 after it).
+            if wanted("swap") || wanted("maintenance") {
+                let dir = p.run("swap", || swap::swap_and_rollback_under_load(&tb));
+                p.maybe("maintenance", || {
+                    maintenance::on_and_off_under_clients_then_deploy_with_maintenance(&tb, &dir)
+                });
+            }
             p.done
         }),
         Box::new(|| {
@@ -195,8 +206,8 @@ fn swarm_parts_on_one_three_node_test_bed() {
     eprintln!("swarm parts done in {:?}: {done:?}", t0.elapsed());
 }
 
-/// Every command but the stages of scripts/deploy.sh (`berth-swap` and its `preflight`
-/// and `pull`, `berth-backup pg`, `berth-migrate`, `berth-healthwait --url`,
+/// Every command but the stages of scripts/deploy.sh (`berth-swap` and its `preflight`,
+/// `pull` and `maintenance`, `berth-backup pg`, `berth-migrate`, `berth-healthwait --url`,
 /// `berth-rollback`, the `berth-report` stage and `record-failure`) and `berth-backup`'s
 /// `verify`, `restore`, `drill`, `list` and `prune`, `berth-report status` and `history`
 /// (tests/tests/swarm/*.rs) refuses Swarm with one line and exit 64, from the flag and
@@ -205,18 +216,11 @@ fn swarm_parts_on_one_three_node_test_bed() {
 #[test]
 fn other_commands_refuse_the_swarm_engine() {
     let tmp = tempfile::tempdir().unwrap();
-    let cases: &[(&str, &[&str], &str)] = &[
-        (
-            "berth-swap",
-            &["maintenance", "on"],
-            "berth-swap maintenance",
-        ),
-        (
-            "berth-backup",
-            &["copy", "/etc/hostname"],
-            "berth-backup copy",
-        ),
-    ];
+    let cases: &[(&str, &[&str], &str)] = &[(
+        "berth-backup",
+        &["copy", "/etc/hostname"],
+        "berth-backup copy",
+    )];
     for (bin, args, name) in cases {
         for from_env in [false, true] {
             // The options go before a `-- CMD`, after the subcommand.
@@ -237,7 +241,7 @@ fn other_commands_refuse_the_swarm_engine() {
             let stderr = String::from_utf8_lossy(&out.stderr);
             assert_eq!(out.status.code(), Some(64), "{bin} {args:?}: {stderr}");
             let want = format!(
-                "error: --engine swarm: {name} does not support Docker Swarm yet (so far only berth-swap (the swap, preflight and pull), berth-rollback, berth-backup pg, verify, restore (of pg backups), drill, list and prune, berth-migrate, berth-healthwait (--url, --tcp), berth-report (the stage), status, history and record-failure do); use --engine compose"
+                "error: --engine swarm: {name} does not support Docker Swarm yet (so far only berth-swap (the swap, preflight, pull and maintenance), berth-rollback, berth-backup pg, verify, restore (of pg backups), drill, list and prune, berth-migrate, berth-healthwait (--url, --tcp), berth-report (the stage), status, history and record-failure do); use --engine compose"
             );
             assert!(stderr.contains(&want), "{bin} {args:?}: {stderr}");
             assert_eq!(stderr.lines().count(), 1, "{stderr}");
@@ -250,6 +254,8 @@ fn other_commands_refuse_the_swarm_engine() {
         ("berth-backup", &["pg", "--service", "db"]),
         ("berth-migrate", &["web", "--", "migrate"]),
         ("berth-swap", &["--tag", "v1", "web"]),
+        ("berth-swap", &["maintenance", "on"]),
+        ("berth-swap", &["maintenance", "off"]),
         (
             "berth-healthwait",
             &["--url", "http://127.0.0.1:1/", "--stage", "smoke"],
@@ -286,6 +292,25 @@ fn other_commands_refuse_the_swarm_engine() {
         ),
         "{out:?}"
     );
+    // Maintenance mode on Swarm goes through nginx as a service of the stack: another
+    // proxy is refused in the argument check, one line.
+    for proxy in ["haproxy", "nginx-dns"] {
+        let out = berth("berth-swap")
+            .args(["maintenance", "on", "--proxy", proxy])
+            .args(["--engine", "swarm", "--check-args", "--project-dir"])
+            .arg(tmp.path())
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(64), "{out:?}");
+        assert_eq!(
+            String::from_utf8_lossy(&out.stderr),
+            format!(
+                "berth-swap: error: --engine swarm: maintenance mode goes through nginx as a \
+                 service of the stack (--proxy compose), not --proxy {proxy}\n"
+            )
+        );
+    }
     // ... but not yet preflight's pre-deploy check: refused, not skipped.
     let out = berth("berth-swap")
         .args(preflight::SWARM_PREFLIGHT)

@@ -484,8 +484,9 @@ fn tag_of(image: &str) -> Option<String> {
     last.split_once(':').map(|(_, t)| t.to_string())
 }
 
-/// nginx's running container on this manager: the task of `STACK_PROXY` placed here.
-fn locate_proxy(ctx: &Context, opts: &Options) -> Result<Proxy> {
+/// nginx's running container on this manager: the task of `STACK_PROXY` placed here
+/// (the swap's and maintenance mode's proxy on Swarm).
+pub(crate) fn locate_proxy(ctx: &Context, opts: &Options) -> Result<Proxy> {
     let service = format!("{}_{}", ctx.project, opts.proxy_service);
     let out = docker::docker()
         .args(["ps", "--filter"])

@@ -8,7 +8,7 @@
 //! then `berth-rollback --to v1`, 0 failed. (A tag whose tasks never get ready, exit 3:
 //! the deploy part, swarm/deploy.rs, through scripts/deploy.sh and this same swap.)
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Output, Stdio};
 use std::time::{Duration, Instant};
 
@@ -16,16 +16,16 @@ use berth_e2e::swarm::Testbed;
 use berth_e2e::{berth, swarmstack, Load};
 use serde_json::Value;
 
-const STACK: &str = "berthswap";
+pub const STACK: &str = "berthswap";
 const CLIENTS: usize = 6;
 const PAUSE: Duration = Duration::from_millis(10);
 
 /// Run a berth command with DOCKER_HOST at the manager, for the stack: (exit, document, stderr).
-fn run(tb: &Testbed, dir: &Path, bin: &str, args: &[&str]) -> (i32, Value, String) {
+pub fn run(tb: &Testbed, dir: &Path, bin: &str, args: &[&str]) -> (i32, Value, String) {
     let out: Output = berth(bin)
         .env("DOCKER_HOST", tb.manager.docker_host())
         .args(args)
-        .args(["--engine", "swarm", "-p", STACK, "--drain", "2s"])
+        .args(["--engine", "swarm", "-p", STACK])
         .arg("--project-dir")
         .arg(dir)
         .stdin(Stdio::null())
@@ -42,7 +42,8 @@ fn under_load(tb: &Testbed, dir: &Path, bin: &str, args: &[&str]) -> (i32, Value
     let url = format!("http://{}/version", tb.manager.ip);
     let load = Load::start_paced(&url, CLIENTS, Duration::from_secs(240), PAUSE);
     let t0 = Instant::now();
-    let res = run(tb, dir, bin, args);
+    let args: Vec<&str> = args.iter().copied().chain(["--drain", "2s"]).collect();
+    let res = run(tb, dir, bin, &args);
     std::thread::sleep(Duration::from_millis(500));
     let report = load.stop();
     eprintln!(
@@ -69,7 +70,9 @@ pub fn services(tb: &Testbed, stack: &str) -> String {
     ])
 }
 
-pub fn swap_and_rollback_under_load(tb: &Testbed) {
+/// The swap part; returns the stack's directory (the maintenance part goes on with the
+/// stack, at v1).
+pub fn swap_and_rollback_under_load(tb: &Testbed) -> PathBuf {
     let t0 = Instant::now();
     let dir = swarmstack::deploy(
         tb,
@@ -111,6 +114,7 @@ pub fn swap_and_rollback_under_load(tb: &Testbed) {
     assert_eq!(berth_e2e::get(&url).map(|r| r.1), Ok("v1".to_string()));
     at_tag_on_two_nodes(tb, STACK, "v1");
     eprintln!("rolled back to v1 at {:?}", t0.elapsed());
+    dir
 }
 
 /// The running tasks of `stack`'s `web` all run `app:TAG`, on two different nodes.
