@@ -309,6 +309,23 @@ impl SwapArgs {
         if self.timeout.is_zero() {
             return Err(Failure::usage("--timeout must be more than 0"));
         }
+        // Paths inside the proxy container: absolute, as haproxy.cfg names them.
+        let inside = [
+            ("--haproxy-socket", &self.haproxy_socket, false),
+            ("--haproxy-state-file", &self.haproxy_state_file, true),
+        ];
+        for (flag, path, may_be_empty) in inside {
+            if !(path.starts_with('/') || may_be_empty && path.is_empty()) {
+                return Err(Failure::usage(format!(
+                    "{flag} {path:?}: must be an absolute path inside the proxy container{}",
+                    if may_be_empty {
+                        " (or \"\" for none)"
+                    } else {
+                        ""
+                    }
+                )));
+            }
+        }
         if self.proxy == ProxyMode::NginxDns
             && self.drain.is_some_and(|d| d < Duration::from_secs(1))
         {

@@ -91,6 +91,12 @@ fn check(args: &Args, nginx: &Options, engine: Engine) -> Result<(), berth_core:
                 .unwrap_or_default()
         )));
     }
+    if nginx.proxy == ProxyMode::Haproxy && args.haproxy_map.trim().is_empty() {
+        return Err(berth_core::Failure::usage(
+            "--haproxy-map \"\": name the map as haproxy.cfg does (default \
+             /etc/haproxy/maintenance.map)",
+        ));
+    }
     for p in &args.except {
         if !p.starts_with('/') {
             return Err(berth_core::Failure::usage(format!(

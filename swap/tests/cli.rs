@@ -40,6 +40,23 @@ fn usage_errors_exit_64() {
         vec!["--tag", "v2", "--drain", "soon", "web"],
         vec!["maintenance", "on", "--proxy", "none"],
         vec!["maintenance", "sideways"],
+        vec!["--tag", "v2", "--haproxy-socket", "admin.sock", "web"],
+        vec![
+            "--check-args",
+            "--tag",
+            "v2",
+            "--haproxy-state-file",
+            "state",
+            "web",
+        ],
+        vec![
+            "maintenance",
+            "on",
+            "--proxy",
+            "haproxy",
+            "--haproxy-map",
+            "",
+        ],
     ] {
         let (c, _, err) = code(cmd(d.path()).args(&args), "");
         assert_eq!(c, 64, "{args:?}: {err}");
