@@ -126,11 +126,38 @@ fn foreign(r: &ClientReport) -> usize {
 /// `docker compose ARGS` under load through the host nginx, then wait until it serves
 /// `tag` and keep the load 3 s more: every request sent from then on is answered by `tag`.
 fn outage(s: &Stack, h: &HostNginx, what: &str, steps: &[&[&str]], tag: &str) {
+    disrupted(h, what, tag, || {
+        for args in steps {
+            s.compose_ok(args);
+        }
+    });
+}
+
+/// What dockerd does at boot: it starts the containers that have a restart policy by
+/// itself, in no dependency order (compose is not involved). Here in the worst order:
+/// the project's nginx first, the database last, each with `docker start`.
+fn boot_order(s: &Stack) {
+    s.compose_ok(&["stop"]);
+    for service in ["proxy", "web", "worker", "redis", "db"] {
+        let ids = berth_e2e::run_ok(
+            std::process::Command::new("docker")
+                .args(["ps", "-aq", "--filter"])
+                .arg(format!("label=com.docker.compose.project={}", s.project))
+                .arg("--filter")
+                .arg(format!("label=com.docker.compose.service={service}")),
+        );
+        for id in String::from_utf8_lossy(&ids.stdout).split_whitespace() {
+            berth_e2e::run_ok(std::process::Command::new("docker").args(["start", id]));
+        }
+    }
+}
+
+/// `disrupt` the stack under load through the host nginx, then wait until it serves
+/// `tag` and keep the load 3 s more: every request sent from then on is answered by `tag`.
+fn disrupted(h: &HostNginx, what: &str, tag: &str, disrupt: impl FnOnce()) {
     let l = load(h);
     std::thread::sleep(Duration::from_secs(1));
-    for args in steps {
-        s.compose_ok(args);
-    }
+    disrupt();
     h.wait_serving(tag);
     let back = l.elapsed();
     std::thread::sleep(Duration::from_secs(3));
@@ -200,6 +227,8 @@ fn host_nginx_survives_a_swap_a_restart_and_down_up() {
 
     // A reboot, as far as the stack sees it: stop, start (new addresses).
     outage(&s, &h, "stop + start", &[&["stop"], &["start"]], "v2");
+    // A reboot as dockerd does it: the containers started without compose's order.
+    disrupted(&h, "boot order", "v2", || boot_order(&s));
     // down + up: new containers, a new network; .env keeps v2.
     outage(
         &s,
