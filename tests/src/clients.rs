@@ -1,5 +1,5 @@
-//! A load generator that behaves like real HTTP clients (issue 12 §7), unlike [`crate::Load`]
-//! whose ureq agent hides what happened to a connection.
+//! The e2e tests' load generator: clients that behave like real HTTP clients (issue 12 §7),
+//! seeing what happens to each connection (a pooling HTTP library would hide it).
 //!
 //! Each client owns one HTTP/1.1 keep-alive connection and reuses it request after request;
 //! it opens a new one only when the server closed the old one (`Connection: close`, or a FIN
@@ -540,6 +540,17 @@ impl ClientReport {
         assert_eq!(self.statuses(), want.into(), "{}", self.summary());
     }
 
+    /// Every request got the demo app's own answer: none failed, every GET a 200 and every
+    /// POST a 405 (the app read it and refused it), both sent. Stricter than `failed() == 0`:
+    /// a 404 or 400 from whatever answered instead of the app counts too. Prints the
+    /// summary (the numbers of the run) whatever the outcome.
+    pub fn assert_all_answered_by_app(&self, what: &str) {
+        eprintln!("{what}: {}", self.summary());
+        assert_eq!(self.failed(), 0, "{what}: {}", self.summary());
+        let want = [(Method::Get, 200), (Method::Post, 405)];
+        assert_eq!(self.statuses(), want.into(), "{what}: {}", self.summary());
+    }
+
     /// The (method, status) pairs of the answered requests.
     pub fn statuses(&self) -> BTreeSet<(Method, u16)> {
         self.attempts
@@ -846,5 +857,19 @@ mod tests {
             2
         );
         assert_eq!(r.attempts.iter().filter(|a| a.slow).count(), 2);
+        r.assert_all_answered_by_app("GET 200, POST 405");
+    }
+
+    #[test]
+    fn an_answer_other_than_the_apps_fails_the_all_answered_check() {
+        // A 404 is an answer (not failed), but not the app's.
+        let srv = crate::TestServer::start(|head| {
+            let status = if head.starts_with("POST") { 405 } else { 404 };
+            (status, String::new())
+        });
+        let r = Clients::start(&format!("http://127.0.0.1:{}", srv.port), &mix(1, 3, 3)).wait();
+        assert_eq!((r.total(), r.failed()), (3, 0), "{}", r.summary());
+        let checked = std::panic::catch_unwind(|| r.assert_all_answered_by_app("GET 404"));
+        assert!(checked.is_err(), "{}", r.summary());
     }
 }

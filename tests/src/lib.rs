@@ -416,17 +416,27 @@ impl Stack {
         (out.status.code().unwrap_or(-1), doc, err)
     }
 
-    /// Keep-alive clients (GET, every third request a POST) through the proxy for the
-    /// whole of `f`, a second on either side.
+    /// Keep-alive clients (8, GET, every third request a POST, nothing resent) through the
+    /// proxy for the whole of `f`, a second on either side.
     pub fn under_clients<T>(&self, f: impl FnOnce() -> T) -> (T, clients::ClientReport) {
+        self.under_clients_for(Duration::from_secs(1), f)
+    }
+
+    /// [`Stack::under_clients`] with `margin` of traffic before and after `f` (bounded at
+    /// 180 s in all).
+    pub fn under_clients_for<T>(
+        &self,
+        margin: Duration,
+        f: impl FnOnce() -> T,
+    ) -> (T, clients::ClientReport) {
         let mix = clients::Mix {
-            max_time: Duration::from_secs(120),
+            max_time: Duration::from_secs(180),
             ..clients::Mix::default()
         };
-        let load = clients::Clients::start(&format!("http://127.0.0.1:{}", self.port), &mix);
-        std::thread::sleep(Duration::from_secs(1));
+        let load = clients::Clients::start(&self.url(""), &mix);
+        std::thread::sleep(margin);
         let out = f();
-        std::thread::sleep(Duration::from_secs(1));
+        std::thread::sleep(margin);
         (out, load.stop())
     }
 

@@ -1,8 +1,11 @@
 //! Crash recovery, end to end on the demo stack: berth-swap (and berth-rollback) killed
 //! with SIGKILL right after every external step of a swap (`BERTH_FAULT_KILL_AFTER`, the
 //! points listed in `berth_core::fault::SWAP_POINTS`), then converged by the next swap or
-//! by `berth-swap --converge` under load. For every point: 0 failed requests, nginx names
-//! only containers that exist, `.env` and the upstream agree, no journal is left.
+//! by `berth-swap --converge` under load: keep-alive clients (tests/src/clients.rs; the
+//! demo's nginx closes each connection after its answer), every third request a POST, none
+//! resent. For every point: 0 failed requests (every GET a 200, every POST the app's 405),
+//! nginx names only containers that exist, `.env` and the upstream agree, no journal is
+//! left.
 //! And rollback acts only on what it would undo.
 //!
 //! One stack for every point, each with a short load window (CI time).
@@ -11,11 +14,11 @@ use std::os::unix::process::ExitStatusExt as _;
 use std::time::{Duration, Instant};
 
 use berth_core::fault::{SWAP_POINTS, VAR};
-use berth_e2e::{Load, LoadReport, Stack};
+use berth_e2e::Stack;
 use serde_json::{json, Value};
 
-const CLIENTS: usize = 8;
-const PAUSE: Duration = Duration::from_millis(5);
+/// Traffic before and after each command under load (short: CI time).
+const MARGIN: Duration = Duration::from_millis(300);
 const FAST: &[&str] = &["--drain", "1s", "--stop-timeout", "5s", "--timeout", "30s"];
 
 /// How a berth command ended.
@@ -57,15 +60,6 @@ fn other(tag: &str) -> &'static str {
 
 fn tag(s: &Stack) -> String {
     s.env_value("BERTH_TAG").expect("BERTH_TAG in .env")
-}
-
-/// Load through nginx for the whole of `f`, with a little traffic on either side.
-fn under_load<T>(s: &Stack, f: impl FnOnce() -> T) -> (T, LoadReport) {
-    let load = Load::start_paced(&s.url("/version"), CLIENTS, Duration::from_secs(120), PAUSE);
-    std::thread::sleep(Duration::from_millis(300));
-    let out = f();
-    std::thread::sleep(Duration::from_millis(300));
-    (out, load.stop())
 }
 
 fn journals(s: &Stack) -> Vec<String> {
@@ -158,7 +152,7 @@ fn kill_9_after_every_step_of_a_swap_or_rollback_converges_with_zero_failed_requ
         // 93,645 requests failed), the others by `--converge` alone (what every swap and
         // rollback runs first; tests/tests/swap.rs reruns after a kill in the drain).
         let rerun = *point == "reload";
-        let (next, load) = under_load(&s, || {
+        let (next, load) = s.under_clients_for(MARGIN, || {
             let killed = swap(&s, to, Some(point));
             assert_eq!(
                 killed.signal,
@@ -176,14 +170,13 @@ fn kill_9_after_every_step_of_a_swap_or_rollback_converges_with_zero_failed_requ
             }
         });
         let how = if rerun { "next swap" } else { "--converge" };
-        eprintln!("{point} ({how}, {:?}): {}", t.elapsed(), load.summary());
         assert_eq!(next.code, Some(0), "{point} ({how}): {}", next.stderr);
         assert!(
             next.stderr.contains("converging the interrupted swap"),
             "{point} ({how}): {}",
             next.stderr
         );
-        assert_eq!(load.failed(), 0, "{point} ({how}): {}", load.summary());
+        load.assert_all_answered_by_app(&format!("{point} ({how}, {:?})", t.elapsed()));
         assert_converged(&s, point);
         if rerun {
             assert_eq!(tag(&s), to, "{point}");
@@ -226,19 +219,13 @@ fn kill_9_after_every_step_of_a_swap_or_rollback_converges_with_zero_failed_requ
     // berth-rollback killed mid-way, after its reload: running it again converges back
     // (D3's release serves again, as before the rollback), then rolls back.
     let d3 = smoke_failed(&d3.to_string());
-    let (again, load) = under_load(&s, || {
+    let (again, load) = s.under_clients_for(MARGIN, || {
         let killed = run(&s, "berth-rollback", &[], &d3, Some("reload"));
         assert_eq!(killed.signal, Some(9), "{}", killed.stderr);
         run(&s, "berth-rollback", &[], &d3, None)
     });
-    eprintln!("rollback, reload: {}", load.summary());
     assert_eq!(again.code, Some(4), "{}", again.stderr);
-    assert_eq!(
-        load.failed(),
-        0,
-        "rollback killed after reload: {}",
-        load.summary()
-    );
+    load.assert_all_answered_by_app("rollback killed after reload");
     assert_converged(&s, "rollback killed after reload");
     assert_eq!(tag(&s), b);
     eprintln!("rollback checks: {:?}", t.elapsed());

@@ -1,5 +1,6 @@
 //! Which compose project berth acts on, and what it may write, against the real Docker
-//! Engine, Compose v2 and nginx, under load:
+//! Engine, Compose v2 and nginx, under load (8 keep-alive clients, tests/src/clients.rs:
+//! every third request a POST, none resent):
 //!
 //! - berth asks compose for the project: the compose file's top-level `name:`, the
 //!   project's `.env` `COMPOSE_PROJECT_NAME`, the environment's, with `COMPOSE_FILE` (and
@@ -12,13 +13,10 @@
 
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
-use std::time::Duration;
 
-use berth_e2e::{bin, free_port, root, Load, LoadReport, Stack};
+use berth_e2e::{bin, free_port, root, Stack};
 use serde_json::Value;
 
-const CLIENTS: usize = 8;
-const PAUSE: Duration = Duration::from_millis(5);
 const FAST: &[&str] = &["--drain", "1s", "--stop-timeout", "5s", "--timeout", "60s"];
 
 /// Run `cmd` with empty stdin: (exit code, document on stdout, stderr).
@@ -41,15 +39,6 @@ fn berth_in(dir: &Path, prog: &str, sub: &[&str]) -> Command {
         .env_remove("COMPOSE_FILE")
         .env_remove("COMPOSE_PROFILES");
     c
-}
-
-/// Load on `url` for the whole of `f`, with a second of traffic on either side.
-fn under_load<T>(url: &str, f: impl FnOnce() -> T) -> (T, LoadReport) {
-    let load = Load::start_paced(url, CLIENTS, Duration::from_secs(180), PAUSE);
-    std::thread::sleep(Duration::from_secs(1));
-    let out = f();
-    std::thread::sleep(Duration::from_secs(1));
-    (out, load.stop())
 }
 
 fn images(project: &str, service: &str) -> Vec<String> {
@@ -84,9 +73,9 @@ fn unset_env(s: &Stack, key: &str) {
 }
 
 /// Swap web (and worker) to `tag` under load through nginx, with berth finding the
-/// project by itself; every request answered, the project's containers swapped.
+/// project by itself; every request answered by the app, the project's containers swapped.
 fn swap_found(s: &Stack, tag: &str, source: &str, env: &[(&str, &str)]) {
-    let (out, load) = under_load(&s.url("/version"), || {
+    let (out, load) = s.under_clients(|| {
         let mut c = berth_in(&s.dir, "berth-swap", &[]);
         c.envs(env.iter().copied())
             .args(["--tag", tag])
@@ -97,7 +86,7 @@ fn swap_found(s: &Stack, tag: &str, source: &str, env: &[(&str, &str)]) {
     let (code, doc, err) = out;
     assert_eq!(code, 0, "{source}: berth-swap failed: {err}");
     assert_eq!(doc["project"], s.project.as_str(), "{source}: {doc}");
-    assert_eq!(load.failed(), 0, "{source}: {}", load.summary());
+    load.assert_all_answered_by_app(source);
     let want = format!("berth-demo/app:{tag}");
     assert_eq!(
         images(&s.project, "web"),
@@ -272,7 +261,7 @@ fn staging_beside_production_cannot_touch_it() {
 
     // The example's layout: scripts/deploy.sh --env staging v2, under load on production.
     let bin_dir = bin("berth-swap").parent().unwrap().to_path_buf();
-    let (out, load) = under_load(&prod.url("/version"), || {
+    let (out, load) = prod.under_clients(|| {
         let mut c = Command::new(root().join("scripts/deploy.sh"));
         for (k, _) in std::env::vars_os() {
             let k = k.to_string_lossy().to_string();
@@ -296,7 +285,7 @@ fn staging_beside_production_cannot_touch_it() {
     });
     let (code, _, err) = out;
     assert_eq!(code, 0, "deploy.sh --env staging v2: {err}");
-    assert_eq!(load.failed(), 0, "production: {}", load.summary());
+    load.assert_all_answered_by_app("production");
     assert_eq!(
         load.by_version().keys().collect::<Vec<_>>(),
         ["v1"],

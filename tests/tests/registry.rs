@@ -13,10 +13,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use berth_e2e::{root, run_ok, Hang, Load, Stack};
+use berth_e2e::{root, run_ok, Hang, Stack};
 use serde_json::Value;
 
 const USER: &str = "berth-ci";
+/// Keep-alive clients (GET and POST) through nginx this long before and after each command
+/// under load.
+const MARGIN: Duration = Duration::from_millis(500);
 
 /// The registry, its credentials and the images pushed to it; dropping it stops the
 /// registry and removes every local tag of its repository.
@@ -230,20 +233,6 @@ fn versions(s: &Stack, service: &str) -> Vec<String> {
         .collect()
 }
 
-/// Load through nginx for the whole of `f`, with half a second on either side.
-fn under_load<T>(s: &Stack, f: impl FnOnce() -> T) -> (T, berth_e2e::LoadReport) {
-    let load = Load::start_paced(
-        &s.url("/version"),
-        8,
-        Duration::from_secs(120),
-        Duration::from_millis(5),
-    );
-    std::thread::sleep(Duration::from_millis(500));
-    let out = f();
-    std::thread::sleep(Duration::from_millis(500));
-    (out, load.stop())
-}
-
 /// A swap (or rollback) of web and worker with short timings, and `extra` options.
 fn swap_args<'a>(first: &[&'a str], extra: &[&'a str]) -> Vec<&'a str> {
     let mut v = first.to_vec();
@@ -367,7 +356,7 @@ fn pull_by_tag_from_a_private_registry_and_bounded_children() {
     // killed with its process group at --command-timeout, 3, the old version serving,
     // nothing of the wrapper left, the lock released.
     let hang = Hang::new(reg.dir.path(), "--scale");
-    let (r, load) = under_load(&s, || {
+    let (r, load) = s.under_clients_for(MARGIN, || {
         berth_in(
             &s,
             &reg,
@@ -386,31 +375,31 @@ fn pull_by_tag_from_a_private_registry_and_bounded_children() {
         r.err
     );
     assert_eq!(hang.sleepers(), [""; 0], "the hung call's process survived");
-    assert_eq!(load.failed(), 0, "{}", load.summary());
+    load.assert_all_answered_by_app("hung compose up");
     assert_eq!(load.by_version().keys().collect::<Vec<_>>(), ["v1"]);
     unchanged("hung compose up");
 
     // The deploy: the swap to the pulled tag under load, 0 failed requests.
-    let (r, load) = under_load(&s, || {
+    let (r, load) = s.under_clients_for(MARGIN, || {
         let args = swap_args(&["--tag", &t2], &[]);
         berth_in(&s, &reg, "berth-swap", &args, &[], Some(&pulled.doc))
     });
     assert_eq!(r.code, 0, "{}", r.err);
-    assert_eq!(load.failed(), 0, "{}", load.summary());
+    load.assert_all_answered_by_app("swap to the pulled tag");
     assert_eq!(versions(&s, "web"), [reg.image(&t2)]);
     assert_eq!(berth_e2e::get(&s.url("/version")).unwrap().1, "v2");
 
     // Rollback to a release whose image was pruned here: pulled again, under load.
     reg.forget(&t1);
     let rb = swap_args(&["--to", &t1], &[]);
-    let (r, load) = under_load(&s, || berth(&s, &reg, "berth-rollback", &rb, &[]));
+    let (r, load) = s.under_clients_for(MARGIN, || berth(&s, &reg, "berth-rollback", &rb, &[]));
     assert_eq!(r.code, 0, "{}", r.err);
     assert!(
         r.err.contains(&format!("pulling {}", reg.image(&t1))),
         "{}",
         r.err
     );
-    assert_eq!(load.failed(), 0, "{}", load.summary());
+    load.assert_all_answered_by_app("rollback, image pulled again");
     assert_eq!(versions(&s, "web"), [reg.image(&t1)]);
 
     // The registry down: 2, named, nothing changed.
