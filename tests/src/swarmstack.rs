@@ -7,6 +7,7 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use crate::clients::{Clients, Mix};
 use crate::swarm::Testbed;
 
 /// `REGISTRY`, `PORT` (nginx on the manager) and `DIR` (see [`nginx_files`]) to replace.
@@ -105,4 +106,17 @@ pub fn nginx_files(tb: &Testbed, stack: &str, conf: &str) -> PathBuf {
 /// examples/swarm/nginx.conf, the layout berth-swap on Swarm switches.
 pub fn nginx_conf() -> String {
     std::fs::read_to_string(crate::root().join("examples/swarm/nginx.conf")).unwrap()
+}
+
+/// Keep-alive clients (6, each pausing 10 ms after every answer: three test lanes share
+/// the machine; every third request a POST, none resent) through the nginx at `base`
+/// (`http://HOST:PORT`), bounded at 240 s.
+pub fn clients(base: &str) -> Clients {
+    let mix = Mix {
+        clients: 6,
+        pause: Duration::from_millis(10),
+        max_time: Duration::from_secs(240),
+        ..Mix::default()
+    };
+    Clients::start(base, &mix)
 }

@@ -15,15 +15,13 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use berth_e2e::swarm::Testbed;
-use berth_e2e::{berth, bin, root, stages, Load};
+use berth_e2e::{berth, bin, root, stages, swarmstack};
 use serde_json::Value;
 
 pub const STACK: &str = "berthdeploy";
 /// nginx's host-mode port on the manager (the swap part's nginx has 80 there).
 const PORT: u16 = 8081;
 const PASSWORD: &str = "d3ploy-Pw-71ab";
-const CLIENTS: usize = 6;
-const PAUSE: Duration = Duration::from_millis(10);
 
 /// The swap part's stack file (tests/src/swarmstack.rs) (nginx on the manager, `web` with 2 replicas) on port
 /// @PORT@, `web` with the database's URL, and the database on a worker.
@@ -156,12 +154,7 @@ fn deploy(tb: &Testbed, s: &Stack, tag: &str, timeout: &str) -> (i32, String) {
         .env("BERTH_DRAIN", "1s")
         .env("BERTH_SWAP_TIMEOUT", timeout)
         .stdin(Stdio::null());
-    let load = Load::start_paced(
-        &url(tb, "/version"),
-        CLIENTS,
-        Duration::from_secs(240),
-        PAUSE,
-    );
+    let load = swarmstack::clients(&url(tb, ""));
     let t0 = Instant::now();
     let out = c.output().expect("deploy.sh runs");
     std::thread::sleep(Duration::from_millis(500));
@@ -169,12 +162,12 @@ fn deploy(tb: &Testbed, s: &Stack, tag: &str, timeout: &str) -> (i32, String) {
     let code = out.status.code().unwrap_or(-1);
     let stderr = String::from_utf8_lossy(&out.stderr).to_string();
     eprintln!(
-        "deploy.sh --env swarm {tag}: exit {code} in {:?}; load: {}",
-        t0.elapsed(),
-        report.summary()
+        "deploy.sh --env swarm {tag}: exit {code} in {:?}",
+        t0.elapsed()
     );
-    assert!(report.total() > 100, "{}", report.summary());
     assert_eq!(report.failed(), 0, "{}\n{stderr}", report.summary());
+    report.assert_all_answered_by_app(&format!("deploy.sh --env swarm {tag}: load"));
+    assert!(report.total() > 100, "{}", report.summary());
     assert!(!stderr.contains(PASSWORD), "the password leaked: {stderr}");
     (code, stderr)
 }

@@ -13,12 +13,10 @@ use std::process::{Output, Stdio};
 use std::time::{Duration, Instant};
 
 use berth_e2e::swarm::Testbed;
-use berth_e2e::{berth, swarmstack, Load};
+use berth_e2e::{berth, swarmstack};
 use serde_json::Value;
 
 pub const STACK: &str = "berthswap";
-const CLIENTS: usize = 6;
-const PAUSE: Duration = Duration::from_millis(10);
 
 /// Run a berth command with DOCKER_HOST at the manager, for the stack: (exit, document, stderr).
 pub fn run(tb: &Testbed, dir: &Path, bin: &str, args: &[&str]) -> (i32, Value, String) {
@@ -39,21 +37,16 @@ pub fn run(tb: &Testbed, dir: &Path, bin: &str, args: &[&str]) -> (i32, Value, S
 
 /// `args` under load through nginx; asserts 0 failed requests; (exit, document, stderr).
 fn under_load(tb: &Testbed, dir: &Path, bin: &str, args: &[&str]) -> (i32, Value, String) {
-    let url = format!("http://{}/version", tb.manager.ip);
-    let load = Load::start_paced(&url, CLIENTS, Duration::from_secs(240), PAUSE);
+    let load = swarmstack::clients(&format!("http://{}:80", tb.manager.ip));
     let t0 = Instant::now();
     let args: Vec<&str> = args.iter().copied().chain(["--drain", "2s"]).collect();
     let res = run(tb, dir, bin, &args);
     std::thread::sleep(Duration::from_millis(500));
     let report = load.stop();
-    eprintln!(
-        "{bin} {args:?}: exit {} in {:?}; load: {}",
-        res.0,
-        t0.elapsed(),
-        report.summary()
-    );
-    assert!(report.total() > 100, "{}", report.summary());
+    eprintln!("{bin} {args:?}: exit {} in {:?}", res.0, t0.elapsed());
     assert_eq!(report.failed(), 0, "{}\n{}", report.summary(), res.2);
+    report.assert_all_answered_by_app(&format!("{bin} {args:?}: load"));
+    assert!(report.total() > 100, "{}", report.summary());
     res
 }
 
