@@ -999,6 +999,21 @@ impl std::fmt::Display for AfterSwitch {
     }
 }
 
+/// The context of a swap on Swarm that failed before traffic moved (exit 3): the old
+/// version still runs, and `detail` (the swap's record: its services and the tasks that
+/// ran before and still run) goes into the document.
+#[derive(Debug, Clone)]
+pub struct Unmoved {
+    pub previous_tag: Option<String>,
+    pub detail: Map<String, Value>,
+}
+
+impl std::fmt::Display for Unmoved {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "nothing moved")
+    }
+}
+
 fn after_switch(e: anyhow::Error, tag: &str, previous_tag: Option<&str>) -> anyhow::Error {
     let line = berth_core::exit::one_line(&e);
     fail!(Unhealthy, "{line}").context(AfterSwitch {

@@ -404,7 +404,8 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
 }
 
 /// A swap that failed after traffic moved records `switched` and `serving` (and the tag
-/// it moved from), so that the rollback stage acts on it.
+/// it moved from), so that the rollback stage acts on it; one on Swarm that failed before
+/// (exit 3) records the tasks that still run.
 fn record_after_switch(
     e: &anyhow::Error,
     doc: &mut berth_core::doc::Document,
@@ -415,6 +416,11 @@ fn record_after_switch(
             doc.previous_tag = a.previous_tag.clone();
         }
         record::put(detail, &record::Swap::switched_record(&a.serving));
+    } else if let Some(u) = e.downcast_ref::<engine::Unmoved>() {
+        if u.previous_tag.is_some() {
+            doc.previous_tag = u.previous_tag.clone();
+        }
+        detail.extend(u.detail.clone());
     }
 }
 

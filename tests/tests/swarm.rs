@@ -1,9 +1,9 @@
 //! berth on a real multi-node Docker Swarm (issue 11): ONE test bed of 1 manager + 2
 //! workers + a registry (tests/src/swarm.rs) shared by every part, each part a function
 //! in tests/tests/swarm/*.rs on a stack of its own. After the test bed and the stacks,
-//! three lanes run at once (much of a part's time is waiting on Swarm, not CPU): lanes 1
-//! and 2 the parts under load through nginx (0 failed requests each), lane 3 the parts
-//! that assert no timing. [`Parts`] prints each part's elapsed time and, when one fails,
+//! four lanes run at once (much of a part's time is waiting on Swarm, not CPU): lanes 1
+//! and 2 the parts under load through nginx (0 failed requests each), lanes 3 and 4 the
+//! parts that assert no timing. [`Parts`] prints each part's elapsed time and, when one fails,
 //! names it; the test bed is removed all the same (its Drop).
 //!
 //! - lane 1, deploy: `scripts/deploy.sh --env swarm` (the whole pipeline) under load, 0
@@ -17,6 +17,8 @@
 //!   tasks run on two nodes, the lint's exact lines, a worker refused, `berth-report status`;
 //! - lane 3, migrate: berth-migrate reaching a database task on a worker;
 //! - lane 3, pg: berth-backup's round trip with that database task;
+//! - lane 4, worker (a stack of its own, no load): a worker service swapped by Swarm's
+//!   start-first update, and a never-healthy tag rolled back by Swarm (exit 3);
 //! - then, alone (a drain moves every stack's tasks), drain: a node drained under load
 //!   through nginx, its task moves and nginx follows by Swarm's DNS, 0 failed.
 //!
@@ -46,6 +48,8 @@ mod preflight;
 mod status;
 #[path = "swarm/swap.rs"]
 mod swap;
+#[path = "swarm/worker.rs"]
+mod worker;
 
 /// Runs parts in order on one test bed: each part's elapsed time printed; a panicking
 /// part ends the run of its lane with its name in the message.
@@ -130,6 +134,7 @@ fn swarm_parts_on_one_three_node_test_bed() {
         "berth-demo/app:badmigrate",
         "berth-fixture/nginx:1",
         "berth-fixture/postgres:15",
+        "berth-fixture/redis:7",
     ]);
     let t0 = Instant::now();
     let mut parts = Parts::new("main", t0);
@@ -145,7 +150,7 @@ fn swarm_parts_on_one_three_node_test_bed() {
             wanted("deploy").then(|| deploy::start(&tb)),
         )
     });
-    // Three lanes at once, each on stacks of its own: the two parts under load through
+    // Four lanes at once, each on stacks of its own: the two parts under load through
     // nginx (0 failed requests each), and the parts that assert no timing.
     type Lane<'a> = Box<dyn FnOnce() -> Vec<(&'static str, Duration)> + Send + 'a>;
     let lanes: Vec<Lane> = vec![
@@ -184,6 +189,14 @@ fn swarm_parts_on_one_three_node_test_bed() {
                     pg::backup_and_restore_reach_the_db_task_on_a_worker(&tb, db)
                 });
             }
+            p.done
+        }),
+        // A fourth lane: the worker part waits on Swarm's health checks and update
+        // monitor far more than it computes, and lanes 2 and 3 are already close to the
+        // deploy lane's length.
+        Box::new(|| {
+            let mut p = Parts::new("lane 4", t0);
+            p.maybe("worker", || worker::worker_swap_and_rollback(&tb));
             p.done
         }),
     ];

@@ -38,7 +38,7 @@ use berth_core::time::millis;
 use berth_core::{docker, fail, msg, record, swarm, time, Failure};
 use serde_json::{json, Map, Value};
 
-use crate::engine::{AfterSwitch, Options, SwapOutcome};
+use crate::engine::{AfterSwitch, Options, SwapOutcome, Unmoved};
 use crate::nginx::{self, Proxy, ProxyMode};
 use crate::{envfile, owner, upstream};
 use berth_core::stack::{self, Task};
@@ -57,6 +57,8 @@ struct Svc {
     old: Vec<Task>,
     new: Vec<Task>,
     time_to_ready_ms: Option<u64>,
+    /// A worker this swap updated (a failure later rolls it back).
+    updated: bool,
 }
 
 struct Plan<'a> {
@@ -86,16 +88,9 @@ pub fn swap(
         p.say_dry_run();
         return Ok(p.outcome(true));
     }
-    if p.proxied().next().is_some() {
-        p.start_next()?;
-        p.switch_to_next()?;
-        p.converge_own().map_err(|e| p.after_switch(e))?;
+    if let Err(e) = p.run() {
+        return Err(p.unmoved(e));
     }
-    p.update_workers().map_err(|e| p.after_switch(e))?;
-    let pin = ctx.pin_file();
-    envfile::write_var(&pin, &ctx.tag_var, tag, &ctx.project)
-        .with_context(|| format!("recording {}={tag} in {}", ctx.tag_var, pin.display()))
-        .map_err(|e| p.after_switch(e))?;
     p.time("total_ms", started);
     msg::info(format!(
         "swapped {} of stack {} to {tag} in {}",
@@ -107,6 +102,41 @@ pub fn swap(
 }
 
 impl<'a> Plan<'a> {
+    fn run(&mut self) -> Result<()> {
+        // Workers go between the new tasks' readiness and the switch, so a release moves
+        // completely or not at all: a worker update Swarm rolls back removes `--next` before
+        // traffic moved (exit 3), and a switch that fails rolls the workers back.
+        let proxied = self.proxied().next().is_some();
+        if proxied {
+            self.start_next()?;
+        }
+        self.update_workers()?;
+        if proxied {
+            self.switch_to_next()?;
+            self.converge_own().map_err(|e| self.after_switch(e))?;
+        }
+        let (ctx, tag) = (self.ctx, self.tag);
+        let pin = ctx.pin_file();
+        envfile::write_var(&pin, &ctx.tag_var, tag, &ctx.project)
+            .with_context(|| format!("recording {}={tag} in {}", ctx.tag_var, pin.display()))
+            .map_err(|e| self.after_switch(e))?;
+        Ok(())
+    }
+
+    /// A failure before traffic moved (exit 3): the document's detail records the tasks
+    /// that ran before and still run ([`Unmoved`]); one after the switch stays as it is.
+    fn unmoved(&self, e: anyhow::Error) -> anyhow::Error {
+        if e.downcast_ref::<AfterSwitch>().is_some() {
+            return e;
+        }
+        let mut detail = Map::new();
+        record::put(&mut detail, &self.swap_record(false));
+        e.context(Unmoved {
+            previous_tag: self.previous_tag.clone(),
+            detail,
+        })
+    }
+
     fn new(
         ctx: &'a Context,
         opts: &'a Options,
@@ -287,9 +317,10 @@ impl<'a> Plan<'a> {
     fn switch_to_next(&mut self) -> Result<()> {
         if let Err(e) = self.switch("switch_ms", NEXT) {
             self.remove_next();
+            let workers = self.roll_back_workers();
             return Err(fail!(
                 Swap,
-                "{e:#}; removed the new tasks; the old ones still serve"
+                "{e:#}; removed the new tasks{workers}; the old ones still serve"
             ));
         }
         Ok(())
@@ -313,14 +344,68 @@ impl<'a> Plan<'a> {
         Ok(())
     }
 
+    /// The services without traffic: `docker service update` each (start-first, Swarm
+    /// rolls a failed one back). A failure is exit 3: the workers this swap updated
+    /// before are rolled back too and `--next` removed, so nothing of the release stays.
     fn update_workers(&mut self) -> Result<()> {
-        for s in self.services.iter_mut().filter(|s| s.upstream.is_none()) {
-            let started = Instant::now();
-            update_service(&self.ctx.project, &s.name, &s.image, self.opts)?;
-            s.new = stack::tasks(&format!("{}_{}", self.ctx.project, s.name))?;
+        let started = Instant::now();
+        let project = self.ctx.project.clone();
+        for i in 0..self.services.len() {
+            let s = &self.services[i];
+            if s.upstream.is_some() {
+                continue;
+            }
+            let (name, image) = (s.name.clone(), s.image.clone());
+            match update_service(&project, &name, &image, self.opts) {
+                Ok(updated) => self.services[i].updated = updated,
+                Err(e) => {
+                    let workers = self.roll_back_workers();
+                    let next = if self.proxied().next().is_some() {
+                        self.remove_next();
+                        format!("; removed the new tasks ({})", self.next_names().join(", "))
+                    } else {
+                        String::new()
+                    };
+                    return Err(fail!(Swap, "{e:#}{workers}{next}; the old tasks still run"));
+                }
+            }
+            let s = &mut self.services[i];
+            s.new = stack::tasks(&format!("{project}_{name}"))?;
             s.time_to_ready_ms = Some(millis(started.elapsed()));
         }
+        if self.services.iter().any(|s| s.upstream.is_none()) {
+            self.time("workers_ms", started);
+        }
         Ok(())
+    }
+
+    /// `docker service rollback` of the workers this swap updated (Swarm's previous
+    /// spec: the old tag); "" when none, else what to add to the error line.
+    fn roll_back_workers(&mut self) -> String {
+        let mut back = Vec::new();
+        for s in self.services.iter_mut().filter(|s| s.updated) {
+            let service = format!("{}_{}", self.ctx.project, s.name);
+            msg::info(format!("rolling {service} back to its previous image"));
+            let out = docker::docker()
+                .args(["service", "rollback", "--detach=false", "--quiet", &service])
+                .timeout(self.opts.timeout + berth_core::process::command_timeout())
+                .read();
+            match out {
+                Ok(_) => {
+                    s.updated = false;
+                    back.push(s.name.clone());
+                }
+                Err(e) => msg::warn(format!(
+                    "could not roll {service} back: {}",
+                    berth_core::process::last_lines(e.stderr(), 1)
+                )),
+            }
+        }
+        if back.is_empty() {
+            String::new()
+        } else {
+            format!("; rolled {} back", back.join(", "))
+        }
     }
 
     fn next_names(&self) -> Vec<String> {
@@ -358,12 +443,27 @@ impl<'a> Plan<'a> {
     }
 
     fn outcome(self, dry_run: bool) -> SwapOutcome {
+        let mut detail = Map::new();
+        record::put(&mut detail, &self.swap_record(dry_run));
+        SwapOutcome {
+            previous_tag: self.previous_tag,
+            images: self
+                .services
+                .iter()
+                .map(|s| (s.name.clone(), s.image.clone(), String::new()))
+                .collect(),
+            detail,
+            dry_run,
+        }
+    }
+
+    /// The swap's record: its services' old and new tasks, and (not a dry run) its times.
+    fn swap_record(&self, dry_run: bool) -> record::Swap {
         let services: Vec<record::SwappedService> = self
             .services
             .iter()
             .map(|s| s.record(&self.ctx.project))
             .collect();
-        let mut detail = Map::new();
         let mut swap = record::Swap {
             tag: Some(self.tag.to_string()),
             previous_tag: Some(self.previous_tag.clone()),
@@ -384,23 +484,13 @@ impl<'a> Plan<'a> {
                 self.opts.drain.unwrap_or(crate::engine::DEFAULT_DRAIN),
             ));
             swap.extra.insert("engine".into(), json!("swarm"));
-            for k in ["converge_ms", "converge_switch_ms"] {
+            for k in ["converge_ms", "converge_switch_ms", "workers_ms"] {
                 if let Some(v) = self.times.get(k) {
                     swap.extra.insert(k.into(), v.clone());
                 }
             }
         }
-        record::put(&mut detail, &swap);
-        SwapOutcome {
-            previous_tag: self.previous_tag,
-            images: self
-                .services
-                .iter()
-                .map(|s| (s.name.clone(), s.image.clone(), String::new()))
-                .collect(),
-            detail,
-            dry_run,
-        }
+        swap
     }
 }
 
@@ -452,6 +542,7 @@ impl Svc {
             old: stack::tasks(&stack_name)?,
             new: Vec::new(),
             time_to_ready_ms: None,
+            updated: false,
             def,
         })
     }
@@ -774,19 +865,22 @@ fn probe(proxy: &Proxy, opts: &Options, address: &str) -> Result<()> {
     anyhow::bail!("{url}: HTTP {status} {body}")
 }
 
-/// `docker service update --image` of `STACK_NAME`, waited until converged. Swarm rolls
-/// a failed update back (its tasks' healthchecks decide) and the CLI still exits 0, so
-/// the service's update state says how it ended. Nothing to do when it runs that image.
-fn update_service(stack: &str, name: &str, image: &str, opts: &Options) -> Result<()> {
+/// `docker service update --image` of `STACK_NAME`, waited until converged; true when
+/// it updated, false when the service already runs that image. Swarm rolls a failed
+/// update back (the new task exited or its healthcheck failed) and the CLI may still exit
+/// 0, so the service's `UpdateStatus` says how it ended (waited for while a rollback
+/// runs, within the same bound).
+fn update_service(stack: &str, name: &str, image: &str, opts: &Options) -> Result<bool> {
     let service = format!("{stack}_{name}");
-    let (state, current) = update_state(&service)?;
+    let (before, current) = update_state(&service)?;
     if current.split('@').next() == Some(image) {
-        return Ok(());
+        return Ok(false);
     }
     msg::info(format!(
         "updating {service} to {image} (start-first, rollback on failure)"
     ));
-    docker::docker()
+    let deadline = Instant::now() + opts.timeout + berth_core::process::command_timeout();
+    let ran = docker::docker()
         .args([
             "service",
             "update",
@@ -799,29 +893,40 @@ fn update_service(stack: &str, name: &str, image: &str, opts: &Options) -> Resul
             "start-first",
             "--update-failure-action",
             "rollback",
+            "--rollback-order",
+            "start-first",
         ])
         .args(["--image", image, &service])
         .timeout(opts.timeout + berth_core::process::command_timeout())
-        .read()
-        .map_err(|e| {
-            fail!(
-                Swap,
-                "{service}: the update to {image} failed: {}",
-                berth_core::process::last_lines(e.stderr(), 2)
-            )
-        })?;
-    let (now, _) = update_state(&service)?;
-    match now["State"].as_str() {
-        Some("completed") => Ok(()),
-        Some(other) => Err(fail!(
+        .read();
+    let (now, running) = loop {
+        let (now, running) = update_state(&service)?;
+        let state = now["State"].as_str().unwrap_or_default();
+        if !matches!(state, "updating" | "rollback_started") || Instant::now() >= deadline {
+            break (now, running);
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    let state = now["State"].as_str();
+    let why = now["Message"].as_str().unwrap_or_default();
+    match (state, ran) {
+        (Some("completed"), Ok(_)) => Ok(true),
+        (None, Ok(_)) if before.is_null() => Ok(true),
+        (Some("rollback_completed"), _) => Err(fail!(
             Swap,
-            "{service}: the update to {image} did not complete: {other} ({})",
-            now["Message"].as_str().unwrap_or_default()
+            "{service}: Swarm rolled the update to {image} back ({why}); its tasks run {} again",
+            running.split('@').next().unwrap_or_default()
         )),
-        None if state.is_null() => Ok(()),
-        None => Err(fail!(
+        (_, Err(e)) => Err(fail!(
             Swap,
-            "{service}: no update state after the update to {image}"
+            "{service}: the update to {image} failed ({}): {}",
+            state.unwrap_or("no update state"),
+            berth_core::process::last_lines(e.stderr(), 2)
+        )),
+        (state, Ok(_)) => Err(fail!(
+            Swap,
+            "{service}: the update to {image} did not complete: {} ({why})",
+            state.unwrap_or("no update state")
         )),
     }
 }
@@ -907,6 +1012,7 @@ mod tests {
             old: vec![],
             new: vec![],
             time_to_ready_ms: None,
+            updated: false,
         };
         let f = next_file(&cfg, [&svc].into_iter()).unwrap();
         let web = &f["services"]["web--next"];

@@ -1,0 +1,281 @@
+//! `berth-swap --engine swarm --worker worker worker` on the real test bed (issue 11,
+//! "workers too"): a stack of its own, `berthwork`, with Redis (one task, on the
+//! manager, whose image shares its base layer with nginx's: nothing big to pull) and the
+//! demo app's `worker` (2 replicas on 2 nodes, a healthcheck on `/readyz`, which answers
+//! only while Redis does). No traffic and no nginx: Swarm's own start-first update, with
+//! its rollback, is the swap; berth checks how it ended.
+//!
+//! - v1 -> v2: exit 0, the worker's tasks at v2 on two nodes, the deploy document's
+//!   stage, tags and tasks (old at v1, new at v2, with their nodes); the v2 workers take
+//!   jobs from Redis.
+//! - `unready` (its `/readyz` always 503, so its healthcheck never passes): exit 3, Swarm
+//!   rolled the update back, the very same v2 tasks still run, the document says so.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use berth_e2e::berth;
+use berth_e2e::swarm::Testbed;
+use serde_json::Value;
+
+const STACK: &str = "berthwork";
+
+const STACK_FILE: &str = r#"services:
+  redis:
+    image: REGISTRY/redis:7
+    networks: [worknet]
+    deploy:
+      replicas: 1
+      endpoint_mode: dnsrr
+      placement:
+        constraints: [node.role == manager]
+  worker:
+    image: REGISTRY/app:${BERTH_TAG}
+    command: ["worker"]
+    init: true
+    environment:
+      REDIS_URL: "redis://redis:6379"
+      DEMO_JOB_MS: "20"
+    healthcheck:
+      test: ["CMD", "/app", "healthcheck", "/readyz"]
+      interval: 1s
+      timeout: 2s
+      retries: 3
+      # Not the image's 30 s: a never-healthy tag fails (and is rolled back) in seconds.
+      start_period: 1s
+    stop_grace_period: 10s
+    networks: [worknet]
+    deploy:
+      replicas: 2
+      endpoint_mode: dnsrr
+      placement:
+        max_replicas_per_node: 1
+networks:
+  worknet:
+    driver: overlay
+"#;
+
+/// `berth-swap --engine swarm -p berthwork --tag TAG --worker worker worker`, berth on
+/// the manager: (exit, document, stderr).
+fn swap(tb: &Testbed, dir: &Path, tag: &str) -> (i32, Value, String) {
+    let t0 = Instant::now();
+    let out = berth("berth-swap")
+        .env("DOCKER_HOST", tb.manager.docker_host())
+        .args(["--engine", "swarm", "-p", STACK, "--timeout", "60s"])
+        .args(["--tag", tag, "--worker", "worker", "worker"])
+        .arg("--project-dir")
+        .arg(dir)
+        .stdin(Stdio::null())
+        .output()
+        .expect("berth-swap runs");
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    let doc: Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("berth-swap: no document ({e}): {stderr}"));
+    let code = out.status.code().unwrap_or(-1);
+    eprintln!(
+        "worker: berth-swap --tag {tag}: exit {code} in {:?}",
+        t0.elapsed()
+    );
+    (code, doc, stderr)
+}
+
+/// The worker's tasks Swarm wants running: (task id, node, image) of each, sorted.
+fn tasks(tb: &Testbed) -> Vec<(String, String, String)> {
+    let ps = tb.manager.docker_ok(&[
+        "service",
+        "ps",
+        "--no-trunc",
+        "--filter",
+        "desired-state=running",
+        "--format",
+        "{{.ID}} {{.Node}} {{.Image}} {{.CurrentState}}",
+        &format!("{STACK}_worker"),
+    ]);
+    let mut out: Vec<(String, String, String)> = ps
+        .lines()
+        .filter_map(|l| {
+            let mut w = l.split_whitespace();
+            let t = (w.next()?, w.next()?, w.next()?, w.next()?);
+            (t.3 == "Running").then(|| (t.0.into(), t.1.into(), untagged_digest(t.2)))
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// `R/app:v1` of `R/app:v1@sha256:...` (what the task runs, without the digest).
+fn untagged_digest(image: &str) -> String {
+    image.split('@').next().unwrap_or_default().to_string()
+}
+
+/// A service's tasks in the document (`old_containers`, `new_containers`): (node, image).
+fn listed(service: &Value, key: &str) -> Vec<(String, String)> {
+    let mut v: Vec<(String, String)> = service[key]
+        .as_array()
+        .unwrap_or(&Vec::new())
+        .iter()
+        .map(|c| {
+            let image = untagged_digest(c["image"].as_str().unwrap_or_default());
+            (c["node"].as_str().unwrap_or_default().to_string(), image)
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+/// Tasks as [`tasks`] lists them, as the document lists them: (node, image).
+fn docs_view(tasks: &[(String, String, String)]) -> Vec<(String, String)> {
+    let mut v: Vec<(String, String)> = tasks.iter().map(|t| (t.1.clone(), t.2.clone())).collect();
+    v.sort();
+    v
+}
+
+/// Wait (at most 120 s) for 2 running worker tasks at `tag`, on 2 nodes; returns them.
+fn running_at(tb: &Testbed, tag: &str) -> Vec<(String, String, String)> {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let now = tasks(tb);
+        let at_tag = now.iter().all(|t| t.2.ends_with(&format!("/app:{tag}")));
+        let nodes: BTreeSet<&str> = now.iter().map(|t| t.1.as_str()).collect();
+        if now.len() == 2 && at_tag && nodes.len() == 2 {
+            return now;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the worker's tasks are not 2 at {tag} on 2 nodes: {now:?}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+/// redis-cli in the Redis task (on the manager).
+fn redis(tb: &Testbed, args: &[&str]) -> String {
+    let container = tb.manager.docker_ok(&[
+        "ps",
+        "-q",
+        "--filter",
+        &format!("label=com.docker.swarm.service.name={STACK}_redis"),
+    ]);
+    let mut cmd = vec!["exec", container.as_str(), "redis-cli"];
+    cmd.extend_from_slice(args);
+    tb.manager.docker_ok(&cmd)
+}
+
+/// Pushes the images and deploys `berthwork` at v1; returns its directory once both
+/// worker tasks run (healthy: Swarm reports a task with a healthcheck `Running` only
+/// once it passed).
+pub fn deploy(tb: &Testbed) -> tempfile::TempDir {
+    for tag in ["v1", "v2", "unready"] {
+        tb.push(&format!("berth-demo/app:{tag}"), &format!("app:{tag}"));
+    }
+    tb.push("berth-fixture/redis:7", "redis:7");
+    let tmp = tempfile::tempdir().unwrap();
+    let file = STACK_FILE.replace("REGISTRY", &tb.registry);
+    std::fs::write(tmp.path().join("compose.yaml"), file).unwrap();
+    tb.deploy_stack(tmp.path(), STACK, "v1");
+    running_at(tb, "v1");
+    tmp
+}
+
+pub fn worker_swap_and_rollback(tb: &Testbed) {
+    let t0 = Instant::now();
+    let tmp = deploy(tb);
+    let dir = tmp.path();
+    let v1 = running_at(tb, "v1");
+    eprintln!(
+        "worker: stack {STACK} at v1 on {v1:?} at {:?}",
+        t0.elapsed()
+    );
+
+    // v1 -> v2: exit 0, Swarm's start-first update, tasks at v2 on two nodes.
+    let (code, doc, stderr) = swap(tb, dir, "v2");
+    assert_eq!(code, 0, "{stderr}");
+    let ok = ("swap".to_string(), "ok".to_string(), 0);
+    assert_eq!(berth_e2e::stages(&doc), [ok], "{doc}");
+    let d = &doc["stages"][0]["detail"];
+    assert_eq!(d["engine"], "swarm", "{d}");
+    assert_eq!(
+        (&d["tag"], &d["previous_tag"]),
+        (&"v2".into(), &"v1".into()),
+        "{d}"
+    );
+    assert!(d["workers_ms"].as_u64().is_some(), "{d}");
+    let w = &d["services"][0];
+    assert_eq!(
+        (&w["name"], &w["proxied"]),
+        (&"worker".into(), &false.into()),
+        "{d}"
+    );
+    assert_eq!(w["image"], format!("{}/app:v2", tb.registry), "{d}");
+    // The document's tasks: the old ones at v1, the new ones at v2, each with its node.
+    let v2 = running_at(tb, "v2");
+    assert_eq!(listed(w, "old_containers"), docs_view(&v1), "{d}");
+    assert_eq!(listed(w, "new_containers"), docs_view(&v2), "{d}");
+    let nodes: BTreeSet<&str> = v2.iter().map(|t| t.1.as_str()).collect();
+    assert!(std::fs::read_to_string(dir.join(".env"))
+        .unwrap()
+        .contains("BERTH_TAG=v2"));
+    eprintln!("worker: v2 on {nodes:?} at {:?}", t0.elapsed());
+
+    // The v2 workers work: 20 jobs through Redis, all done.
+    let mut push = vec!["RPUSH", "demo:jobs"];
+    let jobs: Vec<String> = (1..=20).map(|i| format!("job-{i}")).collect();
+    push.extend(jobs.iter().map(String::as_str));
+    redis(tb, &push);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while redis(tb, &["LLEN", "demo:done"]) != "20" {
+        assert!(
+            Instant::now() < deadline,
+            "the v2 workers did not finish 20 jobs: {} done",
+            redis(tb, &["LLEN", "demo:done"])
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+
+    // A tag that never gets healthy: exit 3, Swarm rolled it back, the same v2 tasks run.
+    let (code, doc, stderr) = swap(tb, dir, "unready");
+    assert_eq!(code, 3, "{stderr}");
+    let failed = ("swap".to_string(), "failed".to_string(), 3);
+    assert_eq!(berth_e2e::stages(&doc), [failed], "{doc}");
+    let error = doc["stages"][0]["error"].as_str().unwrap_or_default();
+    let want = format!(
+        "nothing moved: {STACK}_worker: Swarm rolled the update to {}/app:unready back",
+        tb.registry
+    );
+    assert!(
+        error.contains(&want)
+            && error.contains(&format!("its tasks run {}/app:v2 again", tb.registry))
+            && error.contains("the old tasks still run"),
+        "{error}"
+    );
+    assert_eq!(
+        tasks(tb),
+        v2,
+        "the v2 tasks are not the ones that ran before"
+    );
+    // The document: the tag it tried, the one that still runs, and its tasks.
+    let d = &doc["stages"][0]["detail"];
+    assert_eq!(
+        (&doc["tag"], &doc["previous_tag"]),
+        (&"unready".into(), &"v2".into())
+    );
+    assert_eq!(
+        (&d["tag"], &d["previous_tag"]),
+        (&"unready".into(), &"v2".into()),
+        "{d}"
+    );
+    let w = &d["services"][0];
+    assert_eq!(w["name"], "worker", "{d}");
+    assert_eq!(listed(w, "old_containers"), docs_view(&v2), "{d}");
+    assert_eq!(listed(w, "new_containers"), [], "{d}");
+    assert!(std::fs::read_to_string(dir.join(".env"))
+        .unwrap()
+        .contains("BERTH_TAG=v2"));
+    eprintln!(
+        "worker: unready rolled back, v2 tasks unchanged at {:?}",
+        t0.elapsed()
+    );
+    tb.manager.docker_ok(&["stack", "rm", STACK]);
+}
