@@ -385,20 +385,12 @@ impl<'a> Plan<'a> {
         let mut back = Vec::new();
         for s in self.services.iter_mut().filter(|s| s.updated) {
             let service = format!("{}_{}", self.ctx.project, s.name);
-            msg::info(format!("rolling {service} back to its previous image"));
-            let out = docker::docker()
-                .args(["service", "rollback", "--detach=false", "--quiet", &service])
-                .timeout(self.opts.timeout + berth_core::process::command_timeout())
-                .read();
-            match out {
-                Ok(_) => {
+            match rollback(&service, self.opts) {
+                Ok(()) => {
                     s.updated = false;
                     back.push(s.name.clone());
                 }
-                Err(e) => msg::warn(format!(
-                    "could not roll {service} back: {}",
-                    berth_core::process::last_lines(e.stderr(), 1)
-                )),
+                Err(e) => msg::warn(format!("could not roll {service} back: {e}")),
             }
         }
         if back.is_empty() {
@@ -910,25 +902,47 @@ fn update_service(stack: &str, name: &str, image: &str, opts: &Options) -> Resul
     let state = now["State"].as_str();
     let why = now["Message"].as_str().unwrap_or_default();
     match (state, ran) {
-        (Some("completed"), Ok(_)) => Ok(true),
+        // Swarm's word, whatever the CLI said.
+        (Some("completed"), _) => Ok(true),
         (None, Ok(_)) if before.is_null() => Ok(true),
         (Some("rollback_completed"), _) => Err(fail!(
             Swap,
             "{service}: Swarm rolled the update to {image} back ({why}); its tasks run {} again",
             running.split('@').next().unwrap_or_default()
         )),
-        (_, Err(e)) => Err(fail!(
-            Swap,
-            "{service}: the update to {image} failed ({}): {}",
-            state.unwrap_or("no update state"),
-            berth_core::process::last_lines(e.stderr(), 2)
-        )),
-        (state, Ok(_)) => Err(fail!(
-            Swap,
-            "{service}: the update to {image} did not complete: {} ({why})",
-            state.unwrap_or("no update state")
-        )),
+        (state, ran) => {
+            let state = state.unwrap_or("no update state");
+            let what = match ran {
+                Err(e) => format!(
+                    "failed ({state}): {}",
+                    berth_core::process::last_lines(e.stderr(), 2)
+                ),
+                Ok(_) => format!("did not complete: {state} ({why})"),
+            };
+            // Half-way (still updating at the bound, or paused): the previous spec back,
+            // so that nothing of the release stays; a rollback Swarm runs already goes on.
+            let undo = if state.starts_with("rollback_") {
+                String::new()
+            } else {
+                match rollback(&service, opts) {
+                    Ok(()) => "; rolled it back".to_string(),
+                    Err(e) => format!("; could not roll it back: {e}"),
+                }
+            };
+            Err(fail!(Swap, "{service}: the update to {image} {what}{undo}"))
+        }
     }
+}
+
+/// `docker service rollback` of `service` (Swarm's previous spec), waited for.
+fn rollback(service: &str, opts: &Options) -> std::result::Result<(), String> {
+    msg::info(format!("rolling {service} back to its previous image"));
+    docker::docker()
+        .args(["service", "rollback", "--detach=false", "--quiet", service])
+        .timeout(opts.timeout + berth_core::process::command_timeout())
+        .read()
+        .map(|_| ())
+        .map_err(|e| berth_core::process::last_lines(e.stderr(), 1))
 }
 
 /// A service's `UpdateStatus` (null before any update) and the image its spec runs.
