@@ -63,11 +63,27 @@ pub fn deploy(
     conf: &str,
     images: &[(&str, &str)],
 ) -> PathBuf {
+    deploy_with(tb, stack, port, conf, images, "")
+}
+
+/// [`deploy`] with `services` (YAML, indented as the entries of `services:`; `REGISTRY`
+/// replaced) added to [`STACK_FILE`]'s.
+pub fn deploy_with(
+    tb: &Testbed,
+    stack: &str,
+    port: u16,
+    conf: &str,
+    images: &[(&str, &str)],
+    services: &str,
+) -> PathBuf {
     for (image, name) in images {
         tb.push(image, name);
     }
     let dir = nginx_files(tb, stack, conf);
-    let file = STACK_FILE
+    let (own, networks) = STACK_FILE
+        .split_once("\nnetworks:\n")
+        .expect("the stack file's networks");
+    let file = format!("{own}\n{services}networks:\n{networks}")
         .replace("REGISTRY", &tb.registry)
         .replace("PORT", &port.to_string())
         .replace("DIR", &dir.display().to_string());

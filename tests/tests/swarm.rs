@@ -17,8 +17,9 @@
 //!   tasks run on two nodes, the lint's exact lines, a worker refused, `berth-report status`;
 //! - lane 3, migrate: berth-migrate reaching a database task on a worker;
 //! - lane 3, pg: berth-backup's round trip with that database task;
-//! - lane 4, worker (a stack of its own, no load): a worker service swapped by Swarm's
-//!   start-first update, and a never-healthy tag rolled back by Swarm (exit 3);
+//! - lane 4, worker (a stack of its own, no load): `web` and a worker in one
+//!   `berth-swap` (the worker by Swarm's start-first update, between web's readiness and
+//!   the switch), and a never-healthy worker tag rolled back by Swarm (exit 3);
 //! - then, alone (a drain moves every stack's tasks), drain: a node drained under load
 //!   through nginx, its task moves and nginx follows by Swarm's DNS, 0 failed.
 //!

@@ -1,31 +1,39 @@
-//! `berth-swap --engine swarm --worker worker worker` on the real test bed (issue 11,
-//! "workers too"): a stack of its own, `berthwork`, with Redis (one task, on the
-//! manager, whose image shares its base layer with nginx's: nothing big to pull) and the
-//! demo app's `worker` (2 replicas on 2 nodes, a healthcheck on `/readyz`, which answers
-//! only while Redis does). No traffic and no nginx: Swarm's own start-first update, with
-//! its rollback, is the swap; berth checks how it ended.
+//! Workers in `berth-swap --engine swarm` on the real test bed (issue 11, "workers
+//! too"): a stack of its own, `berthwork`: the swap part's layout (tests/src/swarmstack.rs:
+//! nginx on the manager, here on port 8083, `web` with 2 replicas on 2 nodes) plus Redis
+//! (one task, on the manager, whose image shares its base layer with nginx's: nothing big
+//! to pull) and the demo app's `worker` (2 replicas on 2 nodes, a healthcheck on
+//! `/readyz`, which answers only while Redis does). A worker takes no traffic: Swarm's
+//! own start-first update, with its rollback, is its swap; berth checks how it ended.
 //!
-//! - v1 -> v2: exit 0, the worker's tasks at v2 on two nodes, the deploy document's
-//!   stage, tags and tasks (old at v1, new at v2, with their nodes); the v2 workers take
-//!   jobs from Redis.
-//! - `unready` (its `/readyz` always 503, so its healthcheck never passes): exit 3, Swarm
-//!   rolled the update back, the very same v2 tasks still run, the document says so.
+//! - `--tag v2 --worker worker web worker`: exit 0, in the documented order (web--next
+//!   ready, then the worker updated, then nginx switched), both services' tasks at v2 on
+//!   two nodes, the deploy document's stage, tags and tasks (old at v1, new at v2, with
+//!   their nodes); the v2 workers take jobs from Redis.
+//! - `--tag unready --worker worker worker` (its `/readyz` always 503, so its healthcheck
+//!   never passes): exit 3, Swarm rolled the update back, the very same v2 tasks still
+//!   run, the document says so.
+//!
+//! No load here (lane 2's swap part has it, before this part).
 
 use std::collections::BTreeSet;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use berth_e2e::berth;
 use berth_e2e::swarm::Testbed;
+use berth_e2e::{berth, swarmstack};
 use serde_json::Value;
 
 const STACK: &str = "berthwork";
 
-const STACK_FILE: &str = r#"services:
-  redis:
+/// nginx's host-mode port on the manager (swap: 80, deploy: 8081, drain: 8082).
+const PORT: u16 = 8083;
+
+/// Added to the services of [`swarmstack::STACK_FILE`] (nginx and `web` on `appnet`).
+const SERVICES: &str = r#"  redis:
     image: REGISTRY/redis:7
-    networks: [worknet]
+    networks: [appnet]
     deploy:
       replicas: 1
       endpoint_mode: dnsrr
@@ -46,25 +54,23 @@ const STACK_FILE: &str = r#"services:
       # Not the image's 30 s: a never-healthy tag fails (and is rolled back) in seconds.
       start_period: 1s
     stop_grace_period: 10s
-    networks: [worknet]
+    networks: [appnet]
     deploy:
       replicas: 2
       endpoint_mode: dnsrr
       placement:
         max_replicas_per_node: 1
-networks:
-  worknet:
-    driver: overlay
 "#;
 
-/// `berth-swap --engine swarm -p berthwork --tag TAG --worker worker worker`, berth on
-/// the manager: (exit, document, stderr).
-fn swap(tb: &Testbed, dir: &Path, tag: &str) -> (i32, Value, String) {
+/// `berth-swap --engine swarm -p berthwork --tag TAG --worker worker SERVICE...`, berth
+/// on the manager: (exit, document, stderr).
+fn swap(tb: &Testbed, dir: &Path, tag: &str, services: &[&str]) -> (i32, Value, String) {
     let t0 = Instant::now();
     let out = berth("berth-swap")
         .env("DOCKER_HOST", tb.manager.docker_host())
         .args(["--engine", "swarm", "-p", STACK, "--timeout", "60s"])
-        .args(["--tag", tag, "--worker", "worker", "worker"])
+        .args(["--drain", "1s", "--tag", tag, "--worker", "worker"])
+        .args(services)
         .arg("--project-dir")
         .arg(dir)
         .stdin(Stdio::null())
@@ -75,7 +81,7 @@ fn swap(tb: &Testbed, dir: &Path, tag: &str) -> (i32, Value, String) {
         .unwrap_or_else(|e| panic!("berth-swap: no document ({e}): {stderr}"));
     let code = out.status.code().unwrap_or(-1);
     eprintln!(
-        "worker: berth-swap --tag {tag}: exit {code} in {:?}",
+        "worker: berth-swap --tag {tag} {services:?}: exit {code} in {:?}",
         t0.elapsed()
     );
     (code, doc, stderr)
@@ -163,35 +169,53 @@ fn redis(tb: &Testbed, args: &[&str]) -> String {
     tb.manager.docker_ok(&cmd)
 }
 
-/// Pushes the images and deploys `berthwork` at v1; returns its directory once both
-/// worker tasks run (healthy: Swarm reports a task with a healthcheck `Running` only
-/// once it passed).
-pub fn deploy(tb: &Testbed) -> tempfile::TempDir {
-    for tag in ["v1", "v2", "unready"] {
-        tb.push(&format!("berth-demo/app:{tag}"), &format!("app:{tag}"));
-    }
-    tb.push("berth-fixture/redis:7", "redis:7");
-    let tmp = tempfile::tempdir().unwrap();
-    let file = STACK_FILE.replace("REGISTRY", &tb.registry);
-    std::fs::write(tmp.path().join("compose.yaml"), file).unwrap();
-    tb.deploy_stack(tmp.path(), STACK, "v1");
+/// Pushes the images and deploys `berthwork` at v1; returns its directory (in the one the
+/// manager shares: nginx's bind mounts) once nginx answers v1 and both worker tasks run
+/// (healthy: Swarm reports a task with a healthcheck `Running` only once it passed).
+pub fn deploy(tb: &Testbed) -> PathBuf {
+    let dir = swarmstack::deploy_with(
+        tb,
+        STACK,
+        PORT,
+        &swarmstack::nginx_conf(),
+        &[
+            ("berth-demo/app:v1", "app:v1"),
+            ("berth-demo/app:v2", "app:v2"),
+            ("berth-demo/app:unready", "app:unready"),
+            ("berth-fixture/nginx:1", "nginx:1"),
+            ("berth-fixture/redis:7", "redis:7"),
+        ],
+        SERVICES,
+    );
     running_at(tb, "v1");
-    tmp
+    dir
 }
 
 pub fn worker_swap_and_rollback(tb: &Testbed) {
     let t0 = Instant::now();
-    let tmp = deploy(tb);
-    let dir = tmp.path();
+    let dir = deploy(tb);
+    let dir = dir.as_path();
     let v1 = running_at(tb, "v1");
     eprintln!(
         "worker: stack {STACK} at v1 on {v1:?} at {:?}",
         t0.elapsed()
     );
 
-    // v1 -> v2: exit 0, Swarm's start-first update, tasks at v2 on two nodes.
-    let (code, doc, stderr) = swap(tb, dir, "v2");
+    // web and worker to v2 in one call: exit 0, in the documented order.
+    let (code, doc, stderr) = swap(tb, dir, "v2", &["web", "worker"]);
     assert_eq!(code, 0, "{stderr}");
+    let at = |line: &str| {
+        stderr
+            .find(line)
+            .unwrap_or_else(|| panic!("no {line:?} in: {stderr}"))
+    };
+    let ready = at(&format!("{STACK}_web--next: 2 task(s) ready"));
+    let updating = at(&format!("updating {STACK}_worker to "));
+    let switched = at(&format!("nginx sends to tasks.{STACK}_web--next"));
+    assert!(ready < updating && updating < switched, "{stderr}");
+    let url = format!("http://{}:{PORT}/version", tb.manager.ip);
+    assert_eq!(berth_e2e::get(&url).map(|r| r.1), Ok("v2".to_string()));
+    super::swap::at_tag_on_two_nodes(tb, STACK, "v2");
     let ok = ("swap".to_string(), "ok".to_string(), 0);
     assert_eq!(berth_e2e::stages(&doc), [ok], "{doc}");
     let d = &doc["stages"][0]["detail"];
@@ -202,14 +226,19 @@ pub fn worker_swap_and_rollback(tb: &Testbed) {
         "{d}"
     );
     assert!(d["workers_ms"].as_u64().is_some(), "{d}");
-    let w = &d["services"][0];
+    let (web, w) = (&d["services"][0], &d["services"][1]);
+    assert_eq!(
+        (&web["name"], &web["proxied"]),
+        (&"web".into(), &true.into()),
+        "{d}"
+    );
     assert_eq!(
         (&w["name"], &w["proxied"]),
         (&"worker".into(), &false.into()),
         "{d}"
     );
     assert_eq!(w["image"], format!("{}/app:v2", tb.registry), "{d}");
-    // The document's tasks: the old ones at v1, the new ones at v2, each with its node.
+    // The document's worker tasks: the old ones at v1, the new ones at v2, with nodes.
     let v2 = running_at(tb, "v2");
     assert_eq!(listed(w, "old_containers"), docs_view(&v1), "{d}");
     assert_eq!(listed(w, "new_containers"), docs_view(&v2), "{d}");
@@ -217,7 +246,10 @@ pub fn worker_swap_and_rollback(tb: &Testbed) {
     assert!(std::fs::read_to_string(dir.join(".env"))
         .unwrap()
         .contains("BERTH_TAG=v2"));
-    eprintln!("worker: v2 on {nodes:?} at {:?}", t0.elapsed());
+    eprintln!(
+        "worker: web and worker at v2, worker on {nodes:?} at {:?}",
+        t0.elapsed()
+    );
 
     // The v2 workers work: 20 jobs through Redis, all done.
     let mut push = vec!["RPUSH", "demo:jobs"];
@@ -235,7 +267,7 @@ pub fn worker_swap_and_rollback(tb: &Testbed) {
     }
 
     // A tag that never gets healthy: exit 3, Swarm rolled it back, the same v2 tasks run.
-    let (code, doc, stderr) = swap(tb, dir, "unready");
+    let (code, doc, stderr) = swap(tb, dir, "unready", &["worker"]);
     assert_eq!(code, 3, "{stderr}");
     let failed = ("swap".to_string(), "failed".to_string(), 3);
     assert_eq!(berth_e2e::stages(&doc), [failed], "{doc}");
@@ -270,6 +302,7 @@ pub fn worker_swap_and_rollback(tb: &Testbed) {
     assert_eq!(w["name"], "worker", "{d}");
     assert_eq!(listed(w, "old_containers"), docs_view(&v2), "{d}");
     assert_eq!(listed(w, "new_containers"), [], "{d}");
+    assert_eq!(berth_e2e::get(&url).map(|r| r.1), Ok("v2".to_string()));
     assert!(std::fs::read_to_string(dir.join(".env"))
         .unwrap()
         .contains("BERTH_TAG=v2"));
