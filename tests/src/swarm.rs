@@ -50,6 +50,29 @@ impl Node {
         let out = run_ok(self.docker().args(args));
         String::from_utf8_lossy(&out.stdout).trim().to_string()
     }
+
+    /// The tasks of `service` that Swarm wants running and that run (`Running ...`: with
+    /// a healthcheck, only once it passed, else `Starting`), from this manager: (task id,
+    /// node, image) of each.
+    pub fn running_tasks(&self, service: &str) -> Vec<(String, String, String)> {
+        let ps = self.docker_ok(&[
+            "service",
+            "ps",
+            "--no-trunc",
+            "--filter",
+            "desired-state=running",
+            "--format",
+            "{{.ID}} {{.Node}} {{.Image}} {{.CurrentState}}",
+            service,
+        ]);
+        ps.lines()
+            .filter_map(|l| {
+                let mut w = l.split_whitespace();
+                let t = (w.next()?, w.next()?, w.next()?, w.next()?);
+                (t.3 == "Running").then(|| (t.0.into(), t.1.into(), t.2.into()))
+            })
+            .collect()
+    }
 }
 
 pub struct Testbed {

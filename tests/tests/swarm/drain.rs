@@ -23,33 +23,18 @@ const MOVE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// (task id, node, overlay address) of each running task of the stack's `web`.
 fn web_tasks(tb: &Testbed) -> Vec<(String, String, String)> {
-    let ps = tb.manager.docker_ok(&[
-        "service",
-        "ps",
-        "--no-trunc",
-        "--filter",
-        "desired-state=running",
-        "--format",
-        "{{.ID}} {{.Node}} {{.CurrentState}}",
-        &format!("{STACK}_web"),
-    ]);
     let mut out = Vec::new();
-    for line in ps.lines() {
-        let f: Vec<&str> = line.split_whitespace().collect();
-        // `Running 3 seconds ago`: with a healthcheck, only once it passed (else `Starting`).
-        if f.len() < 3 || f[2] != "Running" {
-            continue;
-        }
+    for (id, node, _) in tb.manager.running_tasks(&format!("{STACK}_web")) {
         let addr = tb.manager.docker_ok(&[
             "inspect",
             "--type",
             "task",
             "--format",
             "{{range .NetworksAttachments}}{{range .Addresses}}{{.}} {{end}}{{end}}",
-            f[0],
+            &id,
         ]);
         let addr = addr.split('/').next().unwrap_or_default().to_string();
-        out.push((f[0].to_string(), f[1].to_string(), addr));
+        out.push((id, node, addr));
     }
     out
 }

@@ -89,23 +89,11 @@ fn swap(tb: &Testbed, dir: &Path, tag: &str, services: &[&str]) -> (i32, Value, 
 
 /// The worker's tasks Swarm wants running: (task id, node, image) of each, sorted.
 fn tasks(tb: &Testbed) -> Vec<(String, String, String)> {
-    let ps = tb.manager.docker_ok(&[
-        "service",
-        "ps",
-        "--no-trunc",
-        "--filter",
-        "desired-state=running",
-        "--format",
-        "{{.ID}} {{.Node}} {{.Image}} {{.CurrentState}}",
-        &format!("{STACK}_worker"),
-    ]);
-    let mut out: Vec<(String, String, String)> = ps
-        .lines()
-        .filter_map(|l| {
-            let mut w = l.split_whitespace();
-            let t = (w.next()?, w.next()?, w.next()?, w.next()?);
-            (t.3 == "Running").then(|| (t.0.into(), t.1.into(), untagged_digest(t.2)))
-        })
+    let mut out: Vec<(String, String, String)> = tb
+        .manager
+        .running_tasks(&format!("{STACK}_worker"))
+        .into_iter()
+        .map(|(id, node, image)| (id, node, untagged_digest(&image)))
         .collect();
     out.sort();
     out
