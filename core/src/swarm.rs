@@ -29,7 +29,7 @@ pub enum Engine {
 }
 
 /// The commands that work with `--engine swarm` so far.
-pub const SUPPORTED: &str = "berth-swap (the swap, preflight, pull and maintenance), berth-rollback, berth-backup pg, verify, restore (of pg backups), drill, list and prune, berth-migrate, berth-healthwait (--url, --tcp), berth-report (the stage), status, history and record-failure";
+pub const SUPPORTED: &str = "berth-swap (the swap, preflight, pull and maintenance), berth-rollback, berth-backup pg, verify, restore (of pg backups), drill, list, prune and copy, berth-migrate, berth-healthwait (--url, --tcp), berth-report (the stage), status, history and record-failure";
 
 /// Commands that resolve their settings the usual way and handle Swarm themselves
 /// (the others that support it call [`crate::cli::CommonArgs::resolve_any_engine`]).
@@ -43,6 +43,8 @@ const HANDLE_SWARM: &[&str] = &[
     "berth-backup drill",
     "berth-backup list",
     "berth-backup prune",
+    // Reads the backup directory and runs the off-site tool: no docker.
+    "berth-backup copy",
     "berth-migrate",
     // --url and --tcp need no engine; --container is refused on Swarm by healthwait.
     "berth-healthwait",

@@ -233,28 +233,23 @@ fn copies_to_restic_and_rclone_over_sftp_list_check_rotate_and_restore_from_a_sn
     assert_eq!(l.as_array().unwrap().len(), 1, "{l}");
     assert_eq!(l[0]["file"], name.as_str());
 
-    // copy: an existing backup to a new destination (exit 0, the copy listed).
-    let o = bb(
-        &s,
-        &sftp,
-        &[
-            "copy",
-            file.to_str().unwrap(),
-            "--copy-to",
-            "rclone:off:/srv/second",
-        ],
-    );
-    assert_eq!(code(&o), 0, "{}", err(&o));
-    let o = bb(
-        &s,
-        &sftp,
-        &["list", "--remote", "rclone:off:/srv/second", "--json"],
-    );
-    assert!(
-        String::from_utf8_lossy(&o.stdout).contains(&name),
-        "{}",
-        err(&o)
-    );
+    // copy: an existing backup to a new destination (exit 0, the copy listed); with
+    // `--engine swarm` too (copy runs no docker: it works the same on a Swarm manager).
+    for (dest, engine) in [
+        ("rclone:off:/srv/second", "compose"),
+        ("rclone:off:/srv/third", "swarm"),
+    ] {
+        let file = file.to_str().unwrap();
+        let args = ["copy", file, "--copy-to", dest, "--engine", engine];
+        let o = bb(&s, &sftp, &args);
+        assert_eq!(code(&o), 0, "{engine}: {}", err(&o));
+        let o = bb(&s, &sftp, &["list", "--remote", dest, "--json"]);
+        assert!(
+            String::from_utf8_lossy(&o.stdout).contains(&name),
+            "{engine}: {}",
+            err(&o)
+        );
+    }
 
     // verify --remote: restic check reads the data back.
     let o = bb(
