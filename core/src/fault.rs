@@ -3,7 +3,7 @@
 //! end-to-end tests can prove that the next run converges from any point
 //! (`tests/tests/crash.rs` iterates [`SWAP_POINTS`]).
 //!
-//! `POINT` is a name from [`SWAP_POINTS`], optionally `NAME:N` for its N-th occurrence in
+//! `POINT` is a name from [`SWAP_POINTS`] (or [`SWARM_POINTS`]), optionally `NAME:N` for its N-th occurrence in
 //! one run (`reload:2` is the second `nginx -s reload`). Unset (always, outside tests),
 //! [`point`] does nothing. The points are the steps of a swap (and so of a rollback, which
 //! swaps back through the same engine); convergence reuses some of those steps, so a test
@@ -42,6 +42,23 @@ pub const SWAP_POINTS: &[&str] = &[
     "reload:2",
     // `.env` records the new tag; the journal is still there
     "env",
+];
+
+/// The points of a swap on Swarm (`berth-swap --engine swarm`, `swap/src/swarm/swap.rs`)
+/// after its own steps; its switches also pass the nginx points of [`SWAP_POINTS`]
+/// (`upstream`, `nginx-test`, `reload`, each `:2` for the switch back). Swarm keeps no
+/// journal: the next swap starts from what Swarm and berth's nginx file say (docs/swarm.md).
+pub const SWARM_POINTS: &[&str] = &[
+    // `docker stack deploy` created `SERVICE--next` beside the old tasks
+    "swarm-next",
+    // nginx sends to `tasks.STACK_SERVICE--next`, drained
+    "swarm-switch",
+    // `docker service update --image` of the stack's own service converged (no traffic)
+    "swarm-update",
+    // nginx back on `tasks.STACK_SERVICE`, drained; `SERVICE--next` still there
+    "swarm-back",
+    // `docker service rm` of `SERVICE--next`; the pin file not yet written
+    "swarm-rm",
 ];
 
 static SEEN: Mutex<Vec<(String, u32)>> = Mutex::new(Vec::new());
@@ -99,7 +116,7 @@ mod tests {
         assert!(!matches("reload", "nginx-test", 1));
         assert!(!matches("reload:x", "reload", 1));
         // Every listed point parses to a name and an occurrence.
-        for p in SWAP_POINTS {
+        for p in SWAP_POINTS.iter().chain(SWARM_POINTS) {
             let (name, n) = p.split_once(':').unwrap_or((p, "1"));
             assert!(matches(p, name, n.parse().unwrap()), "{p}");
         }

@@ -35,7 +35,7 @@ use anyhow::{Context as _, Result};
 use berth_core::cli::Context;
 use berth_core::process::Runner;
 use berth_core::time::millis;
-use berth_core::{docker, fail, msg, record, swarm, time, Failure};
+use berth_core::{docker, fail, fault, msg, record, swarm, time, Failure};
 use serde_json::{json, Map, Value};
 
 use crate::engine::{AfterSwitch, Options, SwapOutcome, Unmoved};
@@ -234,6 +234,7 @@ impl<'a> Plan<'a> {
             .arg(&self.ctx.project)
             .stdin_bytes(file.to_string())
             .read();
+        fault::point("swarm-next");
         if let Err(e) = deployed {
             self.remove_next();
             return Err(fail!(
@@ -323,6 +324,7 @@ impl<'a> Plan<'a> {
                 "{e:#}; removed the new tasks{workers}; the old ones still serve"
             ));
         }
+        fault::point("swarm-switch");
         Ok(())
     }
 
@@ -336,10 +338,13 @@ impl<'a> Plan<'a> {
         for (name, image) in &updates {
             update_service(&self.ctx.project, name, image, self.opts)?;
         }
+        fault::point("swarm-update");
         let ready = Instant::now();
         self.wait_all_ready("", ready)?;
         self.switch("converge_switch_ms", "")?;
+        fault::point("swarm-back");
         self.remove_next();
+        fault::point("swarm-rm");
         self.time("converge_ms", started);
         Ok(())
     }
@@ -476,7 +481,12 @@ impl<'a> Plan<'a> {
                 self.opts.drain.unwrap_or(crate::engine::DEFAULT_DRAIN),
             ));
             swap.extra.insert("engine".into(), json!("swarm"));
-            for k in ["converge_ms", "converge_switch_ms", "workers_ms"] {
+            for k in [
+                "clean_up_ms",
+                "converge_ms",
+                "converge_switch_ms",
+                "workers_ms",
+            ] {
                 if let Some(v) = self.times.get(k) {
                     swap.extra.insert(k.into(), v.clone());
                 }
