@@ -13,6 +13,9 @@
 //! - lane 2, then on the swap part's stack, maintenance: `berth-swap maintenance on|off
 //!   --engine swarm` and `scripts/deploy.sh` with `DEPLOY_MAINTENANCE=1` under keep-alive
 //!   GET+POST clients, each switch seen by a request sent the instant it returns;
+//! - lane 2, then, crash: a swap SIGKILLed after its switch to `web--next`
+//!   (`BERTH_FAULT_KILL_AFTER=swarm-switch`), then a swap to a never-ready tag under load
+//!   (and 5 s after it): 0 failed, nginx back on the stack's own tasks, `web--next` gone;
 //! - lane 3, preflight: `berth-swap preflight` and `pull --engine swarm` on a stack whose
 //!   tasks run on two nodes, the lint's exact lines, a worker refused, `berth-report status`;
 //! - lane 3, migrate: berth-migrate reaching a database task on a worker;
@@ -33,6 +36,8 @@ use std::time::{Duration, Instant};
 use berth_e2e::swarm::Testbed;
 use berth_e2e::{berth, require_images};
 
+#[path = "swarm/crash.rs"]
+mod crash;
 #[path = "swarm/deploy.rs"]
 mod deploy;
 #[path = "swarm/drain.rs"]
@@ -164,11 +169,14 @@ fn swarm_parts_on_one_three_node_test_bed() {
         }),
         Box::new(|| {
             let mut p = Parts::new("lane 2", t0);
-            // maintenance goes on with the swap part's stack (at v1 after it).
-            if wanted("swap") || wanted("maintenance") {
+            // maintenance, then crash, go on with the swap part's stack (at v1 after it).
+            if wanted("swap") || wanted("maintenance") || wanted("crash") {
                 let dir = p.run("swap", || swap::swap_and_rollback_under_load(&tb));
                 p.maybe("maintenance", || {
                     maintenance::on_and_off_under_clients_then_deploy_with_maintenance(&tb, &dir)
+                });
+                p.maybe("crash", || {
+                    crash::killed_after_the_switch_then_unready(&tb, &dir)
                 });
             }
             p.done

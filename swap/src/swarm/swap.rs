@@ -108,6 +108,7 @@ impl<'a> Plan<'a> {
         // traffic moved (exit 3), and a switch that fails rolls the workers back.
         let proxied = self.proxied().next().is_some();
         if proxied {
+            self.clean_up_before()?;
             self.start_next()?;
         }
         self.update_workers()?;
@@ -223,6 +224,52 @@ impl<'a> Plan<'a> {
             };
             msg::info(format!("would swap {} to {}: {how}", s.name, s.image));
         }
+    }
+
+    /// Swarm keeps no journal: a swap killed half-way leaves `SERVICE--next` running, and
+    /// maybe nginx sending to it (berth's file names `tasks.STACK_SERVICE--next`). A
+    /// swap starts from what Swarm and that file say: when either is left, nginx is
+    /// switched (back) to the stack's own service once its tasks are probed ready, drained,
+    /// and `SERVICE--next` removed, so that the new `SERVICE--next` never replaces tasks
+    /// that take traffic. The own service not ready in time: exit 3, nothing removed.
+    fn clean_up_before(&mut self) -> Result<()> {
+        let mut left = Vec::new();
+        for s in self.proxied() {
+            let next = format!("{}_{}{NEXT}", self.ctx.project, s.name);
+            let upstream = s.upstream.as_ref().expect("proxied");
+            let on_next = std::fs::read_to_string(upstream)
+                .is_ok_and(|f| f.contains(&format!("tasks.{next}:")));
+            let exists = docker::docker()
+                .args(["service", "inspect", "--format", "{{.ID}}", &next])
+                .read()
+                .is_ok();
+            if on_next || exists {
+                left.push(next);
+            }
+        }
+        if left.is_empty() {
+            return Ok(());
+        }
+        msg::warn(format!(
+            "a swap before this one did not finish ({} left): nginx back to the stack's own tasks, then removing them",
+            left.join(", ")
+        ));
+        let started = Instant::now();
+        self.wait_all_ready("", started)
+            .and_then(|()| self.switch("clean_up_ms", ""))
+            .map_err(|e| {
+                fail!(
+                    Swap,
+                    "{e:#}; left as it was ({} still there)",
+                    left.join(", ")
+                )
+            })?;
+        self.remove_next();
+        for s in self.services.iter_mut() {
+            s.new.clear();
+            s.time_to_ready_ms = None;
+        }
+        Ok(())
     }
 
     /// Step 1 and 2: `SERVICE--next` for every proxied service, its tasks ready.
