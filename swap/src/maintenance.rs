@@ -132,57 +132,7 @@ pub fn run(
         let runner = Runner {
             dry_run: ctx.dry_run,
         };
-        let switch = if nginx.proxy == ProxyMode::Haproxy {
-            let admin = Admin::locate(
-                &ctx.compose(),
-                &nginx.proxy_service,
-                &nginx.haproxy_socket,
-                "",
-            )?;
-            if admin.is_none() && !ctx.dry_run {
-                return Err(berth_core::fail!(
-                    Preflight,
-                    "the HAProxy service {:?} is not running",
-                    nginx.proxy_service
-                ));
-            }
-            Switch::Haproxy {
-                admin,
-                map: args.haproxy_map.clone(),
-            }
-        } else {
-            let file = match &args.maintenance_file {
-                Some(f) if f.is_absolute() => f.clone(),
-                Some(f) => ctx.project_dir.join(f),
-                None => ctx
-                    .project_dir
-                    .join("nginx")
-                    .join("berth")
-                    .join("server-maintenance.conf"),
-            };
-            let proxy = if ctx.engine == Engine::Swarm {
-                // nginx is a service of the stack, its task on this manager, berth's
-                // directory bind-mounted into it: the swap's layout on Swarm.
-                swarm::ensure_manager(&swarm::node_state()?)?;
-                crate::swarm::swap::locate_proxy(ctx, nginx)?
-            } else {
-                let mut proxy = Proxy::new(
-                    nginx.proxy,
-                    ctx.compose(),
-                    &nginx.proxy_service,
-                    &nginx.nginx,
-                );
-                if !ctx.dry_run && !proxy.locate()? {
-                    return Err(berth_core::fail!(
-                        Preflight,
-                        "the nginx service {:?} is not running",
-                        nginx.proxy_service
-                    ));
-                }
-                proxy
-            };
-            Switch::Nginx { proxy, file }
-        };
+        let switch = locate_switch(ctx, &args, nginx)?;
         record::update(detail, |m: &mut record::Maintenance| {
             m.file = Some(switch.place())
         });
@@ -204,6 +154,62 @@ pub fn run(
             _ => Ok(Completed::Ok),
         }
     })
+}
+
+/// Where the page is switched: HAProxy's map through its admin socket, or nginx's
+/// snippet (on Swarm in the directory bind-mounted into the nginx task on this manager,
+/// the swap's layout there). A proxy that is not running: exit 1 (but in a dry run).
+fn locate_switch(ctx: &Context, args: &Args, nginx: &Options) -> Result<Switch> {
+    if nginx.proxy == ProxyMode::Haproxy {
+        let admin = Admin::locate(
+            &ctx.compose(),
+            &nginx.proxy_service,
+            &nginx.haproxy_socket,
+            "",
+        )?;
+        if admin.is_none() && !ctx.dry_run {
+            return Err(berth_core::fail!(
+                Preflight,
+                "the HAProxy service {:?} is not running",
+                nginx.proxy_service
+            ));
+        }
+        return Ok(Switch::Haproxy {
+            admin,
+            map: args.haproxy_map.clone(),
+        });
+    }
+    let file = match &args.maintenance_file {
+        Some(f) if f.is_absolute() => f.clone(),
+        Some(f) => ctx.project_dir.join(f),
+        None => ctx
+            .project_dir
+            .join("nginx")
+            .join("berth")
+            .join("server-maintenance.conf"),
+    };
+    let proxy = if ctx.engine == Engine::Swarm {
+        // nginx is a service of the stack, its task on this manager, berth's
+        // directory bind-mounted into it: the swap's layout on Swarm.
+        swarm::ensure_manager(&swarm::node_state()?)?;
+        crate::swarm::swap::locate_proxy(ctx, nginx)?
+    } else {
+        let mut proxy = Proxy::new(
+            nginx.proxy,
+            ctx.compose(),
+            &nginx.proxy_service,
+            &nginx.nginx,
+        );
+        if !ctx.dry_run && !proxy.locate()? {
+            return Err(berth_core::fail!(
+                Preflight,
+                "the nginx service {:?} is not running",
+                nginx.proxy_service
+            ));
+        }
+        proxy
+    };
+    Ok(Switch::Nginx { proxy, file })
 }
 
 /// Where the maintenance page is switched on and off.
