@@ -239,11 +239,7 @@ impl<'a> Plan<'a> {
             let upstream = s.upstream.as_ref().expect("proxied");
             let on_next = std::fs::read_to_string(upstream)
                 .is_ok_and(|f| f.contains(&format!("tasks.{next}:")));
-            let exists = docker::docker()
-                .args(["service", "inspect", "--format", "{{.ID}}", &next])
-                .read()
-                .is_ok();
-            if on_next || exists {
+            if on_next || stack::inspect(&next)?.is_some() {
                 left.push(next);
             }
         }
