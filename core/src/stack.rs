@@ -172,7 +172,7 @@ pub fn services(stack: &str) -> Result<Vec<String>> {
 }
 
 /// One task of a service that Swarm wants running.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct Task {
     pub id: String,
     /// `STACK_SERVICE.SLOT`

@@ -407,6 +407,9 @@ impl<'a> Plan<'a> {
             match update_service(&project, &name, &image, self.opts) {
                 Ok(updated) => self.services[i].updated = updated,
                 Err(e) => {
+                    let s = &self.services[i];
+                    let full = format!("{project}_{name}");
+                    let (replaced, old) = settled(&full, &s.old, s.replicas, SETTLE_BOUND);
                     let workers = self.roll_back_workers();
                     let next = if self.proxied().next().is_some() {
                         self.remove_next();
@@ -414,7 +417,7 @@ impl<'a> Plan<'a> {
                     } else {
                         String::new()
                     };
-                    return Err(fail!(Swap, "{e:#}{workers}{next}; the old tasks still run"));
+                    return Err(fail!(Swap, "{e:#}{replaced}{workers}{next}; {old}"));
                 }
             }
             let s = &mut self.services[i];
@@ -987,6 +990,58 @@ fn update_service(stack: &str, name: &str, image: &str, opts: &Options) -> Resul
     }
 }
 
+/// How long a worker whose update failed may take to run its replicas again.
+const SETTLE_BOUND: Duration = Duration::from_secs(20);
+
+/// After a worker's update failed and was rolled back: waits (at most `bound`) until
+/// `full` runs exactly `replicas` tasks, all running, then tells whether the tasks that
+/// ran before still do: ("", "the old tasks still run") or what Swarm replaced. While it
+/// rolls back, Swarm may restart the failed new task from the old spec and then keep
+/// that one instead of a task that ran before (seen on the test bed): a worker restarted
+/// at the old tag, which the 3 a.m. reader should not have to find out alone.
+fn settled(full: &str, old: &[Task], replicas: usize, bound: Duration) -> (String, String) {
+    let deadline = Instant::now() + bound;
+    let now = loop {
+        let Ok(now) = stack::tasks(full) else {
+            return compared(&[], &[]); // what it said before it looked
+        };
+        let settled = now.len() == replicas && now.iter().all(|t| t.state == "running");
+        if settled || Instant::now() >= deadline {
+            break now;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    compared(old, &now)
+}
+
+/// [`settled`]'s line: ("", "the old tasks still run") when every task in `old` is in
+/// `now`, else how many Swarm replaced, what runs now, and "the other old tasks...".
+fn compared(old: &[Task], now: &[Task]) -> (String, String) {
+    let gone: Vec<&Task> = old
+        .iter()
+        .filter(|o| !now.iter().any(|t| t.id == o.id))
+        .collect();
+    if gone.is_empty() {
+        return (String::new(), "the old tasks still run".to_string());
+    }
+    let running: Vec<String> = now
+        .iter()
+        .map(|t| format!("{} on {} ({})", t.name, t.node, t.state))
+        .collect();
+    let replaced = format!(
+        "; of the {} tasks that ran before, Swarm replaced {} while it rolled back \
+         (now: {})",
+        old.len(),
+        gone.len(),
+        if running.is_empty() {
+            "none".to_string()
+        } else {
+            running.join(", ")
+        }
+    );
+    (replaced, "the other old tasks still run".to_string())
+}
+
 /// `docker service rollback` of `service` (Swarm's previous spec), waited for.
 fn rollback(service: &str, opts: &Options) -> std::result::Result<(), String> {
     msg::info(format!("rolling {service} back to its previous image"));
@@ -1047,6 +1102,34 @@ mod tests {
         assert!(!has_healthcheck(
             &json!({"healthcheck": {"disable": true, "test": ["CMD", "x"]}})
         ));
+    }
+
+    #[test]
+    fn a_rolled_back_worker_says_which_old_tasks_swarm_replaced() {
+        let task = |id: &str, slot: u8, node: &str| Task {
+            id: id.into(),
+            name: format!("s_worker.{slot}"),
+            node: node.into(),
+            state: "running".into(),
+            ..Task::default()
+        };
+        let old = [task("a", 1, "w1"), task("b", 2, "m1")];
+        let same = [task("b", 2, "m1"), task("a", 1, "w1")];
+        let still = (String::new(), "the old tasks still run".to_string());
+        assert_eq!(compared(&old, &same), still);
+        assert_eq!(compared(&[], &[]), still);
+        let now = [task("c", 1, "w1"), task("b", 2, "m1")];
+        assert_eq!(
+            compared(&old, &now),
+            (
+                "; of the 2 tasks that ran before, Swarm replaced 1 while it rolled back \
+                 (now: s_worker.1 on w1 (running), s_worker.2 on m1 (running))"
+                    .to_string(),
+                "the other old tasks still run".to_string()
+            )
+        );
+        let (line, _) = compared(&old, &[]);
+        assert!(line.ends_with("Swarm replaced 2 while it rolled back (now: none)"));
     }
 
     #[test]
