@@ -1006,11 +1006,22 @@ impl std::fmt::Display for AfterSwitch {
 pub struct Unmoved {
     pub previous_tag: Option<String>,
     pub detail: Map<String, Value>,
+    /// The `SERVICE--next` of an earlier, unfinished swap this one removed first (nginx
+    /// switched back to the stack's own tasks): that much did move.
+    pub cleaned_up: Vec<String>,
 }
 
 impl std::fmt::Display for Unmoved {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "nothing moved")
+        if self.cleaned_up.is_empty() {
+            return write!(f, "nothing moved");
+        }
+        write!(
+            f,
+            "nothing moved after the clean-up of a swap that did not finish (nginx back on \
+             the stack's own tasks, {} removed)",
+            self.cleaned_up.join(", ")
+        )
     }
 }
 
@@ -1246,6 +1257,27 @@ fn declared_grace(cfg: &Value, svc: &str) -> Option<Duration> {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn unmoved_says_what_its_clean_up_moved() {
+        let unmoved = |cleaned_up: Vec<String>| {
+            let e = anyhow::anyhow!("web--next: not ready in 15s").context(Unmoved {
+                previous_tag: None,
+                detail: Map::new(),
+                cleaned_up,
+            });
+            berth_core::exit::one_line(&e)
+        };
+        assert_eq!(
+            unmoved(vec![]),
+            "nothing moved: web--next: not ready in 15s"
+        );
+        assert_eq!(
+            unmoved(vec!["s_web--next".into()]),
+            "nothing moved after the clean-up of a swap that did not finish (nginx back on \
+             the stack's own tasks, s_web--next removed): web--next: not ready in 15s"
+        );
+    }
 
     #[test]
     fn grace_from_config() {

@@ -103,8 +103,9 @@ pub struct Cli {
     pub services: Vec<String>,
 
     /// Only converge what a killed swap or rollback left (from its journal in
-    /// <state>/swap/), with zero failed requests, then exit; every swap and rollback also
-    /// does this first
+    /// <state>/swap/; on --engine swarm from the stack's SERVICE--next and berth's nginx
+    /// file), with zero failed requests, then exit; every swap and rollback also does this
+    /// first
     #[arg(long, conflicts_with = "services")]
     pub converge: bool,
 
@@ -368,12 +369,6 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
     check()?;
     let input = stage::load(&cli.common)?;
     if cli.converge {
-        if cli.common.engine == berth_core::swarm::Engine::Swarm {
-            return Err(Failure::usage(
-                "--engine swarm: a swap on Swarm keeps no journal, so --converge has nothing to do there",
-            )
-            .into());
-        }
         return converge_stage(&cli.swap, input);
     }
     let spec = cli
@@ -430,9 +425,28 @@ fn converge_stage(args: &SwapArgs, input: stage::Input) -> Result<ExitCode> {
     let spec = args.locked(Spec::new("converge", ExitCode::Swap).acting_on_failure(true));
     let prior = ExitCode::from_code(input.doc.outcome()).unwrap_or(ExitCode::Success);
     let opts = args.options();
-    stage::run(spec, input, |ctx, _doc, detail| {
+    stage::run(spec, input, |ctx, doc, detail| {
         if ctx.dry_run {
             return Ok(Completed::Skipped("dry run: nothing changed".into()));
+        }
+        if ctx.engine == berth_core::swarm::Engine::Swarm {
+            let done = swarm::swap::converge(ctx, &opts, &doc.deploy_id)?;
+            msg::info(if done.is_empty() {
+                "nothing to converge: no swap was left half-way".to_string()
+            } else {
+                format!(
+                    "converged: nginx back on the stack's own tasks, removed {}",
+                    done.join(", ")
+                )
+            });
+            record::put(
+                detail,
+                &record::Converge {
+                    converged: done,
+                    ..Default::default()
+                },
+            );
+            return Ok(Completed::Done(prior));
         }
         let mut done = converge::converge(ctx, &opts, ctx.tag.as_deref())?;
         if opts.proxy == ProxyMode::NginxDns {

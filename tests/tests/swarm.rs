@@ -16,6 +16,7 @@
 //! - lane 2, then, crash: a swap SIGKILLed after its switch to `web--next`
 //!   (`BERTH_FAULT_KILL_AFTER=swarm-switch`), then a swap to a never-ready tag under load
 //!   (and 5 s after it): 0 failed, nginx back on the stack's own tasks, `web--next` gone;
+//!   killed there again, then `berth-swap --converge`: the same, 0 failed;
 //! - lane 3, preflight: `berth-swap preflight` and `pull --engine swarm` on a stack whose
 //!   tasks run on two nodes, the lint's exact lines, a worker refused, `berth-report status`;
 //! - lane 3, migrate: berth-migrate reaching a database task on a worker;

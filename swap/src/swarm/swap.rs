@@ -71,6 +71,8 @@ struct Plan<'a> {
     services: Vec<Svc>,
     previous_tag: Option<String>,
     times: Map<String, Value>,
+    /// What [`Plan::clean_up_before`] removed of an earlier swap.
+    cleaned_up: Vec<String>,
 }
 
 /// Swap `services` of the stack to `tag`. Errors carry their exit code (1 preflight, 3
@@ -85,7 +87,7 @@ pub fn swap(
     let started = Instant::now();
     let mut p = Plan::new(ctx, opts, services, tag, deploy_id)?;
     if ctx.dry_run {
-        p.say_dry_run();
+        p.say_dry_run()?;
         return Ok(p.outcome(true));
     }
     if let Err(e) = p.run() {
@@ -132,9 +134,13 @@ impl<'a> Plan<'a> {
         }
         let mut detail = Map::new();
         record::put(&mut detail, &self.swap_record(false));
+        if !self.cleaned_up.is_empty() {
+            detail.insert("cleaned_up".into(), json!(self.cleaned_up));
+        }
         e.context(Unmoved {
             previous_tag: self.previous_tag.clone(),
             detail,
+            cleaned_up: self.cleaned_up.clone(),
         })
     }
 
@@ -174,6 +180,7 @@ impl<'a> Plan<'a> {
             services,
             previous_tag,
             times: Map::new(),
+            cleaned_up: Vec::new(),
         };
         if p.proxied().next().is_some() {
             let proxy = locate_proxy(ctx, opts)?;
@@ -205,7 +212,14 @@ impl<'a> Plan<'a> {
         self.proxy.as_ref().expect("a located proxy")
     }
 
-    fn say_dry_run(&self) {
+    fn say_dry_run(&self) -> Result<()> {
+        let left = self.left_over()?;
+        if !left.is_empty() {
+            msg::info(format!(
+                "would first finish a swap that did not ({} left): nginx back to the stack's own tasks once they are ready, then remove them",
+                left.join(", ")
+            ));
+        }
         for s in &self.services {
             let how = if s.upstream.is_some() {
                 format!(
@@ -224,6 +238,7 @@ impl<'a> Plan<'a> {
             };
             msg::info(format!("would swap {} to {}: {how}", s.name, s.image));
         }
+        Ok(())
     }
 
     /// Swarm keeps no journal: a swap killed half-way leaves `SERVICE--next` running, and
@@ -233,16 +248,7 @@ impl<'a> Plan<'a> {
     /// and `SERVICE--next` removed, so that the new `SERVICE--next` never replaces tasks
     /// that take traffic. The own service not ready in time: exit 3, nothing removed.
     fn clean_up_before(&mut self) -> Result<()> {
-        let mut left = Vec::new();
-        for s in self.proxied() {
-            let next = format!("{}_{}{NEXT}", self.ctx.project, s.name);
-            let upstream = s.upstream.as_ref().expect("proxied");
-            let on_next = std::fs::read_to_string(upstream)
-                .is_ok_and(|f| f.contains(&format!("tasks.{next}:")));
-            if on_next || stack::inspect(&next)?.is_some() {
-                left.push(next);
-            }
-        }
+        let left = self.left_over()?;
         if left.is_empty() {
             return Ok(());
         }
@@ -265,7 +271,18 @@ impl<'a> Plan<'a> {
             s.new.clear();
             s.time_to_ready_ms = None;
         }
+        self.cleaned_up = left;
         Ok(())
+    }
+
+    /// The `STACK_SERVICE--next` a swap before this one left (see [`left_by_a_swap`]).
+    fn left_over(&self) -> Result<Vec<String>> {
+        let mut left = Vec::new();
+        for s in self.proxied() {
+            let upstream = s.upstream.as_ref().expect("proxied");
+            left.extend(left_by_a_swap(self.ctx, upstream, &s.name)?);
+        }
+        Ok(left)
     }
 
     /// Step 1 and 2: `SERVICE--next` for every proxied service, its tasks ready.
@@ -988,6 +1005,57 @@ fn update_service(stack: &str, name: &str, image: &str, opts: &Options) -> Resul
             Err(fail!(Swap, "{service}: the update to {image} {what}{undo}"))
         }
     }
+}
+
+/// `STACK_SERVICE--next` when a swap left it: running, or named in berth's nginx file for
+/// the service (`upstream`).
+fn left_by_a_swap(ctx: &Context, upstream: &std::path::Path, name: &str) -> Result<Option<String>> {
+    let next = format!("{}_{name}{NEXT}", ctx.project);
+    let on_next =
+        std::fs::read_to_string(upstream).is_ok_and(|f| f.contains(&format!("tasks.{next}:")));
+    Ok((on_next || stack::inspect(&next)?.is_some()).then_some(next))
+}
+
+/// `berth-swap --converge --engine swarm`: the clean-up every Swarm swap starts with
+/// ([`Plan::clean_up_before`]), alone, for each service behind nginx that a swap left
+/// half-way (its `--next` running or named in berth's file): nginx back on the stack's
+/// own tasks once they are ready, drained, `--next` removed. Returns what it removed
+/// (empty: nothing was left).
+pub fn converge(ctx: &Context, opts: &Options, deploy_id: &str) -> Result<Vec<String>> {
+    let pin = ctx.pin_file();
+    let tag = ctx
+        .tag
+        .clone()
+        .or_else(|| envfile::read_var(&pin, &ctx.tag_var))
+        .ok_or_else(|| {
+            fail!(
+                Preflight,
+                "{} does not set {}: pass --tag (the tag the stack runs)",
+                pin.display(),
+                ctx.tag_var
+            )
+        })?;
+    let cfg = ctx
+        .compose_at(&tag)
+        .config()
+        .map_err(|e| fail!(Preflight, "{e:#}"))?;
+    let mut names = Vec::new();
+    for name in cfg["services"]
+        .as_object()
+        .into_iter()
+        .flat_map(|m| m.keys())
+    {
+        let upstream = upstream::path(ctx, opts.upstream_file.as_deref(), name);
+        if upstream::is_proxied(opts, name) && left_by_a_swap(ctx, &upstream, name)?.is_some() {
+            names.push(name.clone());
+        }
+    }
+    if names.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut p = Plan::new(ctx, opts, &names, &tag, deploy_id)?;
+    p.clean_up_before()?;
+    Ok(p.cleaned_up)
 }
 
 /// How long a worker whose update failed may take to run its replicas again.

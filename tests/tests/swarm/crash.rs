@@ -5,8 +5,9 @@
 //! `web--next`. That next swap starts from what Swarm and berth's file say: nginx back
 //! on the stack's own tasks, `web--next` removed, and only then a new `web--next`. 0
 //! failed requests through both; the stack's own tasks at the tag they ran before on two
-//! nodes, nginx on them, `web--next` gone. The other points, and `berth-rollback --to`
-//! after each: docs/swarm.md.
+//! nodes, nginx on them, `web--next` gone. Then killed there again and
+//! `berth-swap --converge` alone: the same, under load, 0 failed. The other points, and
+//! `berth-rollback --to` after each: docs/swarm.md.
 
 use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
@@ -54,6 +55,14 @@ pub fn killed_after_the_switch_then_unready(tb: &Testbed, dir: &Path) {
     );
     assert_eq!(berth_e2e::get(&url).map(|r| r.1), Ok(other.to_string()));
 
+    // A dry run says the next swap first finishes that one, and changes nothing.
+    let (code, _, stderr) = run(tb, dir, "berth-swap", &["--dry-run", "--tag", "v1", "web"]);
+    assert_eq!(code, 0, "{stderr}");
+    let want = format!("would first finish a swap that did not ({STACK}_web--next left)");
+    assert!(stderr.contains(&want), "{stderr}");
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), text);
+    assert!(services(tb, STACK).contains(&format!("{STACK}_web--next")));
+
     // Without the clean-up first, this swap's failure removes `web--next`, which nginx
     // still sends to: every request fails from then on. The load goes on 5 s after it
     // exits: `docker service rm` returns at once, Swarm's DNS drops the tasks a moment
@@ -69,7 +78,7 @@ pub fn killed_after_the_switch_then_unready(tb: &Testbed, dir: &Path) {
         "--drain",
         "2s",
     ];
-    let (code, _, stderr) = run(tb, dir, "berth-swap", &args);
+    let (code, doc, stderr) = run(tb, dir, "berth-swap", &args);
     eprintln!("berth-swap {args:?}: exit {code} in {:?}", t0.elapsed());
     std::thread::sleep(Duration::from_secs(5));
     let report = load.stop();
@@ -79,6 +88,17 @@ pub fn killed_after_the_switch_then_unready(tb: &Testbed, dir: &Path) {
         stderr.contains("a swap before this one did not finish"),
         "{stderr}"
     );
+    let said = format!(
+        "nothing moved after the clean-up of a swap that did not finish (nginx back on the \
+         stack's own tasks, {STACK}_web--next removed): "
+    );
+    assert!(stderr.contains(&said), "{stderr}");
+    let cleaned = &doc["stages"][0]["detail"]["cleaned_up"];
+    assert_eq!(
+        cleaned,
+        &serde_json::json!([format!("{STACK}_web--next")]),
+        "{doc}"
+    );
     assert_eq!(berth_e2e::get(&url).map(|r| r.1), Ok(before.clone()));
     at_tag_on_two_nodes(tb, STACK, &before);
     assert!(
@@ -86,7 +106,48 @@ pub fn killed_after_the_switch_then_unready(tb: &Testbed, dir: &Path) {
         "{}",
         services(tb, STACK)
     );
-    let text = std::fs::read_to_string(&file).unwrap();
+    on_own_tasks(&file);
+
+    // Killed at the same point again, then `berth-swap --converge` alone does that
+    // clean-up: 0 failed, nginx on the own tasks at the tag they ran, `web--next` gone;
+    // a second `--converge` has nothing to do.
+    killed_at(tb, dir, other, "swarm-switch");
+    assert_eq!(berth_e2e::get(&url).map(|r| r.1), Ok(other.to_string()));
+    let load = swarmstack::clients(&format!("http://{}:80", tb.manager.ip));
+    let t0 = Instant::now();
+    let (code, doc, stderr) = run(tb, dir, "berth-swap", &["--converge", "--drain", "2s"]);
+    eprintln!("berth-swap --converge: exit {code} in {:?}", t0.elapsed());
+    std::thread::sleep(Duration::from_secs(5));
+    load.stop()
+        .assert_all_answered_by_app("--converge after a kill at swarm-switch, and 5 s after: load");
+    assert_eq!(code, 0, "{stderr}");
+    let want = format!("converged: nginx back on the stack's own tasks, removed {STACK}_web--next");
+    assert!(stderr.contains(&want), "{stderr}");
+    let converged = &doc["stages"][0]["detail"]["converged"];
+    assert_eq!(
+        converged,
+        &serde_json::json!([format!("{STACK}_web--next")]),
+        "{doc}"
+    );
+    assert_eq!(berth_e2e::get(&url).map(|r| r.1), Ok(before.clone()));
+    at_tag_on_two_nodes(tb, STACK, &before);
+    assert!(
+        !services(tb, STACK).contains("--next"),
+        "{}",
+        services(tb, STACK)
+    );
+    on_own_tasks(&file);
+    let (code, _, stderr) = run(tb, dir, "berth-swap", &["--converge"]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stderr.contains("nothing to converge: no swap was left half-way"),
+        "{stderr}"
+    );
+}
+
+/// berth's nginx file sends `web` to the stack's own tasks.
+fn on_own_tasks(file: &Path) {
+    let text = std::fs::read_to_string(file).unwrap();
     assert!(
         text.ends_with(&format!(
             "map $scheme $berth_web {{\n    default tasks.{STACK}_web:8080;\n}}\n"
