@@ -67,8 +67,6 @@ pub fn killed_after_the_switch_then_unready(tb: &Testbed, dir: &Path) {
     // still sends to: every request fails from then on. The load goes on 5 s after it
     // exits: `docker service rm` returns at once, Swarm's DNS drops the tasks a moment
     // later (388 of 9213 requests failed so, docs/swarm.md).
-    let load = swarmstack::clients(&format!("http://{}:80", tb.manager.ip));
-    let t0 = Instant::now();
     let args = [
         "--tag",
         "unready",
@@ -78,11 +76,7 @@ pub fn killed_after_the_switch_then_unready(tb: &Testbed, dir: &Path) {
         "--drain",
         "2s",
     ];
-    let (code, doc, stderr) = run(tb, dir, "berth-swap", &args);
-    eprintln!("berth-swap {args:?}: exit {code} in {:?}", t0.elapsed());
-    std::thread::sleep(Duration::from_secs(5));
-    let report = load.stop();
-    report.assert_all_answered_by_app("the next swap, to unready, and 5 s after: load");
+    let (code, doc, stderr) = under_load_and_5s(tb, dir, &args);
     assert_eq!(code, 3, "{stderr}");
     assert!(
         stderr.contains("a swap before this one did not finish"),
@@ -93,56 +87,62 @@ pub fn killed_after_the_switch_then_unready(tb: &Testbed, dir: &Path) {
          stack's own tasks, {STACK}_web--next removed): "
     );
     assert!(stderr.contains(&said), "{stderr}");
-    let cleaned = &doc["stages"][0]["detail"]["cleaned_up"];
-    assert_eq!(
-        cleaned,
-        &serde_json::json!([format!("{STACK}_web--next")]),
-        "{doc}"
-    );
-    assert_eq!(berth_e2e::get(&url).map(|r| r.1), Ok(before.clone()));
-    at_tag_on_two_nodes(tb, STACK, &before);
-    assert!(
-        !services(tb, STACK).contains("--next"),
-        "{}",
-        services(tb, STACK)
-    );
-    on_own_tasks(&file);
+    next_removed(&doc["stages"][0]["detail"]["cleaned_up"], &doc);
+    back_on_own_tasks(tb, &file, &before);
 
     // Killed at the same point again, then `berth-swap --converge` alone does that
     // clean-up: 0 failed, nginx on the own tasks at the tag they ran, `web--next` gone;
     // a second `--converge` has nothing to do.
     killed_at(tb, dir, other, "swarm-switch");
     assert_eq!(berth_e2e::get(&url).map(|r| r.1), Ok(other.to_string()));
-    let load = swarmstack::clients(&format!("http://{}:80", tb.manager.ip));
-    let t0 = Instant::now();
-    let (code, doc, stderr) = run(tb, dir, "berth-swap", &["--converge", "--drain", "2s"]);
-    eprintln!("berth-swap --converge: exit {code} in {:?}", t0.elapsed());
-    std::thread::sleep(Duration::from_secs(5));
-    load.stop()
-        .assert_all_answered_by_app("--converge after a kill at swarm-switch, and 5 s after: load");
+    let (code, doc, stderr) = under_load_and_5s(tb, dir, &["--converge", "--drain", "2s"]);
     assert_eq!(code, 0, "{stderr}");
     let want = format!("converged: nginx back on the stack's own tasks, removed {STACK}_web--next");
     assert!(stderr.contains(&want), "{stderr}");
-    let converged = &doc["stages"][0]["detail"]["converged"];
-    assert_eq!(
-        converged,
-        &serde_json::json!([format!("{STACK}_web--next")]),
-        "{doc}"
-    );
-    assert_eq!(berth_e2e::get(&url).map(|r| r.1), Ok(before.clone()));
-    at_tag_on_two_nodes(tb, STACK, &before);
-    assert!(
-        !services(tb, STACK).contains("--next"),
-        "{}",
-        services(tb, STACK)
-    );
-    on_own_tasks(&file);
+    next_removed(&doc["stages"][0]["detail"]["converged"], &doc);
+    back_on_own_tasks(tb, &file, &before);
     let (code, _, stderr) = run(tb, dir, "berth-swap", &["--converge"]);
     assert_eq!(code, 0, "{stderr}");
     assert!(
         stderr.contains("nothing to converge: no swap was left half-way"),
         "{stderr}"
     );
+}
+
+/// `berth-swap ARGS` under load that goes on 5 s after it exits (`docker service rm`
+/// returns at once, Swarm's DNS drops the tasks a moment later): every request answered
+/// by the app; (exit, document, stderr).
+fn under_load_and_5s(tb: &Testbed, dir: &Path, args: &[&str]) -> (i32, serde_json::Value, String) {
+    let load = swarmstack::clients(&format!("http://{}:80", tb.manager.ip));
+    let t0 = Instant::now();
+    let (code, doc, stderr) = run(tb, dir, "berth-swap", args);
+    eprintln!("berth-swap {args:?}: exit {code} in {:?}", t0.elapsed());
+    std::thread::sleep(Duration::from_secs(5));
+    load.stop()
+        .assert_all_answered_by_app(&format!("berth-swap {args:?}, and 5 s after: load"));
+    (code, doc, stderr)
+}
+
+/// A record's list (`cleaned_up`, `converged`) names exactly `web--next`.
+fn next_removed(list: &serde_json::Value, doc: &serde_json::Value) {
+    assert_eq!(
+        list,
+        &serde_json::json!([format!("{STACK}_web--next")]),
+        "{doc}"
+    );
+}
+
+/// nginx answers `tag` from the stack's own tasks (at `tag` on two nodes), `web--next` gone.
+fn back_on_own_tasks(tb: &Testbed, file: &Path, tag: &str) {
+    let url = format!("http://{}/version", tb.manager.ip);
+    assert_eq!(berth_e2e::get(&url).map(|r| r.1), Ok(tag.to_string()));
+    at_tag_on_two_nodes(tb, STACK, tag);
+    assert!(
+        !services(tb, STACK).contains("--next"),
+        "{}",
+        services(tb, STACK)
+    );
+    on_own_tasks(file);
 }
 
 /// berth's nginx file sends `web` to the stack's own tasks.
