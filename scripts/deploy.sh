@@ -34,8 +34,7 @@
 #   BERTH_PROJECT_NAME, BERTH_COMPOSE_FILE, BERTH_ENV_FILE, BERTH_STATE_DIR, BERTH_TAG_VAR
 #                           as for every berth command (see the README)
 #   BERTH_ENGINE=swarm      the same stages on a Docker Swarm manager, the project being the
-#                           stack (e.g. in deploy.swarm.env, with BERTH_PROJECT_NAME; not
-#                           with DEPLOY_TEST_CMD yet: exit 64)
+#                           stack (e.g. in deploy.swarm.env, with BERTH_PROJECT_NAME)
 #   DEPLOY_SERVICES         services to swap when none are named (default: every service
 #                           whose image uses the tag variable)
 #   DEPLOY_WORKERS          of those, the ones that take no traffic (e.g. "worker")

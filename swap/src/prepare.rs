@@ -250,7 +250,7 @@ fn check_owned(
 
 /// The pre-deploy check: it must exit 0. Its own output goes to stderr: stdout carries
 /// the document.
-fn run_check(
+pub(crate) fn run_check(
     ctx: &Context,
     detail: &mut Map<String, Value>,
     command: &[OsString],

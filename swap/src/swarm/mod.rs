@@ -27,18 +27,14 @@ use serde_json::{json, Value};
 use crate::prepare::PreflightArgs;
 use lint::{Finding, Verdict};
 
-/// What `preflight` does not do on Swarm yet: a usage error rather than a silent skip.
-fn refuse_unsupported(args: &PreflightArgs, upstream_file: Option<&str>) -> Result<(), Failure> {
-    let unsupported = if !args.command.is_empty() {
-        "a pre-deploy check (-- CMD)"
-    } else if upstream_file.is_some() {
-        "--upstream-file (nginx files of the Compose layout)"
-    } else {
+/// What `preflight` does not do on Swarm: a usage error rather than a silent skip.
+fn refuse_unsupported(upstream_file: Option<&str>) -> Result<(), Failure> {
+    if upstream_file.is_none() {
         return Ok(());
-    };
-    Err(Failure::usage(format!(
-        "--engine swarm: preflight does not support {unsupported} on Swarm yet"
-    )))
+    }
+    Err(Failure::usage(
+        "--engine swarm: preflight does not support --upstream-file (nginx files of the Compose layout) on Swarm",
+    ))
 }
 
 /// `--check-args` of a Swarm stage: its services and the common settings.
@@ -63,7 +59,7 @@ pub fn preflight(
     upstream_file: Option<&str>,
     common: &CommonArgs,
 ) -> Result<ExitCode> {
-    refuse_unsupported(&args, upstream_file)?;
+    refuse_unsupported(upstream_file)?;
     if common.check_args {
         return check_only(&args.services, common);
     }
@@ -119,6 +115,10 @@ pub fn preflight(
                 Preflight,
                 "the stack file is not valid for Swarm: {rejected} key(s) docker stack deploy rejects (lint lines above){why}"
             ));
+        }
+        if !args.command.is_empty() {
+            // Last, as on Compose: on this manager, in the project directory, TAG_VAR set.
+            crate::prepare::run_check(ctx, detail, &args.command, &tag)?;
         }
         msg::info(format!(
             "preflight ok: swarm manager ({} node(s)), stack {} at {tag}: {}; {} lint warning(s)",

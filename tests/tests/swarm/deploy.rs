@@ -10,6 +10,7 @@
 //! - a release that fails the smoke check after the switch (`sick`): exit 4, rolled back
 //!   to v2 by the pipe's rollback stage.
 
+use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -86,10 +87,15 @@ pub fn start(tb: &Testbed) -> Stack {
          DEPLOY_MIGRATE_SERVICE=web\n\
          DEPLOY_SMOKE_URL=http://{}:{PORT}/smoke\n\
          DEPLOY_SMOKE_SUCCESSES=2\n\
-         DEPLOY_SMOKE_TIMEOUT=6s\n",
+         DEPLOY_SMOKE_TIMEOUT=6s\n\
+         DEPLOY_TEST_CMD=./check-config.sh\n",
         tb.manager.ip
     );
     std::fs::write(dir.join("deploy.swarm.env"), env).unwrap();
+    // The pre-deploy check: on the manager, in the project directory, the tag set.
+    let check = dir.join("check-config.sh");
+    std::fs::write(&check, "#!/bin/sh\necho \"$BERTH_TAG\" >>checked\n").unwrap();
+    std::fs::set_permissions(&check, std::fs::Permissions::from_mode(0o755)).unwrap();
     tb.deploy_stack(&dir, STACK, "v1");
     Stack { dir }
 }
@@ -261,6 +267,14 @@ pub fn deploy_under_load(tb: &Testbed, s: &Stack) {
     );
     let rec = |i: usize| &doc["stages"][i]["detail"];
     assert_eq!(rec(0)["engine"], "swarm", "{}", rec(0));
+    assert_eq!(
+        (&rec(0)["test_command"], &rec(0)["test_exit"]),
+        (&"./check-config.sh".into(), &0.into()),
+        "{}",
+        rec(0)
+    );
+    let checked = std::fs::read_to_string(s.dir.join("checked")).unwrap();
+    assert!(checked.ends_with("v2\n"), "{checked}");
     assert_eq!(rec(0)["services"], serde_json::json!(["web"]));
     assert_eq!(
         rec(2)["source"],
