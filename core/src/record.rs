@@ -271,6 +271,9 @@ pub struct Converge {
 #[serde(default)]
 pub struct Maintenance {
     pub file: Option<String>,
+    /// With HAProxy: the map's file on this host that berth keeps in step with the live
+    /// map (a restarted HAProxy reads it); absent when the map is not on a bind mount.
+    pub map_file: Option<String>,
     /// `on` or `off`.
     pub state: Option<String>,
     /// When the window opened (null: unknown).

@@ -8,7 +8,7 @@
 //! swap's global options. On Swarm (`--engine swarm`) it is the nginx path, in the swap's
 //! layout there: nginx's task on this manager, the snippet in the bind-mounted directory.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Result;
@@ -134,7 +134,8 @@ pub fn run(
         };
         let switch = locate_switch(ctx, &args, nginx)?;
         record::update(detail, |m: &mut record::Maintenance| {
-            m.file = Some(switch.place())
+            m.file = Some(switch.place());
+            m.map_file = switch.host_file();
         });
         if let Switch::Nginx { file, .. } = &switch {
             crate::owner::check(ctx, &[(file.as_path(), crate::owner::Kind::Nginx)])?;
@@ -174,9 +175,17 @@ fn locate_switch(ctx: &Context, args: &Args, nginx: &Options) -> Result<Switch> 
                 nginx.proxy_service
             ));
         }
+        let host_map = map_on_host(ctx, &nginx.proxy_service, &args.haproxy_map);
+        if host_map.is_none() {
+            msg::warn(format!(
+                "HAProxy's map {} is not on a bind mount of the service {:?}: berth cannot keep its file in step, so a restart of HAProxy ends a maintenance window (mount the directory that holds it, as examples/haproxy does)",
+                args.haproxy_map, nginx.proxy_service
+            ));
+        }
         return Ok(Switch::Haproxy {
             admin,
             map: args.haproxy_map.clone(),
+            host_map,
         });
     }
     let file = match &args.maintenance_file {
@@ -219,7 +228,80 @@ enum Switch {
     /// A map HAProxy's frontend reads (`on`, `page`, `retry`, and the paths that still
     /// reach the app with the value `except`), replaced through the runtime API. `admin`
     /// is `None` only in a dry run without a running HAProxy.
-    Haproxy { admin: Option<Admin>, map: String },
+    /// `host_map`: the map's file on this host (the proxy's bind mount), rewritten after
+    /// each change so that a restarted HAProxy, which reads it, keeps the state.
+    Haproxy {
+        admin: Option<Admin>,
+        map: String,
+        host_map: Option<HostMap>,
+    },
+}
+
+/// HAProxy's map file as this host sees it through the proxy's bind mount.
+#[derive(Debug, Clone, PartialEq)]
+struct HostMap {
+    path: PathBuf,
+    /// The mount is the file itself: written in place (a rename would leave the
+    /// container the old file); else the directory: replaced atomically.
+    file_mount: bool,
+}
+
+/// Where `map` (a path in the proxy service's container) is on this host: the service's
+/// bind mount that holds it, from `docker compose config`. `None`: not on a bind mount
+/// (in the image or a volume).
+fn map_on_host(ctx: &Context, service: &str, map: &str) -> Option<HostMap> {
+    let cfg = ctx.compose().config().ok()?;
+    host_path(&cfg["services"][service]["volumes"], map)
+}
+
+fn host_path(volumes: &Value, map: &str) -> Option<HostMap> {
+    volumes.as_array()?.iter().rev().find_map(|v| {
+        if v["type"] != "bind" {
+            return None;
+        }
+        let (source, target) = (v["source"].as_str()?, v["target"].as_str()?);
+        let rest = Path::new(map).strip_prefix(target).ok()?;
+        let file_mount = rest.as_os_str().is_empty();
+        let path = if file_mount {
+            PathBuf::from(source)
+        } else {
+            Path::new(source).join(rest)
+        };
+        Some(HostMap { path, file_mount })
+    })
+}
+
+/// The map file's text for `entries` (HAProxy reads `KEY VALUE` per line at start; the
+/// value is the rest of the line, so no line breaks in it).
+fn map_file_text(entries: &[(String, String)], project: &str) -> String {
+    let state = if entries.is_empty() { "off" } else { "on" };
+    let mut text = format!(
+        "# berth-swap maintenance {state} (project {project}). HAProxy reads this file when it \
+         starts; berth changes the live map through the runtime API and then this file.\n"
+    );
+    for (k, v) in entries {
+        let v: String = v
+            .chars()
+            .map(|c| if c.is_control() { ' ' } else { c })
+            .collect();
+        text.push_str(&format!("{k} {v}\n"));
+    }
+    text
+}
+
+impl HostMap {
+    fn write(&self, text: &str) -> Result<()> {
+        if self.file_mount {
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .truncate(true)
+                .open(&self.path)?;
+            std::io::Write::write_all(&mut f, text.as_bytes())?;
+            f.sync_all()?;
+            return Ok(());
+        }
+        berth_core::fsutil::write_atomic(&self.path, text.as_bytes(), 0o644)
+    }
 }
 
 impl Switch {
@@ -231,6 +313,16 @@ impl Switch {
         }
     }
 
+    /// HAProxy's map file on this host, when berth keeps it in step.
+    fn host_file(&self) -> Option<String> {
+        match self {
+            Switch::Haproxy {
+                host_map: Some(h), ..
+            } => Some(h.path.display().to_string()),
+            _ => None,
+        }
+    }
+
     fn is_on(&self) -> Result<bool> {
         match self {
             Switch::Nginx { file, .. } => Ok(nginx::read_opt(file)?.is_some()),
@@ -238,6 +330,7 @@ impl Switch {
             Switch::Haproxy {
                 admin: Some(a),
                 map,
+                ..
             } => Ok(a.map_entries(map)?.iter().any(|(k, _)| k == "on")),
         }
     }
@@ -259,24 +352,36 @@ impl Switch {
                 });
                 nginx::apply(proxy, runner, &[(file.clone(), text)])
             }
-            Switch::Haproxy { admin, map } => {
+            Switch::Haproxy {
+                admin,
+                map,
+                host_map,
+            } => {
                 let entries = page
                     .map(|(message, retry_after, except)| {
                         haproxy_entries(message, retry_after, except)
                     })
                     .unwrap_or_default();
-                match admin {
-                    Some(a) if !runner.dry_run => a.replace_map(map, &entries).map_err(|e| {
-                        berth_core::fail!(Swap, "switching HAProxy's maintenance map: {e:#}")
-                    }),
-                    _ => {
-                        msg::info(format!(
-                            "would replace HAProxy's map {map} by {} entries",
-                            entries.len()
+                let Some(a) = admin.as_ref().filter(|_| !runner.dry_run) else {
+                    msg::info(format!(
+                        "would replace HAProxy's map {map} by {} entries",
+                        entries.len()
+                    ));
+                    return Ok(());
+                };
+                a.replace_map(map, &entries).map_err(|e| {
+                    berth_core::fail!(Swap, "switching HAProxy's maintenance map: {e:#}")
+                })?;
+                // The live map is what counts; its file only carries it across a restart.
+                if let Some(h) = host_map {
+                    if let Err(e) = h.write(&map_file_text(&entries, &ctx.project)) {
+                        msg::warn(format!(
+                            "HAProxy serves the new state, but its map file {} was not updated ({e:#}): a restart of HAProxy would go back to what it holds",
+                            h.path.display()
                         ));
-                        Ok(())
                     }
                 }
+                Ok(())
             }
         }
     }
@@ -404,6 +509,56 @@ fn read_window(p: &std::path::Path) -> Option<Window> {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
+    #[test]
+    fn the_maps_file_on_this_host_through_a_bind_mount() {
+        let vols = serde_json::json!([
+            {"type": "volume", "source": "run", "target": "/run/haproxy"},
+            {"type": "bind", "source": "/srv/shop/haproxy", "target": "/etc/haproxy"},
+        ]);
+        let dir = host_path(&vols, "/etc/haproxy/maintenance.map").unwrap();
+        assert_eq!(dir.path, Path::new("/srv/shop/haproxy/maintenance.map"));
+        assert!(!dir.file_mount);
+        let file = serde_json::json!([
+            {"type": "bind", "source": "/srv/m.map", "target": "/etc/haproxy/maintenance.map"},
+        ]);
+        let f = host_path(&file, "/etc/haproxy/maintenance.map").unwrap();
+        assert_eq!(
+            (f.path.as_path(), f.file_mount),
+            (Path::new("/srv/m.map"), true)
+        );
+        // A volume, a mount elsewhere, no volumes: no file berth can keep in step.
+        assert_eq!(host_path(&vols, "/run/haproxy/maintenance.map"), None);
+        assert_eq!(host_path(&vols, "/etc/haproxyx/m.map"), None);
+        assert_eq!(
+            host_path(&Value::Null, "/etc/haproxy/maintenance.map"),
+            None
+        );
+    }
+
+    #[test]
+    fn the_map_file_holds_one_entry_per_line() {
+        let on = map_file_text(
+            &haproxy_entries("Back\nsoon", Duration::from_secs(30), &["/healthz".into()]),
+            "shop",
+        );
+        let lines: Vec<&str> = on.lines().collect();
+        assert!(
+            lines[0].starts_with("# berth-swap maintenance on (project shop)."),
+            "{on}"
+        );
+        assert!(lines[1].starts_with("page <!"), "{on}");
+        assert!(
+            !lines[1].contains('\n') && lines[1].contains("Back soon"),
+            "{on}"
+        );
+        assert_eq!(&lines[2..], ["retry 30", "/healthz except", "on 1"]);
+        let off = map_file_text(&[], "shop");
+        assert_eq!(off.lines().count(), 1, "{off}");
+        assert!(off.starts_with("# berth-swap maintenance off"), "{off}");
+    }
+
     #[test]
     fn window_length_is_measured_from_since() {
         let since = berth_core::time::parse("2026-01-01T00:00:00Z").unwrap();

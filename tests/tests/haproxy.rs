@@ -2,7 +2,8 @@
 //! API (no reload) on the demo stack with HAProxy in place of nginx (examples/haproxy),
 //! under keep-alive clients sending GETs and POSTs (tests/src/clients.rs; nothing resent);
 //! so do maintenance on and off; a slow request and an event stream outlive a short
-//! drain; a restarted HAProxy comes back serving the live release (its server state).
+//! drain; a restarted HAProxy comes back serving the live release (its server state)
+//! and keeps a maintenance window open (the map file berth keeps in step).
 
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -122,6 +123,12 @@ fn every_switch_through_the_runtime_api_fails_no_request() {
     slow_request_and_stream_outlive_a_short_drain(&s);
     eprintln!(
         "drain v2 -> v1 with a slow request and a stream took {:?}",
+        t.elapsed()
+    );
+    let t = Instant::now();
+    maintenance_survives_a_restart(&s);
+    eprintln!(
+        "maintenance across two HAProxy restarts took {:?}",
         t.elapsed()
     );
     let t = Instant::now();
@@ -250,6 +257,53 @@ fn slow_request_and_stream_outlive_a_short_drain(s: &Stack) {
     assert_eq!(d["services"][0]["killed"], 0, "{d}");
     assert_eq!(s.version(), "v1");
     assert_eq!(live_slots(s).len(), 1, "{:?}", live_slots(s));
+}
+
+/// Maintenance on, then `docker compose restart proxy`: HAProxy reads the map file berth
+/// rewrote after the runtime change (examples/haproxy mounts its directory), so once it
+/// answers again it serves the same page; off, restart: the app again. Before, a
+/// restart read the shipped (empty) file and ended the window.
+fn maintenance_survives_a_restart(s: &Stack) {
+    let message = "Restarted; still $5 {x} \\ é";
+    let (code, doc, err) = berth(
+        s,
+        "berth-swap",
+        &["maintenance", "on", "--message", message],
+    );
+    assert_eq!(code, 0, "{err}");
+    let st = doc["stages"].as_array().unwrap().last().unwrap().clone();
+    let file = s.dir.join("haproxy/maintenance.map");
+    assert_eq!(st["detail"]["map_file"], file.display().to_string(), "{st}");
+    // Restarted, then until /version answers `want` (at most 60 s).
+    let restarted = |what: &str, want: u16| {
+        s.compose_ok(&["restart", "-t", "5", "proxy"]);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            match berth_e2e::get(&s.url("/version")) {
+                Ok((status, ..)) if status == want => break,
+                _ if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(100)),
+                other => panic!("{what}: HAProxy did not answer within 60 s: {other:?}"),
+            }
+        }
+    };
+    restarted("restart during maintenance", 503);
+    let (status, _, page) = berth_e2e::get(&s.url("/anything")).unwrap();
+    let text = std::fs::read_to_string(&file).unwrap();
+    assert_eq!(status, 503, "after the restart: {page}\n{text}");
+    assert!(
+        page.contains("Restarted; still &#36;5 &#123;x&#125; &#92; é"),
+        "{page}\n{text}"
+    );
+    let agent = berth_core::http::agent(Duration::from_secs(5));
+    let r = agent.get(&s.url("/version")).call().unwrap();
+    assert_eq!(r.headers().get("retry-after").unwrap(), "30");
+    assert_eq!(berth_e2e::get(&s.url("/healthz")).unwrap().0, 200);
+    let (code, _, err) = berth(s, "berth-swap", &["maintenance", "off"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(berth_e2e::get(&s.url("/version")).unwrap().0, 200);
+    restarted("restart after maintenance", 200);
+    let (status, version, _) = berth_e2e::get(&s.url("/version")).unwrap();
+    assert_eq!((status, version.as_str()), (200, "v1"));
 }
 
 /// `docker compose restart proxy` under keep-alive clients: HAProxy loads the server
