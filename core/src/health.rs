@@ -28,6 +28,14 @@ pub enum Target {
         container: String,
         check: HttpCheck,
     },
+    /// A Swarm service (`STACK_SERVICE`, as `docker service ls` names it): ready when it
+    /// runs its replicas (a global one: each task Swarm wants), every one `running`
+    /// (which Swarm says of a task with a healthcheck only once it passed); dead as soon
+    /// as one of its tasks fails or is rejected after `since` (the wait's start).
+    Service {
+        name: String,
+        since: jiff::Timestamp,
+    },
 }
 
 impl Target {
@@ -37,6 +45,7 @@ impl Target {
             Target::Tcp(_) => "tcp",
             Target::Container(_) => "container",
             Target::HttpOn { .. } => "http",
+            Target::Service { .. } => "service",
         }
     }
     pub fn name(&self) -> String {
@@ -45,6 +54,7 @@ impl Target {
             Target::Tcp(a) => a.clone(),
             Target::Container(c) => c.clone(),
             Target::HttpOn { check, .. } => check.url.clone(),
+            Target::Service { name, .. } => name.clone(),
         }
     }
 }
@@ -218,7 +228,71 @@ pub fn probe(target: &Target, agent: &ureq::Agent, timeout: Duration, deadline: 
             Probe::Dead(e) => Probe::Dead(format!("{container}: {e}")),
             _ => probe_http(check, agent, timeout),
         },
+        Target::Service { name, since } => probe_service(name, *since),
     }
+}
+
+/// A Swarm service's replicas and tasks, once (see [`Target::Service`]).
+fn probe_service(name: &str, since: jiff::Timestamp) -> Probe {
+    let spec = match crate::stack::inspect(name) {
+        Ok(Some(spec)) => spec,
+        Ok(None) => return Probe::Dead(format!("no such Swarm service: {name}")),
+        Err(e) => return Probe::NotYet(format!("{e:#}")),
+    };
+    let tasks = match crate::stack::all_tasks(name) {
+        Ok(t) => t,
+        Err(e) => return Probe::NotYet(format!("{e:#}")),
+    };
+    let replicas = spec.mode.replicated.as_ref().map(|r| r.replicas as usize);
+    service_verdict(&tasks, replicas, since)
+}
+
+/// [`probe_service`]'s verdict on `tasks` (all Swarm lists) for `replicas` (`None`: a
+/// global service).
+fn service_verdict(
+    tasks: &[crate::stack::Task],
+    replicas: Option<usize>,
+    since: jiff::Timestamp,
+) -> Probe {
+    let failed = tasks.iter().find(|t| {
+        matches!(t.state.as_str(), "failed" | "rejected")
+            && crate::time::parse(&t.since).is_some_and(|at| at >= since)
+    });
+    if let Some(t) = failed {
+        let node = if t.node.is_empty() {
+            "no node"
+        } else {
+            t.node.as_str()
+        };
+        let why = if t.error.is_empty() {
+            "no error given"
+        } else {
+            t.error.as_str()
+        };
+        return Probe::Dead(format!("task {} on {node} {}: {why}", t.name, t.state));
+    }
+    let wanted: Vec<_> = tasks.iter().filter(|t| t.desired == "running").collect();
+    let running = wanted.iter().filter(|t| t.state == "running").count();
+    let want = replicas.unwrap_or(wanted.len());
+    if want == 0 && replicas.is_none() {
+        return Probe::NotYet("no task yet".to_string());
+    }
+    if running >= want && wanted.len() == running {
+        return Probe::Ready;
+    }
+    let others: Vec<String> = wanted
+        .iter()
+        .filter(|t| t.state != "running")
+        .map(|t| format!("{} {}", t.name, t.state))
+        .collect();
+    Probe::NotYet(format!(
+        "{running} of {want} task(s) running{}",
+        if others.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", others.join(", "))
+        }
+    ))
 }
 
 fn probe_http(h: &HttpCheck, agent: &ureq::Agent, timeout: Duration) -> Probe {
@@ -526,6 +600,50 @@ fn wait_one(
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn a_swarm_service_is_ready_when_its_replicas_run_and_dead_when_a_task_fails() {
+        let since = crate::time::parse("2026-12-06T12:00:00Z").unwrap();
+        let t = |name: &str, desired: &str, state: &str, at: &str| crate::stack::Task {
+            name: name.into(),
+            node: "w1".into(),
+            desired: desired.into(),
+            state: state.into(),
+            since: at.into(),
+            error: "task: non-zero exit (1)".into(),
+            ..Default::default()
+        };
+        let up = |n| t(n, "running", "running", "2026-12-06T12:00:01Z");
+        let before = t("s_web.1", "shutdown", "failed", "2026-12-06T11:59:00Z");
+        assert_eq!(
+            service_verdict(
+                &[up("s_web.1"), up("s_web.2"), before.clone()],
+                Some(2),
+                since
+            ),
+            Probe::Ready
+        );
+        let starting = t("s_web.2", "running", "starting", "2026-12-06T12:00:01Z");
+        assert_eq!(
+            service_verdict(&[up("s_web.1"), starting], Some(2), since),
+            Probe::NotYet("1 of 2 task(s) running (s_web.2 starting)".into())
+        );
+        assert_eq!(
+            service_verdict(&[up("s_web.1")], Some(2), since),
+            Probe::NotYet("1 of 2 task(s) running".into())
+        );
+        let failed = t("s_web.2", "shutdown", "failed", "2026-12-06T12:00:05Z");
+        assert_eq!(
+            service_verdict(&[up("s_web.1"), failed], Some(2), since),
+            Probe::Dead("task s_web.2 on w1 failed: task: non-zero exit (1)".into())
+        );
+        // Global: every task Swarm wants, none yet is not ready.
+        assert_eq!(service_verdict(&[up("s_a.x")], None, since), Probe::Ready);
+        assert_eq!(
+            service_verdict(&[], None, since),
+            Probe::NotYet("no task yet".into())
+        );
+    }
 
     #[test]
     fn status_sets() {

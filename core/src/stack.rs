@@ -181,6 +181,8 @@ pub struct Task {
     /// Swarm's state: `running`, `starting` (its healthcheck has not passed yet),
     /// `preparing`, `pending`, ...
     pub state: String,
+    /// What Swarm wants of it: `running`, `shutdown`, ... (lower case).
+    pub desired: String,
     /// When the task entered that state (RFC 3339).
     pub since: String,
     /// The image as the task runs it (usually pinned by digest).
@@ -211,6 +213,9 @@ struct PsLine {
     name: String,
     #[serde(default)]
     node: String,
+    /// `Running`, `Shutdown`, ... (what Swarm wants of the task).
+    #[serde(default)]
+    desired_state: String,
 }
 
 #[derive(Deserialize)]
@@ -266,9 +271,20 @@ struct TaskSpec {
 /// The tasks of service `full` that Swarm wants running, sorted by name; none when the
 /// service does not exist.
 pub fn tasks(full: &str) -> Result<Vec<Task>> {
+    listed(full, &["--filter", "desired-state=running"])
+}
+
+/// Every task of service `full` Swarm still lists (its history too: tasks it shut down,
+/// failed or rejected), sorted by name; none when the service does not exist.
+pub fn all_tasks(full: &str) -> Result<Vec<Task>> {
+    listed(full, &[])
+}
+
+fn listed(full: &str, filter: &[&str]) -> Result<Vec<Task>> {
     let ps = docker()
-        .args(["service", "ps", "--no-trunc", "--filter"])
-        .args(["desired-state=running", "--format", "{{json .}}", full])
+        .args(["service", "ps", "--no-trunc"])
+        .args(filter)
+        .args(["--format", "{{json .}}", full])
         .read();
     let ps = match ps {
         Ok(out) => out,
@@ -299,6 +315,9 @@ fn join(lines: &[PsLine], inspected: Vec<Inspected>) -> Vec<Task> {
             Task {
                 name: line.map(|l| l.name.clone()).unwrap_or_default(),
                 node: line.map(|l| l.node.clone()).unwrap_or_default(),
+                desired: line
+                    .map(|l| l.desired_state.to_lowercase())
+                    .unwrap_or_default(),
                 state: t.status.state,
                 since: t.status.timestamp,
                 image: t.spec.container_spec.image,
@@ -378,11 +397,13 @@ mod tests {
                 id: "t2".into(),
                 name: "s_web.2".into(),
                 node: "w1".into(),
+                desired_state: "Running".into(),
             },
             PsLine {
                 id: "t1".into(),
                 name: "s_web.1".into(),
                 node: "m1".into(),
+                desired_state: "Shutdown".into(),
             },
         ];
         let inspected: Vec<Inspected> = serde_json::from_str(
@@ -401,6 +422,10 @@ mod tests {
             ["m1", "w1"]
         );
         assert_eq!(tasks[1].state, "starting");
+        assert_eq!(
+            (tasks[0].desired.as_str(), tasks[1].desired.as_str()),
+            ("shutdown", "running")
+        );
         assert_eq!(tasks[0].since, "2026-12-06T13:00:00Z");
         assert_eq!(tasks[0].addresses, ["10.0.1.7"]);
         assert!(tasks[1].addresses.is_empty());

@@ -1,4 +1,4 @@
-//! `berth-healthwait`: wait until HTTP, TCP and container targets are ready; fail fast
+//! `berth-healthwait`: wait until HTTP, TCP, container and Swarm service targets are ready; fail fast
 //! when they die. The probing itself lives in `berth_core::health` (berth-swap uses it
 //! too); this crate is its command line.
 
@@ -25,12 +25,16 @@ Examples:
   # Fail fast when a container exits, OOMs or restarts; else wait for Docker health
   berth-healthwait --container shop-web-1 --timeout 2m
 
+  # On a Swarm manager after `docker stack deploy`: every replica of shop_web running
+  # (healthy); a task that fails or is rejected meanwhile fails at once
+  berth-healthwait --service shop_web --timeout 2m
+
   # As a pipeline stage: the deploy document passes through stdin to stdout
   berth-swap --tag 3f9c2a1 web | berth-healthwait --url http://127.0.0.1/ --stage smoke | berth-report
 
 Exit status: 0 ready; 4 not ready (deadline passed or a target died; the document's
 record says which; a docker call still running at the deadline is killed and named);
-1 docker unreachable or not answering within --timeout (for --container) or CMD could not run;
+1 docker unreachable or not answering within --timeout (for --container, --service) or CMD could not run;
 64 usage error; 65 bad document on stdin; a failure already in the document passes
 through with its code.";
 
@@ -52,6 +56,15 @@ pub struct Cli {
     /// A container that must be healthy (or running, without a healthcheck) (repeatable)
     #[arg(long = "container", value_name = "NAME|ID", help_heading = "Targets")]
     pub containers: Vec<String>,
+
+    /// A Swarm service (STACK_SERVICE) that must run all its replicas, each running and
+    /// healthy; a task of it that fails or is rejected meanwhile fails at once (repeatable)
+    #[arg(
+        long = "service",
+        value_name = "STACK_SERVICE",
+        help_heading = "Targets"
+    )]
+    pub services: Vec<String>,
 
     /// Statuses that count as ready, e.g. 200,204,300-399
     #[arg(
@@ -158,7 +171,7 @@ impl Cli {
         }
         if !self.containers.is_empty() && self.common.engine == berth_core::swarm::Engine::Swarm {
             return Err(Failure::usage(
-                "--engine swarm: --container is not supported on Swarm (a task may run on another node, where this manager cannot inspect its container); wait for the service with --url through the proxy, or see berth-report status",
+                "--engine swarm: --container is not supported on Swarm (a task may run on another node, where this manager cannot inspect its container); wait for the whole service with --service STACK_SERVICE, or with --url through the proxy",
             ));
         }
         for c in &self.containers {
@@ -167,9 +180,20 @@ impl Cli {
             }
             out.push(Target::Container(c.clone()));
         }
+        for s in &self.services {
+            if s.trim().is_empty() || s.contains(char::is_whitespace) {
+                return Err(Failure::usage(format!(
+                    "--service {s:?}: expected a Swarm service name, e.g. shop_web"
+                )));
+            }
+            out.push(Target::Service {
+                name: s.clone(),
+                since: berth_core::time::now(),
+            });
+        }
         if out.is_empty() {
             return Err(Failure::usage(
-                "nothing to wait for: give --url, --tcp or --container",
+                "nothing to wait for: give --url, --tcp, --container or --service",
             ));
         }
         if self.stage.trim().is_empty() {
@@ -203,7 +227,10 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
     let targets = cli.targets()?;
     let opts = cli.options();
     let check_docker = || -> Result<()> {
-        if targets.iter().any(|t| matches!(t, Target::Container(_))) {
+        if targets
+            .iter()
+            .any(|t| matches!(t, Target::Container(_) | Target::Service { .. }))
+        {
             docker::ensure_reachable()?;
         }
         Ok(())

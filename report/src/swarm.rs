@@ -225,6 +225,7 @@ mod tests {
             name: name.into(),
             node: node.into(),
             state: state.into(),
+            desired: "running".into(),
             since: "2026-12-06T13:00:00Z".into(),
             image: image.into(),
             error: String::new(),

@@ -337,5 +337,79 @@ pub fn preflight_pull_and_lint(tb: &Testbed, g: &Good) {
     );
     eprintln!("preflight: lint done at {:?}", t0.elapsed());
 
+    healthwait_service(tb, g);
+    eprintln!("preflight: healthwait --service done at {:?}", t0.elapsed());
     tb.manager.docker_ok(&["stack", "rm", STACK]);
+}
+
+/// `berth-healthwait --service`: the good stack's `web` (2 replicas, running, healthy) is
+/// ready; a service whose task exits (and is restarted) fails at once (`died`), naming
+/// the task and Swarm's error.
+fn healthwait_service(tb: &Testbed, g: &Good) {
+    let wait = |service: &str| {
+        let t = Instant::now();
+        let out = berth("berth-healthwait")
+            .env("DOCKER_HOST", tb.manager.docker_host())
+            .args([
+                "--service",
+                service,
+                "--timeout",
+                "60s",
+                "--interval",
+                "500ms",
+            ])
+            .args(["--engine", "swarm", "-p", STACK, "--project-dir"])
+            .arg(&g.dir)
+            .stdin(Stdio::null())
+            .output()
+            .expect("berth-healthwait runs");
+        let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+        let doc: Value = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("no document ({e}): {stderr}"));
+        eprintln!(
+            "healthwait --service {service}: {:?} in {:?}",
+            out.status.code(),
+            t.elapsed()
+        );
+        (
+            out.status.code(),
+            doc["stages"][0]["detail"]["targets"][0].clone(),
+            stderr,
+            t.elapsed(),
+        )
+    };
+    let (code, target, stderr, _) = wait(&format!("{STACK}_web"));
+    assert_eq!(code, Some(0), "{stderr}");
+    assert_eq!(
+        (&target["kind"], &target["ready"]),
+        (&"service".into(), &true.into()),
+        "{target}"
+    );
+
+    let fails = "berthfail_web";
+    let image = format!("{}/app:v1", tb.registry);
+    tb.manager.docker_ok(&[
+        "service",
+        "create",
+        "--detach",
+        "--name",
+        fails,
+        "--restart-condition",
+        "on-failure",
+        "--restart-delay",
+        "1s",
+        &image,
+        "nosuchmode",
+    ]);
+    // Died (not: not ready at the deadline): it failed at once.
+    let (code, target, stderr, _) = wait(fails);
+    tb.manager.docker_ok(&["service", "rm", fails]);
+    assert_eq!(code, Some(4), "{stderr}");
+    assert_eq!(target["died"], true, "{target}");
+    let error = target["last_error"].as_str().unwrap_or_default();
+    assert!(
+        error.starts_with(&format!("task {fails}.1 on "))
+            && error.contains(" failed: task: non-zero exit"),
+        "{error}"
+    );
 }
