@@ -429,40 +429,21 @@ fn converge_stage(args: &SwapArgs, input: stage::Input) -> Result<ExitCode> {
         if ctx.dry_run {
             return Ok(Completed::Skipped("dry run: nothing changed".into()));
         }
-        if ctx.engine == berth_core::swarm::Engine::Swarm {
+        let (done, line) = if ctx.engine == berth_core::swarm::Engine::Swarm {
             let done = swarm::swap::converge(ctx, &opts, &doc.deploy_id)?;
-            msg::info(if done.is_empty() {
+            let line = if done.is_empty() {
                 "nothing to converge: no swap was left half-way".to_string()
             } else {
                 format!(
                     "converged: nginx back on the stack's own tasks, removed {}",
                     done.join(", ")
                 )
-            });
-            record::put(
-                detail,
-                &record::Converge {
-                    converged: done,
-                    ..Default::default()
-                },
-            );
-            return Ok(Completed::Done(prior));
-        }
-        let mut done = converge::converge(ctx, &opts, ctx.tag.as_deref())?;
-        if opts.proxy == ProxyMode::NginxDns {
-            let named = dns::name_running(ctx, &opts).map_err(|e| {
-                berth_core::fail!(Swap, "naming the running containers for nginx: {e:#}")
-            })?;
-            for n in &named {
-                msg::info(n);
-            }
-            done.extend(named);
-        }
-        msg::info(if done.is_empty() {
-            "nothing to converge: no swap was interrupted".to_string()
+            };
+            (done, line)
         } else {
-            format!("converged: {}", done.join(", "))
-        });
+            converge_compose(ctx, &opts)?
+        };
+        msg::info(line);
         record::put(
             detail,
             &record::Converge {
@@ -472,6 +453,30 @@ fn converge_stage(args: &SwapArgs, input: stage::Input) -> Result<ExitCode> {
         );
         Ok(Completed::Done(prior))
     })
+}
+
+/// `--converge` on Compose: what the journals of killed swaps left, and with `--proxy
+/// nginx-dns` the running containers named for nginx; (what it did, the line saying so).
+fn converge_compose(
+    ctx: &berth_core::cli::Context,
+    opts: &engine::Options,
+) -> Result<(Vec<String>, String)> {
+    let mut done = converge::converge(ctx, opts, ctx.tag.as_deref())?;
+    if opts.proxy == ProxyMode::NginxDns {
+        let named = dns::name_running(ctx, opts).map_err(|e| {
+            berth_core::fail!(Swap, "naming the running containers for nginx: {e:#}")
+        })?;
+        for n in &named {
+            msg::info(n);
+        }
+        done.extend(named);
+    }
+    let line = if done.is_empty() {
+        "nothing to converge: no swap was interrupted".to_string()
+    } else {
+        format!("converged: {}", done.join(", "))
+    };
+    Ok((done, line))
 }
 
 /// Put what a swap learned into the document: previous tag, images with their IDs.

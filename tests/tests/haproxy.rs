@@ -184,17 +184,7 @@ fn maintenance_on_and_off_under_load(s: &Stack) {
         let st = doc["stages"].as_array().unwrap().last().unwrap().clone();
         assert_eq!(st["detail"]["state"], "on", "{st}");
         assert_eq!(st["detail"]["file"], "/etc/haproxy/maintenance.map", "{st}");
-        let (status, _, page) = berth_e2e::get(&s.url("/anything")).unwrap();
-        assert_eq!(status, 503);
-        assert!(
-            page.contains("Back at 5 o&#39;clock; &#36;5 &#123;x&#125; &#92; é"),
-            "{page}"
-        );
-        let agent = berth_core::http::agent(Duration::from_secs(5));
-        let r = agent.get(&s.url("/version")).call().unwrap();
-        assert_eq!(r.headers().get("retry-after").unwrap(), "30");
-        assert_eq!(berth_e2e::get(&s.url("/healthz")).unwrap().0, 200);
-        assert_eq!(berth_e2e::get(&s.url("/readyz")).unwrap().0, 200);
+        serves_the_page(s, "Back at 5 o&#39;clock; &#36;5 &#123;x&#125; &#92; é", "");
         // Idempotent: already on, the page stays.
         let (code, doc, err) = berth(s, "berth-swap", &["maintenance", "on"]);
         assert_eq!(code, 0, "{err}");
@@ -221,6 +211,19 @@ fn maintenance_on_and_off_under_load(s: &Stack) {
     load.assert_app_or_maintenance_page();
     assert_eq!(before.len(), 2, "{before:?}");
     assert_eq!(pids(), before, "HAProxy's processes changed");
+}
+
+/// Maintenance is on: any path answers 503 with the page holding `message` (as HTML) and
+/// Retry-After 30, while the health paths reach the app; `context` goes into failures.
+fn serves_the_page(s: &Stack, message: &str, context: &str) {
+    let (status, _, page) = berth_e2e::get(&s.url("/anything")).unwrap();
+    assert_eq!(status, 503, "{page}\n{context}");
+    assert!(page.contains(message), "{page}\n{context}");
+    let agent = berth_core::http::agent(Duration::from_secs(5));
+    let r = agent.get(&s.url("/version")).call().unwrap();
+    assert_eq!(r.headers().get("retry-after").unwrap(), "30");
+    assert_eq!(berth_e2e::get(&s.url("/healthz")).unwrap().0, 200);
+    assert_eq!(berth_e2e::get(&s.url("/readyz")).unwrap().0, 200);
 }
 
 /// A swap (v2 -> v1) with `--drain 1s` while a 4 s request and an `/events` stream are
@@ -287,17 +290,8 @@ fn maintenance_survives_a_restart(s: &Stack) {
         }
     };
     restarted("restart during maintenance", 503);
-    let (status, _, page) = berth_e2e::get(&s.url("/anything")).unwrap();
     let text = std::fs::read_to_string(&file).unwrap();
-    assert_eq!(status, 503, "after the restart: {page}\n{text}");
-    assert!(
-        page.contains("Restarted; still &#36;5 &#123;x&#125; &#92; é"),
-        "{page}\n{text}"
-    );
-    let agent = berth_core::http::agent(Duration::from_secs(5));
-    let r = agent.get(&s.url("/version")).call().unwrap();
-    assert_eq!(r.headers().get("retry-after").unwrap(), "30");
-    assert_eq!(berth_e2e::get(&s.url("/healthz")).unwrap().0, 200);
+    serves_the_page(s, "Restarted; still &#36;5 &#123;x&#125; &#92; é", &text);
     let (code, _, err) = berth(s, "berth-swap", &["maintenance", "off"]);
     assert_eq!(code, 0, "{err}");
     assert_eq!(berth_e2e::get(&s.url("/version")).unwrap().0, 200);
